@@ -1,0 +1,275 @@
+//! The closed set of IR operations. One macro declares every op with its text name and typed attributes,
+//! so the printer, parser and equality all come from one table.
+use crate::attr::{Attr, AttrMap, AttrValue};
+use crate::str_enum;
+use crate::types::{fmt_f32, DType};
+
+/// An activation fused into the op that produces its input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    Relu,
+    Clip { min: f32, max: f32 },
+    LeakyRelu { alpha: f32 },
+    HardSigmoid { alpha: f32, beta: f32 },
+    HardSwish,
+    Sigmoid,
+    Tanh,
+}
+
+impl Act {
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Act::Relu => x.max(0.0),
+            Act::Clip { min, max } => x.max(min).min(max),
+            Act::LeakyRelu { alpha } => {
+                if x < 0.0 {
+                    alpha * x
+                } else {
+                    x
+                }
+            }
+            Act::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Act::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Act::Tanh => x.tanh(),
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Act::Relu => "relu".into(),
+            Act::Clip { min, max } => format!("clip({},{})", fmt_f32(min), fmt_f32(max)),
+            Act::LeakyRelu { alpha } => format!("leaky_relu({})", fmt_f32(alpha)),
+            Act::HardSigmoid { alpha, beta } => {
+                format!("hard_sigmoid({},{})", fmt_f32(alpha), fmt_f32(beta))
+            }
+            Act::HardSwish => "hard_swish".into(),
+            Act::Sigmoid => "sigmoid".into(),
+            Act::Tanh => "tanh".into(),
+        }
+    }
+
+    fn from_text(s: &str) -> Option<Act> {
+        let (name, args) = match s.find('(') {
+            Some(i) => (&s[..i], s[i + 1..].strip_suffix(')')?),
+            None => (s, ""),
+        };
+        let nums: Vec<f32> = if args.is_empty() {
+            vec![]
+        } else {
+            args.split(',')
+                .map(|a| a.trim().parse().ok())
+                .collect::<Option<_>>()?
+        };
+        Some(match (name, nums.as_slice()) {
+            ("relu", []) => Act::Relu,
+            ("clip", [min, max]) => Act::Clip {
+                min: *min,
+                max: *max,
+            },
+            ("leaky_relu", [alpha]) => Act::LeakyRelu { alpha: *alpha },
+            ("hard_sigmoid", [alpha, beta]) => Act::HardSigmoid {
+                alpha: *alpha,
+                beta: *beta,
+            },
+            ("hard_swish", []) => Act::HardSwish,
+            ("sigmoid", []) => Act::Sigmoid,
+            ("tanh", []) => Act::Tanh,
+            _ => return None,
+        })
+    }
+}
+
+impl Attr for Act {
+    fn to_attr(&self) -> Option<AttrValue> {
+        Some(AttrValue::Str(self.text()))
+    }
+    fn from_attr(v: Option<AttrValue>) -> Result<Self, String> {
+        let s = String::from_attr(v)?;
+        Act::from_text(&s).ok_or_else(|| format!("unknown activation {s:?}"))
+    }
+}
+
+str_enum!(PadMode { Constant = "constant", Reflect = "reflect", Edge = "edge", Wrap = "wrap" });
+str_enum!(ResizeMode { Nearest = "nearest", Linear = "linear" });
+str_enum!(CoordTransform {
+    HalfPixel = "half_pixel",
+    HalfPixelSymmetric = "half_pixel_symmetric",
+    PytorchHalfPixel = "pytorch_half_pixel",
+    AlignCorners = "align_corners",
+    Asymmetric = "asymmetric",
+});
+str_enum!(NearestMode { RoundPreferFloor = "round_prefer_floor", RoundPreferCeil = "round_prefer_ceil", Floor = "floor", Ceil = "ceil" });
+
+/// An op qcc does not support, kept (with `--allow-unsupported`) so the model can still be dumped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opaque {
+    pub op_type: String,
+    pub domain: String,
+    pub attrs: Vec<(String, AttrValue)>,
+}
+
+macro_rules! define_ops {
+    ($( $(#[$m:meta])* $variant:ident $( { $($field:ident : $fty:ty),* $(,)? } )? = $name:literal ),* $(,)?) => {
+        /// Every IR operation. Each produces exactly one value.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Op {
+            $( $(#[$m])* $variant $( { $($field: $fty),* } )? , )*
+            Opaque(Opaque),
+        }
+
+        impl Op {
+            /// The op's name in the text form.
+            pub fn name(&self) -> &str {
+                match self {
+                    $( Op::$variant { .. } => $name, )*
+                    Op::Opaque(_) => "opaque",
+                }
+            }
+
+            /// Attributes in declaration order; fields whose value is absent (None) are left out.
+            pub fn attrs(&self) -> Vec<(String, AttrValue)> {
+                match self {
+                    $( Op::$variant $( { $($field),* } )? => {
+                        #[allow(unused_mut)]
+                        let mut v: Vec<(String, AttrValue)> = Vec::new();
+                        $( $( if let Some(a) = Attr::to_attr($field) { v.push((stringify!($field).to_string(), a)); } )* )?
+                        v
+                    } )*
+                    Op::Opaque(o) => {
+                        let mut v = vec![
+                            ("op_type".to_string(), AttrValue::Str(o.op_type.clone())),
+                            ("domain".to_string(), AttrValue::Str(o.domain.clone())),
+                        ];
+                        v.extend(o.attrs.iter().map(|(k, a)| (format!("attr.{k}"), a.clone())));
+                        v
+                    }
+                }
+            }
+
+            /// Builds an op from its text name and attributes.
+            pub fn from_parts(name: &str, mut attrs: AttrMap) -> Result<Op, String> {
+                let op = match name {
+                    $( $name => Op::$variant $( { $($field: attrs.take(stringify!($field))?),* } )?, )*
+                    "opaque" => {
+                        let op_type = attrs.take("op_type")?;
+                        let domain = attrs.take("domain")?;
+                        let rest = std::mem::take(&mut attrs.0);
+                        let mut extra = Vec::new();
+                        for (k, v) in rest {
+                            match k.strip_prefix("attr.") {
+                                Some(k) => extra.push((k.to_string(), v)),
+                                None => return Err(format!("opaque attribute `{k}` must start with `attr.`")),
+                            }
+                        }
+                        Op::Opaque(Opaque { op_type, domain, attrs: extra })
+                    }
+                    _ => return Err(format!("unknown op `{name}`")),
+                };
+                attrs.finish(name)?;
+                Ok(op)
+            }
+        }
+    };
+}
+
+define_ops! {
+    /// inputs: x, w, [bias]. pads: all begins then all ends.
+    Conv { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, act: Option<Act> } = "conv",
+    /// inputs: x, w, [bias]. pads are the ones actually cropped from the full output.
+    ConvTranspose { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, output_padding: Vec<i64> } = "conv_transpose",
+    /// inputs: a, b, [c]. y = alpha * op(a) @ op(b) + beta * c.
+    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool, act: Option<Act> } = "gemm",
+    MatMul = "matmul",
+    Add = "add",
+    Sub = "sub",
+    Mul = "mul",
+    Div = "div",
+    Pow = "pow",
+    /// n-ary elementwise maximum with broadcasting.
+    Max = "max",
+    Min = "min",
+    Equal = "equal",
+    /// inputs: condition, x, y.
+    Where = "where",
+    Relu = "relu",
+    LeakyRelu { alpha: f32 } = "leaky_relu",
+    Sigmoid = "sigmoid",
+    HardSigmoid { alpha: f32, beta: f32 } = "hard_sigmoid",
+    HardSwish = "hard_swish",
+    Tanh = "tanh",
+    Erf = "erf",
+    Sqrt = "sqrt",
+    Exp = "exp",
+    Clip { min: f32, max: f32 } = "clip",
+    /// inputs: x, scale, bias, mean, var.
+    BatchNorm { epsilon: f32 } = "batch_norm",
+    MaxPool { kernel: Vec<i64>, strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, ceil_mode: bool } = "max_pool",
+    AveragePool { kernel: Vec<i64>, strides: Vec<i64>, pads: Vec<i64>, ceil_mode: bool, count_include_pad: bool } = "average_pool",
+    GlobalAveragePool = "global_average_pool",
+    Flatten { axis: i64 } = "flatten",
+    /// The target shape, fully resolved (no 0 or -1).
+    Reshape { shape: Vec<i64> } = "reshape",
+    Transpose { perm: Vec<i64> } = "transpose",
+    Concat { axis: i64 } = "concat",
+    /// pads: all begins then all ends, one per axis.
+    Pad { mode: PadMode, pads: Vec<i64>, value: f32 } = "pad",
+    Squeeze { axes: Vec<i64> } = "squeeze",
+    Unsqueeze { axes: Vec<i64> } = "unsqueeze",
+    Identity = "identity",
+    Dropout = "dropout",
+    /// coerce_2d: opset < 13 semantics (softmax over all axes from `axis` on, flattened).
+    Softmax { axis: i64, coerce_2d: bool } = "softmax",
+    /// scales drive the coordinate transform; sizes is the output shape.
+    Resize { mode: ResizeMode, coord: CoordTransform, nearest: NearestMode, scales: Vec<f32>, sizes: Vec<i64> } = "resize",
+    Shape { start: i64, end: i64 } = "shape",
+    /// inputs: data, indices.
+    Gather { axis: i64 } = "gather",
+    Slice { starts: Vec<i64>, ends: Vec<i64>, axes: Vec<i64>, steps: Vec<i64> } = "slice",
+    Cast { to: DType } = "cast",
+    ReduceMean { axes: Vec<i64>, keepdims: bool } = "reduce_mean",
+    ReduceSum { axes: Vec<i64>, keepdims: bool } = "reduce_sum",
+    ReduceMax { axes: Vec<i64>, keepdims: bool } = "reduce_max",
+    Expand { shape: Vec<i64> } = "expand",
+    /// inputs: x, scale, [bias].
+    LayerNorm { axis: i64, epsilon: f32 } = "layer_norm",
+    /// f32 -> integer; the output type holds the quantization parameters.
+    Quantize = "quantize",
+    /// integer -> f32; the input type holds the quantization parameters.
+    Dequantize = "dequantize",
+}
+
+impl Op {
+    /// Elementwise ops with one input whose output has the input's shape and type.
+    pub fn is_unary_elementwise(&self) -> bool {
+        matches!(
+            self,
+            Op::Relu
+                | Op::LeakyRelu { .. }
+                | Op::Sigmoid
+                | Op::HardSigmoid { .. }
+                | Op::HardSwish
+                | Op::Tanh
+                | Op::Erf
+                | Op::Sqrt
+                | Op::Exp
+                | Op::Clip { .. }
+                | Op::Identity
+                | Op::Dropout
+        )
+    }
+
+    /// The activation this op computes, if it is one that can be fused into a producer.
+    pub fn as_act(&self) -> Option<Act> {
+        Some(match *self {
+            Op::Relu => Act::Relu,
+            Op::Clip { min, max } => Act::Clip { min, max },
+            Op::LeakyRelu { alpha } => Act::LeakyRelu { alpha },
+            Op::HardSigmoid { alpha, beta } => Act::HardSigmoid { alpha, beta },
+            Op::HardSwish => Act::HardSwish,
+            Op::Sigmoid => Act::Sigmoid,
+            Op::Tanh => Act::Tanh,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,140 @@
+//! canonicalize: constant folding (including Shape/Gather/Concat/Reshape chains, since every shape is
+//! static), Identity/Dropout removal, collapsing of reshape chains, dead-code elimination. Runs to a
+//! fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
+//! remains, and every node's value is used.
+use crate::{Pass, PassContext, PassError};
+use qcc_ir::{ConstData, Graph, NodeId, Op, Tensor, Type, ValueDef};
+
+pub struct Canonicalize;
+
+/// Folding results larger than this stay as nodes (an Expand could otherwise blow up the model).
+const FOLD_LIMIT: usize = 1 << 24;
+
+fn is_reshape_like(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. }
+    )
+}
+
+/// Removes a node whose value equals its first input, unless that would rename a graph input or
+/// merge two graph outputs.
+fn bypass(g: &mut Graph, n: NodeId) -> bool {
+    let (inp, out) = (g.node(n).inputs[0], g.node(n).output);
+    if g.is_output(out)
+        && (g.is_output(inp) || matches!(g.value(inp).def, ValueDef::Input | ValueDef::Const(_)))
+    {
+        return false;
+    }
+    g.replace_all_uses(out, inp);
+    g.remove_node(n);
+    true
+}
+
+fn try_fold(g: &mut Graph, n: NodeId) -> Result<bool, PassError> {
+    let node = g.node(n);
+    if matches!(node.op, Op::Opaque(_)) {
+        return Ok(false);
+    }
+    let out_ty = g.ty(node.output).clone();
+    // A graph output stays produced by its node, so it keeps its own name and position.
+    if g.is_output(node.output)
+        || out_ty == Type::Unknown
+        || out_ty.numel().is_none_or(|k| k > FOLD_LIMIT)
+    {
+        return Ok(false);
+    }
+    let value = if let Op::Shape { start, end } = node.op {
+        let s = g.ty(node.inputs[0]).shape().map(|s| {
+            s[start as usize..end as usize]
+                .iter()
+                .map(|d| *d as i64)
+                .collect::<Vec<_>>()
+        });
+        match s {
+            Some(s) => Tensor::from_i64(&[s.len()], s).expect("vector"),
+            None => return Ok(false),
+        }
+    } else {
+        let args: Option<Vec<&Tensor>> = node.inputs.iter().map(|v| g.const_tensor(*v)).collect();
+        let Some(args) = args else { return Ok(false) };
+        let tys: Vec<&Type> = node.inputs.iter().map(|v| g.ty(*v)).collect();
+        qcc_runtime::eval_op(&node.op, &args, &tys, &out_ty).map_err(|msg| PassError::Node {
+            pass: "canonicalize",
+            node: node.name().to_string(),
+            msg,
+        })?
+    };
+    let out = node.output;
+    let name = g
+        .value(out)
+        .name
+        .clone()
+        .or_else(|| Some(node.name().to_string()));
+    let c = g.add_const_typed(ConstData::Data(value), out_ty, name);
+    g.replace_all_uses(out, c);
+    g.remove_node(n);
+    Ok(true)
+}
+
+impl Pass for Canonicalize {
+    fn name(&self) -> &'static str {
+        "canonicalize"
+    }
+
+    fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
+        let mut changed = false;
+        loop {
+            let mut round = false;
+            let order = g.topo_order().map_err(|_| PassError::Failed {
+                pass: "canonicalize",
+                msg: "graph has a cycle".into(),
+            })?;
+            for n in order {
+                if !g.contains_node(n) {
+                    continue;
+                }
+                if try_fold(g, n)? {
+                    round = true;
+                    continue;
+                }
+                let op = g.node(n).op.clone();
+                let inp = g.node(n).inputs.first().copied();
+                let out = g.node(n).output;
+                if matches!(op, Op::Identity | Op::Dropout) {
+                    round |= bypass(g, n);
+                    continue;
+                }
+                if is_reshape_like(&op) {
+                    let inp = inp.expect("reshape has an input");
+                    if g.ty(inp) == g.ty(out) {
+                        round |= bypass(g, n);
+                        continue;
+                    }
+                    let target: Vec<i64> = g
+                        .ty(out)
+                        .shape()
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|d| *d as i64)
+                        .collect();
+                    if let Some(p) = g.producer(inp) {
+                        if is_reshape_like(&g.node(p).op) {
+                            let src = g.node(p).inputs[0];
+                            g.set_inputs(n, vec![src]);
+                            g.set_op(n, Op::Reshape { shape: target });
+                            round = true;
+                            continue;
+                        }
+                    }
+                }
+            }
+            round |= g.dce() > 0;
+            if !round {
+                break;
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,552 @@
+//! Neural-network kernels of the reference interpreter, in f32. Convolution is im2col + GEMM (ndarray's
+//! matrixmultiply), depthwise convolution a direct loop: fast enough to evaluate real models.
+use crate::eval::R;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, Axis, Ix2, IxDyn, Zip};
+use qcc_ir::infer::norm_axis;
+use qcc_ir::{Act, Tensor};
+
+/// Geometry of a 2-D window op (1-D ops are mapped onto it with height 1).
+struct Win {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: usize,
+    pl: usize,
+    oh: usize,
+    ow: usize,
+}
+
+fn win(
+    xs: &[usize],
+    kernel: &[i64],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    out: &[usize],
+) -> R<Win> {
+    let u = |v: i64| v as usize;
+    match xs.len() {
+        3 => Ok(Win {
+            n: xs[0],
+            c: xs[1],
+            h: 1,
+            w: xs[2],
+            kh: 1,
+            kw: u(kernel[0]),
+            sh: 1,
+            sw: u(strides[0]),
+            dh: 1,
+            dw: u(dil[0]),
+            pt: 0,
+            pl: u(pads[0]),
+            oh: 1,
+            ow: out[2],
+        }),
+        4 => Ok(Win {
+            n: xs[0],
+            c: xs[1],
+            h: xs[2],
+            w: xs[3],
+            kh: u(kernel[0]),
+            kw: u(kernel[1]),
+            sh: u(strides[0]),
+            sw: u(strides[1]),
+            dh: u(dil[0]),
+            dw: u(dil[1]),
+            pt: u(pads[0]),
+            pl: u(pads[1]),
+            oh: out[2],
+            ow: out[3],
+        }),
+        r => Err(format!(
+            "{}-D windows are not supported (only 1-D and 2-D)",
+            r.saturating_sub(2)
+        )),
+    }
+}
+
+impl Win {
+    /// Input row/column for output position `o` and kernel tap `k`, or None in the padding.
+    #[inline]
+    fn iy(&self, o: usize, k: usize) -> Option<usize> {
+        (o * self.sh + k * self.dh)
+            .checked_sub(self.pt)
+            .filter(|y| *y < self.h)
+    }
+    #[inline]
+    fn ix(&self, o: usize, k: usize) -> Option<usize> {
+        (o * self.sw + k * self.dw)
+            .checked_sub(self.pl)
+            .filter(|x| *x < self.w)
+    }
+}
+
+fn apply_act(out: &mut [f32], act: Option<Act>) {
+    if let Some(a) = act {
+        out.iter_mut().for_each(|v| *v = a.apply(*v));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn conv(
+    x: &ArrayD<f32>,
+    w: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    group: usize,
+    act: Option<Act>,
+    out_shape: &[usize],
+) -> R<ArrayD<f32>> {
+    let kernel: Vec<i64> = w.shape()[2..].iter().map(|d| *d as i64).collect();
+    let g = win(x.shape(), &kernel, strides, pads, dil, out_shape)?;
+    let m = w.shape()[0];
+    let (cg, mg) = (g.c / group, m / group);
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().ok_or("layout")?;
+    let w = w.as_standard_layout();
+    let ws = w.as_slice().ok_or("layout")?;
+    let (k, sp) = (cg * g.kh * g.kw, g.oh * g.ow);
+    let mut out = vec![0f32; g.n * m * sp];
+    if cg == 1 && mg == 1 {
+        for b in 0..g.n {
+            for ch in 0..g.c {
+                let xc = &xs[(b * g.c + ch) * g.h * g.w..][..g.h * g.w];
+                let wc = &ws[ch * g.kh * g.kw..][..g.kh * g.kw];
+                let oc = &mut out[(b * m + ch) * sp..][..sp];
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = 0f32;
+                        for ky in 0..g.kh {
+                            let Some(iy) = g.iy(oy, ky) else { continue };
+                            for kx in 0..g.kw {
+                                if let Some(ix) = g.ix(ox, kx) {
+                                    acc += xc[iy * g.w + ix] * wc[ky * g.kw + kx];
+                                }
+                            }
+                        }
+                        oc[oy * g.ow + ox] = acc;
+                    }
+                }
+            }
+        }
+    } else {
+        let pointwise = g.kh == 1
+            && g.kw == 1
+            && g.sh == 1
+            && g.sw == 1
+            && g.pt == 0
+            && g.pl == 0
+            && g.oh == g.h
+            && g.ow == g.w;
+        let mut col = vec![0f32; if pointwise { 0 } else { k * sp }];
+        for b in 0..g.n {
+            for gi in 0..group {
+                let xg = &xs[(b * g.c + gi * cg) * g.h * g.w..][..cg * g.h * g.w];
+                let colv: &[f32] = if pointwise {
+                    xg
+                } else {
+                    for c in 0..cg {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let row = &mut col[((c * g.kh + ky) * g.kw + kx) * sp..][..sp];
+                                for oy in 0..g.oh {
+                                    let dst = &mut row[oy * g.ow..][..g.ow];
+                                    match g.iy(oy, ky) {
+                                        None => dst.fill(0.0),
+                                        Some(iy) => {
+                                            let src = &xg[(c * g.h + iy) * g.w..][..g.w];
+                                            for (ox, d) in dst.iter_mut().enumerate() {
+                                                *d = g.ix(ox, kx).map_or(0.0, |ix| src[ix]);
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    &col
+                };
+                let a = ArrayView2::from_shape((mg, k), &ws[gi * mg * k..][..mg * k])
+                    .map_err(|e| e.to_string())?;
+                let bm = ArrayView2::from_shape((k, sp), colv).map_err(|e| e.to_string())?;
+                let dst = &mut out[(b * m + gi * mg) * sp..][..mg * sp];
+                let mut c = ArrayViewMut2::from_shape((mg, sp), dst).map_err(|e| e.to_string())?;
+                general_mat_mul(1.0, &a, &bm, 0.0, &mut c);
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        let bias = bias.as_standard_layout();
+        let bs = bias.as_slice().ok_or("layout")?;
+        for (i, chunk) in out.chunks_mut(sp).enumerate() {
+            let bv = bs[i % m];
+            chunk.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    apply_act(&mut out, act);
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose(
+    x: &ArrayD<f32>,
+    w: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    group: usize,
+    out_shape: &[usize],
+) -> R<ArrayD<f32>> {
+    let r = x.ndim();
+    if r != 3 && r != 4 {
+        return Err("only 1-D and 2-D transposed convolution is supported".into());
+    }
+    let x4 = if r == 3 {
+        x.view().insert_axis(Axis(2)).into_owned()
+    } else {
+        x.to_owned()
+    };
+    let w4 = if r == 3 {
+        w.view().insert_axis(Axis(2)).into_owned()
+    } else {
+        w.to_owned()
+    };
+    let o4: Vec<usize> = if r == 3 {
+        vec![out_shape[0], out_shape[1], 1, out_shape[2]]
+    } else {
+        out_shape.to_vec()
+    };
+    let (s, p, d) = if r == 3 {
+        (vec![1, strides[0]], vec![0, pads[0]], vec![1, dil[0]])
+    } else {
+        (strides.to_vec(), pads.to_vec(), dil.to_vec())
+    };
+    let xs4 = x4.shape().to_vec();
+    let (n, c, h, wd) = (xs4[0], xs4[1], xs4[2], xs4[3]);
+    let (kh, kw) = (w4.shape()[2], w4.shape()[3]);
+    let (m, oh, ow) = (o4[1], o4[2] as i64, o4[3] as i64);
+    let (cg, mg) = (c / group, m / group);
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&o4));
+    for b in 0..n {
+        for gi in 0..group {
+            for ic in 0..cg {
+                let ci = gi * cg + ic;
+                for iy in 0..h {
+                    for ix in 0..wd {
+                        let xv = x4[[b, ci, iy, ix]];
+                        for om in 0..mg {
+                            for ky in 0..kh {
+                                let oy = iy as i64 * s[0] + ky as i64 * d[0] - p[0];
+                                if oy < 0 || oy >= oh {
+                                    continue;
+                                }
+                                for kx in 0..kw {
+                                    let ox = ix as i64 * s[1] + kx as i64 * d[1] - p[1];
+                                    if ox >= 0 && ox < ow {
+                                        out[[b, gi * mg + om, oy as usize, ox as usize]] +=
+                                            xv * w4[[ci, om, ky, kx]];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        for (ch, mut plane) in out.axis_iter_mut(Axis(1)).enumerate() {
+            let bv = bias[[ch]];
+            plane.mapv_inplace(|v| v + bv);
+        }
+    }
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    a: &ArrayD<f32>,
+    b: &ArrayD<f32>,
+    c: Option<&ArrayD<f32>>,
+    alpha: f32,
+    beta: f32,
+    ta: bool,
+    tb: bool,
+    act: Option<Act>,
+) -> R<ArrayD<f32>> {
+    let a = a
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| e.to_string())?;
+    let b = b
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| e.to_string())?;
+    let a = if ta { a.reversed_axes() } else { a };
+    let b = if tb { b.reversed_axes() } else { b };
+    let mut y = a.dot(&b);
+    if alpha != 1.0 {
+        y.mapv_inplace(|v| v * alpha);
+    }
+    let mut y = y.into_dyn();
+    if let Some(c) = c {
+        let cb = c.broadcast(y.raw_dim()).ok_or("bias does not broadcast")?;
+        Zip::from(&mut y)
+            .and(&cb)
+            .for_each(|v, &cv| *v += beta * cv);
+    }
+    if let Some(act) = act {
+        y.mapv_inplace(|v| act.apply(v));
+    }
+    Ok(y)
+}
+
+pub fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> R<Tensor> {
+    let (Tensor::F32(a), Tensor::F32(b)) = (a, b) else {
+        return Err("matmul supports f32 only".into());
+    };
+    let a2 = if a.ndim() == 1 {
+        a.view().insert_axis(Axis(0))
+    } else {
+        a.view()
+    };
+    let b2 = if b.ndim() == 1 {
+        b.view().insert_axis(Axis(1))
+    } else {
+        b.view()
+    };
+    let (ra, rb) = (a2.ndim(), b2.ndim());
+    let (m, k, n) = (a2.shape()[ra - 2], a2.shape()[ra - 1], b2.shape()[rb - 1]);
+    let batch = qcc_ir::infer::broadcast_shapes(&[&a2.shape()[..ra - 2], &b2.shape()[..rb - 2]])?;
+    let mut full_a = batch.clone();
+    full_a.extend([m, k]);
+    let mut full_b = batch.clone();
+    full_b.extend([k, n]);
+    let ab = a2
+        .broadcast(IxDyn(&full_a))
+        .ok_or("broadcast")?
+        .as_standard_layout()
+        .into_owned();
+    let bb = b2
+        .broadcast(IxDyn(&full_b))
+        .ok_or("broadcast")?
+        .as_standard_layout()
+        .into_owned();
+    let nb: usize = batch.iter().product();
+    let av = ab
+        .into_shape_with_order((nb, m, k))
+        .map_err(|e| e.to_string())?;
+    let bv = bb
+        .into_shape_with_order((nb, k, n))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(nb * m * n);
+    for i in 0..nb {
+        out.extend(
+            av.index_axis(Axis(0), i)
+                .dot(&bv.index_axis(Axis(0), i))
+                .iter(),
+        );
+    }
+    Ok(Tensor::F32(
+        ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())?,
+    ))
+}
+
+pub fn batch_norm(
+    x: &ArrayD<f32>,
+    scale: &ArrayD<f32>,
+    bias: &ArrayD<f32>,
+    mean: &ArrayD<f32>,
+    var: &ArrayD<f32>,
+    eps: f32,
+) -> R<ArrayD<f32>> {
+    let mut y = x.to_owned();
+    for (c, mut plane) in y.axis_iter_mut(Axis(1)).enumerate() {
+        let k = scale[[c]] / (var[[c]] + eps).sqrt();
+        let b = bias[[c]] - mean[[c]] * k;
+        plane.mapv_inplace(|v| v * k + b);
+    }
+    Ok(y)
+}
+
+/// Max pooling over any numeric type (padding never wins).
+pub fn max_pool(
+    x: &Tensor,
+    kernel: &[i64],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    out_shape: &[usize],
+) -> R<Tensor> {
+    macro_rules! mp {
+        ($a:expr, $min:expr) => {{
+            let g = win($a.shape(), kernel, strides, pads, dil, out_shape)?;
+            let a = $a.as_standard_layout();
+            let xs = a.as_slice().ok_or("layout")?;
+            let mut out = Vec::with_capacity(g.n * g.c * g.oh * g.ow);
+            for plane in xs.chunks(g.h * g.w).take(g.n * g.c) {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut best = $min;
+                        for ky in 0..g.kh {
+                            let Some(iy) = g.iy(oy, ky) else { continue };
+                            for kx in 0..g.kw {
+                                if let Some(ix) = g.ix(ox, kx) {
+                                    let v = plane[iy * g.w + ix];
+                                    if v > best {
+                                        best = v;
+                                    }
+                                }
+                            }
+                        }
+                        out.push(best);
+                    }
+                }
+            }
+            ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())?
+        }};
+    }
+    Ok(match x {
+        Tensor::F32(a) => Tensor::F32(mp!(a, f32::NEG_INFINITY)),
+        Tensor::U8(a) => Tensor::U8(mp!(a, u8::MIN)),
+        Tensor::I8(a) => Tensor::I8(mp!(a, i8::MIN)),
+        Tensor::I16(a) => Tensor::I16(mp!(a, i16::MIN)),
+        t => return Err(format!("max pooling over {} is not supported", t.dtype())),
+    })
+}
+
+/// Average pooling. With count_include_pad the divisor counts explicit padding but not the positions a
+/// ceil_mode window hangs past it (ONNX Runtime's rule).
+pub fn avg_pool(
+    x: &ArrayD<f32>,
+    kernel: &[i64],
+    strides: &[i64],
+    pads: &[i64],
+    include_pad: bool,
+    out_shape: &[usize],
+) -> R<ArrayD<f32>> {
+    let g = win(
+        x.shape(),
+        kernel,
+        strides,
+        pads,
+        &vec![1; kernel.len()],
+        out_shape,
+    )?;
+    let nsp = kernel.len();
+    let (pb, pr) = if nsp == 1 {
+        (0, pads[1] as usize)
+    } else {
+        (pads[2] as usize, pads[3] as usize)
+    };
+    let a = x.as_standard_layout();
+    let xs = a.as_slice().ok_or("layout")?;
+    let mut out = Vec::with_capacity(g.n * g.c * g.oh * g.ow);
+    for plane in xs.chunks(g.h * g.w).take(g.n * g.c) {
+        for oy in 0..g.oh {
+            let y0 = (oy * g.sh) as i64 - g.pt as i64;
+            let y1 = (y0 + g.kh as i64).min((g.h + pb) as i64);
+            for ox in 0..g.ow {
+                let x0 = (ox * g.sw) as i64 - g.pl as i64;
+                let x1 = (x0 + g.kw as i64).min((g.w + pr) as i64);
+                let padded_count = (y1 - y0) * (x1 - x0);
+                let (cy0, cy1) = (y0.max(0), y1.min(g.h as i64));
+                let (cx0, cx1) = (x0.max(0), x1.min(g.w as i64));
+                let mut sum = 0f32;
+                for iy in cy0..cy1 {
+                    for ix in cx0..cx1 {
+                        sum += plane[iy as usize * g.w + ix as usize];
+                    }
+                }
+                let count = if include_pad {
+                    padded_count
+                } else {
+                    (cy1 - cy0).max(0) * (cx1 - cx0).max(0)
+                };
+                out.push(if count > 0 { sum / count as f32 } else { 0.0 });
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())
+}
+
+pub fn softmax(x: &ArrayD<f32>, axis: i64, coerce_2d: bool) -> R<ArrayD<f32>> {
+    let shape = x.shape().to_vec();
+    let a = norm_axis(axis, shape.len())?;
+    let soft = |mut lane: ndarray::ArrayViewMut1<f32>| {
+        let m = lane.fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        lane.mapv_inplace(|v| (v - m).exp());
+        let s = lane.sum();
+        lane.mapv_inplace(|v| v / s);
+    };
+    if coerce_2d {
+        let rows: usize = shape[..a].iter().product();
+        let mut y = x
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((rows, shape[a..].iter().product::<usize>()))
+            .map_err(|e| e.to_string())?;
+        y.rows_mut().into_iter().for_each(soft);
+        return y
+            .into_shape_with_order(IxDyn(&shape))
+            .map_err(|e| e.to_string());
+    }
+    let mut y = x.to_owned();
+    y.lanes_mut(Axis(a)).into_iter().for_each(soft);
+    Ok(y)
+}
+
+pub fn layer_norm(
+    x: &ArrayD<f32>,
+    scale: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    axis: i64,
+    eps: f32,
+) -> R<ArrayD<f32>> {
+    let shape = x.shape().to_vec();
+    let a = norm_axis(axis, shape.len())?;
+    let inner: usize = shape[a..].iter().product();
+    let rows: usize = shape[..a].iter().product();
+    let sb = scale
+        .broadcast(IxDyn(&shape[a..]))
+        .ok_or("scale does not broadcast")?
+        .iter()
+        .copied()
+        .collect::<Vec<f32>>();
+    let bb: Vec<f32> = match bias {
+        Some(b) => b
+            .broadcast(IxDyn(&shape[a..]))
+            .ok_or("bias does not broadcast")?
+            .iter()
+            .copied()
+            .collect(),
+        None => vec![0.0; inner],
+    };
+    let mut y = x
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((rows, inner))
+        .map_err(|e| e.to_string())?;
+    for mut row in y.rows_mut() {
+        let mean = row.sum() / inner as f32;
+        let var = row.fold(0.0, |acc, v| acc + (v - mean) * (v - mean)) / inner as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = (*v - mean) * inv * sb[i] + bb[i];
+        }
+    }
+    y.into_shape_with_order(IxDyn(&shape))
+        .map_err(|e| e.to_string())
+}

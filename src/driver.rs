@@ -1,0 +1,82 @@
+//! The compile driver: load a model (.onnx or .qir), run a pipeline with instrumentation, print IR.
+use anyhow::{anyhow, bail, Context, Result};
+use qcc_frontend::{import_file, ImportOptions};
+use qcc_ir::{parse_graph, Graph};
+use qcc_passes::{pipeline, Instrumentation, OptLevel, PassContext, PassManager, PASS_NAMES};
+use std::io::Write;
+use std::path::Path;
+
+pub struct Loaded {
+    pub graph: Graph,
+    pub warnings: Vec<String>,
+}
+
+/// Loads `.qir` text or an ONNX model (by extension; anything but `.qir` is read as ONNX).
+pub fn load_model(path: &Path, opts: &ImportOptions) -> Result<Loaded> {
+    if path.extension().is_some_and(|e| e == "qir") {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let graph = parse_graph(&text).map_err(|e| anyhow!("{}:{}", path.display(), e))?;
+        qcc_ir::verify(&graph).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        return Ok(Loaded {
+            graph,
+            warnings: vec![],
+        });
+    }
+    let imp = import_file(path, opts).map_err(|e| anyhow!(e))?;
+    qcc_ir::verify(&imp.graph)
+        .map_err(|e| anyhow!("{}: imported graph is invalid: {e}", path.display()))?;
+    Ok(Loaded {
+        graph: imp.graph,
+        warnings: imp.warnings,
+    })
+}
+
+pub fn check_pass_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    for n in names {
+        if !PASS_NAMES.contains(&n.as_str()) {
+            bail!("unknown pass `{n}` (passes: {})", PASS_NAMES.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the pipeline of `level`. On a pass failure the error carries the last good IR.
+pub fn compile(
+    g: &mut Graph,
+    level: OptLevel,
+    inst: Instrumentation,
+    diag: &mut dyn Write,
+) -> Result<()> {
+    check_pass_names(
+        inst.print_after
+            .iter()
+            .chain(&inst.print_before)
+            .chain(inst.stop_after.iter()),
+    )?;
+    let mut pm = PassManager::new(pipeline(level), inst);
+    let mut cx = PassContext::default();
+    if let Err(f) = pm.run(g, &mut cx, diag) {
+        let ir = qcc_ir::print_graph(
+            &f.last_good,
+            qcc_ir::PrintOptions {
+                elide_constants: true,
+            },
+        );
+        return Err(anyhow!("{}\n// last good IR:\n{ir}", f.error));
+    }
+    Ok(())
+}
+
+/// Parses `NAME=1,3,224,224`.
+pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>)> {
+    let (name, dims) = s
+        .rsplit_once('=')
+        .ok_or_else(|| anyhow!("--input-shape {s:?}: expected NAME=D1,D2,..."))?;
+    let dims = dims
+        .split(',')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow!("--input-shape {s:?}: dimensions must be non-negative integers"))?;
+    Ok((name.to_string(), dims))
+}

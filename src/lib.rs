@@ -1,0 +1,12 @@
+//! qcc: the library behind the `qcc` command — loading models (.onnx or .qir), running pipelines,
+//! reading and writing .npy data, preprocessing images, and measuring accuracy.
+pub mod data;
+pub mod driver;
+pub mod eval;
+pub mod fsutil;
+pub mod npy;
+
+pub use qcc_frontend as frontend;
+pub use qcc_ir as ir;
+pub use qcc_passes as passes;
+pub use qcc_runtime as runtime;
