@@ -16,7 +16,15 @@ pub struct ImportOptions {
     pub input_shapes: HashMap<String, Vec<usize>>,
     /// Keep unsupported ops as opaque nodes instead of failing.
     pub allow_unsupported: bool,
+    /// Graph inputs frozen to constants (shape operands, parameters fed as inputs).
+    pub const_inputs: HashMap<String, qcc_ir::Tensor>,
 }
+
+/// Newest ONNX IR version read. Versions 11 and 12 only added element types and metadata.
+pub const MAX_IR: i64 = 12;
+/// Newest default-domain opset read. Opsets 22-24 changed the supported ops only by widening their
+/// element types (and adding attributes that the attribute check in lower.rs rejects unless default).
+pub const MAX_OPSET: i64 = 24;
 
 pub struct Imported {
     pub graph: Graph,
@@ -86,7 +94,7 @@ pub fn import_bytes(
         msg: e.to_string(),
     })?;
     let ir = model.ir_version();
-    if !(3..=10).contains(&ir) {
+    if !(3..=MAX_IR).contains(&ir) {
         return Err(ImportError::IrVersion(ir));
     }
     let opset = model
@@ -95,7 +103,7 @@ pub fn import_bytes(
         .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
         .map(|o| o.version())
         .ok_or_else(|| ImportError::Model("the model imports no default-domain opset".into()))?;
-    if !(7..=21).contains(&opset) {
+    if !(7..=MAX_OPSET).contains(&opset) {
         return Err(ImportError::Opset(opset));
     }
     let gp = model.graph.as_ref().ok_or_else(|| ImportError::Decode {
@@ -109,11 +117,24 @@ pub fn import_bytes(
         let t = tensor_from_proto(init, base)?;
         ctx.define_const(init.name(), t);
     }
+    let mut unused_consts: HashSet<&String> = opts.const_inputs.keys().collect();
+    for (name, t) in &opts.const_inputs {
+        if gp.input.iter().any(|i| i.name() == name) && !ctx.env.contains_key(name) {
+            ctx.define_const(name, t.clone());
+            unused_consts.remove(name);
+        }
+    }
+    if let Some(n) = unused_consts.into_iter().next() {
+        return Err(ImportError::Input {
+            name: n.clone(),
+            msg: "--const-input names no graph input".into(),
+        });
+    }
     let mut unused_shapes: HashSet<&String> = opts.input_shapes.keys().collect();
     for vi in &gp.input {
         let name = vi.name().to_string();
         if ctx.env.contains_key(&name) {
-            continue; // IR < 4 lists initializers among the inputs
+            continue; // IR < 4 lists initializers among the inputs; frozen inputs are constants
         }
         let (dt, dims, syms) = value_info_type(vi).map_err(|msg| ImportError::Input {
             name: name.clone(),

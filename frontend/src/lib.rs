@@ -4,7 +4,7 @@ mod import;
 mod lower;
 mod tensor;
 
-pub use import::{import_bytes, import_file, ImportOptions, Imported};
+pub use import::{import_bytes, import_file, ImportOptions, Imported, MAX_IR, MAX_OPSET};
 pub use tensor::{dtype_from_onnx, tensor_from_proto, tensor_to_proto};
 
 /// The generated ONNX protobuf types.
@@ -23,9 +23,9 @@ pub enum ImportError {
     },
     #[error("{path} is not a valid ONNX model: {msg}")]
     Decode { path: String, msg: String },
-    #[error("unsupported ONNX IR version {0} (qcc reads IR versions 3 to 10)")]
+    #[error("unsupported ONNX IR version {0} (qcc reads IR versions 3 to 12)")]
     IrVersion(i64),
-    #[error("unsupported default-domain opset {0} (qcc reads opsets 7 to 21)")]
+    #[error("unsupported default-domain opset {0} (qcc reads opsets 7 to 24)")]
     Opset(i64),
     #[error("node \"{node}\": unsupported op {op_type} (domain \"{domain}\", opset {opset}); use --allow-unsupported to keep it as an opaque node")]
     Unsupported {

@@ -382,7 +382,8 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
                                 + (kernel[i] - 1) * dilations[i]
                                 + 1
                                 - os[i];
-                            let half = total / 2;
+                            // The spec's integer division floors (a negative total extends the output).
+                            let half = total.div_euclid(2);
                             let (b, e) = if auto == "SAME_UPPER" {
                                 (half, total - half)
                             } else {
@@ -541,14 +542,12 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
                     vec![xv],
                 )
             } else {
-                if dilations.iter().any(|d| *d != 1) {
-                    return n.err("dilated average pooling is not supported");
-                }
                 L(
                     Op::AveragePool {
                         kernel,
                         strides,
                         pads,
+                        dilations,
                         ceil_mode,
                         count_include_pad: n.int("count_include_pad", 0) != 0,
                     },
@@ -847,6 +846,62 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
     }))
 }
 
+fn lower_op_supported(op_type: &str) -> bool {
+    const OPS: &[&str] = &[
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Equal",
+        "Max",
+        "Min",
+        "Where",
+        "Relu",
+        "LeakyRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Erf",
+        "Sqrt",
+        "Exp",
+        "Identity",
+        "Clip",
+        "BatchNormalization",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Flatten",
+        "Reshape",
+        "Transpose",
+        "Concat",
+        "Pad",
+        "Squeeze",
+        "Unsqueeze",
+        "Constant",
+        "Dropout",
+        "Softmax",
+        "Resize",
+        "Shape",
+        "Gather",
+        "Slice",
+        "Cast",
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "Expand",
+        "LayerNormalization",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    ];
+    OPS.contains(&op_type)
+}
+
 fn lower_resize(ctx: &mut Ctx, n: &N) -> R<Lowered> {
     let xv = req(ctx, n, 0)?;
     let xs = shape(ctx, n, xv)?;
@@ -1006,6 +1061,13 @@ fn lower_qdq(ctx: &mut Ctx, n: &N, quantize: bool) -> R<Lowered> {
         let name = ctx.g.value(xv).name.clone();
         ctx.g.add_const_typed(ConstData::Data(t), qty, name)
     } else if xt == qty {
+        xv
+    } else if matches!(ctx.g.value(xv).def, qcc_ir::ValueDef::Input)
+        && xt.dtype() == Some(storage)
+        && xt.quant().is_none()
+    {
+        // A graph input of plain integers: it is this quantized type.
+        ctx.g.value_mut(xv).ty = qty;
         xv
     } else {
         return n.err(format!(

@@ -354,19 +354,13 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             kernel,
             strides,
             pads,
+            dilations,
             ceil_mode,
             ..
         } => {
             want_inputs(inputs, 1, 1)?;
             want_float(inputs[0], "input")?;
-            pool_type(
-                inputs[0],
-                kernel,
-                strides,
-                pads,
-                &vec![1; kernel.len()],
-                *ceil_mode,
-            )
+            pool_type(inputs[0], kernel, strides, pads, dilations, *ceil_mode)
         }
         GlobalAveragePool => {
             want_inputs(inputs, 1, 1)?;

@@ -205,7 +205,7 @@ define_ops! {
     /// inputs: x, scale, bias, mean, var.
     BatchNorm { epsilon: f32 } = "batch_norm",
     MaxPool { kernel: Vec<i64>, strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, ceil_mode: bool } = "max_pool",
-    AveragePool { kernel: Vec<i64>, strides: Vec<i64>, pads: Vec<i64>, ceil_mode: bool, count_include_pad: bool } = "average_pool",
+    AveragePool { kernel: Vec<i64>, strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, ceil_mode: bool, count_include_pad: bool } = "average_pool",
     GlobalAveragePool = "global_average_pool",
     Flatten { axis: i64 } = "flatten",
     /// The target shape, fully resolved (no 0 or -1).

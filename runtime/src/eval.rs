@@ -86,10 +86,29 @@ fn arith(op: &Op, a: &Tensor, b: &Tensor) -> R<Tensor> {
         return binary_f32(x, y, f).map(Tensor::F32);
     }
     if matches!(op, Op::Pow) {
-        let base = f32_in(a, "pow base")?;
-        let e =
-            ArrayD::from_shape_vec(IxDyn(b.shape()), b.to_f32_vec()).map_err(|e| e.to_string())?;
-        return binary_f32(base, &e, f32::powf).map(Tensor::F32);
+        // The result has the base's type; integer bases are computed in f64 and truncated.
+        let to_f64 = |t: &Tensor| -> R<ArrayD<f64>> {
+            let v: Vec<f64> = match t {
+                Tensor::F32(a) => a.iter().map(|x| *x as f64).collect(),
+                t => t
+                    .to_i64_vec()
+                    .ok_or("bad pow operand")?
+                    .into_iter()
+                    .map(|x| x as f64)
+                    .collect(),
+            };
+            ArrayD::from_shape_vec(IxDyn(t.shape()), v).map_err(|e| e.to_string())
+        };
+        let r = binary(&to_f64(a)?, &to_f64(b)?, |x, y| Ok(x.powf(y)))?;
+        return Ok(match a.dtype() {
+            DType::F32 => Tensor::F32(r.mapv(|x| x as f32)),
+            DType::I64 => Tensor::I64(r.mapv(|x| x as i64)),
+            DType::I32 => Tensor::I32(r.mapv(|x| x as i32)),
+            DType::I16 => Tensor::I16(r.mapv(|x| x as i16)),
+            DType::I8 => Tensor::I8(r.mapv(|x| x as i8)),
+            DType::U8 => Tensor::U8(r.mapv(|x| x as u8)),
+            d => return Err(format!("pow over {d} is not supported")),
+        });
     }
     Ok(int_arith!(a, b, op, I64, I32, I16, I8, U8))
 }
@@ -396,6 +415,9 @@ fn reduce(op: &Op, t: &Tensor, axes: &[i64], keepdims: bool, out_ty: &Type) -> R
             |x: i32, y: i32| x.wrapping_add(y),
             |v: i32, _| v
         )),
+        (Op::ReduceMax { .. }, Tensor::Bool(a)) => {
+            Tensor::Bool(red!(a, false, |x: bool, y: bool| x || y, |v: bool, _| v))
+        }
         (_, t) => return Err(format!("reduction over {} is not supported", t.dtype())),
     })
 }
@@ -557,6 +579,7 @@ pub fn eval_op(
             kernel,
             strides,
             pads,
+            dilations,
             count_include_pad,
             ..
         } => nn::avg_pool(
@@ -564,6 +587,7 @@ pub fn eval_op(
             kernel,
             strides,
             pads,
+            dilations,
             *count_include_pad,
             &out_shape()?,
         )

@@ -427,24 +427,18 @@ pub fn max_pool(
     })
 }
 
-/// Average pooling. With count_include_pad the divisor counts explicit padding but not the positions a
-/// ceil_mode window hangs past it (ONNX Runtime's rule).
+/// Average pooling. With count_include_pad the divisor counts taps in the explicit padding but not
+/// taps a ceil_mode window hangs past it (ONNX Runtime's rule); without it, only taps inside the input.
 pub fn avg_pool(
     x: &ArrayD<f32>,
     kernel: &[i64],
     strides: &[i64],
     pads: &[i64],
+    dil: &[i64],
     include_pad: bool,
     out_shape: &[usize],
 ) -> R<ArrayD<f32>> {
-    let g = win(
-        x.shape(),
-        kernel,
-        strides,
-        pads,
-        &vec![1; kernel.len()],
-        out_shape,
-    )?;
+    let g = win(x.shape(), kernel, strides, pads, dil, out_shape)?;
     let nsp = kernel.len();
     let (pb, pr) = if nsp == 1 {
         (0, pads[1] as usize)
@@ -453,27 +447,41 @@ pub fn avg_pool(
     };
     let a = x.as_standard_layout();
     let xs = a.as_slice().ok_or("layout")?;
+    // Per output row (column): the input rows (columns) its taps read, and how many taps the divisor counts.
+    let axis_taps = |o: usize, k: usize, s: usize, d: usize, p: usize, len: usize, pe: usize| {
+        let mut inside = Vec::new();
+        let mut padded = 0usize;
+        for t in 0..k {
+            let pos = (o * s + t * d) as i64 - p as i64;
+            if pos < (len + pe) as i64 {
+                padded += 1;
+            }
+            if pos >= 0 && pos < len as i64 {
+                inside.push(pos as usize);
+            }
+        }
+        (inside, padded)
+    };
+    let rows: Vec<_> = (0..g.oh)
+        .map(|o| axis_taps(o, g.kh, g.sh, g.dh, g.pt, g.h, pb))
+        .collect();
+    let cols: Vec<_> = (0..g.ow)
+        .map(|o| axis_taps(o, g.kw, g.sw, g.dw, g.pl, g.w, pr))
+        .collect();
     let mut out = Vec::with_capacity(g.n * g.c * g.oh * g.ow);
     for plane in xs.chunks(g.h * g.w).take(g.n * g.c) {
-        for oy in 0..g.oh {
-            let y0 = (oy * g.sh) as i64 - g.pt as i64;
-            let y1 = (y0 + g.kh as i64).min((g.h + pb) as i64);
-            for ox in 0..g.ow {
-                let x0 = (ox * g.sw) as i64 - g.pl as i64;
-                let x1 = (x0 + g.kw as i64).min((g.w + pr) as i64);
-                let padded_count = (y1 - y0) * (x1 - x0);
-                let (cy0, cy1) = (y0.max(0), y1.min(g.h as i64));
-                let (cx0, cx1) = (x0.max(0), x1.min(g.w as i64));
+        for (ry, py) in &rows {
+            for (cx, px) in &cols {
                 let mut sum = 0f32;
-                for iy in cy0..cy1 {
-                    for ix in cx0..cx1 {
-                        sum += plane[iy as usize * g.w + ix as usize];
+                for iy in ry {
+                    for ix in cx {
+                        sum += plane[iy * g.w + ix];
                     }
                 }
                 let count = if include_pad {
-                    padded_count
+                    py * px
                 } else {
-                    (cy1 - cy0).max(0) * (cx1 - cx0).max(0)
+                    ry.len() * cx.len()
                 };
                 out.push(if count > 0 { sum / count as f32 } else { 0.0 });
             }

@@ -15,11 +15,13 @@ fn source(coord: CoordTransform, y: usize, scale: f32, in_len: usize, out_len: u
                 0.0
             }
         }
+        // The resized length here is in_len * scale before flooring, as the ONNX reference computes it.
         CoordTransform::AlignCorners => {
-            if out_len == 1 {
+            let resized = in_len as f32 * scale;
+            if out_len == 1 || resized <= 1.0 {
                 0.0
             } else {
-                y * (in_len as f32 - 1.0) / (out_len as f32 - 1.0)
+                y * (in_len as f32 - 1.0) / (resized - 1.0)
             }
         }
         CoordTransform::Asymmetric => y / scale,
