@@ -35,18 +35,9 @@ fn parse3(s: &str) -> Result<[f32; 3]> {
 impl Preprocess {
     /// Parses `resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw`.
     pub fn parse(spec: &str) -> Result<Preprocess> {
-        let mut p = Preprocess {
-            resize: None,
-            crop: None,
-            scale: 1.0 / 255.0,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            nchw: true,
-        };
+        let mut p = Preprocess { resize: None, crop: None, scale: 1.0 / 255.0, mean: [0.0; 3], std: [1.0; 3], nchw: true };
         for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--preprocess: `{part}` is not KEY=VALUE"))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("--preprocess: `{part}` is not KEY=VALUE"))?;
             let ctx = || format!("--preprocess: bad value in `{part}`");
             match k {
                 "resize" => p.resize = Some(v.parse().with_context(ctx)?),
@@ -61,9 +52,7 @@ impl Preprocess {
                         _ => bail!("--preprocess: layout must be nchw or nhwc"),
                     }
                 }
-                _ => bail!(
-                    "--preprocess: unknown key `{k}` (resize, crop, scale, mean, std, layout)"
-                ),
+                _ => bail!("--preprocess: unknown key `{k}` (resize, crop, scale, mean, std, layout)"),
             }
         }
         if p.std.iter().any(|s| *s == 0.0) {
@@ -74,9 +63,7 @@ impl Preprocess {
 
     /// Loads and preprocesses one image into a [1, 3, H, W] (or [1, H, W, 3]) f32 tensor.
     pub fn load(&self, path: &Path) -> Result<Tensor> {
-        let img = image::open(path)
-            .with_context(|| format!("cannot read image {}", path.display()))?
-            .to_rgb8();
+        let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
         let img = match self.resize {
             Some(short) => {
                 let (w, h) = img.dimensions();
@@ -94,34 +81,20 @@ impl Preprocess {
             Some(c) => {
                 let (w, h) = img.dimensions();
                 if c > w || c > h {
-                    bail!(
-                        "{}: crop {c} is larger than the resized image {w}x{h}",
-                        path.display()
-                    );
+                    bail!("{}: crop {c} is larger than the resized image {w}x{h}", path.display());
                 }
-                let (x, y) = (
-                    ((w - c) as f32 / 2.0).round() as u32,
-                    ((h - c) as f32 / 2.0).round() as u32,
-                );
+                let (x, y) = (((w - c) as f32 / 2.0).round() as u32, ((h - c) as f32 / 2.0).round() as u32);
                 image::imageops::crop_imm(&img, x, y, c, c).to_image()
             }
             None => img,
         };
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let shape = if self.nchw {
-            vec![1, 3, h, w]
-        } else {
-            vec![1, h, w, 3]
-        };
+        let shape = if self.nchw { vec![1, 3, h, w] } else { vec![1, h, w, 3] };
         let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
         for (x, y, px) in img.enumerate_pixels() {
             for c in 0..3 {
                 let v = (px[c] as f32 * self.scale - self.mean[c]) / self.std[c];
-                let idx = if self.nchw {
-                    [0, c, y as usize, x as usize]
-                } else {
-                    [0, y as usize, x as usize, c]
-                };
+                let idx = if self.nchw { [0, c, y as usize, x as usize] } else { [0, y as usize, x as usize, c] };
                 out[IxDyn(&idx)] = v;
             }
         }
@@ -131,8 +104,7 @@ impl Preprocess {
 
 /// `filename,label` rows (a header line and further columns are allowed).
 pub fn read_labels(path: &Path) -> Result<Vec<(String, i64)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read labels {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read labels {}", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -140,17 +112,11 @@ pub fn read_labels(path: &Path) -> Result<Vec<(String, i64)>> {
             continue;
         }
         let mut cols = line.splitn(3, ',');
-        let (Some(f), Some(l)) = (cols.next(), cols.next()) else {
-            bail!("{}:{}: expected filename,label", path.display(), i + 1)
-        };
+        let (Some(f), Some(l)) = (cols.next(), cols.next()) else { bail!("{}:{}: expected filename,label", path.display(), i + 1) };
         match l.trim().parse::<i64>() {
             Ok(l) => rows.push((f.trim().to_string(), l)),
             Err(_) if i == 0 => continue,
-            Err(_) => bail!(
-                "{}:{}: label `{l}` is not an integer",
-                path.display(),
-                i + 1
-            ),
+            Err(_) => bail!("{}:{}: label `{l}` is not an integer", path.display(), i + 1),
         }
     }
     if rows.is_empty() {
@@ -169,28 +135,18 @@ impl Dataset {
     /// A folder of .npy samples with `labels.csv` inside.
     pub fn npy_dir(dir: &Path) -> Result<Dataset> {
         let labels = read_labels(&dir.join("labels.csv"))?;
-        Ok(Dataset {
-            items: labels.into_iter().map(|(f, l)| (dir.join(f), l)).collect(),
-            preprocess: None,
-        })
+        Ok(Dataset { items: labels.into_iter().map(|(f, l)| (dir.join(f), l)).collect(), preprocess: None })
     }
 
     pub fn images(dir: &Path, labels: &Path, pre: Preprocess) -> Result<Dataset> {
         let labels = read_labels(labels)?;
-        Ok(Dataset {
-            items: labels.into_iter().map(|(f, l)| (dir.join(f), l)).collect(),
-            preprocess: Some(pre),
-        })
+        Ok(Dataset { items: labels.into_iter().map(|(f, l)| (dir.join(f), l)).collect(), preprocess: Some(pre) })
     }
 
     /// Keeps samples `offset .. offset + limit`.
     pub fn window(mut self, offset: usize, limit: Option<usize>) -> Dataset {
         let end = limit.map_or(self.items.len(), |l| (offset + l).min(self.items.len()));
-        self.items = self
-            .items
-            .get(offset.min(end)..end)
-            .map(|s| s.to_vec())
-            .unwrap_or_default();
+        self.items = self.items.get(offset.min(end)..end).map(|s| s.to_vec()).unwrap_or_default();
         self
     }
 
@@ -211,9 +167,5 @@ pub fn fit_input(t: Tensor, want: &[usize], what: &str) -> Result<Tensor> {
     if want.first() == Some(&1) && t.shape() == &want[1..] {
         return Ok(qcc_ir::map_tensor!(t, a => a.insert_axis(ndarray::Axis(0))));
     }
-    bail!(
-        "{what}: shape {:?} does not match the model input {:?}",
-        t.shape(),
-        want
-    )
+    bail!("{what}: shape {:?} does not match the model input {:?}", t.shape(), want)
 }

@@ -14,22 +14,14 @@ pub struct Loaded {
 /// Loads `.qir` text or an ONNX model (by extension; anything but `.qir` is read as ONNX).
 pub fn load_model(path: &Path, opts: &ImportOptions) -> Result<Loaded> {
     if path.extension().is_some_and(|e| e == "qir") {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let graph = parse_graph(&text).map_err(|e| anyhow!("{}:{}", path.display(), e))?;
         qcc_ir::verify(&graph).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        return Ok(Loaded {
-            graph,
-            warnings: vec![],
-        });
+        return Ok(Loaded { graph, warnings: vec![] });
     }
     let imp = import_file(path, opts).map_err(|e| anyhow!(e))?;
-    qcc_ir::verify(&imp.graph)
-        .map_err(|e| anyhow!("{}: imported graph is invalid: {e}", path.display()))?;
-    Ok(Loaded {
-        graph: imp.graph,
-        warnings: imp.warnings,
-    })
+    qcc_ir::verify(&imp.graph).map_err(|e| anyhow!("{}: imported graph is invalid: {e}", path.display()))?;
+    Ok(Loaded { graph: imp.graph, warnings: imp.warnings })
 }
 
 pub fn check_pass_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<()> {
@@ -42,27 +34,12 @@ pub fn check_pass_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Resu
 }
 
 /// Runs the pipeline of `level`. On a pass failure the error carries the last good IR.
-pub fn compile(
-    g: &mut Graph,
-    level: OptLevel,
-    inst: Instrumentation,
-    diag: &mut dyn Write,
-) -> Result<()> {
-    check_pass_names(
-        inst.print_after
-            .iter()
-            .chain(&inst.print_before)
-            .chain(inst.stop_after.iter()),
-    )?;
+pub fn compile(g: &mut Graph, level: OptLevel, inst: Instrumentation, diag: &mut dyn Write) -> Result<()> {
+    check_pass_names(inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()))?;
     let mut pm = PassManager::new(pipeline(level), inst);
     let mut cx = PassContext::default();
     if let Err(f) = pm.run(g, &mut cx, diag) {
-        let ir = qcc_ir::print_graph(
-            &f.last_good,
-            qcc_ir::PrintOptions {
-                elide_constants: true,
-            },
-        );
+        let ir = qcc_ir::print_graph(&f.last_good, qcc_ir::PrintOptions { elide_constants: true });
         return Err(anyhow!("{}\n// last good IR:\n{ir}", f.error));
     }
     Ok(())
@@ -70,9 +47,7 @@ pub fn compile(
 
 /// Parses `NAME=1,3,224,224`.
 pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>)> {
-    let (name, dims) = s
-        .rsplit_once('=')
-        .ok_or_else(|| anyhow!("--input-shape {s:?}: expected NAME=D1,D2,..."))?;
+    let (name, dims) = s.rsplit_once('=').ok_or_else(|| anyhow!("--input-shape {s:?}: expected NAME=D1,D2,..."))?;
     let dims = dims
         .split(',')
         .map(|d| d.trim().parse::<usize>())

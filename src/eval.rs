@@ -22,11 +22,7 @@ impl Accuracy {
 /// Rank of `label` among the scores (0 = best); ties count against the label.
 pub fn rank_of(scores: &[f32], label: usize) -> usize {
     let s = scores[label];
-    scores
-        .iter()
-        .enumerate()
-        .filter(|(i, v)| *i != label && (**v > s || (**v == s && *i < label)))
-        .count()
+    scores.iter().enumerate().filter(|(i, v)| *i != label && (**v > s || (**v == s && *i < label))).count()
 }
 
 pub fn scores(out: &Tensor) -> Result<Vec<f32>> {
@@ -37,32 +33,18 @@ pub fn scores(out: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Runs the graph on every sample; `label_offset` is added to labels (1001-class models: 1).
-pub fn evaluate(
-    g: &Graph,
-    data: &Dataset,
-    label_offset: i64,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Accuracy> {
-    let input = g
-        .inputs()
-        .first()
-        .copied()
-        .context("the model has no inputs")?;
+pub fn evaluate(g: &Graph, data: &Dataset, label_offset: i64, mut progress: impl FnMut(usize, usize)) -> Result<Accuracy> {
+    let input = g.inputs().first().copied().context("the model has no inputs")?;
     let want = g.ty(input).shape().context("input shape unknown")?.to_vec();
     let mut acc = Accuracy::default();
     for i in 0..data.items.len() {
         let (path, label) = &data.items[i];
         let x = fit_input(data.load(i)?, &want, &path.display().to_string())?;
-        let out = qcc_runtime::run(g, vec![x])
-            .with_context(|| format!("running on {}", path.display()))?;
+        let out = qcc_runtime::run(g, vec![x]).with_context(|| format!("running on {}", path.display()))?;
         let s = scores(&out[0])?;
         let l = label + label_offset;
         if l < 0 || l as usize >= s.len() {
-            bail!(
-                "{}: label {l} is outside the model's {} classes",
-                path.display(),
-                s.len()
-            );
+            bail!("{}: label {l} is outside the model's {} classes", path.display(), s.len());
         }
         let r = rank_of(&s, l as usize);
         acc.n += 1;

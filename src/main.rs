@@ -16,12 +16,7 @@ use std::path::PathBuf;
 /// Compile: `qcc MODEL [-O0|-O1|-O2] [--emit qir] [-o OUT]` prints the optimized IR (to stdout without -o).
 /// Run a model: `qcc run MODEL --input x.npy`. Measure accuracy: `qcc eval MODEL --npy DIR`.
 #[derive(Parser)]
-#[command(
-    name = "qcc",
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
+#[command(name = "qcc", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -167,14 +162,8 @@ impl ModelArgs {
 
     /// Loads the model and runs the pipeline.
     fn build(&self) -> Result<Graph> {
-        let model = self
-            .model
-            .as_ref()
-            .ok_or_else(|| anyhow!("no model given (see qcc --help)"))?;
-        let mut opts = ImportOptions {
-            allow_unsupported: self.allow_unsupported,
-            ..Default::default()
-        };
+        let model = self.model.as_ref().ok_or_else(|| anyhow!("no model given (see qcc --help)"))?;
+        let mut opts = ImportOptions { allow_unsupported: self.allow_unsupported, ..Default::default() };
         for s in &self.input_shape {
             let (n, d) = parse_input_shape(s)?;
             opts.input_shapes.insert(n, d);
@@ -184,12 +173,7 @@ impl ModelArgs {
             eprintln!("warning: {w}");
         }
         let mut g = loaded.graph;
-        compile(
-            &mut g,
-            self.level(),
-            self.instrumentation(),
-            &mut std::io::stderr(),
-        )?;
+        compile(&mut g, self.level(), self.instrumentation(), &mut std::io::stderr())?;
         Ok(g)
     }
 }
@@ -197,17 +181,10 @@ impl ModelArgs {
 fn cmd_compile(c: CompileCmd) -> Result<()> {
     let g = c.m.build()?;
     let Emit::Qir = c.emit.unwrap_or(Emit::Qir);
-    let text = print_graph(
-        &g,
-        PrintOptions {
-            elide_constants: c.elide_constants,
-        },
-    );
+    let text = print_graph(&g, PrintOptions { elide_constants: c.elide_constants });
     match &c.output {
         Some(p) => write_atomic(p, text.as_bytes()),
-        None => std::io::stdout()
-            .write_all(text.as_bytes())
-            .context("writing to stdout"),
+        None => std::io::stdout().write_all(text.as_bytes()).context("writing to stdout"),
     }
 }
 
@@ -220,9 +197,7 @@ fn named(s: &str) -> (Option<&str>, &str) {
 }
 
 fn value_names(g: &Graph, vs: &[qcc_ir::ValueId]) -> Vec<String> {
-    vs.iter()
-        .map(|v| g.value(*v).name.clone().unwrap_or_default())
-        .collect()
+    vs.iter().map(|v| g.value(*v).name.clone().unwrap_or_default()).collect()
 }
 
 fn cmd_run(r: RunCmd) -> Result<()> {
@@ -232,23 +207,17 @@ fn cmd_run(r: RunCmd) -> Result<()> {
     for (k, spec) in r.inputs.iter().enumerate() {
         let (name, file) = named(spec);
         let idx = match name {
-            Some(n) => in_names.iter().position(|x| x == n).ok_or_else(|| {
-                anyhow!(
-                    "--input {n}: the model has no input named {n:?} (inputs: {})",
-                    in_names.join(", ")
-                )
-            })?,
+            Some(n) => in_names
+                .iter()
+                .position(|x| x == n)
+                .ok_or_else(|| anyhow!("--input {n}: the model has no input named {n:?} (inputs: {})", in_names.join(", ")))?,
             None => k,
         };
         if idx >= inputs.len() {
             bail!("--input {spec}: the model has only {} inputs", inputs.len());
         }
         let want = g.ty(g.inputs()[idx]).shape().unwrap_or(&[]).to_vec();
-        inputs[idx] = Some(fit_input(
-            read_npy(std::path::Path::new(file))?,
-            &want,
-            file,
-        )?);
+        inputs[idx] = Some(fit_input(read_npy(std::path::Path::new(file))?, &want, file)?);
     }
     let inputs: Vec<qcc_ir::Tensor> = inputs
         .into_iter()
@@ -261,17 +230,13 @@ fn cmd_run(r: RunCmd) -> Result<()> {
     for (k, spec) in r.outputs.iter().enumerate() {
         let (name, file) = named(spec);
         let idx = match name {
-            Some(n) => out_names.iter().position(|x| x == n).ok_or_else(|| {
-                anyhow!(
-                    "--output {n}: the model has no output named {n:?} (outputs: {})",
-                    out_names.join(", ")
-                )
-            })?,
+            Some(n) => out_names
+                .iter()
+                .position(|x| x == n)
+                .ok_or_else(|| anyhow!("--output {n}: the model has no output named {n:?} (outputs: {})", out_names.join(", ")))?,
             None => k,
         };
-        let t = outs
-            .get(idx)
-            .ok_or_else(|| anyhow!("--output {spec}: the model has only {} outputs", outs.len()))?;
+        let t = outs.get(idx).ok_or_else(|| anyhow!("--output {spec}: the model has only {} outputs", outs.len()))?;
         write_npy(std::path::Path::new(file), t)?;
         written[idx] = true;
     }
@@ -279,12 +244,7 @@ fn cmd_run(r: RunCmd) -> Result<()> {
         for (name, t) in out_names.iter().zip(&outs) {
             let v = t.to_f32_vec();
             let head: Vec<String> = v.iter().take(8).map(|x| format!("{x:.6}")).collect();
-            let argmax = v
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-                .unwrap_or(0);
+            let argmax = v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
             println!(
                 "{name}: {}{:?} argmax={argmax} [{}{}]",
                 t.dtype(),
@@ -317,19 +277,9 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
         }
     })?;
     eprintln!();
-    println!(
-        "n={} float top-1 {:.2}% top-5 {:.2}%",
-        acc.n,
-        acc.top1_pct(),
-        acc.top5_pct()
-    );
+    println!("n={} float top-1 {:.2}% top-5 {:.2}%", acc.n, acc.top1_pct(), acc.top5_pct());
     if let Some(p) = &e.json {
-        let json = format!(
-            "{{\"n\": {}, \"float\": {{\"top1\": {:.4}, \"top5\": {:.4}}}}}\n",
-            acc.n,
-            acc.top1_pct(),
-            acc.top5_pct()
-        );
+        let json = format!("{{\"n\": {}, \"float\": {{\"top1\": {:.4}, \"top5\": {:.4}}}}}\n", acc.n, acc.top1_pct(), acc.top5_pct());
         write_atomic(p, json.as_bytes())?;
     }
     Ok(())

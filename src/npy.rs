@@ -10,54 +10,26 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
     let npy = NpyFile::new(&bytes[..]).with_context(what)?;
     let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
     if npy.order() == npyz::Order::Fortran {
-        bail!(
-            "{}: Fortran-ordered arrays are not supported",
-            path.display()
-        );
+        bail!("{}: Fortran-ordered arrays are not supported", path.display());
     }
-    let NDType::Plain(ts) = npy.dtype() else {
-        bail!("{}: structured arrays are not supported", path.display())
-    };
+    let NDType::Plain(ts) = npy.dtype() else { bail!("{}: structured arrays are not supported", path.display()) };
     let t = match (ts.type_char(), ts.size_field()) {
         (TypeChar::Float, 4) => Tensor::from_f32(&shape, npy.into_vec::<f32>().with_context(what)?),
-        (TypeChar::Float, 8) => Tensor::from_f32(
-            &shape,
-            npy.into_vec::<f64>()
-                .with_context(what)?
-                .into_iter()
-                .map(|x| x as f32)
-                .collect(),
-        ),
+        (TypeChar::Float, 8) => Tensor::from_f32(&shape, npy.into_vec::<f64>().with_context(what)?.into_iter().map(|x| x as f32).collect()),
         (TypeChar::Int, 8) => Tensor::from_i64(&shape, npy.into_vec::<i64>().with_context(what)?),
         (TypeChar::Int, 4) => Tensor::from_le_bytes(
             DType::I32,
             &shape,
-            &npy.into_vec::<i32>()
-                .with_context(what)?
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<_>>(),
+            &npy.into_vec::<i32>().with_context(what)?.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
         ),
-        (TypeChar::Int, 1) => Tensor::from_le_bytes(
-            DType::I8,
-            &shape,
-            &npy.into_vec::<i8>()
-                .with_context(what)?
-                .iter()
-                .map(|x| *x as u8)
-                .collect::<Vec<_>>(),
-        ),
-        (TypeChar::Uint, 1) => {
-            Tensor::from_le_bytes(DType::U8, &shape, &npy.into_vec::<u8>().with_context(what)?)
+        (TypeChar::Int, 1) => {
+            Tensor::from_le_bytes(DType::I8, &shape, &npy.into_vec::<i8>().with_context(what)?.iter().map(|x| *x as u8).collect::<Vec<_>>())
         }
+        (TypeChar::Uint, 1) => Tensor::from_le_bytes(DType::U8, &shape, &npy.into_vec::<u8>().with_context(what)?),
         (TypeChar::Bool, 1) => Tensor::from_le_bytes(
             DType::Bool,
             &shape,
-            &npy.into_vec::<bool>()
-                .with_context(what)?
-                .iter()
-                .map(|b| *b as u8)
-                .collect::<Vec<_>>(),
+            &npy.into_vec::<bool>().with_context(what)?.iter().map(|b| *b as u8).collect::<Vec<_>>(),
         ),
         _ => bail!("{}: element type {} is not supported", path.display(), ts),
     };
@@ -69,11 +41,7 @@ pub fn npy_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let shape: Vec<u64> = t.shape().iter().map(|d| *d as u64).collect();
     macro_rules! write {
         ($a:expr, $t:ty) => {{
-            let mut w = npyz::WriteOptions::<$t>::new()
-                .default_dtype()
-                .shape(&shape)
-                .writer(&mut buf)
-                .begin_nd()?;
+            let mut w = npyz::WriteOptions::<$t>::new().default_dtype().shape(&shape).writer(&mut buf).begin_nd()?;
             w.extend($a.iter().copied())?;
             w.finish()?;
         }};

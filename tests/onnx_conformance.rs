@@ -80,19 +80,12 @@ fn read_tensor(path: &Path) -> Result<Tensor, String> {
 
 fn close(got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Err(format!(
-            "got {}{:?}, expected {}{:?}",
-            got.dtype(),
-            got.shape(),
-            want.dtype(),
-            want.shape()
-        ));
+        return Err(format!("got {}{:?}, expected {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
     }
     match (got, want) {
         (Tensor::F32(a), Tensor::F32(b)) => {
             for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
-                let ok =
-                    (x.is_nan() && y.is_nan()) || x == y || (x - y).abs() <= 1e-5 + 1e-3 * y.abs();
+                let ok = (x.is_nan() && y.is_nan()) || x == y || (x - y).abs() <= 1e-5 + 1e-3 * y.abs();
                 if !ok {
                     return Err(format!("element {i}: got {x}, expected {y}"));
                 }
@@ -109,12 +102,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
     let model = ModelProto::decode(&bytes[..]).map_err(|e| e.to_string())?;
     let gp = model.graph.as_ref().ok_or("no graph")?;
     let inits: std::collections::HashSet<&str> = gp.initializer.iter().map(|t| t.name()).collect();
-    let input_names: Vec<&str> = gp
-        .input
-        .iter()
-        .map(|i| i.name())
-        .filter(|n| !inits.contains(n))
-        .collect();
+    let input_names: Vec<&str> = gp.input.iter().map(|i| i.name()).filter(|n| !inits.contains(n)).collect();
     let set = dir.join("test_data_set_0");
     let mut inputs = Vec::new();
     let mut opts = ImportOptions::default();
@@ -124,8 +112,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
             break; // trailing optional inputs left out
         }
         let t = read_tensor(&p)?;
-        opts.input_shapes
-            .insert(name.to_string(), t.shape().to_vec());
+        opts.input_shapes.insert(name.to_string(), t.shape().to_vec());
         inputs.push(t);
     }
     // Shape operands fed as graph inputs are frozen to constants, as a user would with --const-input.
@@ -143,11 +130,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
     .map_err(|e| format!("import: {e}"))?;
     qcc_ir::verify(&imp.graph).map_err(|e| format!("verify: {e}"))?;
     if inputs.len() != imp.graph.inputs().len() {
-        return Err(format!(
-            "{} inputs in the data, {} in the graph",
-            inputs.len(),
-            imp.graph.inputs().len()
-        ));
+        return Err(format!("{} inputs in the data, {} in the graph", inputs.len(), imp.graph.inputs().len()));
     }
     let outs = qcc_runtime::run(&imp.graph, inputs).map_err(|e| format!("run: {e}"))?;
     for (i, got) in outs.iter().enumerate() {
@@ -158,16 +141,10 @@ fn run_case(dir: &Path) -> Result<(), String> {
     let mut g = imp.graph.clone();
     let mut pm = qcc_passes::PassManager::new(
         qcc_passes::pipeline(qcc_passes::OptLevel::O2),
-        qcc_passes::Instrumentation {
-            verify: true,
-            ..Default::default()
-        },
+        qcc_passes::Instrumentation { verify: true, ..Default::default() },
     );
-    pm.run(&mut g, &mut Default::default(), &mut std::io::sink())
-        .map_err(|f| format!("pipeline: {}", f.error))?;
-    let inputs2: Vec<Tensor> = (0..g.inputs().len())
-        .map(|i| read_tensor(&set.join(format!("input_{i}.pb"))))
-        .collect::<Result<_, _>>()?;
+    pm.run(&mut g, &mut Default::default(), &mut std::io::sink()).map_err(|f| format!("pipeline: {}", f.error))?;
+    let inputs2: Vec<Tensor> = (0..g.inputs().len()).map(|i| read_tensor(&set.join(format!("input_{i}.pb")))).collect::<Result<_, _>>()?;
     if inputs2.len() != g.inputs().len() {
         return Err("input count changed".into());
     }
@@ -188,15 +165,9 @@ fn onnx_node_conformance() {
             dir.display()
         );
     }
-    let manifest_text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx-node-manifest.txt"),
-    )
-    .expect("manifest");
-    let manifest: Vec<&str> = manifest_text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let manifest_text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx-node-manifest.txt")).expect("manifest");
+    let manifest: Vec<&str> = manifest_text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let mut failed = Vec::new();
     for case in &manifest {
         if let Err(e) = run_case(&dir.join(case)) {
@@ -204,30 +175,16 @@ fn onnx_node_conformance() {
         }
     }
     if std::env::var_os("QCC_CONFORMANCE_REPORT").is_some() {
-        let mut all: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut all: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         all.sort();
-        for case in all.iter().filter(|c| {
-            PREFIXES.iter().any(|p| c.starts_with(p)) && !manifest.contains(&c.as_str())
-        }) {
+        for case in all.iter().filter(|c| PREFIXES.iter().any(|p| c.starts_with(p)) && !manifest.contains(&c.as_str())) {
             match run_case(&dir.join(case)) {
                 Ok(()) => println!("PASS-NOT-IN-MANIFEST {case}"),
                 Err(e) => println!("FAIL {case}: {}", e.lines().next().unwrap_or("")),
             }
         }
     }
-    println!(
-        "onnx node conformance: {} cases ran, {} passed, {} failed",
-        manifest.len(),
-        manifest.len() - failed.len(),
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "conformance failures:\n{}",
-        failed.join("\n")
-    );
+    println!("onnx node conformance: {} cases ran, {} passed, {} failed", manifest.len(), manifest.len() - failed.len(), failed.len());
+    assert!(failed.is_empty(), "conformance failures:\n{}", failed.join("\n"));
 }

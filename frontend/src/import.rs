@@ -34,34 +34,18 @@ pub struct Imported {
 }
 
 pub fn import_file(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let base = path.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            p
-        }
-    });
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.display().to_string(), source })?;
+    let base = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
     import_bytes(&bytes, &path.display().to_string(), base, opts)
 }
 
-fn value_info_type(
-    vi: &ValueInfoProto,
-) -> Result<(qcc_ir::DType, Vec<Option<usize>>, Vec<String>), String> {
+fn value_info_type(vi: &ValueInfoProto) -> Result<(qcc_ir::DType, Vec<Option<usize>>, Vec<String>), String> {
     let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t,
         Some(_) => return Err("is not a tensor".into()),
         None => return Err("has no type".into()),
     };
-    let dt = dtype_from_onnx(tt.elem_type()).ok_or_else(|| {
-        format!(
-            "has unsupported element type {}",
-            onnx_type_name(tt.elem_type())
-        )
-    })?;
+    let dt = dtype_from_onnx(tt.elem_type()).ok_or_else(|| format!("has unsupported element type {}", onnx_type_name(tt.elem_type())))?;
     let mut dims = Vec::new();
     let mut syms = Vec::new();
     let shape = tt.shape.as_ref().ok_or("has no shape")?;
@@ -83,16 +67,8 @@ fn value_info_type(
 }
 
 /// Imports a serialized model. `what` names it in errors; `base` is its folder, for external data.
-pub fn import_bytes(
-    bytes: &[u8],
-    what: &str,
-    base: Option<&Path>,
-    opts: &ImportOptions,
-) -> Result<Imported, ImportError> {
-    let model = ModelProto::decode(bytes).map_err(|e| ImportError::Decode {
-        path: what.to_string(),
-        msg: e.to_string(),
-    })?;
+pub fn import_bytes(bytes: &[u8], what: &str, base: Option<&Path>, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let model = ModelProto::decode(bytes).map_err(|e| ImportError::Decode { path: what.to_string(), msg: e.to_string() })?;
     let ir = model.ir_version();
     if !(3..=MAX_IR).contains(&ir) {
         return Err(ImportError::IrVersion(ir));
@@ -106,10 +82,7 @@ pub fn import_bytes(
     if !(7..=MAX_OPSET).contains(&opset) {
         return Err(ImportError::Opset(opset));
     }
-    let gp = model.graph.as_ref().ok_or_else(|| ImportError::Decode {
-        path: what.to_string(),
-        msg: "no graph".into(),
-    })?;
+    let gp = model.graph.as_ref().ok_or_else(|| ImportError::Decode { path: what.to_string(), msg: "no graph".into() })?;
     let mut ctx = Ctx::new(gp.name(), opset, opts.allow_unsupported);
     let mut warnings = Vec::new();
 
@@ -125,10 +98,7 @@ pub fn import_bytes(
         }
     }
     if let Some(n) = unused_consts.into_iter().next() {
-        return Err(ImportError::Input {
-            name: n.clone(),
-            msg: "--const-input names no graph input".into(),
-        });
+        return Err(ImportError::Input { name: n.clone(), msg: "--const-input names no graph input".into() });
     }
     let mut unused_shapes: HashSet<&String> = opts.input_shapes.keys().collect();
     for vi in &gp.input {
@@ -136,20 +106,13 @@ pub fn import_bytes(
         if ctx.env.contains_key(&name) {
             continue; // IR < 4 lists initializers among the inputs; frozen inputs are constants
         }
-        let (dt, dims, syms) = value_info_type(vi).map_err(|msg| ImportError::Input {
-            name: name.clone(),
-            msg,
-        })?;
+        let (dt, dims, syms) = value_info_type(vi).map_err(|msg| ImportError::Input { name: name.clone(), msg })?;
         let shape = match opts.input_shapes.get(&name) {
             Some(s) => {
                 unused_shapes.remove(&name);
-                let fits = s.len() == dims.len()
-                    && dims.iter().zip(s).all(|(d, v)| d.is_none_or(|d| d == *v));
+                let fits = s.len() == dims.len() && dims.iter().zip(s).all(|(d, v)| d.is_none_or(|d| d == *v));
                 if !fits {
-                    return Err(ImportError::Input {
-                        name,
-                        msg: format!("--input-shape {s:?} does not fit the model's shape {dims:?}"),
-                    });
+                    return Err(ImportError::Input { name, msg: format!("--input-shape {s:?} does not fit the model's shape {dims:?}") });
                 }
                 s.clone()
             }
@@ -167,24 +130,12 @@ pub fn import_bytes(
         ctx.env.insert(name, v);
     }
     if let Some(n) = unused_shapes.into_iter().next() {
-        return Err(ImportError::Input {
-            name: n.clone(),
-            msg: "--input-shape names no graph input".into(),
-        });
+        return Err(ImportError::Input { name: n.clone(), msg: "--input-shape names no graph input".into() });
     }
 
     // ONNX requires topological order, but exporters sometimes break it: sort by name dependencies.
-    let produced: HashMap<&str, usize> = gp
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| {
-            n.output
-                .iter()
-                .filter(|o| !o.is_empty())
-                .map(move |o| (o.as_str(), i))
-        })
-        .collect();
+    let produced: HashMap<&str, usize> =
+        gp.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().filter(|o| !o.is_empty()).map(move |o| (o.as_str(), i))).collect();
     let mut indeg = vec![0usize; gp.node.len()];
     let mut succ: Vec<Vec<usize>> = vec![Vec::new(); gp.node.len()];
     for (i, n) in gp.node.iter().enumerate() {
@@ -193,10 +144,7 @@ pub fn import_bytes(
                 indeg[i] += 1;
                 succ[p].push(i);
             } else if !ctx.env.contains_key(inp) {
-                return Err(ImportError::Undefined {
-                    node: node_name(n, i),
-                    input: inp.clone(),
-                });
+                return Err(ImportError::Undefined { node: node_name(n, i), input: inp.clone() });
             }
         }
     }
@@ -213,34 +161,21 @@ pub fn import_bytes(
     }
     if order.len() != gp.node.len() {
         let i = (0..gp.node.len()).find(|i| indeg[*i] > 0).unwrap_or(0);
-        return Err(ImportError::Cycle {
-            node: node_name(&gp.node[i], i),
-        });
+        return Err(ImportError::Cycle { node: node_name(&gp.node[i], i) });
     }
-    let used: HashSet<&str> = gp
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .chain(gp.output.iter().map(|o| o.name()))
-        .collect();
+    let used: HashSet<&str> =
+        gp.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).chain(gp.output.iter().map(|o| o.name())).collect();
     for i in order {
         let n = &gp.node[i];
         lower_node(&mut ctx, n, &node_name(n, i), &used)?;
     }
     let mut outs = Vec::new();
     for o in &gp.output {
-        let v = *ctx.env.get(o.name()).ok_or_else(|| {
-            ImportError::Model(format!("graph output \"{}\" is never computed", o.name()))
-        })?;
+        let v = *ctx.env.get(o.name()).ok_or_else(|| ImportError::Model(format!("graph output \"{}\" is never computed", o.name())))?;
         // An output that is also an input or another output keeps its own name through an identity.
         let v = if ctx.g.value(v).name.as_deref() != Some(o.name()) || outs.contains(&v) {
             let ty = ctx.g.ty(v).clone();
-            let id = ctx.g.add_node(
-                qcc_ir::Op::Identity,
-                vec![v],
-                ty,
-                vec![o.name().to_string()],
-            );
+            let id = ctx.g.add_node(qcc_ir::Op::Identity, vec![v], ty, vec![o.name().to_string()]);
             ctx.g.value_mut(id).name = Some(o.name().to_string());
             id
         } else {
@@ -252,11 +187,7 @@ pub fn import_bytes(
         return Err(ImportError::Model("the graph has no outputs".into()));
     }
     ctx.g.set_outputs(outs);
-    Ok(Imported {
-        graph: ctx.g,
-        warnings,
-        opset,
-    })
+    Ok(Imported { graph: ctx.g, warnings, opset })
 }
 
 /// The node's name, or a made-up one from its op type and position when the model gives none.

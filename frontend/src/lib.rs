@@ -17,10 +17,7 @@ pub mod onnx {
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path} is not a valid ONNX model: {msg}")]
     Decode { path: String, msg: String },
     #[error("unsupported ONNX IR version {0} (qcc reads IR versions 3 to 12)")]
@@ -28,18 +25,9 @@ pub enum ImportError {
     #[error("unsupported default-domain opset {0} (qcc reads opsets 7 to 24)")]
     Opset(i64),
     #[error("node \"{node}\": unsupported op {op_type} (domain \"{domain}\", opset {opset}); use --allow-unsupported to keep it as an opaque node")]
-    Unsupported {
-        node: String,
-        op_type: String,
-        domain: String,
-        opset: i64,
-    },
+    Unsupported { node: String, op_type: String, domain: String, opset: i64 },
     #[error("node \"{node}\" ({op_type}): {msg}")]
-    Node {
-        node: String,
-        op_type: String,
-        msg: String,
-    },
+    Node { node: String, op_type: String, msg: String },
     #[error("tensor \"{name}\": {msg}")]
     Tensor { name: String, msg: String },
     #[error("graph input \"{name}\": {msg}")]

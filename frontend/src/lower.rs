@@ -6,8 +6,8 @@ use crate::tensor::{dtype_from_onnx, onnx_type_name, tensor_from_proto};
 use crate::ImportError;
 use qcc_ir::infer::norm_axis;
 use qcc_ir::{
-    AttrValue, ConstData, CoordTransform, DType, ElemType, Graph, NearestMode, Op, Opaque, PadMode,
-    QParams, QuantType, ResizeMode, Tensor, Type, ValueId,
+    AttrValue, ConstData, CoordTransform, DType, ElemType, Graph, NearestMode, Op, Opaque, PadMode, QParams, QuantType, ResizeMode, Tensor,
+    Type, ValueId,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -55,11 +55,7 @@ type R<T> = Result<T, ImportError>;
 
 impl<'a> N<'a> {
     fn err<T>(&self, msg: impl Into<String>) -> R<T> {
-        Err(ImportError::Node {
-            node: self.name.to_string(),
-            op_type: self.n.op_type().to_string(),
-            msg: msg.into(),
-        })
+        Err(ImportError::Node { node: self.name.to_string(), op_type: self.n.op_type().to_string(), msg: msg.into() })
     }
     fn attr(&self, k: &str) -> Option<&'a AttributeProto> {
         self.n.attribute.iter().find(|a| a.name() == k)
@@ -74,9 +70,7 @@ impl<'a> N<'a> {
         self.attr(k).map(|a| a.ints.clone())
     }
     fn string(&self, k: &str, d: &str) -> String {
-        self.attr(k)
-            .map(|a| String::from_utf8_lossy(a.s()).into_owned())
-            .unwrap_or_else(|| d.to_string())
+        self.attr(k).map(|a| String::from_utf8_lossy(a.s()).into_owned()).unwrap_or_else(|| d.to_string())
     }
     /// Attributes qcc only supports at one value.
     fn require_int(&self, k: &str, default: i64, want: i64) -> R<()> {
@@ -93,10 +87,7 @@ fn input(ctx: &Ctx, n: &N, i: usize) -> R<Option<ValueId>> {
         None => Ok(None),
         Some(s) => match ctx.env.get(s) {
             Some(v) => Ok(Some(*v)),
-            None => Err(ImportError::Undefined {
-                node: n.name.to_string(),
-                input: s.clone(),
-            }),
+            None => Err(ImportError::Undefined { node: n.name.to_string(), input: s.clone() }),
         },
     }
 }
@@ -111,10 +102,7 @@ fn req(ctx: &Ctx, n: &N, i: usize) -> R<ValueId> {
 fn shape(ctx: &Ctx, n: &N, v: ValueId) -> R<Vec<usize>> {
     match ctx.g.ty(v).shape() {
         Some(s) => Ok(s.to_vec()),
-        None => n.err(format!(
-            "the shape of {} is unknown",
-            ctx.g.describe_value(v)
-        )),
+        None => n.err(format!("the shape of {} is unknown", ctx.g.describe_value(v))),
     }
 }
 
@@ -140,24 +128,14 @@ fn known_floats(ctx: &Ctx, n: &N, i: usize, what: &str) -> R<Option<Vec<f32>>> {
 }
 
 /// Resolves auto_pad into explicit pads (all begins, then all ends).
-fn resolve_pads(
-    n: &N,
-    input: &[usize],
-    kernel: &[i64],
-    strides: &[i64],
-    dil: &[i64],
-) -> R<Vec<i64>> {
+fn resolve_pads(n: &N, input: &[usize], kernel: &[i64], strides: &[i64], dil: &[i64]) -> R<Vec<i64>> {
     let nsp = kernel.len();
     let auto = n.string("auto_pad", "NOTSET");
     match auto.as_str() {
         "NOTSET" => {
             let p = n.ints("pads").unwrap_or_else(|| vec![0; 2 * nsp]);
             if p.len() != 2 * nsp {
-                return n.err(format!(
-                    "pads has {} entries, expected {}",
-                    p.len(),
-                    2 * nsp
-                ));
+                return n.err(format!("pads has {} entries, expected {}", p.len(), 2 * nsp));
             }
             Ok(p)
         }
@@ -165,19 +143,11 @@ fn resolve_pads(
         "SAME_UPPER" | "SAME_LOWER" => {
             let mut p = vec![0; 2 * nsp];
             for i in 0..nsp {
-                let inp = *input
-                    .get(i)
-                    .ok_or(())
-                    .or_else(|_| n.err("input rank too small for kernel"))?
-                    as i64;
+                let inp = *input.get(i).ok_or(()).or_else(|_| n.err("input rank too small for kernel"))? as i64;
                 let out = (inp + strides[i] - 1) / strides[i];
                 let total = ((out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - inp).max(0);
                 let small = total / 2;
-                let (b, e) = if auto == "SAME_UPPER" {
-                    (small, total - small)
-                } else {
-                    (total - small, small)
-                };
+                let (b, e) = if auto == "SAME_UPPER" { (small, total - small) } else { (total - small, small) };
                 p[i] = b;
                 p[nsp + i] = e;
             }
@@ -209,35 +179,68 @@ enum Lowered {
     Value(ValueId),
 }
 
+/// The attributes qcc understands, per supported op. Any other attribute is an error rather than
+/// silently ignored (newer opsets add attributes that change semantics).
+fn known_attrs(op_type: &str) -> Option<&'static [&'static str]> {
+    const POOL: &[&str] = &["auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads", "storage_order", "strides"];
+    const REDUCE: &[&str] = &["axes", "keepdims", "noop_with_empty_axes"];
+    const NONE: &[&str] = &[];
+    Some(match op_type {
+        "Conv" => &["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"],
+        "ConvTranspose" => &["auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads", "strides"],
+        "Gemm" => &["alpha", "beta", "transA", "transB"],
+        "Clip" => &["min", "max"],
+        "LeakyRelu" => &["alpha"],
+        "HardSigmoid" => &["alpha", "beta"],
+        "BatchNormalization" => &["epsilon", "momentum", "spatial", "training_mode"],
+        "MaxPool" | "AveragePool" => POOL,
+        "Flatten" | "Concat" | "Gather" | "Softmax" => &["axis"],
+        "Reshape" => &["allowzero"],
+        "Transpose" => &["perm"],
+        "Pad" => &["mode", "pads", "value"],
+        "Squeeze" | "Unsqueeze" => &["axes"],
+        "Constant" => &["value", "value_float", "value_floats", "value_int", "value_ints"],
+        "Dropout" => &["ratio", "seed", "is_test"],
+        "Resize" => &[
+            "antialias",
+            "axes",
+            "coordinate_transformation_mode",
+            "cubic_coeff_a",
+            "exclude_outside",
+            "extrapolation_value",
+            "keep_aspect_ratio_policy",
+            "mode",
+            "nearest_mode",
+        ],
+        "Shape" => &["start", "end"],
+        "Slice" => &["starts", "ends", "axes"],
+        "Cast" => &["to", "saturate", "round_mode"],
+        "ReduceMean" | "ReduceSum" | "ReduceMax" => REDUCE,
+        "LayerNormalization" => &["axis", "epsilon", "stash_type"],
+        "QuantizeLinear" => &["axis", "block_size", "output_dtype", "saturate", "precision"],
+        "DequantizeLinear" => &["axis", "block_size", "output_dtype"],
+        "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" | "Max" | "Min" | "Where" | "Relu" | "Sigmoid" | "HardSwish"
+        | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Identity" | "GlobalAveragePool" | "Expand" => NONE,
+        _ => return None,
+    })
+}
+
 pub(crate) fn lower_node(ctx: &mut Ctx, np: &NodeProto, name: &str, used: &HashSet<&str>) -> R<()> {
-    let n = N {
-        n: np,
-        name,
-        opset: ctx.opset,
-    };
+    let n = N { n: np, name, opset: ctx.opset };
     let op_type = np.op_type();
     let domain = np.domain();
-    let lowered = if domain.is_empty() || domain == "ai.onnx" {
-        lower_op(ctx, &n, op_type)?
-    } else {
-        None
-    };
+    if domain.is_empty() || domain == "ai.onnx" {
+        if let Some(a) = known_attrs(op_type).and_then(|known| np.attribute.iter().find(|a| !known.contains(&a.name()))) {
+            return n.err(format!("attribute {} is not supported", a.name()));
+        }
+    }
+    let lowered = if domain.is_empty() || domain == "ai.onnx" { lower_op(ctx, &n, op_type)? } else { None };
     let lowered = match lowered {
         Some(l) => l,
         None if ctx.allow_unsupported => {
-            let ins: Vec<ValueId> = (0..np.input.len())
-                .filter_map(|i| input(ctx, &n, i).transpose())
-                .collect::<R<_>>()?;
-            let attrs = np
-                .attribute
-                .iter()
-                .filter_map(|a| attr_value(a).map(|v| (a.name().to_string(), v)))
-                .collect();
-            let op = Op::Opaque(Opaque {
-                op_type: op_type.to_string(),
-                domain: domain.to_string(),
-                attrs,
-            });
+            let ins: Vec<ValueId> = (0..np.input.len()).filter_map(|i| input(ctx, &n, i).transpose()).collect::<R<_>>()?;
+            let attrs = np.attribute.iter().filter_map(|a| attr_value(a).map(|v| (a.name().to_string(), v))).collect();
+            let op = Op::Opaque(Opaque { op_type: op_type.to_string(), domain: domain.to_string(), attrs });
             Lowered::Typed(op, ins, Type::Unknown)
         }
         None => {
@@ -252,9 +255,7 @@ pub(crate) fn lower_node(ctx: &mut Ctx, np: &NodeProto, name: &str, used: &HashS
     // Only the first output of any op is modelled; the others must be unused.
     for (i, o) in np.output.iter().enumerate().skip(1) {
         if !o.is_empty() && used.contains(o.as_str()) {
-            return n.err(format!(
-                "output {i} (\"{o}\") is used, but qcc supports only the first output of {op_type}"
-            ));
+            return n.err(format!("output {i} (\"{o}\") is used, but qcc supports only the first output of {op_type}"));
         }
     }
     let out_name = np.output.first().cloned().unwrap_or_default();
@@ -311,38 +312,26 @@ fn add(ctx: &mut Ctx, n: &N, op: Op, ins: Vec<ValueId>, current: Type) -> R<Valu
 fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
     use Lowered::Node as L;
     let x = |ctx: &Ctx| req(ctx, n, 0);
-    let all_inputs = |ctx: &Ctx| -> R<Vec<ValueId>> {
-        (0..n.n.input.len())
-            .filter_map(|i| input(ctx, n, i).transpose())
-            .collect()
-    };
-    let unary =
-        |ctx: &Ctx, op: Op| -> R<Option<Lowered>> { Ok(Some(L(op, vec![req(ctx, n, 0)?]))) };
+    let all_inputs = |ctx: &Ctx| -> R<Vec<ValueId>> { (0..n.n.input.len()).filter_map(|i| input(ctx, n, i).transpose()).collect() };
+    let unary = |ctx: &Ctx, op: Op| -> R<Option<Lowered>> { Ok(Some(L(op, vec![req(ctx, n, 0)?]))) };
     Ok(Some(match op_type {
         "Conv" | "ConvTranspose" => {
             let (xv, w) = (x(ctx)?, req(ctx, n, 1)?);
             let xs = shape(ctx, n, xv)?;
             let ws = shape(ctx, n, w)?;
             if ws.len() < 3 || xs.len() != ws.len() {
-                return n.err(format!(
-                    "weight shape {ws:?} does not fit input shape {xs:?}"
-                ));
+                return n.err(format!("weight shape {ws:?} does not fit input shape {xs:?}"));
             }
             let nsp = ws.len() - 2;
             let kernel: Vec<i64> = ws[2..].iter().map(|d| *d as i64).collect();
             if let Some(k) = n.ints("kernel_shape") {
                 if k != kernel {
-                    return n.err(format!(
-                        "kernel_shape {k:?} differs from the weight's {kernel:?}"
-                    ));
+                    return n.err(format!("kernel_shape {k:?} differs from the weight's {kernel:?}"));
                 }
             }
             let strides = n.ints("strides").unwrap_or_else(|| ones(nsp));
             let dilations = n.ints("dilations").unwrap_or_else(|| ones(nsp));
-            if strides.len() != nsp
-                || dilations.len() != nsp
-                || strides.iter().chain(&dilations).any(|v| *v < 1)
-            {
+            if strides.len() != nsp || dilations.len() != nsp || strides.iter().chain(&dilations).any(|v| *v < 1) {
                 return n.err("strides and dilations need one positive entry per spatial axis");
             }
             let group = n.int("group", 1);
@@ -350,45 +339,25 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             ins.extend(input(ctx, n, 2)?);
             if op_type == "Conv" {
                 let pads = resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?;
-                L(
-                    Op::Conv {
-                        strides,
-                        pads,
-                        dilations,
-                        group,
-                        act: None,
-                    },
-                    ins,
-                )
+                L(Op::Conv { strides, pads, dilations, group, act: None }, ins)
             } else {
                 let output_padding = n.ints("output_padding").unwrap_or_else(|| vec![0; nsp]);
                 if output_padding.len() != nsp {
                     return n.err("output_padding needs one entry per spatial axis");
                 }
                 let auto = n.string("auto_pad", "NOTSET");
-                let out_shape = n
-                    .ints("output_shape")
-                    .map(|o| o[o.len().saturating_sub(nsp)..].to_vec())
-                    .or_else(|| {
-                        (auto == "SAME_UPPER" || auto == "SAME_LOWER")
-                            .then(|| (0..nsp).map(|i| xs[2 + i] as i64 * strides[i]).collect())
-                    });
+                let out_shape = n.ints("output_shape").map(|o| o[o.len().saturating_sub(nsp)..].to_vec()).or_else(|| {
+                    (auto == "SAME_UPPER" || auto == "SAME_LOWER").then(|| (0..nsp).map(|i| xs[2 + i] as i64 * strides[i]).collect())
+                });
                 let pads = match out_shape {
                     Some(os) if os.len() == nsp => {
                         let mut p = vec![0; 2 * nsp];
                         for i in 0..nsp {
-                            let total = strides[i] * (xs[2 + i] as i64 - 1)
-                                + output_padding[i]
-                                + (kernel[i] - 1) * dilations[i]
-                                + 1
-                                - os[i];
+                            let total =
+                                strides[i] * (xs[2 + i] as i64 - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1 - os[i];
                             // The spec's integer division floors (a negative total extends the output).
                             let half = total.div_euclid(2);
-                            let (b, e) = if auto == "SAME_UPPER" {
-                                (half, total - half)
-                            } else {
-                                (total - half, half)
-                            };
+                            let (b, e) = if auto == "SAME_UPPER" { (half, total - half) } else { (total - half, half) };
                             p[i] = b;
                             p[nsp + i] = e;
                         }
@@ -398,16 +367,7 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
                     None if auto == "VALID" => vec![0; 2 * nsp],
                     None => n.ints("pads").unwrap_or_else(|| vec![0; 2 * nsp]),
                 };
-                L(
-                    Op::ConvTranspose {
-                        strides,
-                        pads,
-                        dilations,
-                        group,
-                        output_padding,
-                    },
-                    ins,
-                )
+                L(Op::ConvTranspose { strides, pads, dilations, group, output_padding }, ins)
             }
         }
         "Gemm" => {
@@ -445,24 +405,9 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
         }
         "Where" => L(Op::Where, vec![x(ctx)?, req(ctx, n, 1)?, req(ctx, n, 2)?]),
         "Relu" => return unary(ctx, Op::Relu),
-        "LeakyRelu" => {
-            return unary(
-                ctx,
-                Op::LeakyRelu {
-                    alpha: n.float("alpha", 0.01),
-                },
-            )
-        }
+        "LeakyRelu" => return unary(ctx, Op::LeakyRelu { alpha: n.float("alpha", 0.01) }),
         "Sigmoid" => return unary(ctx, Op::Sigmoid),
-        "HardSigmoid" => {
-            return unary(
-                ctx,
-                Op::HardSigmoid {
-                    alpha: n.float("alpha", 0.2),
-                    beta: n.float("beta", 0.5),
-                },
-            )
-        }
+        "HardSigmoid" => return unary(ctx, Op::HardSigmoid { alpha: n.float("alpha", 0.2), beta: n.float("beta", 0.5) }),
         "HardSwish" => return unary(ctx, Op::HardSwish),
         "Tanh" => return unary(ctx, Op::Tanh),
         "Erf" => return unary(ctx, Op::Erf),
@@ -471,10 +416,7 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
         "Identity" => return unary(ctx, Op::Identity),
         "Clip" => {
             let (min, max) = if n.opset < 11 {
-                (
-                    n.float("min", f32::NEG_INFINITY),
-                    n.float("max", f32::INFINITY),
-                )
+                (n.float("min", f32::NEG_INFINITY), n.float("max", f32::INFINITY))
             } else {
                 let one = |i: usize, what: &str, d: f32| -> R<f32> {
                     match known_floats(ctx, n, i, what)? {
@@ -483,10 +425,7 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
                         Some(_) => n.err(format!("{what} must be a scalar")),
                     }
                 };
-                (
-                    one(1, "min", f32::NEG_INFINITY)?,
-                    one(2, "max", f32::INFINITY)?,
-                )
+                (one(1, "min", f32::NEG_INFINITY)?, one(2, "max", f32::INFINITY)?)
             };
             L(Op::Clip { min, max }, vec![x(ctx)?])
         }
@@ -494,12 +433,7 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             n.require_int("training_mode", 0, 0)?;
             n.require_int("spatial", 1, 1)?;
             let ins = (0..5).map(|i| req(ctx, n, i)).collect::<R<Vec<_>>>()?;
-            L(
-                Op::BatchNorm {
-                    epsilon: n.float("epsilon", 1e-5),
-                },
-                ins,
-            )
+            L(Op::BatchNorm { epsilon: n.float("epsilon", 1e-5) }, ins)
         }
         "MaxPool" | "AveragePool" => {
             let xv = x(ctx)?;
@@ -509,75 +443,39 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             };
             let nsp = kernel.len();
             if xs.len() != nsp + 2 {
-                return n.err(format!(
-                    "kernel_shape {kernel:?} does not fit input shape {xs:?}"
-                ));
+                return n.err(format!("kernel_shape {kernel:?} does not fit input shape {xs:?}"));
             }
             let strides = n.ints("strides").unwrap_or_else(|| ones(nsp));
             let dilations = n.ints("dilations").unwrap_or_else(|| ones(nsp));
-            if strides.len() != nsp
-                || dilations.len() != nsp
-                || strides
-                    .iter()
-                    .chain(&dilations)
-                    .chain(&kernel)
-                    .any(|v| *v < 1)
-            {
-                return n.err(
-                    "kernel_shape, strides and dilations need one positive entry per spatial axis",
-                );
+            if strides.len() != nsp || dilations.len() != nsp || strides.iter().chain(&dilations).chain(&kernel).any(|v| *v < 1) {
+                return n.err("kernel_shape, strides and dilations need one positive entry per spatial axis");
             }
             let pads = resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?;
             let ceil_mode = n.int("ceil_mode", 0) != 0;
             if op_type == "MaxPool" {
                 n.require_int("storage_order", 0, 0)?;
-                L(
-                    Op::MaxPool {
-                        kernel,
-                        strides,
-                        pads,
-                        dilations,
-                        ceil_mode,
-                    },
-                    vec![xv],
-                )
+                L(Op::MaxPool { kernel, strides, pads, dilations, ceil_mode }, vec![xv])
             } else {
                 L(
-                    Op::AveragePool {
-                        kernel,
-                        strides,
-                        pads,
-                        dilations,
-                        ceil_mode,
-                        count_include_pad: n.int("count_include_pad", 0) != 0,
-                    },
+                    Op::AveragePool { kernel, strides, pads, dilations, ceil_mode, count_include_pad: n.int("count_include_pad", 0) != 0 },
                     vec![xv],
                 )
             }
         }
         "GlobalAveragePool" => return unary(ctx, Op::GlobalAveragePool),
-        "Flatten" => {
-            return unary(
-                ctx,
-                Op::Flatten {
-                    axis: n.int("axis", 1),
-                },
-            )
-        }
+        "Flatten" => return unary(ctx, Op::Flatten { axis: n.int("axis", 1) }),
         "Reshape" => {
             let xv = x(ctx)?;
             let xs = shape(ctx, n, xv)?;
-            let target = known_ints(ctx, n, 1, "shape")?
-                .ok_or(())
-                .or_else(|_| n.err("shape input is required"))?;
+            let target = known_ints(ctx, n, 1, "shape")?.ok_or(()).or_else(|_| n.err("shape input is required"))?;
             let allowzero = n.int("allowzero", 0) != 0;
             let mut out: Vec<i64> = Vec::new();
             let mut infer_at = None;
             for (i, &d) in target.iter().enumerate() {
                 match d {
-                    0 if !allowzero => out.push(*xs.get(i).ok_or(()).or_else(|_| {
-                        n.err(format!("shape {target:?}: 0 copies a missing dimension"))
-                    })? as i64),
+                    0 if !allowzero => {
+                        out.push(*xs.get(i).ok_or(()).or_else(|_| n.err(format!("shape {target:?}: 0 copies a missing dimension")))? as i64)
+                    }
                     -1 if infer_at.is_none() => {
                         infer_at = Some(i);
                         out.push(1);
@@ -617,9 +515,7 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             let xv = x(ctx)?;
             let r = shape(ctx, n, xv)?.len();
             let mode = n.string("mode", "constant");
-            let mode = PadMode::parse(&mode)
-                .ok_or(())
-                .or_else(|_| n.err(format!("unknown pad mode {mode:?}")))?;
+            let mode = PadMode::parse(&mode).ok_or(()).or_else(|_| n.err(format!("unknown pad mode {mode:?}")))?;
             let (pads, value) = if n.opset < 11 {
                 (n.ints("pads").unwrap_or_default(), n.float("value", 0.0))
             } else {
@@ -647,33 +543,20 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
                 (p, v)
             };
             if pads.len() != 2 * r {
-                return n.err(format!(
-                    "pads has {} entries, expected {}",
-                    pads.len(),
-                    2 * r
-                ));
+                return n.err(format!("pads has {} entries, expected {}", pads.len(), 2 * r));
             }
             L(Op::Pad { mode, pads, value }, vec![xv])
         }
         "Squeeze" | "Unsqueeze" => {
             let xv = x(ctx)?;
             let xs = shape(ctx, n, xv)?;
-            let axes = if n.opset < 13 {
-                n.ints("axes")
-            } else {
-                known_ints(ctx, n, 1, "axes")?
-            };
+            let axes = if n.opset < 13 { n.ints("axes") } else { known_ints(ctx, n, 1, "axes")? };
             if op_type == "Squeeze" {
                 let axes = match axes {
-                    Some(a) => a
-                        .iter()
-                        .map(|a| norm_axis(*a, xs.len()).map(|a| a as i64))
-                        .collect::<Result<Vec<_>, _>>()
-                        .or_else(|e| n.err(e))?,
-                    None => (0..xs.len())
-                        .filter(|i| xs[*i] == 1)
-                        .map(|i| i as i64)
-                        .collect(),
+                    Some(a) => {
+                        a.iter().map(|a| norm_axis(*a, xs.len()).map(|a| a as i64)).collect::<Result<Vec<_>, _>>().or_else(|e| n.err(e))?
+                    }
+                    None => (0..xs.len()).filter(|i| xs[*i] == 1).map(|i| i as i64).collect(),
                 };
                 L(Op::Squeeze { axes }, vec![xv])
             } else {
@@ -681,32 +564,17 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
                     return n.err("axes are required");
                 };
                 let r = xs.len() + axes.len();
-                let axes = axes
-                    .iter()
-                    .map(|a| norm_axis(*a, r).map(|a| a as i64))
-                    .collect::<Result<Vec<_>, _>>()
-                    .or_else(|e| n.err(e))?;
+                let axes = axes.iter().map(|a| norm_axis(*a, r).map(|a| a as i64)).collect::<Result<Vec<_>, _>>().or_else(|e| n.err(e))?;
                 L(Op::Unsqueeze { axes }, vec![xv])
             }
         }
         "Constant" => {
-            let a =
-                n.n.attribute
-                    .first()
-                    .ok_or(())
-                    .or_else(|_| n.err("has no value"))?;
+            let a = n.n.attribute.first().ok_or(()).or_else(|_| n.err("has no value"))?;
             let t = match a.name() {
-                "value" => tensor_from_proto(
-                    a.t.as_ref()
-                        .ok_or(())
-                        .or_else(|_| n.err("value is not a tensor"))?,
-                    None,
-                )
-                .or_else(|e| n.err(e.to_string()))?,
+                "value" => tensor_from_proto(a.t.as_ref().ok_or(()).or_else(|_| n.err("value is not a tensor"))?, None)
+                    .or_else(|e| n.err(e.to_string()))?,
                 "value_float" => Tensor::from_f32(&[], vec![a.f()]).expect("scalar"),
-                "value_floats" => {
-                    Tensor::from_f32(&[a.floats.len()], a.floats.clone()).expect("vector")
-                }
+                "value_floats" => Tensor::from_f32(&[a.floats.len()], a.floats.clone()).expect("vector"),
                 "value_int" => Tensor::from_i64(&[], vec![a.i()]).expect("scalar"),
                 "value_ints" => Tensor::from_i64(&[a.ints.len()], a.ints.clone()).expect("vector"),
                 other => return n.err(format!("constant attribute {other} is not supported")),
@@ -726,13 +594,7 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
         }
         "Softmax" => {
             let coerce_2d = n.opset < 13;
-            L(
-                Op::Softmax {
-                    axis: n.int("axis", if coerce_2d { 1 } else { -1 }),
-                    coerce_2d,
-                },
-                vec![x(ctx)?],
-            )
+            L(Op::Softmax { axis: n.int("axis", if coerce_2d { 1 } else { -1 }), coerce_2d }, vec![x(ctx)?])
         }
         "Resize" => return lower_resize(ctx, n).map(Some),
         "Shape" => {
@@ -743,22 +605,12 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             let end = clampi(n.int("end", r)).max(start);
             L(Op::Shape { start, end }, vec![xv])
         }
-        "Gather" => L(
-            Op::Gather {
-                axis: n.int("axis", 0),
-            },
-            vec![x(ctx)?, req(ctx, n, 1)?],
-        ),
+        "Gather" => L(Op::Gather { axis: n.int("axis", 0) }, vec![x(ctx)?, req(ctx, n, 1)?]),
         "Slice" => {
             let xv = x(ctx)?;
             let r = shape(ctx, n, xv)?.len();
             let (starts, ends, axes, steps) = if n.opset < 10 {
-                (
-                    n.ints("starts").unwrap_or_default(),
-                    n.ints("ends").unwrap_or_default(),
-                    n.ints("axes"),
-                    None,
-                )
+                (n.ints("starts").unwrap_or_default(), n.ints("ends").unwrap_or_default(), n.ints("axes"), None)
             } else {
                 (
                     known_ints(ctx, n, 1, "starts")?.unwrap_or_default(),
@@ -768,51 +620,24 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
                 )
             };
             let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
-            let axes = axes
-                .iter()
-                .map(|a| norm_axis(*a, r).map(|a| a as i64))
-                .collect::<Result<Vec<_>, _>>()
-                .or_else(|e| n.err(e))?;
+            let axes = axes.iter().map(|a| norm_axis(*a, r).map(|a| a as i64)).collect::<Result<Vec<_>, _>>().or_else(|e| n.err(e))?;
             let steps = steps.unwrap_or_else(|| ones(starts.len()));
-            L(
-                Op::Slice {
-                    starts,
-                    ends,
-                    axes,
-                    steps,
-                },
-                vec![xv],
-            )
+            L(Op::Slice { starts, ends, axes, steps }, vec![xv])
         }
         "Cast" => {
             let code = n.int("to", 0) as i32;
-            let to = dtype_from_onnx(code)
-                .ok_or(())
-                .or_else(|_| n.err(format!("cast to {} is not supported", onnx_type_name(code))))?;
+            let to = dtype_from_onnx(code).ok_or(()).or_else(|_| n.err(format!("cast to {} is not supported", onnx_type_name(code))))?;
             L(Op::Cast { to }, vec![x(ctx)?])
         }
         "ReduceMean" | "ReduceSum" | "ReduceMax" => {
             let xv = x(ctx)?;
             let r = shape(ctx, n, xv)?.len();
-            let axes_as_input = if op_type == "ReduceSum" {
-                n.opset >= 13
-            } else {
-                n.opset >= 18
-            };
-            let axes = if axes_as_input {
-                known_ints(ctx, n, 1, "axes")?
-            } else {
-                n.ints("axes")
-            }
-            .unwrap_or_default();
+            let axes_as_input = if op_type == "ReduceSum" { n.opset >= 13 } else { n.opset >= 18 };
+            let axes = if axes_as_input { known_ints(ctx, n, 1, "axes")? } else { n.ints("axes") }.unwrap_or_default();
             if axes.is_empty() && n.int("noop_with_empty_axes", 0) != 0 {
                 return unary(ctx, Op::Identity);
             }
-            let axes = axes
-                .iter()
-                .map(|a| norm_axis(*a, r).map(|a| a as i64))
-                .collect::<Result<Vec<_>, _>>()
-                .or_else(|e| n.err(e))?;
+            let axes = axes.iter().map(|a| norm_axis(*a, r).map(|a| a as i64)).collect::<Result<Vec<_>, _>>().or_else(|e| n.err(e))?;
             let keepdims = n.int("keepdims", 1) != 0;
             let op = match op_type {
                 "ReduceMean" => Op::ReduceMean { axes, keepdims },
@@ -823,83 +648,17 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
         }
         "Expand" => {
             let xv = x(ctx)?;
-            let s = known_ints(ctx, n, 1, "shape")?
-                .ok_or(())
-                .or_else(|_| n.err("shape input is required"))?;
+            let s = known_ints(ctx, n, 1, "shape")?.ok_or(()).or_else(|_| n.err("shape input is required"))?;
             L(Op::Expand { shape: s }, vec![xv])
         }
         "LayerNormalization" => {
             let mut ins = vec![x(ctx)?, req(ctx, n, 1)?];
             ins.extend(input(ctx, n, 2)?);
-            L(
-                Op::LayerNorm {
-                    axis: n.int("axis", -1),
-                    epsilon: n.float("epsilon", 1e-5),
-                },
-                ins,
-            )
+            L(Op::LayerNorm { axis: n.int("axis", -1), epsilon: n.float("epsilon", 1e-5) }, ins)
         }
-        "QuantizeLinear" | "DequantizeLinear" => {
-            return lower_qdq(ctx, n, op_type == "QuantizeLinear").map(Some)
-        }
+        "QuantizeLinear" | "DequantizeLinear" => return lower_qdq(ctx, n, op_type == "QuantizeLinear").map(Some),
         _ => return Ok(None),
     }))
-}
-
-fn lower_op_supported(op_type: &str) -> bool {
-    const OPS: &[&str] = &[
-        "Conv",
-        "ConvTranspose",
-        "Gemm",
-        "MatMul",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Pow",
-        "Equal",
-        "Max",
-        "Min",
-        "Where",
-        "Relu",
-        "LeakyRelu",
-        "Sigmoid",
-        "HardSigmoid",
-        "HardSwish",
-        "Tanh",
-        "Erf",
-        "Sqrt",
-        "Exp",
-        "Identity",
-        "Clip",
-        "BatchNormalization",
-        "MaxPool",
-        "AveragePool",
-        "GlobalAveragePool",
-        "Flatten",
-        "Reshape",
-        "Transpose",
-        "Concat",
-        "Pad",
-        "Squeeze",
-        "Unsqueeze",
-        "Constant",
-        "Dropout",
-        "Softmax",
-        "Resize",
-        "Shape",
-        "Gather",
-        "Slice",
-        "Cast",
-        "ReduceMean",
-        "ReduceSum",
-        "ReduceMax",
-        "Expand",
-        "LayerNormalization",
-        "QuantizeLinear",
-        "DequantizeLinear",
-    ];
-    OPS.contains(&op_type)
 }
 
 fn lower_resize(ctx: &mut Ctx, n: &N) -> R<Lowered> {
@@ -907,9 +666,7 @@ fn lower_resize(ctx: &mut Ctx, n: &N) -> R<Lowered> {
     let xs = shape(ctx, n, xv)?;
     let r = xs.len();
     let mode = n.string("mode", "nearest");
-    let mode = ResizeMode::parse(&mode)
-        .ok_or(())
-        .or_else(|_| n.err(format!("mode {mode:?} is not supported (nearest, linear)")))?;
+    let mode = ResizeMode::parse(&mode).ok_or(()).or_else(|_| n.err(format!("mode {mode:?} is not supported (nearest, linear)")))?;
     if n.int("antialias", 0) != 0 || n.int("exclude_outside", 0) != 0 {
         return n.err("antialias and exclude_outside are not supported");
     }
@@ -917,33 +674,19 @@ fn lower_resize(ctx: &mut Ctx, n: &N) -> R<Lowered> {
         return n.err("keep_aspect_ratio_policy other than stretch is not supported");
     }
     let (coord, nearest, scales_in, sizes_in) = if n.opset < 11 {
-        (
-            CoordTransform::Asymmetric,
-            NearestMode::Floor,
-            known_floats(ctx, n, 1, "scales")?,
-            None,
-        )
+        (CoordTransform::Asymmetric, NearestMode::Floor, known_floats(ctx, n, 1, "scales")?, None)
     } else {
         let c = n.string("coordinate_transformation_mode", "half_pixel");
-        let coord = CoordTransform::parse(&c).ok_or(()).or_else(|_| {
-            n.err(format!(
-                "coordinate_transformation_mode {c:?} is not supported"
-            ))
-        })?;
+        let coord =
+            CoordTransform::parse(&c).ok_or(()).or_else(|_| n.err(format!("coordinate_transformation_mode {c:?} is not supported")))?;
         let nm = n.string("nearest_mode", "round_prefer_floor");
-        let nearest = NearestMode::parse(&nm)
-            .ok_or(())
-            .or_else(|_| n.err(format!("nearest_mode {nm:?} is not supported")))?;
+        let nearest = NearestMode::parse(&nm).ok_or(()).or_else(|_| n.err(format!("nearest_mode {nm:?} is not supported")))?;
         let scales = known_floats(ctx, n, 2, "scales")?.filter(|s| !s.is_empty());
         let sizes = known_ints(ctx, n, 3, "sizes")?.filter(|s| !s.is_empty());
         (coord, nearest, scales, sizes)
     };
     let axes: Vec<usize> = match n.ints("axes") {
-        Some(a) => a
-            .iter()
-            .map(|a| norm_axis(*a, r))
-            .collect::<Result<_, _>>()
-            .or_else(|e| n.err(e))?,
+        Some(a) => a.iter().map(|a| norm_axis(*a, r)).collect::<Result<_, _>>().or_else(|e| n.err(e))?,
         None => (0..r).collect(),
     };
     let mut scales = vec![1.0f32; r];
@@ -964,23 +707,12 @@ fn lower_resize(ctx: &mut Ctx, n: &N) -> R<Lowered> {
                 scales[*a] = z[i] as f32 / xs[*a] as f32;
             }
         }
-        _ => {
-            return n.err("exactly one of scales and sizes must be given, with one entry per axis")
-        }
+        _ => return n.err("exactly one of scales and sizes must be given, with one entry per axis"),
     }
     if sizes.iter().any(|s| *s <= 0) {
         return n.err(format!("output size {sizes:?} is empty"));
     }
-    Ok(Lowered::Node(
-        Op::Resize {
-            mode,
-            coord,
-            nearest,
-            scales,
-            sizes,
-        },
-        vec![xv],
-    ))
+    Ok(Lowered::Node(Op::Resize { mode, coord, nearest, scales, sizes }, vec![xv]))
 }
 
 /// QuantizeLinear and DequantizeLinear: scale and zero point must be constants; they move into types.
@@ -990,33 +722,19 @@ fn lower_qdq(ctx: &mut Ctx, n: &N, quantize: bool) -> R<Lowered> {
     if n.int("block_size", 0) != 0 {
         return n.err("blocked quantization is not supported");
     }
-    let scales = known_floats(ctx, n, 1, "scale")?
-        .ok_or(())
-        .or_else(|_| n.err("scale is required"))?;
+    let scales = known_floats(ctx, n, 1, "scale")?.ok_or(()).or_else(|_| n.err("scale is required"))?;
     let zp_v = input(ctx, n, 2)?;
     let (storage, zps) = match zp_v {
         Some(v) => {
-            let t = ctx
-                .known(v)
-                .ok_or(())
-                .or_else(|_| n.err("zero point must be constant"))?;
+            let t = ctx.known(v).ok_or(()).or_else(|_| n.err("zero point must be constant"))?;
             (t.dtype(), t.to_i64_vec().unwrap_or_default())
         }
         None if quantize => {
             let code = n.int("output_dtype", 0) as i32;
-            let d = if code == 0 {
-                DType::U8
-            } else {
-                dtype_from_onnx(code)
-                    .ok_or(())
-                    .or_else(|_| n.err("unsupported output_dtype"))?
-            };
+            let d = if code == 0 { DType::U8 } else { dtype_from_onnx(code).ok_or(()).or_else(|_| n.err("unsupported output_dtype"))? };
             (d, vec![0; scales.len()])
         }
-        None => (
-            ctx.g.ty(xv).dtype().unwrap_or(DType::U8),
-            vec![0; scales.len()],
-        ),
+        None => (ctx.g.ty(xv).dtype().unwrap_or(DType::U8), vec![0; scales.len()]),
     };
     if !matches!(storage, DType::U8 | DType::I8 | DType::I16 | DType::I32) {
         return n.err(format!("quantized type {storage} is not supported"));
@@ -1025,23 +743,13 @@ fn lower_qdq(ctx: &mut Ctx, n: &N, quantize: bool) -> R<Lowered> {
         return n.err("scale and zero point have different lengths");
     }
     let params = if scales.len() == 1 {
-        QParams::PerTensor {
-            scale: scales[0],
-            zp: zps[0] as i32,
-        }
+        QParams::PerTensor { scale: scales[0], zp: zps[0] as i32 }
     } else {
         let axis = norm_axis(n.int("axis", 1), xs.len()).or_else(|e| n.err(e))?;
-        QParams::PerAxis {
-            axis,
-            scales,
-            zps: zps.iter().map(|z| *z as i32).collect(),
-        }
+        QParams::PerAxis { axis, scales, zps: zps.iter().map(|z| *z as i32).collect() }
     };
     let q = QuantType::new(storage, params);
-    let qty = Type::Tensor {
-        elem: ElemType::Q(q),
-        shape: xs.clone(),
-    };
+    let qty = Type::Tensor { elem: ElemType::Q(q), shape: xs.clone() };
     if let Err(e) = qcc_ir::verify::check_type(&qty) {
         return n.err(e);
     }
@@ -1052,27 +760,19 @@ fn lower_qdq(ctx: &mut Ctx, n: &N, quantize: bool) -> R<Lowered> {
     let xt = ctx.g.ty(xv).clone();
     let src = if let Some(t) = ctx.g.const_tensor(xv) {
         if t.dtype() != storage {
-            return n.err(format!(
-                "input is {} but the zero point is {storage}",
-                t.dtype()
-            ));
+            return n.err(format!("input is {} but the zero point is {storage}", t.dtype()));
         }
         let t = t.clone();
         let name = ctx.g.value(xv).name.clone();
         ctx.g.add_const_typed(ConstData::Data(t), qty, name)
     } else if xt == qty {
         xv
-    } else if matches!(ctx.g.value(xv).def, qcc_ir::ValueDef::Input)
-        && xt.dtype() == Some(storage)
-        && xt.quant().is_none()
-    {
+    } else if matches!(ctx.g.value(xv).def, qcc_ir::ValueDef::Input) && xt.dtype() == Some(storage) && xt.quant().is_none() {
         // A graph input of plain integers: it is this quantized type.
         ctx.g.value_mut(xv).ty = qty;
         xv
     } else {
-        return n.err(format!(
-            "input type {xt} does not carry this node's scale and zero point"
-        ));
+        return n.err(format!("input type {xt} does not carry this node's scale and zero point"));
     };
     Ok(Lowered::Node(Op::Dequantize, vec![src]))
 }

@@ -32,16 +32,11 @@ pub fn dtype_to_onnx(d: DType) -> i32 {
 }
 
 pub fn onnx_type_name(code: i32) -> String {
-    DataType::try_from(code)
-        .map(|d| d.as_str_name().to_lowercase())
-        .unwrap_or_else(|_| format!("type code {code}"))
+    DataType::try_from(code).map(|d| d.as_str_name().to_lowercase()).unwrap_or_else(|_| format!("type code {code}"))
 }
 
 fn read_external(t: &TensorProto, base: Option<&Path>, name: &str) -> Result<Vec<u8>, ImportError> {
-    let err = |msg: String| ImportError::Tensor {
-        name: name.to_string(),
-        msg,
-    };
+    let err = |msg: String| ImportError::Tensor { name: name.to_string(), msg };
     let mut location = None;
     let mut offset = 0u64;
     let mut length = None;
@@ -49,53 +44,26 @@ fn read_external(t: &TensorProto, base: Option<&Path>, name: &str) -> Result<Vec
         let v = kv.value();
         match kv.key() {
             "location" => location = Some(v.to_string()),
-            "offset" => {
-                offset = v
-                    .parse()
-                    .map_err(|_| err(format!("bad external data offset {v:?}")))?
-            }
-            "length" => {
-                length = Some(
-                    v.parse::<u64>()
-                        .map_err(|_| err(format!("bad external data length {v:?}")))?,
-                )
-            }
+            "offset" => offset = v.parse().map_err(|_| err(format!("bad external data offset {v:?}")))?,
+            "length" => length = Some(v.parse::<u64>().map_err(|_| err(format!("bad external data length {v:?}")))?),
             _ => {}
         }
     }
     let location = location.ok_or_else(|| err("external data without a location".into()))?;
     let rel = Path::new(&location);
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(err(format!(
-            "external data location {location:?} escapes the model's folder"
-        )));
+    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(err(format!("external data location {location:?} escapes the model's folder")));
     }
-    let base = base.ok_or_else(|| {
-        err("external data needs the model's folder (load the model from a file)".into())
-    })?;
+    let base = base.ok_or_else(|| err("external data needs the model's folder (load the model from a file)".into()))?;
     let path = base.join(rel);
     // A symlink could still lead outside: compare canonical paths.
     let (cbase, cpath) = (base.canonicalize(), path.canonicalize());
     match (cbase, cpath) {
         (Ok(b), Ok(p)) if p.starts_with(&b) => {}
-        (_, Err(e)) => {
-            return Err(err(format!(
-                "cannot open external data {}: {e}",
-                path.display()
-            )))
-        }
-        _ => {
-            return Err(err(format!(
-                "external data location {location:?} escapes the model's folder"
-            )))
-        }
+        (_, Err(e)) => return Err(err(format!("cannot open external data {}: {e}", path.display()))),
+        _ => return Err(err(format!("external data location {location:?} escapes the model's folder"))),
     }
-    let data = std::fs::read(&path)
-        .map_err(|e| err(format!("cannot read external data {}: {e}", path.display())))?;
+    let data = std::fs::read(&path).map_err(|e| err(format!("cannot read external data {}: {e}", path.display())))?;
     let start = offset as usize;
     let end = match length {
         Some(l) => start.checked_add(l as usize),
@@ -103,46 +71,26 @@ fn read_external(t: &TensorProto, base: Option<&Path>, name: &str) -> Result<Vec
     };
     match end {
         Some(end) if start <= end && end <= data.len() => Ok(data[start..end].to_vec()),
-        _ => Err(err(format!(
-            "external data range {offset}+{length:?} exceeds {} ({} bytes)",
-            path.display(),
-            data.len()
-        ))),
+        _ => Err(err(format!("external data range {offset}+{length:?} exceeds {} ({} bytes)", path.display(), data.len()))),
     }
 }
 
 /// Converts a TensorProto; `base` is the model's folder, for external data.
 pub fn tensor_from_proto(t: &TensorProto, base: Option<&Path>) -> Result<Tensor, ImportError> {
     let name = t.name().to_string();
-    let err = |msg: String| ImportError::Tensor {
-        name: name.clone(),
-        msg,
-    };
+    let err = |msg: String| ImportError::Tensor { name: name.clone(), msg };
     let code = t.data_type();
-    let dt = dtype_from_onnx(code)
-        .ok_or_else(|| err(format!("unsupported element type {}", onnx_type_name(code))))?;
+    let dt = dtype_from_onnx(code).ok_or_else(|| err(format!("unsupported element type {}", onnx_type_name(code))))?;
     if t.dims.iter().any(|d| *d < 0) {
         return Err(err(format!("negative dimension in {:?}", t.dims)));
     }
     let shape: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, d| a.checked_mul(*d))
-        .ok_or_else(|| err("too many elements".into()))?;
+    let n = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).ok_or_else(|| err("too many elements".into()))?;
     let external = t.data_location() == crate::onnx::tensor_proto::DataLocation::External;
-    let raw = if external {
-        Some(read_external(t, base, &name)?)
-    } else {
-        t.raw_data.clone()
-    };
-    let mismatch = |have: usize| {
-        err(format!(
-            "holds {have} elements but its shape {shape:?} needs {n}"
-        ))
-    };
+    let raw = if external { Some(read_external(t, base, &name)?) } else { t.raw_data.clone() };
+    let mismatch = |have: usize| err(format!("holds {have} elements but its shape {shape:?} needs {n}"));
     if let Some(raw) = raw {
-        return Tensor::from_le_bytes(dt, &shape, &raw)
-            .ok_or_else(|| mismatch(raw.len() / dt.size_bytes()));
+        return Tensor::from_le_bytes(dt, &shape, &raw).ok_or_else(|| mismatch(raw.len() / dt.size_bytes()));
     }
     let t = match dt {
         DType::F32 => {

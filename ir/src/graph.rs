@@ -85,10 +85,7 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Graph {
-        Graph {
-            name: name.into(),
-            ..Default::default()
-        }
+        Graph { name: name.into(), ..Default::default() }
     }
 
     fn push_value(&mut self, v: Value) -> ValueId {
@@ -97,11 +94,7 @@ impl Graph {
     }
 
     pub fn add_input(&mut self, ty: Type, name: Option<String>) -> ValueId {
-        let v = self.push_value(Value {
-            ty,
-            def: ValueDef::Input,
-            name,
-        });
+        let v = self.push_value(Value { ty, def: ValueDef::Input, name });
         self.inputs.push(v);
         v
     }
@@ -113,32 +106,13 @@ impl Graph {
     }
 
     pub fn add_const_typed(&mut self, data: ConstData, ty: Type, name: Option<String>) -> ValueId {
-        self.push_value(Value {
-            ty,
-            def: ValueDef::Const(data),
-            name,
-        })
+        self.push_value(Value { ty, def: ValueDef::Const(data), name })
     }
 
     /// Adds a node and its output value; returns the output.
-    pub fn add_node(
-        &mut self,
-        op: Op,
-        inputs: Vec<ValueId>,
-        ty: Type,
-        loc: Vec<String>,
-    ) -> ValueId {
-        let out = self.push_value(Value {
-            ty,
-            def: ValueDef::Dead,
-            name: None,
-        });
-        let idx = self.g.add_node(Node {
-            op,
-            inputs: inputs.clone(),
-            output: out,
-            loc,
-        });
+    pub fn add_node(&mut self, op: Op, inputs: Vec<ValueId>, ty: Type, loc: Vec<String>) -> ValueId {
+        let out = self.push_value(Value { ty, def: ValueDef::Dead, name: None });
+        let idx = self.g.add_node(Node { op, inputs: inputs.clone(), output: out, loc });
         self.values[out.index()].def = ValueDef::Node(NodeId(idx));
         self.connect(idx, &inputs);
         out
@@ -182,9 +156,7 @@ impl Graph {
 
     /// Every live value id, in creation order.
     pub fn value_ids(&self) -> impl Iterator<Item = ValueId> + '_ {
-        (0..self.values.len() as u32)
-            .map(ValueId)
-            .filter(|v| self.values[v.index()].def != ValueDef::Dead)
+        (0..self.values.len() as u32).map(ValueId).filter(|v| self.values[v.index()].def != ValueDef::Dead)
     }
 
     pub fn node(&self, n: NodeId) -> &Node {
@@ -253,11 +225,7 @@ impl Graph {
 
     /// Nodes consuming the output of `n` (via petgraph edges), deduplicated.
     pub fn successors(&self, n: NodeId) -> Vec<NodeId> {
-        let mut s: Vec<NodeId> = self
-            .g
-            .edges_directed(n.0, Direction::Outgoing)
-            .map(|e| NodeId(e.target()))
-            .collect();
+        let mut s: Vec<NodeId> = self.g.edges_directed(n.0, Direction::Outgoing).map(|e| NodeId(e.target())).collect();
         s.sort();
         s.dedup();
         s
@@ -273,11 +241,7 @@ impl Graph {
     }
 
     pub fn set_inputs(&mut self, n: NodeId, inputs: Vec<ValueId>) {
-        let old: Vec<_> = self
-            .g
-            .edges_directed(n.0, Direction::Incoming)
-            .map(|e| e.id())
-            .collect();
+        let old: Vec<_> = self.g.edges_directed(n.0, Direction::Incoming).map(|e| e.id()).collect();
         for e in old {
             self.g.remove_edge(e);
         }
@@ -295,11 +259,7 @@ impl Graph {
     /// ONNX name: `new` takes it over.
     pub fn replace_all_uses(&mut self, old: ValueId, new: ValueId) {
         for (n, _) in self.uses(old) {
-            let ins = self.g[n.0]
-                .inputs
-                .iter()
-                .map(|i| if *i == old { new } else { *i })
-                .collect();
+            let ins = self.g[n.0].inputs.iter().map(|i| if *i == old { new } else { *i }).collect();
             self.set_inputs(n, ins);
         }
         if self.outputs.contains(&old) {
@@ -334,12 +294,7 @@ impl Graph {
         for n in self.g.node_indices() {
             indeg[n.index()] = self.g.edges_directed(n, Direction::Incoming).count();
         }
-        let mut ready: BinaryHeap<Reverse<NodeIndex<u32>>> = self
-            .g
-            .node_indices()
-            .filter(|n| indeg[n.index()] == 0)
-            .map(Reverse)
-            .collect();
+        let mut ready: BinaryHeap<Reverse<NodeIndex<u32>>> = self.g.node_indices().filter(|n| indeg[n.index()] == 0).map(Reverse).collect();
         let mut order = Vec::with_capacity(self.g.node_count());
         while let Some(Reverse(n)) = ready.pop() {
             order.push(NodeId(n));
@@ -352,11 +307,7 @@ impl Graph {
             }
         }
         if order.len() != self.g.node_count() {
-            let stuck = self
-                .g
-                .node_indices()
-                .find(|n| indeg[n.index()] > 0)
-                .expect("a node on the cycle");
+            let stuck = self.g.node_indices().find(|n| indeg[n.index()] > 0).expect("a node on the cycle");
             return Err(NodeId(stuck));
         }
         Ok(order)
@@ -370,12 +321,7 @@ impl Graph {
                 .node_ids()
                 .filter(|n| {
                     let out = self.node(*n).output;
-                    !self.is_output(out)
-                        && self
-                            .g
-                            .edges_directed(n.0, Direction::Outgoing)
-                            .next()
-                            .is_none()
+                    !self.is_output(out) && self.g.edges_directed(n.0, Direction::Outgoing).next().is_none()
                 })
                 .collect();
             if dead.is_empty() {

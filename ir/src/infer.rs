@@ -32,28 +32,13 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
 }
 
 /// Output length of one spatial axis of a convolution or pooling window.
-pub fn window_out(
-    input: usize,
-    k: i64,
-    stride: i64,
-    dil: i64,
-    pb: i64,
-    pe: i64,
-    ceil: bool,
-) -> Result<usize, String> {
+pub fn window_out(input: usize, k: i64, stride: i64, dil: i64, pb: i64, pe: i64, ceil: bool) -> Result<usize, String> {
     let eff = (k - 1) * dil + 1;
     let span = input as i64 + pb + pe - eff;
     if span < 0 || stride <= 0 {
-        return Err(format!(
-            "window {k} (dilation {dil}) larger than padded input {}",
-            input as i64 + pb + pe
-        ));
+        return Err(format!("window {k} (dilation {dil}) larger than padded input {}", input as i64 + pb + pe));
     }
-    let mut out = if ceil {
-        (span + stride - 1) / stride + 1
-    } else {
-        span / stride + 1
-    };
+    let mut out = if ceil { (span + stride - 1) / stride + 1 } else { span / stride + 1 };
     // With ceil_mode the last window must start inside the input or its begin padding.
     if ceil && (out - 1) * stride >= input as i64 + pb {
         out -= 1;
@@ -62,12 +47,7 @@ pub fn window_out(
 }
 
 /// Resolved slice of one axis: the first index, the step and the element count, per ONNX Slice clamping.
-pub fn slice_axis(
-    dim: usize,
-    start: i64,
-    end: i64,
-    step: i64,
-) -> Result<(i64, i64, usize), String> {
+pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(i64, i64, usize), String> {
     if step == 0 {
         return Err("slice step 0".into());
     }
@@ -79,17 +59,12 @@ pub fn slice_axis(
     } else {
         (clampi(norm(start), 0, d - 1), clampi(norm(end), -1, d - 1))
     };
-    let len = if step > 0 {
-        (e - s + step - 1).max(0) / step
-    } else {
-        (s - e + (-step) - 1).max(0) / (-step)
-    };
+    let len = if step > 0 { (e - s + step - 1).max(0) / step } else { (s - e + (-step) - 1).max(0) / (-step) };
     Ok((s, step, len.max(0) as usize))
 }
 
 fn shape_of<'a>(t: &'a Type, what: &str) -> Result<&'a [usize], String> {
-    t.shape()
-        .ok_or_else(|| format!("{what} has an unknown type"))
+    t.shape().ok_or_else(|| format!("{what} has an unknown type"))
 }
 
 fn want_inputs(inputs: &[&Type], lo: usize, hi: usize) -> Result<(), String> {
@@ -105,13 +80,7 @@ fn want_inputs(inputs: &[&Type], lo: usize, hi: usize) -> Result<(), String> {
 fn want_float(t: &Type, what: &str) -> Result<(), String> {
     match t.elem() {
         Some(ElemType::Plain(DType::F32)) => Ok(()),
-        Some(e) => Err(format!(
-            "{what} must be f32, is {}",
-            Type::Tensor {
-                elem: e.clone(),
-                shape: vec![]
-            }
-        )),
+        Some(e) => Err(format!("{what} must be f32, is {}", Type::Tensor { elem: e.clone(), shape: vec![] })),
         None => Err(format!("{what} has an unknown type")),
     }
 }
@@ -131,87 +100,46 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
     let f32_of = |shape: Vec<usize>| Ok(Type::f32(shape));
     match op {
         Opaque(_) => Ok(current.clone()),
-        Conv {
-            strides,
-            pads,
-            dilations,
-            group,
-            ..
-        } => {
+        Conv { strides, pads, dilations, group, .. } => {
             want_inputs(inputs, 2, 3)?;
             let (x, w) = (in_shape(0)?, in_shape(1)?);
             want_float(inputs[0], "input")?;
-            let nsp = x
-                .len()
-                .checked_sub(2)
-                .filter(|n| *n >= 1)
-                .ok_or("input must have rank >= 3")?;
+            let nsp = x.len().checked_sub(2).filter(|n| *n >= 1).ok_or("input must have rank >= 3")?;
             if w.len() != x.len() {
-                return Err(format!(
-                    "weight rank {} differs from input rank {}",
-                    w.len(),
-                    x.len()
-                ));
+                return Err(format!("weight rank {} differs from input rank {}", w.len(), x.len()));
             }
             spatial_check("strides", strides, nsp)?;
             spatial_check("dilations", dilations, nsp)?;
             spatial_check("pads", pads, 2 * nsp)?;
             let g = *group as usize;
             if g == 0 || x[1] != w[1] * g || w[0] % g != 0 {
-                return Err(format!(
-                    "channels: input {} weight {:?} group {group} do not fit",
-                    x[1], w
-                ));
+                return Err(format!("channels: input {} weight {:?} group {group} do not fit", x[1], w));
             }
             if inputs.len() == 3 && in_shape(2)? != [w[0]] {
                 return Err(format!("bias shape {:?} must be [{}]", in_shape(2)?, w[0]));
             }
             let mut out = vec![x[0], w[0]];
             for i in 0..nsp {
-                out.push(window_out(
-                    x[2 + i],
-                    w[2 + i] as i64,
-                    strides[i],
-                    dilations[i],
-                    pads[i],
-                    pads[nsp + i],
-                    false,
-                )?);
+                out.push(window_out(x[2 + i], w[2 + i] as i64, strides[i], dilations[i], pads[i], pads[nsp + i], false)?);
             }
             f32_of(out)
         }
-        ConvTranspose {
-            strides,
-            pads,
-            dilations,
-            group,
-            output_padding,
-        } => {
+        ConvTranspose { strides, pads, dilations, group, output_padding } => {
             want_inputs(inputs, 2, 3)?;
             let (x, w) = (in_shape(0)?, in_shape(1)?);
-            let nsp = x
-                .len()
-                .checked_sub(2)
-                .filter(|n| *n >= 1)
-                .ok_or("input must have rank >= 3")?;
+            let nsp = x.len().checked_sub(2).filter(|n| *n >= 1).ok_or("input must have rank >= 3")?;
             spatial_check("strides", strides, nsp)?;
             spatial_check("dilations", dilations, nsp)?;
             spatial_check("pads", pads, 2 * nsp)?;
             spatial_check("output_padding", output_padding, nsp)?;
             let g = *group as usize;
             if g == 0 || w.len() != x.len() || x[1] != w[0] || w[0] % g != 0 {
-                return Err(format!(
-                    "channels: input {} weight {:?} group {group} do not fit",
-                    x[1], w
-                ));
+                return Err(format!("channels: input {} weight {:?} group {group} do not fit", x[1], w));
             }
             let m = w[1] * g;
             let mut out = vec![x[0], m];
             for i in 0..nsp {
-                let o = strides[i] * (x[2 + i] as i64 - 1)
-                    + output_padding[i]
-                    + (w[2 + i] as i64 - 1) * dilations[i]
-                    + 1
+                let o = strides[i] * (x[2 + i] as i64 - 1) + output_padding[i] + (w[2 + i] as i64 - 1) * dilations[i] + 1
                     - pads[i]
                     - pads[nsp + i];
                 if o <= 0 {
@@ -221,9 +149,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             }
             f32_of(out)
         }
-        Gemm {
-            trans_a, trans_b, ..
-        } => {
+        Gemm { trans_a, trans_b, .. } => {
             want_inputs(inputs, 2, 3)?;
             let (a, b) = (in_shape(0)?, in_shape(1)?);
             if a.len() != 2 || b.len() != 2 {
@@ -245,16 +171,8 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             if a.is_empty() || b.is_empty() {
                 return Err("matmul inputs must have rank >= 1".into());
             }
-            let a2 = if a.len() == 1 {
-                vec![1, a[0]]
-            } else {
-                a.clone()
-            };
-            let b2 = if b.len() == 1 {
-                vec![b[0], 1]
-            } else {
-                b.clone()
-            };
+            let a2 = if a.len() == 1 { vec![1, a[0]] } else { a.clone() };
+            let b2 = if b.len() == 1 { vec![b[0], 1] } else { b.clone() };
             let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
             let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
             if k != k2 {
@@ -270,17 +188,8 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             Ok(inputs[0].with_shape(out))
         }
         Add | Sub | Mul | Div | Pow | Max | Min | Equal => {
-            want_inputs(
-                inputs,
-                if matches!(op, Max | Min) { 1 } else { 2 },
-                if matches!(op, Max | Min) {
-                    usize::MAX
-                } else {
-                    2
-                },
-            )?;
-            let shapes: Vec<&[usize]> =
-                (0..inputs.len()).map(in_shape).collect::<Result<_, _>>()?;
+            want_inputs(inputs, if matches!(op, Max | Min) { 1 } else { 2 }, if matches!(op, Max | Min) { usize::MAX } else { 2 })?;
+            let shapes: Vec<&[usize]> = (0..inputs.len()).map(in_shape).collect::<Result<_, _>>()?;
             let out = broadcast_shapes(&shapes)?;
             let d0 = inputs[0].dtype();
             if !matches!(op, Pow) && inputs.iter().any(|t| t.dtype() != d0) {
@@ -302,16 +211,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             let out = broadcast_shapes(&[in_shape(0)?, in_shape(1)?, in_shape(2)?])?;
             Ok(inputs[1].with_shape(out))
         }
-        Relu
-        | LeakyRelu { .. }
-        | Sigmoid
-        | HardSigmoid { .. }
-        | HardSwish
-        | Tanh
-        | Erf
-        | Sqrt
-        | Exp
-        | Clip { .. } => {
+        Relu | LeakyRelu { .. } | Sigmoid | HardSigmoid { .. } | HardSwish | Tanh | Erf | Sqrt | Exp | Clip { .. } => {
             want_inputs(inputs, 1, 1)?;
             if !matches!(op, Relu | Clip { .. }) {
                 want_float(inputs[0], "input")?;
@@ -331,33 +231,16 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             }
             for i in 1..5 {
                 if in_shape(i)? != [x[1]] {
-                    return Err(format!(
-                        "input {i} shape {:?} must be [{}]",
-                        in_shape(i)?,
-                        x[1]
-                    ));
+                    return Err(format!("input {i} shape {:?} must be [{}]", in_shape(i)?, x[1]));
                 }
             }
             Ok(inputs[0].clone())
         }
-        MaxPool {
-            kernel,
-            strides,
-            pads,
-            dilations,
-            ceil_mode,
-        } => {
+        MaxPool { kernel, strides, pads, dilations, ceil_mode } => {
             want_inputs(inputs, 1, 1)?;
             pool_type(inputs[0], kernel, strides, pads, dilations, *ceil_mode)
         }
-        AveragePool {
-            kernel,
-            strides,
-            pads,
-            dilations,
-            ceil_mode,
-            ..
-        } => {
+        AveragePool { kernel, strides, pads, dilations, ceil_mode, .. } => {
             want_inputs(inputs, 1, 1)?;
             want_float(inputs[0], "input")?;
             pool_type(inputs[0], kernel, strides, pads, dilations, *ceil_mode)
@@ -376,11 +259,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
         Flatten { axis } => {
             want_inputs(inputs, 1, 1)?;
             let x = in_shape(0)?;
-            let a = if *axis < 0 {
-                *axis + x.len() as i64
-            } else {
-                *axis
-            };
+            let a = if *axis < 0 { *axis + x.len() as i64 } else { *axis };
             if a < 0 || a > x.len() as i64 {
                 return Err(format!("axis {axis} out of range"));
             }
@@ -404,16 +283,9 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             let x = in_shape(0)?;
             let mut seen = vec![false; x.len()];
             if perm.len() != x.len()
-                || perm.iter().any(|p| {
-                    *p < 0
-                        || *p as usize >= x.len()
-                        || std::mem::replace(&mut seen[*p as usize], true)
-                })
+                || perm.iter().any(|p| *p < 0 || *p as usize >= x.len() || std::mem::replace(&mut seen[*p as usize], true))
             {
-                return Err(format!(
-                    "perm {perm:?} is not a permutation of {} axes",
-                    x.len()
-                ));
+                return Err(format!("perm {perm:?} is not a permutation of {} axes", x.len()));
             }
             Ok(inputs[0].with_shape(perm.iter().map(|p| x[*p as usize]).collect()))
         }
@@ -425,14 +297,8 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             out[a] = 0;
             for i in 0..inputs.len() {
                 let s = in_shape(i)?;
-                if s.len() != x0.len()
-                    || (0..s.len()).any(|d| d != a && s[d] != x0[d])
-                    || inputs[i].dtype() != inputs[0].dtype()
-                {
-                    return Err(format!(
-                        "input {i} {} does not concatenate with {} on axis {a}",
-                        inputs[i], inputs[0]
-                    ));
+                if s.len() != x0.len() || (0..s.len()).any(|d| d != a && s[d] != x0[d]) || inputs[i].dtype() != inputs[0].dtype() {
+                    return Err(format!("input {i} {} does not concatenate with {} on axis {a}", inputs[i], inputs[0]));
                 }
                 out[a] += s[a];
             }
@@ -455,31 +321,19 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
         Squeeze { axes } => {
             want_inputs(inputs, 1, 1)?;
             let x = in_shape(0)?;
-            let ax: Vec<usize> = axes
-                .iter()
-                .map(|a| norm_axis(*a, x.len()))
-                .collect::<Result<_, _>>()?;
+            let ax: Vec<usize> = axes.iter().map(|a| norm_axis(*a, x.len())).collect::<Result<_, _>>()?;
             for a in &ax {
                 if x[*a] != 1 {
                     return Err(format!("cannot squeeze axis {a} of size {}", x[*a]));
                 }
             }
-            Ok(inputs[0].with_shape(
-                x.iter()
-                    .enumerate()
-                    .filter(|(i, _)| !ax.contains(i))
-                    .map(|(_, d)| *d)
-                    .collect(),
-            ))
+            Ok(inputs[0].with_shape(x.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| *d).collect()))
         }
         Unsqueeze { axes } => {
             want_inputs(inputs, 1, 1)?;
             let x = in_shape(0)?;
             let r = x.len() + axes.len();
-            let mut ax: Vec<usize> = axes
-                .iter()
-                .map(|a| norm_axis(*a, r))
-                .collect::<Result<_, _>>()?;
+            let mut ax: Vec<usize> = axes.iter().map(|a| norm_axis(*a, r)).collect::<Result<_, _>>()?;
             ax.sort();
             let mut out = Vec::with_capacity(r);
             let mut it = x.iter();
@@ -501,11 +355,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
         Resize { scales, sizes, .. } => {
             want_inputs(inputs, 1, 1)?;
             let x = in_shape(0)?;
-            spatial_check(
-                "scales",
-                &scales.iter().map(|_| 0).collect::<Vec<_>>(),
-                x.len(),
-            )?;
+            spatial_check("scales", &scales.iter().map(|_| 0).collect::<Vec<_>>(), x.len())?;
             spatial_check("sizes", sizes, x.len())?;
             Ok(inputs[0].with_shape(sizes.iter().map(|d| *d as usize).collect()))
         }
@@ -529,12 +379,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             out.extend_from_slice(&d[a + 1..]);
             Ok(inputs[0].with_shape(out))
         }
-        Slice {
-            starts,
-            ends,
-            axes,
-            steps,
-        } => {
+        Slice { starts, ends, axes, steps } => {
             want_inputs(inputs, 1, 1)?;
             let x = in_shape(0)?;
             if starts.len() != axes.len() || ends.len() != axes.len() || steps.len() != axes.len() {
@@ -551,17 +396,13 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             want_inputs(inputs, 1, 1)?;
             Ok(Type::plain(*to, in_shape(0)?.to_vec()))
         }
-        ReduceMean { axes, keepdims }
-        | ReduceSum { axes, keepdims }
-        | ReduceMax { axes, keepdims } => {
+        ReduceMean { axes, keepdims } | ReduceSum { axes, keepdims } | ReduceMax { axes, keepdims } => {
             want_inputs(inputs, 1, 1)?;
             let x = in_shape(0)?;
             let ax: Vec<usize> = if axes.is_empty() {
                 (0..x.len()).collect()
             } else {
-                axes.iter()
-                    .map(|a| norm_axis(*a, x.len()))
-                    .collect::<Result<_, _>>()?
+                axes.iter().map(|a| norm_axis(*a, x.len())).collect::<Result<_, _>>()?
             };
             let mut out = Vec::new();
             for (i, d) in x.iter().enumerate() {
@@ -586,8 +427,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             let x = in_shape(0)?;
             let a = norm_axis(*axis, x.len())?;
             for i in 1..inputs.len() {
-                broadcast_shapes(&[&x[a..], in_shape(i)?])
-                    .map_err(|e| format!("input {i}: {e}"))?;
+                broadcast_shapes(&[&x[a..], in_shape(i)?]).map_err(|e| format!("input {i}: {e}"))?;
             }
             Ok(inputs[0].clone())
         }
@@ -595,60 +435,32 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             want_inputs(inputs, 1, 1)?;
             want_float(inputs[0], "input")?;
             match current {
-                Type::Tensor {
-                    elem: ElemType::Q(q),
-                    ..
-                } => Ok(Type::Tensor {
-                    elem: ElemType::Q(q.clone()),
-                    shape: in_shape(0)?.to_vec(),
-                }),
-                _ => Err(format!(
-                    "quantize must produce a quantized type, not {current}"
-                )),
+                Type::Tensor { elem: ElemType::Q(q), .. } => {
+                    Ok(Type::Tensor { elem: ElemType::Q(q.clone()), shape: in_shape(0)?.to_vec() })
+                }
+                _ => Err(format!("quantize must produce a quantized type, not {current}")),
             }
         }
         Dequantize => {
             want_inputs(inputs, 1, 1)?;
             if inputs[0].quant().is_none() {
-                return Err(format!(
-                    "dequantize needs a quantized input, not {}",
-                    inputs[0]
-                ));
+                return Err(format!("dequantize needs a quantized input, not {}", inputs[0]));
             }
             f32_of(in_shape(0)?.to_vec())
         }
     }
 }
 
-fn pool_type(
-    x: &Type,
-    kernel: &[i64],
-    strides: &[i64],
-    pads: &[i64],
-    dil: &[i64],
-    ceil: bool,
-) -> Result<Type, String> {
+fn pool_type(x: &Type, kernel: &[i64], strides: &[i64], pads: &[i64], dil: &[i64], ceil: bool) -> Result<Type, String> {
     let s = shape_of(x, "input")?;
-    let nsp = s
-        .len()
-        .checked_sub(2)
-        .filter(|n| *n >= 1)
-        .ok_or("input must have rank >= 3")?;
+    let nsp = s.len().checked_sub(2).filter(|n| *n >= 1).ok_or("input must have rank >= 3")?;
     spatial_check("kernel", kernel, nsp)?;
     spatial_check("strides", strides, nsp)?;
     spatial_check("pads", pads, 2 * nsp)?;
     spatial_check("dilations", dil, nsp)?;
     let mut out = s[..2].to_vec();
     for i in 0..nsp {
-        out.push(window_out(
-            s[2 + i],
-            kernel[i],
-            strides[i],
-            dil[i],
-            pads[i],
-            pads[nsp + i],
-            ceil,
-        )?);
+        out.push(window_out(s[2 + i], kernel[i], strides[i], dil[i], pads[i], pads[nsp + i], ceil)?);
     }
     Ok(x.with_shape(out))
 }

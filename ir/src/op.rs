@@ -54,24 +54,13 @@ impl Act {
             Some(i) => (&s[..i], s[i + 1..].strip_suffix(')')?),
             None => (s, ""),
         };
-        let nums: Vec<f32> = if args.is_empty() {
-            vec![]
-        } else {
-            args.split(',')
-                .map(|a| a.trim().parse().ok())
-                .collect::<Option<_>>()?
-        };
+        let nums: Vec<f32> =
+            if args.is_empty() { vec![] } else { args.split(',').map(|a| a.trim().parse().ok()).collect::<Option<_>>()? };
         Some(match (name, nums.as_slice()) {
             ("relu", []) => Act::Relu,
-            ("clip", [min, max]) => Act::Clip {
-                min: *min,
-                max: *max,
-            },
+            ("clip", [min, max]) => Act::Clip { min: *min, max: *max },
             ("leaky_relu", [alpha]) => Act::LeakyRelu { alpha: *alpha },
-            ("hard_sigmoid", [alpha, beta]) => Act::HardSigmoid {
-                alpha: *alpha,
-                beta: *beta,
-            },
+            ("hard_sigmoid", [alpha, beta]) => Act::HardSigmoid { alpha: *alpha, beta: *beta },
             ("hard_swish", []) => Act::HardSwish,
             ("sigmoid", []) => Act::Sigmoid,
             ("tanh", []) => Act::Tanh,

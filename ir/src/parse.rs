@@ -28,26 +28,17 @@ enum Tok {
 
 /// Lexes the string literal starting at the quote at byte `i`; returns it and the byte after it.
 fn lex_str(src: &str, mut i: usize, line: usize) -> Result<(String, usize), ParseError> {
-    let err = |msg: &str| ParseError {
-        line,
-        msg: msg.into(),
-    };
+    let err = |msg: &str| ParseError { line, msg: msg.into() };
     let mut s = String::new();
     i += 1;
     loop {
-        let ch = src
-            .get(i..)
-            .and_then(|r| r.chars().next())
-            .ok_or_else(|| err("unterminated string"))?;
+        let ch = src.get(i..).and_then(|r| r.chars().next()).ok_or_else(|| err("unterminated string"))?;
         i += ch.len_utf8();
         match ch {
             '"' => return Ok((s, i)),
             '\n' => return Err(err("unterminated string")),
             '\\' => {
-                let e = src
-                    .get(i..)
-                    .and_then(|r| r.chars().next())
-                    .ok_or_else(|| err("unterminated string"))?;
+                let e = src.get(i..).and_then(|r| r.chars().next()).ok_or_else(|| err("unterminated string"))?;
                 i += e.len_utf8();
                 match e {
                     '"' => s.push('"'),
@@ -105,25 +96,14 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                     continue;
                 }
                 let mut j = start;
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'.')
-                {
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'.') {
                     j += 1;
                 }
                 if j == start {
-                    return Err(err(
-                        line,
-                        format!("`{}` must be followed by a name", c as char),
-                    ));
+                    return Err(err(line, format!("`{}` must be followed by a name", c as char)));
                 }
                 let name = src[start..j].to_string();
-                out.push((
-                    if c == b'%' {
-                        Tok::Value(name)
-                    } else {
-                        Tok::Global(name)
-                    },
-                    line,
-                ));
+                out.push((if c == b'%' { Tok::Value(name) } else { Tok::Global(name) }, line));
                 i = j;
             }
             b'-' if b.get(i + 1) == Some(&b'>') => {
@@ -139,8 +119,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                 while j < b.len() && b[j].is_ascii_hexdigit() {
                     j += 1;
                 }
-                let v = u64::from_str_radix(&src[i + 2..j], 16)
-                    .map_err(|e| err(line, format!("bad hex number: {e}")))?;
+                let v = u64::from_str_radix(&src[i + 2..j], 16).map_err(|e| err(line, format!("bad hex number: {e}")))?;
                 out.push((Tok::Hex(v), line));
                 i = j;
             }
@@ -195,15 +174,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                     b':' => ":",
                     b'=' => "=",
                     b'?' => "?",
-                    _ => {
-                        return Err(err(
-                            line,
-                            format!(
-                                "unexpected character `{}`",
-                                src[i..].chars().next().unwrap_or('?')
-                            ),
-                        ))
-                    }
+                    _ => return Err(err(line, format!("unexpected character `{}`", src[i..].chars().next().unwrap_or('?')))),
                 };
                 out.push((Tok::P(p), line));
                 i += 1;
@@ -222,17 +193,10 @@ struct Parser {
 
 impl Parser {
     fn line(&self) -> usize {
-        self.toks
-            .get(self.pos)
-            .or(self.toks.last())
-            .map(|t| t.1)
-            .unwrap_or(1)
+        self.toks.get(self.pos).or(self.toks.last()).map(|t| t.1).unwrap_or(1)
     }
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, ParseError> {
-        Err(ParseError {
-            line: self.line(),
-            msg: msg.into(),
-        })
+        Err(ParseError { line: self.line(), msg: msg.into() })
     }
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos).map(|t| &t.0)
@@ -240,14 +204,10 @@ impl Parser {
     fn next(&mut self) -> Result<Tok, ParseError> {
         let t = self.toks.get(self.pos).map(|t| t.0.clone());
         self.pos += 1;
-        t.ok_or(ParseError {
-            line: self.line(),
-            msg: "unexpected end of input".into(),
-        })
+        t.ok_or(ParseError { line: self.line(), msg: "unexpected end of input".into() })
     }
     fn is(&self, p: &str) -> bool {
-        matches!(self.peek(), Some(Tok::P(q)) if *q == p)
-            || matches!(self.peek(), Some(Tok::Ident(q)) if q == p)
+        matches!(self.peek(), Some(Tok::P(q)) if *q == p) || matches!(self.peek(), Some(Tok::Ident(q)) if q == p)
     }
     fn eat(&mut self, p: &str) -> bool {
         if self.is(p) {
@@ -261,10 +221,7 @@ impl Parser {
         if self.eat(p) {
             Ok(())
         } else {
-            let found = self
-                .peek()
-                .map(|t| format!("{t:?}"))
-                .unwrap_or("end of input".into());
+            let found = self.peek().map(|t| format!("{t:?}")).unwrap_or("end of input".into());
             self.err(format!("expected `{p}`, found {found}"))
         }
     }
@@ -290,10 +247,7 @@ impl Parser {
             t => self.err(format!("expected a string, found {t:?}")),
         }
     }
-    fn list<T>(
-        &mut self,
-        mut item: impl FnMut(&mut Self) -> Result<T, ParseError>,
-    ) -> Result<Vec<T>, ParseError> {
+    fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Result<T, ParseError>) -> Result<Vec<T>, ParseError> {
         self.expect("[")?;
         let mut v = Vec::new();
         if !self.eat("]") {
@@ -313,8 +267,7 @@ impl Parser {
             return Ok(Type::Unknown);
         }
         let dt = match self.next()? {
-            Tok::Ident(s) => DType::from_name(&s)
-                .map_or_else(|| self.err(format!("unknown element type `{s}`")), Ok)?,
+            Tok::Ident(s) => DType::from_name(&s).map_or_else(|| self.err(format!("unknown element type `{s}`")), Ok)?,
             t => return self.err(format!("expected a type, found {t:?}")),
         };
         let shape = self.list(|p| p.num::<usize>("dimension"))?;
@@ -332,17 +285,11 @@ impl Parser {
         } else if self.eat("calibrated") {
             let min = self.float()?;
             self.expect(",")?;
-            QParams::Calibrated {
-                min,
-                max: self.float()?,
-            }
+            QParams::Calibrated { min, max: self.float()? }
         } else {
             let scale = self.float()?;
             self.expect(",")?;
-            QParams::PerTensor {
-                scale,
-                zp: self.num("zero point")?,
-            }
+            QParams::PerTensor { scale, zp: self.num("zero point")? }
         };
         let mut q = QuantType::new(dt, params);
         if self.eat(",") {
@@ -351,10 +298,7 @@ impl Parser {
             q.qmax = self.num("range end")?;
         }
         self.expect(">")?;
-        Ok(Type::Tensor {
-            elem: ElemType::Q(q),
-            shape,
-        })
+        Ok(Type::Tensor { elem: ElemType::Q(q), shape })
     }
 
     fn loc(&mut self) -> Result<Vec<String>, ParseError> {
@@ -398,10 +342,7 @@ impl Parser {
                 } else {
                     items
                         .iter()
-                        .map(|s| {
-                            s.parse()
-                                .or_else(|_| self.err(format!("bad integer `{s}`")))
-                        })
+                        .map(|s| s.parse().or_else(|_| self.err(format!("bad integer `{s}`"))))
                         .collect::<Result<_, _>>()
                         .map(AttrValue::Ints)
                 }
@@ -409,13 +350,9 @@ impl Parser {
             Some(Tok::Num(s)) => {
                 self.pos += 1;
                 if is_float_text(&s) {
-                    s.parse()
-                        .map(AttrValue::Float)
-                        .or_else(|_| self.err(format!("bad number `{s}`")))
+                    s.parse().map(AttrValue::Float).or_else(|_| self.err(format!("bad number `{s}`")))
                 } else {
-                    s.parse()
-                        .map(AttrValue::Int)
-                        .or_else(|_| self.err(format!("bad integer `{s}`")))
+                    s.parse().map(AttrValue::Int).or_else(|_| self.err(format!("bad integer `{s}`")))
                 }
             }
             t => self.err(format!("expected an attribute value, found {t:?}")),
@@ -459,10 +396,7 @@ impl Parser {
             let bytes = unhex(&h).map_or_else(|| self.err("bad hex data"), Ok)?;
             return Tensor::from_le_bytes(dt, &shape, &bytes)
                 .map(ConstData::Data)
-                .map_or_else(
-                    || self.err(format!("{} bytes do not fill {ty}", bytes.len())),
-                    Ok,
-                );
+                .map_or_else(|| self.err(format!("{} bytes do not fill {ty}", bytes.len())), Ok);
         }
         let items = self.list(|p| match p.next()? {
             Tok::Num(s) | Tok::Ident(s) => Ok(s),
@@ -475,11 +409,7 @@ impl Parser {
         let s = IxDyn(&shape);
         macro_rules! build {
             ($v:ident, $t:ty) => {{
-                let v: Vec<$t> = items
-                    .iter()
-                    .map(|x| x.parse())
-                    .collect::<Result<_, _>>()
-                    .or_else(|_| self.err("bad constant element"))?;
+                let v: Vec<$t> = items.iter().map(|x| x.parse()).collect::<Result<_, _>>().or_else(|_| self.err("bad constant element"))?;
                 Tensor::$v(ArrayD::from_shape_vec(s, v).expect("length checked"))
             }};
         }
@@ -509,11 +439,7 @@ impl Parser {
                 };
                 self.expect(":")?;
                 let ty = self.ty()?;
-                let onnx = if let Some(Tok::Str(_)) = self.peek() {
-                    Some(self.string()?)
-                } else {
-                    None
-                };
+                let onnx = if let Some(Tok::Str(_)) = self.peek() { Some(self.string()?) } else { None };
                 let v = self.g.add_input(ty, onnx);
                 self.define(format!("%{name}"), v)?;
                 if self.eat(")") {
@@ -535,11 +461,7 @@ impl Parser {
                 };
                 self.expect(":")?;
                 let ty = self.ty()?;
-                let onnx = if let Some(Tok::Str(_)) = self.peek() {
-                    Some(self.string()?)
-                } else {
-                    None
-                };
+                let onnx = if let Some(Tok::Str(_)) = self.peek() { Some(self.string()?) } else { None };
                 outs.push((key, ty, onnx, line));
                 if self.eat(")") {
                     break;
@@ -610,18 +532,9 @@ impl Parser {
         }
         let mut out_ids = Vec::new();
         for (key, ty, onnx, line) in outs {
-            let v = *self.vals.get(&key).ok_or(ParseError {
-                line,
-                msg: format!("output {key} is never defined"),
-            })?;
+            let v = *self.vals.get(&key).ok_or(ParseError { line, msg: format!("output {key} is never defined") })?;
             if *self.g.ty(v) != ty {
-                return Err(ParseError {
-                    line,
-                    msg: format!(
-                        "output {key} is declared {ty} but defined as {}",
-                        self.g.ty(v)
-                    ),
-                });
+                return Err(ParseError { line, msg: format!("output {key} is declared {ty} but defined as {}", self.g.ty(v)) });
             }
             if onnx.is_some() {
                 self.g.value_mut(v).name = onnx;
@@ -641,20 +554,11 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Parses one graph in the text form.
 pub fn parse_graph(src: &str) -> Result<Graph, ParseError> {
     let toks = lex(src)?;
-    Parser {
-        toks,
-        pos: 0,
-        g: Graph::default(),
-        vals: HashMap::new(),
-    }
-    .graph()
+    Parser { toks, pos: 0, g: Graph::default(), vals: HashMap::new() }.graph()
 }

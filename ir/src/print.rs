@@ -25,17 +25,12 @@ pub struct Names {
 
 impl Names {
     pub fn get(&self, v: ValueId) -> String {
-        self.map
-            .get(&v)
-            .cloned()
-            .unwrap_or_else(|| format!("%<dead {}>", v.index()))
+        self.map.get(&v).cloned().unwrap_or_else(|| format!("%<dead {}>", v.index()))
     }
 }
 
 fn ident_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
 }
 
 /// Computes the printed names and the node order; None when the graph has a cycle.
@@ -105,48 +100,22 @@ fn name_suffix(g: &Graph, v: ValueId) -> String {
 pub fn print_graph(g: &Graph, opts: PrintOptions) -> String {
     let (names, consts, order) = number(g);
     let mut s = String::new();
-    let gname = if ident_ok(&g.name) {
-        g.name.clone()
-    } else {
-        quote(&g.name)
-    };
-    let params: Vec<String> = g
-        .inputs()
-        .iter()
-        .map(|&i| format!("{}: {}{}", names.get(i), g.ty(i), name_suffix(g, i)))
-        .collect();
-    let outs: Vec<String> = g
-        .outputs()
-        .iter()
-        .map(|&o| format!("{}: {}{}", names.get(o), g.ty(o), name_suffix(g, o)))
-        .collect();
-    let _ = writeln!(
-        s,
-        "graph @{gname}({}) -> ({}) {{",
-        params.join(", "),
-        outs.join(", ")
-    );
+    let gname = if ident_ok(&g.name) { g.name.clone() } else { quote(&g.name) };
+    let params: Vec<String> = g.inputs().iter().map(|&i| format!("{}: {}{}", names.get(i), g.ty(i), name_suffix(g, i))).collect();
+    let outs: Vec<String> = g.outputs().iter().map(|&o| format!("{}: {}{}", names.get(o), g.ty(o), name_suffix(g, o))).collect();
+    let _ = writeln!(s, "graph @{gname}({}) -> ({}) {{", params.join(", "), outs.join(", "));
     for c in consts {
         let ty = g.ty(c);
         let body = match g.const_data(c) {
             Some(ConstData::Data(t)) if t.len() <= INLINE_ELEMS => literal(t),
             Some(ConstData::Data(t)) if opts.elide_constants => {
-                format!(
-                    "elided {} {:#018x}",
-                    t.len() * t.dtype().size_bytes(),
-                    t.content_hash()
-                )
+                format!("elided {} {:#018x}", t.len() * t.dtype().size_bytes(), t.content_hash())
             }
             Some(ConstData::Data(t)) => format!("dense \"{}\"", hex(&t.to_le_bytes())),
             Some(ConstData::Elided { bytes, hash }) => format!("elided {bytes} {hash:#018x}"),
             None => unreachable!("numbered constants are constants"),
         };
-        let loc = g
-            .value(c)
-            .name
-            .as_ref()
-            .map(|n| loc_text(std::slice::from_ref(n)))
-            .unwrap_or_default();
+        let loc = g.value(c).name.as_ref().map(|n| loc_text(std::slice::from_ref(n))).unwrap_or_default();
         let _ = writeln!(s, "  const {}: {} = {}{}", names.get(c), ty, body, loc);
     }
     for n in order {
@@ -179,12 +148,7 @@ pub fn print_graph(g: &Graph, opts: PrintOptions) -> String {
 
 impl std::fmt::Display for Graph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&print_graph(
-            self,
-            PrintOptions {
-                elide_constants: true,
-            },
-        ))
+        f.write_str(&print_graph(self, PrintOptions { elide_constants: true }))
     }
 }
 

@@ -84,15 +84,11 @@ impl Tensor {
     }
 
     pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Option<Tensor> {
-        ArrayD::from_shape_vec(IxDyn(shape), data)
-            .ok()
-            .map(Tensor::F32)
+        ArrayD::from_shape_vec(IxDyn(shape), data).ok().map(Tensor::F32)
     }
 
     pub fn from_i64(shape: &[usize], data: Vec<i64>) -> Option<Tensor> {
-        ArrayD::from_shape_vec(IxDyn(shape), data)
-            .ok()
-            .map(Tensor::I64)
+        ArrayD::from_shape_vec(IxDyn(shape), data).ok().map(Tensor::I64)
     }
 
     pub fn as_f32(&self) -> Option<&ArrayD<f32>> {
@@ -119,12 +115,7 @@ impl Tensor {
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
             Tensor::F32(a) => a.iter().copied().collect(),
-            other => other
-                .to_i64_vec()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|x| x as f32)
-                .collect(),
+            other => other.to_i64_vec().unwrap_or_default().into_iter().map(|x| x as f32).collect(),
         }
     }
 
@@ -132,21 +123,11 @@ impl Tensor {
     pub fn to_le_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len() * self.dtype().size_bytes());
         match self {
-            Tensor::F32(a) => a
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Tensor::I64(a) => a
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Tensor::I32(a) => a
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Tensor::I16(a) => a
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            Tensor::I8(a) => a
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Tensor::F32(a) => a.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Tensor::I64(a) => a.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Tensor::I32(a) => a.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Tensor::I16(a) => a.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Tensor::I8(a) => a.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
             Tensor::U8(a) => out.extend(a.iter()),
             Tensor::Bool(a) => out.extend(a.iter().map(|&b| b as u8)),
         }
@@ -162,10 +143,7 @@ impl Tensor {
         let s = IxDyn(shape);
         macro_rules! conv {
             ($t:ty, $w:expr) => {
-                bytes
-                    .chunks_exact($w)
-                    .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
-                    .collect::<Vec<$t>>()
+                bytes.chunks_exact($w).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect::<Vec<$t>>()
             };
         }
         Some(match dtype {
@@ -175,9 +153,7 @@ impl Tensor {
             DType::I16 => Tensor::I16(ArrayD::from_shape_vec(s, conv!(i16, 2)).ok()?),
             DType::I8 => Tensor::I8(ArrayD::from_shape_vec(s, conv!(i8, 1)).ok()?),
             DType::U8 => Tensor::U8(ArrayD::from_shape_vec(s, bytes.to_vec()).ok()?),
-            DType::Bool => Tensor::Bool(
-                ArrayD::from_shape_vec(s, bytes.iter().map(|&b| b != 0).collect()).ok()?,
-            ),
+            DType::Bool => Tensor::Bool(ArrayD::from_shape_vec(s, bytes.iter().map(|&b| b != 0).collect()).ok()?),
         })
     }
 

@@ -15,15 +15,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 7] = [
-        DType::F32,
-        DType::I64,
-        DType::I32,
-        DType::I16,
-        DType::I8,
-        DType::U8,
-        DType::Bool,
-    ];
+    pub const ALL: [DType; 7] = [DType::F32, DType::I64, DType::I32, DType::I16, DType::I8, DType::U8, DType::Bool];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -99,12 +91,7 @@ pub struct QuantType {
 impl QuantType {
     pub fn new(storage: DType, params: QParams) -> QuantType {
         let (qmin, qmax) = storage.int_range().unwrap_or((0, 0));
-        QuantType {
-            storage,
-            qmin,
-            qmax,
-            params,
-        }
+        QuantType { storage, qmin, qmax, params }
     }
 }
 
@@ -133,10 +120,7 @@ pub enum Type {
 
 impl Type {
     pub fn plain(dtype: DType, shape: Vec<usize>) -> Type {
-        Type::Tensor {
-            elem: ElemType::Plain(dtype),
-            shape,
-        }
+        Type::Tensor { elem: ElemType::Plain(dtype), shape }
     }
     pub fn f32(shape: Vec<usize>) -> Type {
         Type::plain(DType::F32, shape)
@@ -167,10 +151,7 @@ impl Type {
     }
     pub fn with_shape(&self, shape: Vec<usize>) -> Type {
         match self {
-            Type::Tensor { elem, .. } => Type::Tensor {
-                elem: elem.clone(),
-                shape,
-            },
+            Type::Tensor { elem, .. } => Type::Tensor { elem: elem.clone(), shape },
             Type::Unknown => Type::Unknown,
         }
     }
@@ -191,9 +172,7 @@ impl fmt::Display for QuantType {
                 let z: Vec<String> = zps.iter().map(|x| x.to_string()).collect();
                 write!(f, "axis {axis}, [{}], [{}]", s.join(", "), z.join(", "))?
             }
-            QParams::Calibrated { min, max } => {
-                write!(f, "calibrated {}, {}", fmt_f32(*min), fmt_f32(*max))?
-            }
+            QParams::Calibrated { min, max } => write!(f, "calibrated {}, {}", fmt_f32(*min), fmt_f32(*max))?,
         }
         if self.storage.int_range() != Some((self.qmin, self.qmax)) {
             write!(f, ", {}..{}", self.qmin, self.qmax)?;

@@ -17,11 +17,7 @@ pub struct VerifierErrors(pub Vec<VerifyError>);
 impl fmt::Display for VerifierErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(
-            f,
-            "verifier found {n} problem{}",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "verifier found {n} problem{}", if n == 1 { "" } else { "s" })?;
         for e in &self.0 {
             write!(f, "\n  {}: {}", e.loc, e.msg)?;
         }
@@ -31,22 +27,12 @@ impl fmt::Display for VerifierErrors {
 
 /// Checks a type's quantization parameters.
 pub fn check_type(ty: &Type) -> Result<(), String> {
-    let Type::Tensor {
-        elem: ElemType::Q(q),
-        shape,
-    } = ty
-    else {
+    let Type::Tensor { elem: ElemType::Q(q), shape } = ty else {
         return Ok(());
     };
-    let (lo, hi) = q
-        .storage
-        .int_range()
-        .ok_or_else(|| format!("{} cannot store quantized values", q.storage))?;
+    let (lo, hi) = q.storage.int_range().ok_or_else(|| format!("{} cannot store quantized values", q.storage))?;
     if q.qmin < lo || q.qmax > hi || q.qmin >= q.qmax {
-        return Err(format!(
-            "range {}..{} does not fit {}",
-            q.qmin, q.qmax, q.storage
-        ));
+        return Err(format!("range {}..{} does not fit {}", q.qmin, q.qmax, q.storage));
     }
     let check_scale = |s: f32| {
         if s.is_finite() && s > 0.0 {
@@ -68,15 +54,9 @@ pub fn check_type(ty: &Type) -> Result<(), String> {
             check_zp(*zp)
         }
         QParams::PerAxis { axis, scales, zps } => {
-            let dim = *shape
-                .get(*axis)
-                .ok_or_else(|| format!("axis {axis} >= rank {}", shape.len()))?;
+            let dim = *shape.get(*axis).ok_or_else(|| format!("axis {axis} >= rank {}", shape.len()))?;
             if scales.len() != dim || zps.len() != dim {
-                return Err(format!(
-                    "axis {axis} has {dim} channels but {} scales and {} zero points",
-                    scales.len(),
-                    zps.len()
-                ));
+                return Err(format!("axis {axis} has {dim} channels but {} scales and {} zero points", scales.len(), zps.len()));
             }
             scales.iter().try_for_each(|s| check_scale(*s))?;
             zps.iter().try_for_each(|z| check_zp(*z))
@@ -97,10 +77,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifierErrors> {
     let order = match g.topo_order() {
         Ok(o) => o,
         Err(n) => {
-            push(
-                format!("node \"{}\"", g.node(n).name()),
-                "is on a cycle".into(),
-            );
+            push(format!("node \"{}\"", g.node(n).name()), "is on a cycle".into());
             return Err(VerifierErrors(errs));
         }
     };
@@ -112,15 +89,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifierErrors> {
         }
         if let ValueDef::Const(ConstData::Data(t)) = &val.def {
             if val.ty.dtype() != Some(t.dtype()) || val.ty.shape() != Some(t.shape()) {
-                push(
-                    g.describe_value(v),
-                    format!(
-                        "constant data {}{:?} does not match its type {}",
-                        t.dtype(),
-                        t.shape(),
-                        val.ty
-                    ),
-                );
+                push(g.describe_value(v), format!("constant data {}{:?} does not match its type {}", t.dtype(), t.shape(), val.ty));
             }
         }
     }
@@ -128,10 +97,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifierErrors> {
         let node = g.node(n);
         let loc = format!("node \"{}\" ({})", node.name(), node.op.name());
         if g.producer(node.output) != Some(n) {
-            push(
-                loc.clone(),
-                "output value is not defined by this node".into(),
-            );
+            push(loc.clone(), "output value is not defined by this node".into());
         }
         if let Some(bad) = node.inputs.iter().find(|v| !alive(**v)) {
             push(loc, format!("reads removed value {bad}"));
@@ -144,10 +110,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifierErrors> {
         let declared = g.ty(node.output);
         match infer_type(&node.op, &tys, declared) {
             Ok(t) if t == *declared => {}
-            Ok(t) => push(
-                loc,
-                format!("declared type {declared} but the op produces {t}"),
-            ),
+            Ok(t) => push(loc, format!("declared type {declared} but the op produces {t}")),
             Err(e) => push(loc, e),
         }
     }

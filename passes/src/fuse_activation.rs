@@ -8,32 +8,12 @@ pub struct FuseActivation;
 
 fn with_act(op: &Op, a: qcc_ir::Act) -> Option<Op> {
     match op {
-        Op::Conv {
-            strides,
-            pads,
-            dilations,
-            group,
-            act: None,
-        } => Some(Op::Conv {
-            strides: strides.clone(),
-            pads: pads.clone(),
-            dilations: dilations.clone(),
-            group: *group,
-            act: Some(a),
-        }),
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-            act: None,
-        } => Some(Op::Gemm {
-            alpha: *alpha,
-            beta: *beta,
-            trans_a: *trans_a,
-            trans_b: *trans_b,
-            act: Some(a),
-        }),
+        Op::Conv { strides, pads, dilations, group, act: None } => {
+            Some(Op::Conv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: Some(a) })
+        }
+        Op::Gemm { alpha, beta, trans_a, trans_b, act: None } => {
+            Some(Op::Gemm { alpha: *alpha, beta: *beta, trans_a: *trans_a, trans_b: *trans_b, act: Some(a) })
+        }
         _ => None,
     }
 }
@@ -65,10 +45,7 @@ impl Pass for FuseActivation {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        let order = g.topo_order().map_err(|_| PassError::Failed {
-            pass: "fuse-activation",
-            msg: "graph has a cycle".into(),
-        })?;
+        let order = g.topo_order().map_err(|_| PassError::Failed { pass: "fuse-activation", msg: "graph has a cycle".into() })?;
         let mut changed = false;
         for n in order {
             if g.contains_node(n) {

@@ -30,16 +30,9 @@ pub trait Pass {
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
     #[error("pass {pass}: node \"{node}\": {msg}")]
-    Node {
-        pass: &'static str,
-        node: String,
-        msg: String,
-    },
+    Node { pass: &'static str, node: String, msg: String },
     #[error("pass {pass}: {msg}")]
     Failed { pass: &'static str, msg: String },
     #[error("the IR is invalid after pass {pass}: {errors}")]
-    Verify {
-        pass: String,
-        errors: qcc_ir::VerifierErrors,
-    },
+    Verify { pass: String, errors: qcc_ir::VerifierErrors },
 }

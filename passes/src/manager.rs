@@ -41,9 +41,7 @@ pub struct PassManager {
 }
 
 fn dump_opts() -> PrintOptions {
-    PrintOptions {
-        elide_constants: true,
-    }
+    PrintOptions { elide_constants: true }
 }
 
 impl PassManager {
@@ -56,31 +54,20 @@ impl PassManager {
     }
 
     fn print(out: &mut dyn Write, when: &str, name: &str, g: &Graph) {
-        let _ = writeln!(
-            out,
-            "// -----// IR Dump {when} {name} //----- //\n{}",
-            print_graph(g, dump_opts())
-        );
+        let _ = writeln!(out, "// -----// IR Dump {when} {name} //----- //\n{}", print_graph(g, dump_opts()));
     }
 
     fn dump(&self, index: usize, name: &str, g: &Graph) -> Result<(), PassError> {
         if let Some(dir) = &self.inst.dump_dir {
             let path = dir.join(format!("{index:02}-{name}.qir"));
-            std::fs::write(&path, print_graph(g, dump_opts())).map_err(|e| PassError::Failed {
-                pass: "dump",
-                msg: format!("cannot write {}: {e}", path.display()),
-            })?;
+            std::fs::write(&path, print_graph(g, dump_opts()))
+                .map_err(|e| PassError::Failed { pass: "dump", msg: format!("cannot write {}: {e}", path.display()) })?;
         }
         Ok(())
     }
 
     /// Runs the pipeline; diagnostics (prints, timings) go to `out`.
-    pub fn run(
-        &mut self,
-        g: &mut Graph,
-        cx: &mut PassContext,
-        out: &mut dyn Write,
-    ) -> Result<Vec<PassTiming>, Box<PassFailure>> {
+    pub fn run(&mut self, g: &mut Graph, cx: &mut PassContext, out: &mut dyn Write) -> Result<Vec<PassTiming>, Box<PassFailure>> {
         let fail = |error: PassError, last_good: Graph| Box::new(PassFailure { error, last_good });
         if let Some(dir) = &self.inst.dump_dir {
             if let Err(e) = std::fs::create_dir_all(dir) {
@@ -109,24 +96,11 @@ impl PassManager {
             if self.inst.verify {
                 if let Err(errors) = verify(g) {
                     *g = before.clone();
-                    return Err(fail(
-                        PassError::Verify {
-                            pass: name.to_string(),
-                            errors,
-                        },
-                        before,
-                    ));
+                    return Err(fail(PassError::Verify { pass: name.to_string(), errors }, before));
                 }
             }
-            timings.push(PassTiming {
-                name,
-                time,
-                changed,
-            });
-            if self.inst.print_after_all
-                || self.inst.print_after.contains(name)
-                || (self.inst.print_after_change && changed)
-            {
+            timings.push(PassTiming { name, time, changed });
+            if self.inst.print_after_all || self.inst.print_after.contains(name) || (self.inst.print_after_change && changed) {
                 Self::print(out, "After", name, g);
             }
             self.dump(i + 1, name, g).map_err(|e| fail(e, g.clone()))?;
@@ -136,21 +110,11 @@ impl PassManager {
         }
         if self.inst.time_passes {
             let total: Duration = timings.iter().map(|t| t.time).sum();
-            let _ = writeln!(
-                out,
-                "===-------------------------------------------------------------------------==="
-            );
+            let _ = writeln!(out, "===-------------------------------------------------------------------------===");
             let _ = writeln!(out, "                         pass execution timing report");
-            let _ = writeln!(
-                out,
-                "===-------------------------------------------------------------------------==="
-            );
+            let _ = writeln!(out, "===-------------------------------------------------------------------------===");
             for t in &timings {
-                let pct = if total.as_nanos() > 0 {
-                    100.0 * t.time.as_secs_f64() / total.as_secs_f64()
-                } else {
-                    0.0
-                };
+                let pct = if total.as_nanos() > 0 { 100.0 * t.time.as_secs_f64() / total.as_secs_f64() } else { 0.0 };
                 let _ = writeln!(
                     out,
                     "  {:>10.3} ms ({:>5.1}%)  {}{}",
@@ -160,11 +124,7 @@ impl PassManager {
                     if t.changed { "" } else { "  (no change)" }
                 );
             }
-            let _ = writeln!(
-                out,
-                "  {:>10.3} ms (100.0%)  total",
-                total.as_secs_f64() * 1e3
-            );
+            let _ = writeln!(out, "  {:>10.3} ms (100.0%)  total", total.as_secs_f64() * 1e3);
         }
         Ok(timings)
     }

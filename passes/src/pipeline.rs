@@ -25,15 +25,7 @@ pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
 pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
     let names: &[&str] = match level {
         OptLevel::O0 => &[],
-        OptLevel::O1 | OptLevel::O2 => &[
-            "canonicalize",
-            "fold-batchnorm",
-            "fuse-activation",
-            "canonicalize",
-        ],
+        OptLevel::O1 | OptLevel::O2 => &["canonicalize", "fold-batchnorm", "fuse-activation", "canonicalize"],
     };
-    names
-        .iter()
-        .map(|n| pass_by_name(n).expect("pipeline names are registered"))
-        .collect()
+    names.iter().map(|n| pass_by_name(n).expect("pipeline names are registered")).collect()
 }

@@ -8,33 +8,21 @@ use qcc_ir::{map_tensor, DType, Op, PadMode, Tensor, Type};
 pub(crate) type R<T> = Result<T, String>;
 
 pub(crate) fn f32_in<'a>(t: &'a Tensor, what: &str) -> R<&'a ArrayD<f32>> {
-    t.as_f32()
-        .ok_or_else(|| format!("{what} must be f32, is {}", t.dtype()))
+    t.as_f32().ok_or_else(|| format!("{what} must be f32, is {}", t.dtype()))
 }
 
 fn binary_f32(a: &ArrayD<f32>, b: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32) -> R<ArrayD<f32>> {
     let shape = broadcast_shapes(&[a.shape(), b.shape()])?;
     let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
-    Zip::from(&mut out)
-        .and_broadcast(a)
-        .and_broadcast(b)
-        .for_each(|o, &x, &y| *o = f(x, y));
+    Zip::from(&mut out).and_broadcast(a).and_broadcast(b).for_each(|o, &x, &y| *o = f(x, y));
     Ok(out)
 }
 
-fn binary<T: Copy + Default>(
-    a: &ArrayD<T>,
-    b: &ArrayD<T>,
-    f: impl Fn(T, T) -> R<T>,
-) -> R<ArrayD<T>> {
+fn binary<T: Copy + Default>(a: &ArrayD<T>, b: &ArrayD<T>, f: impl Fn(T, T) -> R<T>) -> R<ArrayD<T>> {
     let shape = broadcast_shapes(&[a.shape(), b.shape()])?;
     let ab = a.broadcast(IxDyn(&shape)).ok_or("broadcast")?;
     let bb = b.broadcast(IxDyn(&shape)).ok_or("broadcast")?;
-    let v: Vec<T> = ab
-        .iter()
-        .zip(bb.iter())
-        .map(|(x, y)| f(*x, *y))
-        .collect::<R<_>>()?;
+    let v: Vec<T> = ab.iter().zip(bb.iter()).map(|(x, y)| f(*x, *y)).collect::<R<_>>()?;
     ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| e.to_string())
 }
 
@@ -90,12 +78,7 @@ fn arith(op: &Op, a: &Tensor, b: &Tensor) -> R<Tensor> {
         let to_f64 = |t: &Tensor| -> R<ArrayD<f64>> {
             let v: Vec<f64> = match t {
                 Tensor::F32(a) => a.iter().map(|x| *x as f64).collect(),
-                t => t
-                    .to_i64_vec()
-                    .ok_or("bad pow operand")?
-                    .into_iter()
-                    .map(|x| x as f64)
-                    .collect(),
+                t => t.to_i64_vec().ok_or("bad pow operand")?.into_iter().map(|x| x as f64).collect(),
             };
             ArrayD::from_shape_vec(IxDyn(t.shape()), v).map_err(|e| e.to_string())
         };
@@ -138,16 +121,8 @@ fn unary_f32(t: &Tensor, f: impl Fn(f32) -> f32) -> R<Tensor> {
 fn clip(t: &Tensor, min: f32, max: f32) -> R<Tensor> {
     macro_rules! clip_int {
         ($a:expr, $t:ty) => {{
-            let lo = if min.is_finite() {
-                min as $t
-            } else {
-                <$t>::MIN
-            };
-            let hi = if max.is_finite() {
-                max as $t
-            } else {
-                <$t>::MAX
-            };
+            let lo = if min.is_finite() { min as $t } else { <$t>::MIN };
+            let hi = if max.is_finite() { max as $t } else { <$t>::MAX };
             $a.mapv(|x| x.max(lo).min(hi))
         }};
     }
@@ -202,11 +177,9 @@ fn cast(t: &Tensor, to: DType) -> R<Tensor> {
         Tensor::F32(a) => from_f64!(a.mapv(|x| x as f64)),
         Tensor::Bool(a) => from_int!(a.mapv(|x| x as i64)),
         Tensor::I64(a) => from_int!(a),
-        other => from_int!(ArrayD::from_shape_vec(
-            IxDyn(other.shape()),
-            other.to_i64_vec().unwrap_or_default()
-        )
-        .map_err(|e| e.to_string())?),
+        other => {
+            from_int!(ArrayD::from_shape_vec(IxDyn(other.shape()), other.to_i64_vec().unwrap_or_default()).map_err(|e| e.to_string())?)
+        }
     })
 }
 
@@ -288,9 +261,7 @@ fn slice(t: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) 
 fn pad(t: &Tensor, mode: PadMode, pads: &[i64], value: f32) -> R<Tensor> {
     let shape = t.shape().to_vec();
     let r = shape.len();
-    let out_shape: Vec<usize> = (0..r)
-        .map(|i| (shape[i] as i64 + pads[i] + pads[r + i]) as usize)
-        .collect();
+    let out_shape: Vec<usize> = (0..r).map(|i| (shape[i] as i64 + pads[i] + pads[r + i]) as usize).collect();
     if mode != PadMode::Constant && shape.iter().zip(&out_shape).any(|(d, o)| *d == 0 && *o > 0) {
         return Err("cannot pad an empty axis in this mode".into());
     }
@@ -350,11 +321,7 @@ fn pad(t: &Tensor, mode: PadMode, pads: &[i64], value: f32) -> R<Tensor> {
 
 fn reduce(op: &Op, t: &Tensor, axes: &[i64], keepdims: bool, out_ty: &Type) -> R<Tensor> {
     let r = t.shape().len();
-    let mut ax: Vec<usize> = if axes.is_empty() {
-        (0..r).collect()
-    } else {
-        axes.iter().map(|a| norm_axis(*a, r)).collect::<R<_>>()?
-    };
+    let mut ax: Vec<usize> = if axes.is_empty() { (0..r).collect() } else { axes.iter().map(|a| norm_axis(*a, r)).collect::<R<_>>()? };
     ax.sort_unstable();
     ax.dedup();
     let out_shape = out_ty.shape().ok_or("unknown output shape")?.to_vec();
@@ -367,57 +334,26 @@ fn reduce(op: &Op, t: &Tensor, axes: &[i64], keepdims: bool, out_ty: &Type) -> R
             let count: usize = ax.iter().map(|a| t.shape()[*a]).product();
             let acc = acc.mapv(|v| $fin(v, count));
             let _ = keepdims;
-            acc.into_shape_with_order(IxDyn(&out_shape))
-                .map_err(|e| e.to_string())?
+            acc.into_shape_with_order(IxDyn(&out_shape)).map_err(|e| e.to_string())?
         }};
     }
     Ok(match (op, t) {
-        (Op::ReduceMean { .. }, Tensor::F32(a)) => Tensor::F32(red!(
-            a,
-            0.0f32,
-            |x: f32, y: f32| x + y,
-            |v: f32, c: usize| v / c as f32
-        )),
-        (Op::ReduceSum { .. }, Tensor::F32(a)) => {
-            Tensor::F32(red!(a, 0.0f32, |x: f32, y: f32| x + y, |v: f32, _| v))
-        }
+        (Op::ReduceMean { .. }, Tensor::F32(a)) => Tensor::F32(red!(a, 0.0f32, |x: f32, y: f32| x + y, |v: f32, c: usize| v / c as f32)),
+        (Op::ReduceSum { .. }, Tensor::F32(a)) => Tensor::F32(red!(a, 0.0f32, |x: f32, y: f32| x + y, |v: f32, _| v)),
         (Op::ReduceMax { .. }, Tensor::F32(a)) => Tensor::F32(red!(
             a,
             f32::NEG_INFINITY,
-            |x: f32, y: f32| if y.is_nan() || x.is_nan() {
-                f32::NAN
-            } else {
-                x.max(y)
-            },
+            |x: f32, y: f32| if y.is_nan() || x.is_nan() { f32::NAN } else { x.max(y) },
             |v: f32, _| v
         )),
-        (Op::ReduceSum { .. }, Tensor::I64(a)) => Tensor::I64(red!(
-            a,
-            0i64,
-            |x: i64, y: i64| x.wrapping_add(y),
-            |v: i64, _| v
-        )),
-        (Op::ReduceMax { .. }, Tensor::I64(a)) => {
-            Tensor::I64(red!(a, i64::MIN, |x: i64, y: i64| x.max(y), |v: i64, _| v))
+        (Op::ReduceSum { .. }, Tensor::I64(a)) => Tensor::I64(red!(a, 0i64, |x: i64, y: i64| x.wrapping_add(y), |v: i64, _| v)),
+        (Op::ReduceMax { .. }, Tensor::I64(a)) => Tensor::I64(red!(a, i64::MIN, |x: i64, y: i64| x.max(y), |v: i64, _| v)),
+        (Op::ReduceMean { .. }, Tensor::I64(a)) => {
+            Tensor::I64(red!(a, 0i64, |x: i64, y: i64| x.wrapping_add(y), |v: i64, c: usize| v / c.max(1) as i64))
         }
-        (Op::ReduceMean { .. }, Tensor::I64(a)) => Tensor::I64(red!(
-            a,
-            0i64,
-            |x: i64, y: i64| x.wrapping_add(y),
-            |v: i64, c: usize| v / c.max(1) as i64
-        )),
-        (Op::ReduceMax { .. }, Tensor::I32(a)) => {
-            Tensor::I32(red!(a, i32::MIN, |x: i32, y: i32| x.max(y), |v: i32, _| v))
-        }
-        (Op::ReduceSum { .. }, Tensor::I32(a)) => Tensor::I32(red!(
-            a,
-            0i32,
-            |x: i32, y: i32| x.wrapping_add(y),
-            |v: i32, _| v
-        )),
-        (Op::ReduceMax { .. }, Tensor::Bool(a)) => {
-            Tensor::Bool(red!(a, false, |x: bool, y: bool| x || y, |v: bool, _| v))
-        }
+        (Op::ReduceMax { .. }, Tensor::I32(a)) => Tensor::I32(red!(a, i32::MIN, |x: i32, y: i32| x.max(y), |v: i32, _| v)),
+        (Op::ReduceSum { .. }, Tensor::I32(a)) => Tensor::I32(red!(a, 0i32, |x: i32, y: i32| x.wrapping_add(y), |v: i32, _| v)),
+        (Op::ReduceMax { .. }, Tensor::Bool(a)) => Tensor::Bool(red!(a, false, |x: bool, y: bool| x || y, |v: bool, _| v)),
         (_, t) => return Err(format!("reduction over {} is not supported", t.dtype())),
     })
 }
@@ -444,18 +380,8 @@ fn where_op(c: &Tensor, x: &Tensor, y: &Tensor) -> R<Tensor> {
 
 /// Evaluates one op. `out_ty` is the inferred output type (its shape and, for quantize, its parameters).
 /// `in_tys` are the inputs' IR types (dequantize reads its parameters from them).
-pub fn eval_op(
-    op: &Op,
-    ins: &[&Tensor],
-    in_tys: &[&Type],
-    out_ty: &Type,
-) -> Result<Tensor, String> {
-    let out_shape = || {
-        out_ty
-            .shape()
-            .map(|s| s.to_vec())
-            .ok_or_else(|| "unknown output type".to_string())
-    };
+pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Result<Tensor, String> {
+    let out_shape = || out_ty.shape().map(|s| s.to_vec()).ok_or_else(|| "unknown output type".to_string());
     let need = |n: usize| {
         if ins.len() < n {
             Err(format!("expects {n} inputs, has {}", ins.len()))
@@ -465,13 +391,7 @@ pub fn eval_op(
     };
     need(1)?;
     match op {
-        Op::Conv {
-            strides,
-            pads,
-            dilations,
-            group,
-            act,
-        } => {
+        Op::Conv { strides, pads, dilations, group, act } => {
             need(2)?;
             nn::conv(
                 f32_in(ins[0], "input")?,
@@ -486,13 +406,7 @@ pub fn eval_op(
             )
             .map(Tensor::F32)
         }
-        Op::ConvTranspose {
-            strides,
-            pads,
-            dilations,
-            group,
-            ..
-        } => {
+        Op::ConvTranspose { strides, pads, dilations, group, .. } => {
             need(2)?;
             nn::conv_transpose(
                 f32_in(ins[0], "input")?,
@@ -506,13 +420,7 @@ pub fn eval_op(
             )
             .map(Tensor::F32)
         }
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-            act,
-        } => {
+        Op::Gemm { alpha, beta, trans_a, trans_b, act } => {
             need(2)?;
             nn::gemm(
                 f32_in(ins[0], "a")?,
@@ -561,106 +469,47 @@ pub fn eval_op(
         Op::Identity | Op::Dropout => Ok(ins[0].clone()),
         Op::BatchNorm { epsilon } => {
             need(5)?;
-            let p: Vec<&ArrayD<f32>> = ins[1..5]
-                .iter()
-                .map(|t| f32_in(t, "parameter"))
-                .collect::<R<_>>()?;
-            nn::batch_norm(f32_in(ins[0], "input")?, p[0], p[1], p[2], p[3], *epsilon)
-                .map(Tensor::F32)
+            let p: Vec<&ArrayD<f32>> = ins[1..5].iter().map(|t| f32_in(t, "parameter")).collect::<R<_>>()?;
+            nn::batch_norm(f32_in(ins[0], "input")?, p[0], p[1], p[2], p[3], *epsilon).map(Tensor::F32)
         }
-        Op::MaxPool {
-            kernel,
-            strides,
-            pads,
-            dilations,
-            ..
-        } => nn::max_pool(ins[0], kernel, strides, pads, dilations, &out_shape()?),
-        Op::AveragePool {
-            kernel,
-            strides,
-            pads,
-            dilations,
-            count_include_pad,
-            ..
-        } => nn::avg_pool(
-            f32_in(ins[0], "input")?,
-            kernel,
-            strides,
-            pads,
-            dilations,
-            *count_include_pad,
-            &out_shape()?,
-        )
-        .map(Tensor::F32),
+        Op::MaxPool { kernel, strides, pads, dilations, .. } => nn::max_pool(ins[0], kernel, strides, pads, dilations, &out_shape()?),
+        Op::AveragePool { kernel, strides, pads, dilations, count_include_pad, .. } => {
+            nn::avg_pool(f32_in(ins[0], "input")?, kernel, strides, pads, dilations, *count_include_pad, &out_shape()?).map(Tensor::F32)
+        }
         Op::GlobalAveragePool => {
             let x = f32_in(ins[0], "input")?;
             let s = x.shape();
             let (n, c) = (s[0], s[1]);
             let sp: usize = s[2..].iter().product();
             let x = x.as_standard_layout();
-            let flat = x
-                .view()
-                .into_shape_with_order((n * c, sp))
-                .map_err(|e| e.to_string())?;
-            let m: Vec<f32> = flat
-                .rows()
-                .into_iter()
-                .map(|r| r.sum() / sp as f32)
-                .collect();
-            Ok(Tensor::F32(
-                ArrayD::from_shape_vec(IxDyn(&out_shape()?), m).map_err(|e| e.to_string())?,
-            ))
+            let flat = x.view().into_shape_with_order((n * c, sp)).map_err(|e| e.to_string())?;
+            let m: Vec<f32> = flat.rows().into_iter().map(|r| r.sum() / sp as f32).collect();
+            Ok(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&out_shape()?), m).map_err(|e| e.to_string())?))
         }
-        Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
-            reshape(ins[0], &out_shape()?)
-        }
+        Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => reshape(ins[0], &out_shape()?),
         Op::Transpose { perm } => {
             let p: Vec<usize> = perm.iter().map(|p| *p as usize).collect();
-            Ok(
-                map_tensor!(ins[0].clone(), a => a.permuted_axes(IxDyn(&p)).as_standard_layout().into_owned()),
-            )
+            Ok(map_tensor!(ins[0].clone(), a => a.permuted_axes(IxDyn(&p)).as_standard_layout().into_owned()))
         }
         Op::Concat { axis } => concat(ins, norm_axis(*axis, ins[0].shape().len())?),
         Op::Pad { mode, pads, value } => pad(ins[0], *mode, pads, *value),
-        Op::Softmax { axis, coerce_2d } => {
-            nn::softmax(f32_in(ins[0], "input")?, *axis, *coerce_2d).map(Tensor::F32)
+        Op::Softmax { axis, coerce_2d } => nn::softmax(f32_in(ins[0], "input")?, *axis, *coerce_2d).map(Tensor::F32),
+        Op::Resize { mode, coord, nearest, scales, .. } => {
+            resize::resize(f32_in(ins[0], "input")?, *mode, *coord, *nearest, scales, &out_shape()?).map(Tensor::F32)
         }
-        Op::Resize {
-            mode,
-            coord,
-            nearest,
-            scales,
-            ..
-        } => resize::resize(
-            f32_in(ins[0], "input")?,
-            *mode,
-            *coord,
-            *nearest,
-            scales,
-            &out_shape()?,
-        )
-        .map(Tensor::F32),
         Op::Shape { start, end } => {
-            let s: Vec<i64> = ins[0].shape()[*start as usize..*end as usize]
-                .iter()
-                .map(|d| *d as i64)
-                .collect();
+            let s: Vec<i64> = ins[0].shape()[*start as usize..*end as usize].iter().map(|d| *d as i64).collect();
             Ok(Tensor::from_i64(&[s.len()], s).expect("vector"))
         }
         Op::Gather { axis } => {
             need(2)?;
             gather(ins[0], ins[1], norm_axis(*axis, ins[0].shape().len())?)
         }
-        Op::Slice {
-            starts,
-            ends,
-            axes,
-            steps,
-        } => slice(ins[0], starts, ends, axes, steps),
+        Op::Slice { starts, ends, axes, steps } => slice(ins[0], starts, ends, axes, steps),
         Op::Cast { to } => cast(ins[0], *to),
-        Op::ReduceMean { axes, keepdims }
-        | Op::ReduceSum { axes, keepdims }
-        | Op::ReduceMax { axes, keepdims } => reduce(op, ins[0], axes, *keepdims, out_ty),
+        Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
+            reduce(op, ins[0], axes, *keepdims, out_ty)
+        }
         Op::Expand { .. } => {
             let s = out_shape()?;
             Ok(map_tensor!(ins[0], a => a.broadcast(IxDyn(&s)).ok_or("cannot expand")?.to_owned()))
@@ -676,15 +525,9 @@ pub fn eval_op(
             )
             .map(Tensor::F32)
         }
-        Op::Quantize => quant::quantize(
-            f32_in(ins[0], "input")?,
-            out_ty.quant().ok_or("output type is not quantized")?,
-        ),
+        Op::Quantize => quant::quantize(f32_in(ins[0], "input")?, out_ty.quant().ok_or("output type is not quantized")?),
         Op::Dequantize => {
-            let q = in_tys
-                .first()
-                .and_then(|t| t.quant())
-                .ok_or("input type is not quantized")?;
+            let q = in_tys.first().and_then(|t| t.quant()).ok_or("input type is not quantized")?;
             quant::dequantize(ins[0], q).map(Tensor::F32)
         }
         Op::Opaque(o) => Err(format!("cannot run unsupported op {}", o.op_type)),

@@ -12,17 +12,9 @@ pub use interp::{run, run_observed};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunError {
     #[error("node \"{node}\" ({op}): {msg}")]
-    Node {
-        node: String,
-        op: String,
-        msg: String,
-    },
+    Node { node: String, op: String, msg: String },
     #[error("input {index} (\"{name}\"): {msg}")]
-    Input {
-        index: usize,
-        name: String,
-        msg: String,
-    },
+    Input { index: usize, name: String, msg: String },
     #[error("{0}")]
     Graph(String),
 }

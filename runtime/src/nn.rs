@@ -24,14 +24,7 @@ struct Win {
     ow: usize,
 }
 
-fn win(
-    xs: &[usize],
-    kernel: &[i64],
-    strides: &[i64],
-    pads: &[i64],
-    dil: &[i64],
-    out: &[usize],
-) -> R<Win> {
+fn win(xs: &[usize], kernel: &[i64], strides: &[i64], pads: &[i64], dil: &[i64], out: &[usize]) -> R<Win> {
     let u = |v: i64| v as usize;
     match xs.len() {
         3 => Ok(Win {
@@ -66,10 +59,7 @@ fn win(
             oh: out[2],
             ow: out[3],
         }),
-        r => Err(format!(
-            "{}-D windows are not supported (only 1-D and 2-D)",
-            r.saturating_sub(2)
-        )),
+        r => Err(format!("{}-D windows are not supported (only 1-D and 2-D)", r.saturating_sub(2))),
     }
 }
 
@@ -77,15 +67,11 @@ impl Win {
     /// Input row/column for output position `o` and kernel tap `k`, or None in the padding.
     #[inline]
     fn iy(&self, o: usize, k: usize) -> Option<usize> {
-        (o * self.sh + k * self.dh)
-            .checked_sub(self.pt)
-            .filter(|y| *y < self.h)
+        (o * self.sh + k * self.dh).checked_sub(self.pt).filter(|y| *y < self.h)
     }
     #[inline]
     fn ix(&self, o: usize, k: usize) -> Option<usize> {
-        (o * self.sw + k * self.dw)
-            .checked_sub(self.pl)
-            .filter(|x| *x < self.w)
+        (o * self.sw + k * self.dw).checked_sub(self.pl).filter(|x| *x < self.w)
     }
 }
 
@@ -140,14 +126,7 @@ pub fn conv(
             }
         }
     } else {
-        let pointwise = g.kh == 1
-            && g.kw == 1
-            && g.sh == 1
-            && g.sw == 1
-            && g.pt == 0
-            && g.pl == 0
-            && g.oh == g.h
-            && g.ow == g.w;
+        let pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.oh == g.h && g.ow == g.w;
         let mut col = vec![0f32; if pointwise { 0 } else { k * sp }];
         for b in 0..g.n {
             for gi in 0..group {
@@ -176,8 +155,7 @@ pub fn conv(
                     }
                     &col
                 };
-                let a = ArrayView2::from_shape((mg, k), &ws[gi * mg * k..][..mg * k])
-                    .map_err(|e| e.to_string())?;
+                let a = ArrayView2::from_shape((mg, k), &ws[gi * mg * k..][..mg * k]).map_err(|e| e.to_string())?;
                 let bm = ArrayView2::from_shape((k, sp), colv).map_err(|e| e.to_string())?;
                 let dst = &mut out[(b * m + gi * mg) * sp..][..mg * sp];
                 let mut c = ArrayViewMut2::from_shape((mg, sp), dst).map_err(|e| e.to_string())?;
@@ -212,26 +190,11 @@ pub fn conv_transpose(
     if r != 3 && r != 4 {
         return Err("only 1-D and 2-D transposed convolution is supported".into());
     }
-    let x4 = if r == 3 {
-        x.view().insert_axis(Axis(2)).into_owned()
-    } else {
-        x.to_owned()
-    };
-    let w4 = if r == 3 {
-        w.view().insert_axis(Axis(2)).into_owned()
-    } else {
-        w.to_owned()
-    };
-    let o4: Vec<usize> = if r == 3 {
-        vec![out_shape[0], out_shape[1], 1, out_shape[2]]
-    } else {
-        out_shape.to_vec()
-    };
-    let (s, p, d) = if r == 3 {
-        (vec![1, strides[0]], vec![0, pads[0]], vec![1, dil[0]])
-    } else {
-        (strides.to_vec(), pads.to_vec(), dil.to_vec())
-    };
+    let x4 = if r == 3 { x.view().insert_axis(Axis(2)).into_owned() } else { x.to_owned() };
+    let w4 = if r == 3 { w.view().insert_axis(Axis(2)).into_owned() } else { w.to_owned() };
+    let o4: Vec<usize> = if r == 3 { vec![out_shape[0], out_shape[1], 1, out_shape[2]] } else { out_shape.to_vec() };
+    let (s, p, d) =
+        if r == 3 { (vec![1, strides[0]], vec![0, pads[0]], vec![1, dil[0]]) } else { (strides.to_vec(), pads.to_vec(), dil.to_vec()) };
     let xs4 = x4.shape().to_vec();
     let (n, c, h, wd) = (xs4[0], xs4[1], xs4[2], xs4[3]);
     let (kh, kw) = (w4.shape()[2], w4.shape()[3]);
@@ -254,8 +217,7 @@ pub fn conv_transpose(
                                 for kx in 0..kw {
                                     let ox = ix as i64 * s[1] + kx as i64 * d[1] - p[1];
                                     if ox >= 0 && ox < ow {
-                                        out[[b, gi * mg + om, oy as usize, ox as usize]] +=
-                                            xv * w4[[ci, om, ky, kx]];
+                                        out[[b, gi * mg + om, oy as usize, ox as usize]] += xv * w4[[ci, om, ky, kx]];
                                     }
                                 }
                             }
@@ -271,8 +233,7 @@ pub fn conv_transpose(
             plane.mapv_inplace(|v| v + bv);
         }
     }
-    out.into_shape_with_order(IxDyn(out_shape))
-        .map_err(|e| e.to_string())
+    out.into_shape_with_order(IxDyn(out_shape)).map_err(|e| e.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -286,14 +247,8 @@ pub fn gemm(
     tb: bool,
     act: Option<Act>,
 ) -> R<ArrayD<f32>> {
-    let a = a
-        .view()
-        .into_dimensionality::<Ix2>()
-        .map_err(|e| e.to_string())?;
-    let b = b
-        .view()
-        .into_dimensionality::<Ix2>()
-        .map_err(|e| e.to_string())?;
+    let a = a.view().into_dimensionality::<Ix2>().map_err(|e| e.to_string())?;
+    let b = b.view().into_dimensionality::<Ix2>().map_err(|e| e.to_string())?;
     let a = if ta { a.reversed_axes() } else { a };
     let b = if tb { b.reversed_axes() } else { b };
     let mut y = a.dot(&b);
@@ -303,9 +258,7 @@ pub fn gemm(
     let mut y = y.into_dyn();
     if let Some(c) = c {
         let cb = c.broadcast(y.raw_dim()).ok_or("bias does not broadcast")?;
-        Zip::from(&mut y)
-            .and(&cb)
-            .for_each(|v, &cv| *v += beta * cv);
+        Zip::from(&mut y).and(&cb).for_each(|v, &cv| *v += beta * cv);
     }
     if let Some(act) = act {
         y.mapv_inplace(|v| act.apply(v));
@@ -317,16 +270,8 @@ pub fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> R<Tensor> {
     let (Tensor::F32(a), Tensor::F32(b)) = (a, b) else {
         return Err("matmul supports f32 only".into());
     };
-    let a2 = if a.ndim() == 1 {
-        a.view().insert_axis(Axis(0))
-    } else {
-        a.view()
-    };
-    let b2 = if b.ndim() == 1 {
-        b.view().insert_axis(Axis(1))
-    } else {
-        b.view()
-    };
+    let a2 = if a.ndim() == 1 { a.view().insert_axis(Axis(0)) } else { a.view() };
+    let b2 = if b.ndim() == 1 { b.view().insert_axis(Axis(1)) } else { b.view() };
     let (ra, rb) = (a2.ndim(), b2.ndim());
     let (m, k, n) = (a2.shape()[ra - 2], a2.shape()[ra - 1], b2.shape()[rb - 1]);
     let batch = qcc_ir::infer::broadcast_shapes(&[&a2.shape()[..ra - 2], &b2.shape()[..rb - 2]])?;
@@ -334,34 +279,16 @@ pub fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> R<Tensor> {
     full_a.extend([m, k]);
     let mut full_b = batch.clone();
     full_b.extend([k, n]);
-    let ab = a2
-        .broadcast(IxDyn(&full_a))
-        .ok_or("broadcast")?
-        .as_standard_layout()
-        .into_owned();
-    let bb = b2
-        .broadcast(IxDyn(&full_b))
-        .ok_or("broadcast")?
-        .as_standard_layout()
-        .into_owned();
+    let ab = a2.broadcast(IxDyn(&full_a)).ok_or("broadcast")?.as_standard_layout().into_owned();
+    let bb = b2.broadcast(IxDyn(&full_b)).ok_or("broadcast")?.as_standard_layout().into_owned();
     let nb: usize = batch.iter().product();
-    let av = ab
-        .into_shape_with_order((nb, m, k))
-        .map_err(|e| e.to_string())?;
-    let bv = bb
-        .into_shape_with_order((nb, k, n))
-        .map_err(|e| e.to_string())?;
+    let av = ab.into_shape_with_order((nb, m, k)).map_err(|e| e.to_string())?;
+    let bv = bb.into_shape_with_order((nb, k, n)).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(nb * m * n);
     for i in 0..nb {
-        out.extend(
-            av.index_axis(Axis(0), i)
-                .dot(&bv.index_axis(Axis(0), i))
-                .iter(),
-        );
+        out.extend(av.index_axis(Axis(0), i).dot(&bv.index_axis(Axis(0), i)).iter());
     }
-    Ok(Tensor::F32(
-        ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())?,
-    ))
+    Ok(Tensor::F32(ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())?))
 }
 
 pub fn batch_norm(
@@ -382,14 +309,7 @@ pub fn batch_norm(
 }
 
 /// Max pooling over any numeric type (padding never wins).
-pub fn max_pool(
-    x: &Tensor,
-    kernel: &[i64],
-    strides: &[i64],
-    pads: &[i64],
-    dil: &[i64],
-    out_shape: &[usize],
-) -> R<Tensor> {
+pub fn max_pool(x: &Tensor, kernel: &[i64], strides: &[i64], pads: &[i64], dil: &[i64], out_shape: &[usize]) -> R<Tensor> {
     macro_rules! mp {
         ($a:expr, $min:expr) => {{
             let g = win($a.shape(), kernel, strides, pads, dil, out_shape)?;
@@ -440,11 +360,7 @@ pub fn avg_pool(
 ) -> R<ArrayD<f32>> {
     let g = win(x.shape(), kernel, strides, pads, dil, out_shape)?;
     let nsp = kernel.len();
-    let (pb, pr) = if nsp == 1 {
-        (0, pads[1] as usize)
-    } else {
-        (pads[2] as usize, pads[3] as usize)
-    };
+    let (pb, pr) = if nsp == 1 { (0, pads[1] as usize) } else { (pads[2] as usize, pads[3] as usize) };
     let a = x.as_standard_layout();
     let xs = a.as_slice().ok_or("layout")?;
     // Per output row (column): the input rows (columns) its taps read, and how many taps the divisor counts.
@@ -462,12 +378,8 @@ pub fn avg_pool(
         }
         (inside, padded)
     };
-    let rows: Vec<_> = (0..g.oh)
-        .map(|o| axis_taps(o, g.kh, g.sh, g.dh, g.pt, g.h, pb))
-        .collect();
-    let cols: Vec<_> = (0..g.ow)
-        .map(|o| axis_taps(o, g.kw, g.sw, g.dw, g.pl, g.w, pr))
-        .collect();
+    let rows: Vec<_> = (0..g.oh).map(|o| axis_taps(o, g.kh, g.sh, g.dh, g.pt, g.h, pb)).collect();
+    let cols: Vec<_> = (0..g.ow).map(|o| axis_taps(o, g.kw, g.sw, g.dw, g.pl, g.w, pr)).collect();
     let mut out = Vec::with_capacity(g.n * g.c * g.oh * g.ow);
     for plane in xs.chunks(g.h * g.w).take(g.n * g.c) {
         for (ry, py) in &rows {
@@ -478,11 +390,7 @@ pub fn avg_pool(
                         sum += plane[iy * g.w + ix];
                     }
                 }
-                let count = if include_pad {
-                    py * px
-                } else {
-                    ry.len() * cx.len()
-                };
+                let count = if include_pad { py * px } else { ry.len() * cx.len() };
                 out.push(if count > 0 { sum / count as f32 } else { 0.0 });
             }
         }
@@ -507,46 +415,24 @@ pub fn softmax(x: &ArrayD<f32>, axis: i64, coerce_2d: bool) -> R<ArrayD<f32>> {
             .into_shape_with_order((rows, shape[a..].iter().product::<usize>()))
             .map_err(|e| e.to_string())?;
         y.rows_mut().into_iter().for_each(soft);
-        return y
-            .into_shape_with_order(IxDyn(&shape))
-            .map_err(|e| e.to_string());
+        return y.into_shape_with_order(IxDyn(&shape)).map_err(|e| e.to_string());
     }
     let mut y = x.to_owned();
     y.lanes_mut(Axis(a)).into_iter().for_each(soft);
     Ok(y)
 }
 
-pub fn layer_norm(
-    x: &ArrayD<f32>,
-    scale: &ArrayD<f32>,
-    bias: Option<&ArrayD<f32>>,
-    axis: i64,
-    eps: f32,
-) -> R<ArrayD<f32>> {
+pub fn layer_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: Option<&ArrayD<f32>>, axis: i64, eps: f32) -> R<ArrayD<f32>> {
     let shape = x.shape().to_vec();
     let a = norm_axis(axis, shape.len())?;
     let inner: usize = shape[a..].iter().product();
     let rows: usize = shape[..a].iter().product();
-    let sb = scale
-        .broadcast(IxDyn(&shape[a..]))
-        .ok_or("scale does not broadcast")?
-        .iter()
-        .copied()
-        .collect::<Vec<f32>>();
+    let sb = scale.broadcast(IxDyn(&shape[a..])).ok_or("scale does not broadcast")?.iter().copied().collect::<Vec<f32>>();
     let bb: Vec<f32> = match bias {
-        Some(b) => b
-            .broadcast(IxDyn(&shape[a..]))
-            .ok_or("bias does not broadcast")?
-            .iter()
-            .copied()
-            .collect(),
+        Some(b) => b.broadcast(IxDyn(&shape[a..])).ok_or("bias does not broadcast")?.iter().copied().collect(),
         None => vec![0.0; inner],
     };
-    let mut y = x
-        .as_standard_layout()
-        .into_owned()
-        .into_shape_with_order((rows, inner))
-        .map_err(|e| e.to_string())?;
+    let mut y = x.as_standard_layout().into_owned().into_shape_with_order((rows, inner)).map_err(|e| e.to_string())?;
     for mut row in y.rows_mut() {
         let mean = row.sum() / inner as f32;
         let var = row.fold(0.0, |acc, v| acc + (v - mean) * (v - mean)) / inner as f32;
@@ -555,6 +441,5 @@ pub fn layer_norm(
             *v = (*v - mean) * inv * sb[i] + bb[i];
         }
     }
-    y.into_shape_with_order(IxDyn(&shape))
-        .map_err(|e| e.to_string())
+    y.into_shape_with_order(IxDyn(&shape)).map_err(|e| e.to_string())
 }

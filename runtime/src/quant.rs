@@ -11,18 +11,12 @@ pub fn quantize_value(x: f32, scale: f32, zp: i32, qmin: i64, qmax: i64) -> i64 
     ((r as f64) + zp as f64).clamp(qmin as f64, qmax as f64) as i64
 }
 
-fn per_channel(
-    q: &QuantType,
-    shape: &[usize],
-) -> Result<(Option<usize>, Vec<f32>, Vec<i32>), String> {
+fn per_channel(q: &QuantType, shape: &[usize]) -> Result<(Option<usize>, Vec<f32>, Vec<i32>), String> {
     match &q.params {
         QParams::PerTensor { scale, zp } => Ok((None, vec![*scale], vec![*zp])),
         QParams::PerAxis { axis, scales, zps } => {
             if shape.get(*axis) != Some(&scales.len()) {
-                return Err(format!(
-                    "axis {axis} of {shape:?} does not have {} channels",
-                    scales.len()
-                ));
+                return Err(format!("axis {axis} of {shape:?} does not have {} channels", scales.len()));
             }
             Ok((Some(*axis), scales.clone(), zps.clone()))
         }
@@ -35,18 +29,10 @@ fn quantize_i64(x: &ArrayD<f32>, q: &QuantType) -> Result<ArrayD<i64>, String> {
     let (axis, scales, zps) = per_channel(q, x.shape())?;
     let mut out = ArrayD::<i64>::zeros(IxDyn(x.shape()));
     match axis {
-        None => ndarray::Zip::from(&mut out)
-            .and(x)
-            .for_each(|o, &v| *o = quantize_value(v, scales[0], zps[0], q.qmin, q.qmax)),
+        None => ndarray::Zip::from(&mut out).and(x).for_each(|o, &v| *o = quantize_value(v, scales[0], zps[0], q.qmin, q.qmax)),
         Some(a) => {
-            for (c, (mut o, xs)) in out
-                .axis_iter_mut(Axis(a))
-                .zip(x.axis_iter(Axis(a)))
-                .enumerate()
-            {
-                ndarray::Zip::from(&mut o)
-                    .and(&xs)
-                    .for_each(|o, &v| *o = quantize_value(v, scales[c], zps[c], q.qmin, q.qmax));
+            for (c, (mut o, xs)) in out.axis_iter_mut(Axis(a)).zip(x.axis_iter(Axis(a))).enumerate() {
+                ndarray::Zip::from(&mut o).and(&xs).for_each(|o, &v| *o = quantize_value(v, scales[c], zps[c], q.qmin, q.qmax));
             }
         }
     }
@@ -71,18 +57,10 @@ pub fn dequantize(t: &Tensor, q: &QuantType) -> Result<ArrayD<f32>, String> {
     let ints = ArrayD::from_shape_vec(IxDyn(&shape), vals).map_err(|e| e.to_string())?;
     let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
     match axis {
-        None => ndarray::Zip::from(&mut out)
-            .and(&ints)
-            .for_each(|o, &v| *o = (v - zps[0] as i64) as f32 * scales[0]),
+        None => ndarray::Zip::from(&mut out).and(&ints).for_each(|o, &v| *o = (v - zps[0] as i64) as f32 * scales[0]),
         Some(a) => {
-            for (c, (mut o, xs)) in out
-                .axis_iter_mut(Axis(a))
-                .zip(ints.axis_iter(Axis(a)))
-                .enumerate()
-            {
-                ndarray::Zip::from(&mut o)
-                    .and(&xs)
-                    .for_each(|o, &v| *o = (v - zps[c] as i64) as f32 * scales[c]);
+            for (c, (mut o, xs)) in out.axis_iter_mut(Axis(a)).zip(ints.axis_iter(Axis(a))).enumerate() {
+                ndarray::Zip::from(&mut o).and(&xs).for_each(|o, &v| *o = (v - zps[c] as i64) as f32 * scales[c]);
             }
         }
     }

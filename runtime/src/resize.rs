@@ -99,9 +99,7 @@ pub fn resize(
 ) -> R<ArrayD<f32>> {
     let ins = x.shape().to_vec();
     let r = ins.len();
-    let all: Vec<Vec<Vec<(usize, f32)>>> = (0..r)
-        .map(|a| taps(mode, coord, nearest, scales[a], ins[a], out_shape[a]))
-        .collect();
+    let all: Vec<Vec<Vec<(usize, f32)>>> = (0..r).map(|a| taps(mode, coord, nearest, scales[a], ins[a], out_shape[a])).collect();
     let mut out = ArrayD::<f32>::zeros(IxDyn(out_shape));
     let mut src = vec![0usize; r];
     for (idx, o) in out.indexed_iter_mut() {
