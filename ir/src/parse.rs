@@ -479,7 +479,8 @@ impl Parser {
                 self.expect(":")?;
                 let ty = self.ty()?;
                 self.expect("=")?;
-                let data = self.const_body(&ty)?;
+                let line = self.line();
+                let data = self.const_body(&ty).map_err(|e| ParseError { line, msg: e.msg })?;
                 let loc = self.loc()?;
                 let v = self.g.add_const_typed(data, ty, loc.into_iter().next());
                 self.define(format!("@{name}"), v)?;
