@@ -4,6 +4,7 @@ pub mod data;
 pub mod driver;
 pub mod eval;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod npy;
 
 pub use qcc_frontend as frontend;

@@ -51,6 +51,10 @@ struct ModelArgs {
     /// Without it, dynamic dimensions are set to 1 with a warning.
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     input_shape: Vec<String>,
+    /// Freeze a graph input to a constant from a .npy file (shape operands fed as inputs), e.g.
+    /// --const-input shape=shape.npy. Repeatable.
+    #[arg(long = "const-input", value_name = "NAME=FILE")]
+    const_input: Vec<String>,
     /// Keep ops qcc does not support as opaque nodes (the model can be dumped, not run).
     #[arg(long)]
     allow_unsupported: bool,
@@ -168,6 +172,10 @@ impl ModelArgs {
             let (n, d) = parse_input_shape(s)?;
             opts.input_shapes.insert(n, d);
         }
+        for s in &self.const_input {
+            let (n, f) = s.split_once('=').ok_or_else(|| anyhow!("--const-input {s:?}: expected NAME=FILE.npy"))?;
+            opts.const_inputs.insert(n.to_string(), read_npy(std::path::Path::new(f))?);
+        }
         let loaded = load_model(model, &opts)?;
         for w in &loaded.warnings {
             eprintln!("warning: {w}");
@@ -271,12 +279,12 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     if data.items.is_empty() {
         bail!("no samples to evaluate (check --offset and --limit)");
     }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let acc = qcc::eval::evaluate(&g, &data, e.label_offset, |i, n| {
-        if i % 50 == 0 || i == n {
-            eprint!("\r{i}/{n}");
+        if tty {
+            eprint!("\r{i}/{n}{}", if i == n { "\n" } else { "" });
         }
     })?;
-    eprintln!();
     println!("n={} float top-1 {:.2}% top-5 {:.2}%", acc.n, acc.top1_pct(), acc.top5_pct());
     if let Some(p) = &e.json {
         let json = format!("{{\"n\": {}, \"float\": {{\"top1\": {:.4}, \"top5\": {:.4}}}}}\n", acc.n, acc.top1_pct(), acc.top5_pct());

@@ -126,6 +126,9 @@ pub fn import_bytes(bytes: &[u8], what: &str, base: Option<&Path>, opts: &Import
                 dims.iter().map(|d| d.unwrap_or(1)).collect()
             }
         };
+        if qcc_ir::types::checked_numel(&shape).is_none() {
+            return Err(ImportError::Input { name, msg: format!("shape {shape:?} has too many elements") });
+        }
         let v = ctx.g.add_input(Type::plain(dt, shape), Some(name.clone()));
         ctx.env.insert(name, v);
     }

@@ -1,7 +1,7 @@
 //! Type inference: each op's output type from its input types and attributes. The shape arithmetic helpers
 //! here are also what the interpreter uses, so inference and execution cannot disagree.
 use crate::op::Op;
-use crate::types::{DType, ElemType, Type};
+use crate::types::{checked_numel, DType, ElemType, Type};
 
 /// Numpy-style multidirectional broadcasting.
 pub fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Vec<usize>, String> {
@@ -48,19 +48,16 @@ pub fn window_out(input: usize, k: i64, stride: i64, dil: i64, pb: i64, pe: i64,
 
 /// Resolved slice of one axis: the first index, the step and the element count, per ONNX Slice clamping.
 pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(i64, i64, usize), String> {
-    if step == 0 {
-        return Err("slice step 0".into());
+    if step == 0 || step == i64::MIN {
+        return Err(format!("slice step {step} is not supported"));
     }
-    let d = dim as i64;
-    let clampi = |x: i64, lo: i64, hi: i64| x.max(lo).min(hi);
-    let norm = |x: i64| if x < 0 { x + d } else { x };
-    let (s, e) = if step > 0 {
-        (clampi(norm(start), 0, d), clampi(norm(end), 0, d))
-    } else {
-        (clampi(norm(start), 0, d - 1), clampi(norm(end), -1, d - 1))
-    };
-    let len = if step > 0 { (e - s + step - 1).max(0) / step } else { (s - e + (-step) - 1).max(0) / (-step) };
-    Ok((s, step, len.max(0) as usize))
+    // i128 so that no combination of extreme starts, ends and steps can overflow.
+    let (d, start, end, step) = (dim as i128, start as i128, end as i128, step as i128);
+    let norm = |x: i128| if x < 0 { x + d } else { x };
+    let (s, e) =
+        if step > 0 { (norm(start).clamp(0, d), norm(end).clamp(0, d)) } else { (norm(start).clamp(0, d - 1), norm(end).clamp(-1, d - 1)) };
+    let len = if step > 0 { (e - s + step - 1).max(0) / step } else { (s - e - step - 1).max(0) / -step };
+    Ok((s as i64, step as i64, len as usize))
 }
 
 fn shape_of<'a>(t: &'a Type, what: &str) -> Result<&'a [usize], String> {
@@ -95,6 +92,16 @@ fn spatial_check(name: &str, v: &[i64], n: usize) -> Result<(), String> {
 /// Infers the output type of `op`. `current` is the type the output has now: quantize and opaque ops keep
 /// their element type from it, since nothing else determines it.
 pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, String> {
+    let t = infer_unchecked(op, inputs, current)?;
+    if let Some(s) = t.shape() {
+        if checked_numel(s).is_none() {
+            return Err(format!("output shape {s:?} is too large"));
+        }
+    }
+    Ok(t)
+}
+
+fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, String> {
     use Op::*;
     let in_shape = |i: usize| shape_of(inputs[i], &format!("input {i}"));
     let f32_of = |shape: Vec<usize>| Ok(Type::f32(shape));
@@ -265,6 +272,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
             }
             let a = a as usize;
             Ok(inputs[0].with_shape(vec![x[..a].iter().product(), x[a..].iter().product()]))
+            // (products of a valid shape's parts cannot exceed its element count)
         }
         Reshape { shape } => {
             want_inputs(inputs, 1, 1)?;
@@ -273,7 +281,7 @@ pub fn infer_type(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, Str
                 return Err(format!("target shape {shape:?} is not resolved"));
             }
             let out: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-            if out.iter().product::<usize>() != x.iter().product::<usize>() {
+            if checked_numel(&out).is_none() || checked_numel(&out) != checked_numel(x) {
                 return Err(format!("cannot reshape {x:?} to {out:?}"));
             }
             Ok(inputs[0].with_shape(out))

@@ -271,6 +271,9 @@ impl Parser {
             t => return self.err(format!("expected a type, found {t:?}")),
         };
         let shape = self.list(|p| p.num::<usize>("dimension"))?;
+        if crate::types::checked_numel(&shape).is_none() {
+            return self.err(format!("shape {shape:?} has too many elements"));
+        }
         if !self.eat("q") {
             return Ok(Type::plain(dt, shape));
         }
@@ -402,8 +405,7 @@ impl Parser {
             Tok::Num(s) | Tok::Ident(s) => Ok(s),
             t => p.err(format!("expected a number, found {t:?}")),
         })?;
-        let n: usize = shape.iter().product();
-        if items.len() != n {
+        if items.len() != shape.iter().product::<usize>() {
             return self.err(format!("{} elements do not fill {ty}", items.len()));
         }
         let s = IxDyn(&shape);

@@ -146,8 +146,9 @@ impl Type {
             _ => None,
         }
     }
+    /// Element count; None for unknown types (valid types never overflow: see [`MAX_ELEMS`]).
     pub fn numel(&self) -> Option<usize> {
-        self.shape().map(|s| s.iter().product())
+        self.shape().and_then(checked_numel)
     }
     pub fn with_shape(&self, shape: Vec<usize>) -> Type {
         match self {
@@ -155,6 +156,15 @@ impl Type {
             Type::Unknown => Type::Unknown,
         }
     }
+}
+
+/// The most elements a tensor may have (2^40): larger shapes are rejected, so element counts and byte
+/// sizes never overflow.
+pub const MAX_ELEMS: usize = 1 << 40;
+
+/// The element count of a shape, or None when it exceeds [`MAX_ELEMS`].
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).filter(|n| *n <= MAX_ELEMS)
 }
 
 /// Shortest text that parses back to the same f32 (Rust's Debug formatting round-trips).

@@ -1,0 +1,219 @@
+//! The `qcc` command end to end: the bundled example, the text form through the CLI, instrumentation
+//! flags, and bad input — each one clear error, exit code 1, no panic, no output file left behind.
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn qcc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qcc")).args(args).output().expect("run qcc")
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example() -> String {
+    root().join("examples/mnist/mnist_cnn.onnx").display().to_string()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qcc-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a clean failure: exit code 1, an `error:` naming `needle`, no panic, and `out` not created.
+fn assert_fails(o: &Output, needle: &str, out: Option<&Path>) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {e}");
+    assert!(e.contains("error:") && e.contains(needle), "expected an error mentioning {needle:?}, got: {e}");
+    assert!(!e.contains("panicked"), "panic: {e}");
+    if let Some(p) = out {
+        assert!(!p.exists(), "{} was left behind", p.display());
+        let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}
+
+#[test]
+fn bundled_example_runs_and_evaluates() {
+    let d = tmp("example");
+    let y = d.join("y.npy");
+    let o = qcc(&[
+        "run",
+        &example(),
+        "--input",
+        &root().join("examples/mnist/digits/digit_000.npy").display().to_string(),
+        "--output",
+        &format!("logits={}", y.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = qcc::npy::read_npy(&y).unwrap();
+    assert_eq!(t.shape(), &[1, 10]);
+    let s = t.to_f32_vec();
+    let argmax = (0..10).max_by(|a, b| s[*a].total_cmp(&s[*b])).unwrap();
+    assert_eq!(argmax, 0, "digit_000 is a 0");
+
+    let json = d.join("eval.json");
+    let o = qcc(&[
+        "eval",
+        &example(),
+        "--npy",
+        &root().join("examples/mnist/digits").display().to_string(),
+        "--json",
+        &json.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert!(text.contains("\"n\": 200"), "{text}");
+    let top1: f64 = text.split("\"top1\": ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    assert!(top1 >= 97.0, "MNIST CNN float top-1 {top1} on the bundled digits");
+}
+
+#[test]
+fn qir_round_trips_through_the_cli() {
+    let d = tmp("roundtrip");
+    let (a, b) = (d.join("a.qir"), d.join("b.qir"));
+    for level in ["-O0", "-O2"] {
+        let o = qcc(&[&example(), level, "--emit", "qir", "-o", &a.display().to_string()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = qcc(&[&a.display().to_string(), "-O0", "--emit", "qir", "-o", &b.display().to_string()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "qcc x.qir -O0 must reproduce x.qir ({level})");
+    }
+    // The .qir runs and gives the ONNX model's result.
+    let x = root().join("examples/mnist/digits/digit_007.npy").display().to_string();
+    let (y1, y2) = (d.join("y1.npy"), d.join("y2.npy"));
+    assert!(qcc(&["run", &example(), "--input", &x, "--output", &y1.display().to_string()]).status.success());
+    assert!(qcc(&["run", &a.display().to_string(), "--input", &x, "--output", &y2.display().to_string()]).status.success());
+    assert_eq!(std::fs::read(&y1).unwrap(), std::fs::read(&y2).unwrap());
+}
+
+#[test]
+fn instrumentation_flags() {
+    let d = tmp("dump");
+    let dump = d.join("dumps");
+    let o = qcc(&[
+        &example(),
+        "-O2",
+        "--dump-dir",
+        &dump.display().to_string(),
+        "--print-after=fuse-activation",
+        "--time-passes",
+        "--elide-constants",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut names: Vec<String> = std::fs::read_dir(&dump).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["00-input.qir", "01-canonicalize.qir", "02-fold-batchnorm.qir", "03-fuse-activation.qir", "04-canonicalize.qir"]);
+    let e = stderr(&o);
+    assert!(e.contains("IR Dump After fuse-activation") && e.contains("pass execution timing report"), "{e}");
+    assert!(!e.contains("IR Dump After fold-batchnorm"), "{e}");
+
+    let o = qcc(&[&example(), "-O2", "--stop-after", "fold-batchnorm", "--elide-constants"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(" relu "), "stopped before fuse-activation: {out}");
+
+    let o = qcc(&[&example(), "--print-after=no-such-pass"]);
+    assert_fails(&o, "unknown pass `no-such-pass`", None);
+}
+
+fn write_model(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let d = tmp("bad");
+    let out = d.join("out.qir");
+    let outs = out.display().to_string();
+
+    let good = std::fs::read(example()).unwrap();
+    let m = write_model(&d, "truncated.onnx", &good[..good.len() / 3]);
+    assert_fails(&qcc(&[&m, "-o", &outs]), "truncated.onnx is not a valid ONNX model", Some(&out));
+
+    let mut b = common::Builder::new();
+    b.input("x", &[1, 4]).output("y", &[1, 4]).node("Add", "add_missing", &["x", "bias"], &["y"], vec![]);
+    let m = write_model(&d, "missing.onnx", &b.bytes());
+    assert_fails(&qcc(&[&m, "-o", &outs]), "node \"add_missing\" reads \"bias\"", Some(&out));
+
+    let mut b = common::Builder::new();
+    b.input("x", &[1, 4]).output("y", &[1, 4]);
+    b.node("Relu", "loop_a", &["x_and_b"], &["a"], vec![]).node("Add", "loop_b", &["x", "a"], &["x_and_b"], vec![]).node(
+        "Relu",
+        "out",
+        &["a"],
+        &["y"],
+        vec![],
+    );
+    let m = write_model(&d, "cycle.onnx", &b.bytes());
+    assert_fails(&qcc(&[&m, "-o", &outs]), "cycle through node \"loop_a\"", Some(&out));
+
+    let mut b = common::Builder::new();
+    b.input("x", &[1, 3]).output("y", &[1, 3]).init("w", &[1, 4], vec![1.0; 4]).node("Add", "add_shapes", &["x", "w"], &["y"], vec![]);
+    let m = write_model(&d, "shapes.onnx", &b.bytes());
+    assert_fails(&qcc(&[&m, "-o", &outs]), "node \"add_shapes\" (Add): shapes", Some(&out));
+
+    let mut b = common::Builder::new();
+    b.input("x", &[1, 3]).output("y", &[1, 3]).node("Gelu", "gelu_0", &["x"], &["y"], vec![]);
+    let m = write_model(&d, "unsupported.onnx", &b.bytes());
+    assert_fails(&qcc(&[&m, "-o", &outs]), "node \"gelu_0\": unsupported op Gelu (domain \"\", opset 13)", Some(&out));
+    // ... and --allow-unsupported keeps it, so the model can be dumped.
+    let o = qcc(&[&m, "--allow-unsupported", "-O0"]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("opaque %0 {domain=\"\", op_type=\"Gelu\"}"),
+        "{}",
+        stderr(&o)
+    );
+
+    let mut b = common::Builder::new();
+    b.input("x", &[1, 4]).output("y", &[1, 4]).node("Add", "add_ext", &["x", "w"], &["y"], vec![]);
+    b.inits.push(qcc_frontend::onnx::TensorProto {
+        name: Some("w".into()),
+        dims: vec![1, 4],
+        data_type: Some(1),
+        data_location: Some(1),
+        external_data: vec![qcc_frontend::onnx::StringStringEntryProto {
+            key: Some("location".into()),
+            value: Some("../../etc/passwd".into()),
+        }],
+        ..Default::default()
+    });
+    let m = write_model(&d, "escape.onnx", &b.bytes());
+    assert_fails(&qcc(&[&m, "-o", &outs]), "escapes the model's folder", Some(&out));
+
+    let npy = d.join("garbage.npy");
+    std::fs::write(&npy, b"not a numpy file").unwrap();
+    let y = d.join("y.npy");
+    assert_fails(
+        &qcc(&["run", &example(), "--input", &npy.display().to_string(), "--output", &y.display().to_string()]),
+        "garbage.npy",
+        Some(&y),
+    );
+
+    let wrong = d.join("wrong.npy");
+    qcc::npy::write_npy(&wrong, &qcc_ir::Tensor::from_f32(&[1, 3, 3], vec![0.0; 9]).unwrap()).unwrap();
+    assert_fails(
+        &qcc(&["run", &example(), "--input", &wrong.display().to_string(), "--output", &y.display().to_string()]),
+        "does not match the model input",
+        Some(&y),
+    );
+
+    assert_fails(&qcc(&[&example(), "-o", "/nonexistent-dir/x.qir"]), "cannot write /nonexistent-dir/x.qir", None);
+    assert_fails(&qcc(&["no-such-model.onnx"]), "cannot read no-such-model.onnx", None);
+
+    let q = d.join("bad.qir");
+    std::fs::write(&q, "graph @g(%0: f32[2]) -> (%1: f32[2]) {\n  %1 = relu %9 : f32[2]\n}\n").unwrap();
+    assert_fails(&qcc(&[&q.display().to_string(), "-o", &outs]), "bad.qir:line 2: use of undefined value %9", Some(&out));
+}
