@@ -38,11 +38,14 @@ pub fn compile(g: &mut Graph, level: OptLevel, inst: Instrumentation, diag: &mut
     check_pass_names(inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()))?;
     let mut pm = PassManager::new(pipeline(level), inst);
     let mut cx = PassContext::default();
-    if let Err(f) = pm.run(g, &mut cx, diag) {
-        let ir = qcc_ir::print_graph(&f.last_good, qcc_ir::PrintOptions { elide_constants: true });
-        return Err(anyhow!("{}\n// last good IR:\n{ir}", f.error));
-    }
+    pm.run(g, &mut cx, diag).map_err(|f| pass_failure(&f))?;
     Ok(())
+}
+
+/// The error for a failed pass, followed by the last IR that verified.
+pub fn pass_failure(f: &qcc_passes::PassFailure) -> anyhow::Error {
+    let ir = qcc_ir::print_graph(&f.last_good, qcc_ir::PrintOptions { elide_constants: true });
+    anyhow!("{}\n// last good IR:\n{ir}", f.error)
 }
 
 /// Parses `NAME=1,3,224,224`.

@@ -54,3 +54,45 @@ pub fn evaluate(g: &Graph, data: &Dataset, label_offset: i64, mut progress: impl
     }
     Ok(acc)
 }
+
+/// Results of several graphs on the same samples: top-1/top-5 counts and top-1 agreement with graph 0.
+#[derive(Clone, Debug, Default)]
+pub struct Comparison {
+    pub n: usize,
+    pub top1: Vec<usize>,
+    pub top5: Vec<usize>,
+    pub agree: Vec<usize>,
+}
+
+/// Runs every graph on every sample (graph 0 is the reference for agreement).
+pub fn evaluate_many(graphs: &[&Graph], data: &Dataset, label_offset: i64, mut progress: impl FnMut(usize, usize)) -> Result<Comparison> {
+    let g0 = graphs.first().context("no graphs")?;
+    let input = g0.inputs().first().copied().context("the model has no inputs")?;
+    let want = g0.ty(input).shape().context("input shape unknown")?.to_vec();
+    let k = graphs.len();
+    let mut c = Comparison { n: 0, top1: vec![0; k], top5: vec![0; k], agree: vec![0; k] };
+    for i in 0..data.items.len() {
+        let (path, label) = &data.items[i];
+        let x = fit_input(data.load(i)?, &want, &path.display().to_string())?;
+        let l = label + label_offset;
+        let mut ref_top = 0;
+        for (j, g) in graphs.iter().enumerate() {
+            let out = qcc_runtime::run(g, vec![x.clone()]).with_context(|| format!("running on {}", path.display()))?;
+            let s = scores(&out[0])?;
+            if l < 0 || l as usize >= s.len() {
+                bail!("{}: label {l} is outside the model's {} classes", path.display(), s.len());
+            }
+            let r = rank_of(&s, l as usize);
+            c.top1[j] += (r == 0) as usize;
+            c.top5[j] += (r < 5) as usize;
+            let top = (0..s.len()).max_by(|a, b| s[*a].total_cmp(&s[*b]).then(b.cmp(a))).unwrap_or(0);
+            if j == 0 {
+                ref_top = top;
+            }
+            c.agree[j] += (top == ref_top) as usize;
+        }
+        c.n += 1;
+        progress(i + 1, data.items.len());
+    }
+    Ok(c)
+}

@@ -1,6 +1,7 @@
 //! The `qcc` command line: compile (`qcc MODEL ...`), `qcc run`, `qcc eval`.
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use qcc::calib::{calibrate, CalibSet, Calibrated};
 use qcc::data::{fit_input, Dataset, Preprocess};
 use qcc::driver::{compile, load_model, parse_input_shape};
 use qcc::fsutil::write_atomic;
@@ -82,6 +83,33 @@ struct ModelArgs {
     /// Verify the IR after every pass (always on in debug builds).
     #[arg(long)]
     verify_each: bool,
+    /// Quantize to integers (needs --calib).
+    #[arg(long)]
+    int8: bool,
+    /// Calibration data: a folder of .npy samples (one subfolder per input for several inputs), or of
+    /// images with --preprocess.
+    #[arg(long, value_name = "PATH")]
+    calib: Option<PathBuf>,
+    /// Use at most N calibration samples (in file-name order).
+    #[arg(long, value_name = "N")]
+    calib_samples: Option<usize>,
+    /// How activation ranges are chosen: minmax | meanstd[:k] | percentile[:p] | moving-average[:c] |
+    /// entropy | mse | auto (per tensor, the lowest estimated error). `qcc eval` also takes `all`.
+    #[arg(long, default_value = "percentile:99.999", value_name = "METHOD")]
+    calib_method: String,
+    /// Weight quantization: sym-per-channel | sym-per-tensor | asym-per-channel | asym-per-tensor.
+    #[arg(long, default_value = "sym-per-channel", value_name = "SCHEME")]
+    weights: String,
+    /// Activation quantization: asym (zero point) or sym (zero point 0; needs a signed --act-type).
+    #[arg(long, default_value = "asym", value_name = "KIND")]
+    activations: String,
+    /// Activation storage type: u8 | i8 | i16.
+    #[arg(long, default_value = "u8", value_name = "TYPE")]
+    act_type: String,
+    /// Image preprocessing for --calib and --images, e.g.
+    /// resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw
+    #[arg(long, value_name = "SPEC")]
+    preprocess: Option<String>,
 }
 
 #[derive(Args)]
@@ -124,10 +152,10 @@ struct EvalCmd {
     /// CSV of filename,label for --images.
     #[arg(long, value_name = "CSV")]
     labels: Option<PathBuf>,
-    /// Image preprocessing, e.g.
-    /// resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw
-    #[arg(long, value_name = "SPEC")]
-    preprocess: Option<String>,
+    /// With --int8: evaluate every weight scheme (asym-per-tensor, sym-per-channel, asym-per-channel,
+    /// activations only) from one calibration pass.
+    #[arg(long, value_name = "all")]
+    schemes: Option<String>,
     /// Added to every label (1 for 1001-class models whose class 0 is background).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     label_offset: i64,
@@ -164,8 +192,7 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the model and runs the pipeline.
-    fn build(&self) -> Result<Graph> {
+    fn load(&self) -> Result<Graph> {
         let model = self.model.as_ref().ok_or_else(|| anyhow!("no model given (see qcc --help)"))?;
         let mut opts = ImportOptions { allow_unsupported: self.allow_unsupported, ..Default::default() };
         for s in &self.input_shape {
@@ -180,7 +207,36 @@ impl ModelArgs {
         for w in &loaded.warnings {
             eprintln!("warning: {w}");
         }
-        let mut g = loaded.graph;
+        Ok(loaded.graph)
+    }
+
+    fn preprocess(&self) -> Result<Option<Preprocess>> {
+        self.preprocess.as_deref().map(Preprocess::parse).transpose()
+    }
+
+    fn quant_config(&self, method: &str) -> Result<qcc_passes::QuantConfig> {
+        qcc::calib::quant_config(&self.weights, &self.activations, &self.act_type, method)
+    }
+
+    /// Runs the float passes and the calibration pass (for --int8).
+    fn calibrate(&self, g: Graph) -> Result<Calibrated> {
+        let path = self.calib.as_ref().ok_or_else(|| anyhow!("--int8 needs calibration data: --calib PATH"))?;
+        let names: Vec<String> = g.inputs().iter().map(|v| g.value(*v).name.clone().unwrap_or_default()).collect();
+        let set = CalibSet::open(path, &names, self.preprocess()?, self.calib_samples)?;
+        let ema = match qcc_runtime::observe::RangeMethod::parse(&self.calib_method) {
+            Ok(qcc_runtime::observe::RangeMethod::MovingAverage(c)) => c,
+            _ => 0.01,
+        };
+        calibrate(g, self.level(), &set, &self.instrumentation(), ema, &mut std::io::stderr())
+    }
+
+    /// Loads the model and runs the pipeline (quantizing with --int8).
+    fn build(&self) -> Result<Graph> {
+        let mut g = self.load()?;
+        if self.int8 {
+            let cfg = self.quant_config(&self.calib_method)?;
+            return self.calibrate(g)?.finish(&cfg, &self.instrumentation(), &mut std::io::stderr());
+        }
         compile(&mut g, self.level(), self.instrumentation(), &mut std::io::stderr())?;
         Ok(g)
     }
@@ -265,12 +321,50 @@ fn cmd_run(r: RunCmd) -> Result<()> {
     Ok(())
 }
 
+fn pct(k: usize, n: usize) -> f64 {
+    100.0 * k as f64 / n.max(1) as f64
+}
+
 fn cmd_eval(e: EvalCmd) -> Result<()> {
-    let g = e.m.build()?;
+    let imported = e.m.load()?;
+    let mut float = imported.clone();
+    compile(&mut float, e.m.level(), e.m.instrumentation(), &mut std::io::stderr())?;
+    // The quantized variants to compare: one, every weight scheme, or every range method.
+    let mut variants: Vec<(String, Graph)> = Vec::new();
+    if e.m.int8 {
+        let cal = e.m.calibrate(imported)?;
+        let inst = e.m.instrumentation();
+        let mut sink = std::io::sink();
+        let all_methods = e.m.calib_method == "all";
+        if all_methods && e.schemes.is_some() {
+            bail!("--schemes all and --calib-method all are separate tables: give one");
+        }
+        if let Some(s) = &e.schemes {
+            if s != "all" {
+                bail!("--schemes takes `all` (choose one scheme with --weights)");
+            }
+            for w in ["asym-per-tensor", "sym-per-channel", "asym-per-channel"] {
+                let mut cfg = e.m.quant_config(&e.m.calib_method)?;
+                cfg.weights = Some(qcc_passes::WeightScheme::parse(w).map_err(|x| anyhow!(x))?);
+                variants.push((w.to_string(), cal.finish(&cfg, &inst, &mut sink)?));
+            }
+            let mut cfg = e.m.quant_config(&e.m.calib_method)?;
+            cfg.weights = None;
+            variants.push(("activations only".to_string(), cal.finish(&cfg, &inst, &mut sink)?));
+        } else if all_methods {
+            for m in qcc_runtime::observe::RangeMethod::all() {
+                let cfg = e.m.quant_config(&m.name())?;
+                variants.push((m.name(), cal.finish(&cfg, &inst, &mut sink)?));
+            }
+        } else {
+            let cfg = e.m.quant_config(&e.m.calib_method)?;
+            variants.push(("int8".to_string(), cal.finish(&cfg, &inst, &mut std::io::stderr())?));
+        }
+    }
     let data = match (&e.npy, &e.images) {
         (Some(dir), _) => Dataset::npy_dir(dir)?,
         (None, Some(dir)) => {
-            let pre = Preprocess::parse(e.preprocess.as_deref().unwrap_or_default())?;
+            let pre = e.m.preprocess()?.ok_or_else(|| anyhow!("--images needs --preprocess"))?;
             Dataset::images(dir, e.labels.as_ref().expect("clap requires --labels"), pre)?
         }
         (None, None) => bail!("give --npy DIR, or --images DIR --labels CSV --preprocess SPEC"),
@@ -279,15 +373,40 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     if data.items.is_empty() {
         bail!("no samples to evaluate (check --offset and --limit)");
     }
+    let mut graphs: Vec<&Graph> = vec![&float];
+    graphs.extend(variants.iter().map(|(_, g)| g));
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let acc = qcc::eval::evaluate(&g, &data, e.label_offset, |i, n| {
+    let res = qcc::eval::evaluate_many(&graphs, &data, e.label_offset, |i, n| {
         if tty {
             eprint!("\r{i}/{n}{}", if i == n { "\n" } else { "" });
         }
     })?;
-    println!("n={} float top-1 {:.2}% top-5 {:.2}%", acc.n, acc.top1_pct(), acc.top5_pct());
+    let n = res.n;
+    println!("n={n} (samples {}..{})", e.offset, e.offset + n);
+    println!("{:<22} {:>7} {:>7} {:>10}", "", "top-1", "top-5", "agreement");
+    println!("{:<22} {:>6.2}% {:>6.2}% {:>10}", "float", pct(res.top1[0], n), pct(res.top5[0], n), "");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let k = i + 1;
+        println!("{:<22} {:>6.2}% {:>6.2}% {:>9.2}%", name, pct(res.top1[k], n), pct(res.top5[k], n), pct(res.agree[k], n));
+    }
     if let Some(p) = &e.json {
-        let json = format!("{{\"n\": {}, \"float\": {{\"top1\": {:.4}, \"top5\": {:.4}}}}}\n", acc.n, acc.top1_pct(), acc.top5_pct());
+        let f = format!("{{\"top1\": {:.4}, \"top5\": {:.4}}}", pct(res.top1[0], n), pct(res.top5[0], n));
+        let q = |k: usize| {
+            format!(
+                "{{\"top1\": {:.4}, \"top5\": {:.4}, \"agreement\": {:.4}}}",
+                pct(res.top1[k], n),
+                pct(res.top5[k], n),
+                pct(res.agree[k], n)
+            )
+        };
+        let mut json = format!("{{\"n\": {n}, \"float\": {f}");
+        if variants.len() == 1 {
+            json.push_str(&format!(", \"quantized\": {}", q(1)));
+        } else if !variants.is_empty() {
+            let rows: Vec<String> = variants.iter().enumerate().map(|(i, (name, _))| format!("{:?}: {}", name, q(i + 1))).collect();
+            json.push_str(&format!(", \"variants\": {{{}}}", rows.join(", ")));
+        }
+        json.push_str("}\n");
         write_atomic(p, json.as_bytes())?;
     }
     Ok(())

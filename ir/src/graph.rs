@@ -274,6 +274,18 @@ impl Graph {
         }
     }
 
+    /// Makes graph output `old` read `new` instead (`new` takes over the output's name).
+    pub fn replace_output(&mut self, old: ValueId, new: ValueId) {
+        for o in self.outputs.iter_mut() {
+            if *o == old {
+                *o = new;
+            }
+        }
+        if self.values[old.index()].name.is_some() {
+            self.values[new.index()].name = self.values[old.index()].name.take();
+        }
+    }
+
     /// Removes a node; its output value becomes dead. The caller makes sure nothing reads it.
     pub fn remove_node(&mut self, n: NodeId) -> Node {
         let node = self.g.remove_node(n.0).expect("remove_node: node exists");

@@ -222,6 +222,17 @@ define_ops! {
     Expand { shape: Vec<i64> } = "expand",
     /// inputs: x, scale, [bias].
     LayerNorm { axis: i64, epsilon: f32 } = "layer_norm",
+    /// Identity that marks a value for calibration (insert-observers); gone after assign-qparams.
+    Observe = "observe",
+    /// Integer convolution. inputs: x (quantized per tensor), w (quantized per tensor or per output
+    /// channel), [bias (i32, scale = sx * sw)]. Output quantized; see docs/semantics.md.
+    QConv { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, act: Option<Act> } = "qconv",
+    /// Integer y = x @ op(w) + bias. inputs: x [M,K], w (trans_b: [N,K] else [K,N]), [bias i32 [N]].
+    QGemm { trans_b: bool, act: Option<Act> } = "qgemm",
+    /// Quantized elementwise add with broadcasting (dequantize, add in f32, quantize).
+    QAdd { act: Option<Act> } = "qadd",
+    /// Quantized global average pooling (exact integer sum, one f32 rescale).
+    QGlobalAveragePool = "qglobal_average_pool",
     /// f32 -> integer; the output type holds the quantization parameters.
     Quantize = "quantize",
     /// integer -> f32; the input type holds the quantization parameters.

@@ -1,24 +1,84 @@
 //! qcc-passes: named graph passes, the pass manager that runs, verifies and dumps them, and the
 //! optimization pipelines (-O0/-O1/-O2) as plain data.
+mod assign_qparams;
 mod canonicalize;
 mod fold_batchnorm;
+mod fold_qdq;
 mod fuse_activation;
+mod insert_observers;
 mod manager;
 mod pipeline;
+mod place_qdq;
 
+pub use assign_qparams::{act_qtype, AssignQparams};
 pub use canonicalize::Canonicalize;
 pub use fold_batchnorm::FoldBatchnorm;
+pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;
+pub use insert_observers::InsertObservers;
 pub use manager::{Instrumentation, PassFailure, PassManager, PassTiming};
-pub use pipeline::{pass_by_name, pipeline, OptLevel, PASS_NAMES};
+pub use pipeline::{pass_by_name, pipeline, quant_pipeline, OptLevel, PASS_NAMES};
+pub use place_qdq::PlaceQdq;
 
 use qcc_ir::Graph;
 
-/// State the driver hands to passes (calibration statistics arrive here in later stages).
+/// State the driver hands to passes: the quantization scheme and, after calibration, one observer per
+/// `observe` node (keyed by the observe node's value).
 #[derive(Debug, Default)]
 pub struct PassContext {
     /// One line per notable decision a pass made, for --verbose output and reports.
     pub notes: Vec<String>,
+    pub quant: QuantConfig,
+    pub calib: std::collections::HashMap<qcc_ir::ValueId, qcc_runtime::observe::Observer>,
+}
+
+/// How weights are quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightScheme {
+    pub symmetric: bool,
+    pub per_channel: bool,
+}
+
+impl WeightScheme {
+    pub fn parse(s: &str) -> Result<WeightScheme, String> {
+        Ok(match s {
+            "sym-per-channel" => WeightScheme { symmetric: true, per_channel: true },
+            "sym-per-tensor" => WeightScheme { symmetric: true, per_channel: false },
+            "asym-per-channel" => WeightScheme { symmetric: false, per_channel: true },
+            "asym-per-tensor" => WeightScheme { symmetric: false, per_channel: false },
+            _ => return Err(format!("unknown weight scheme {s:?} (sym-per-channel, sym-per-tensor, asym-per-channel, asym-per-tensor)")),
+        })
+    }
+    pub fn name(&self) -> &'static str {
+        match (self.symmetric, self.per_channel) {
+            (true, true) => "sym-per-channel",
+            (true, false) => "sym-per-tensor",
+            (false, true) => "asym-per-channel",
+            (false, false) => "asym-per-tensor",
+        }
+    }
+}
+
+/// The quantization scheme: weights, activations and how activation ranges are chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantConfig {
+    /// None: weights stay float ("activations only").
+    pub weights: Option<WeightScheme>,
+    /// Storage of activations: u8 (asymmetric by default), i8 or i16.
+    pub act_type: qcc_ir::DType,
+    pub act_symmetric: bool,
+    pub method: qcc_runtime::observe::RangeMethod,
+}
+
+impl Default for QuantConfig {
+    fn default() -> Self {
+        QuantConfig {
+            weights: Some(WeightScheme { symmetric: true, per_channel: true }),
+            act_type: qcc_ir::DType::U8,
+            act_symmetric: false,
+            method: qcc_runtime::observe::RangeMethod::MinMax,
+        }
+    }
 }
 
 /// A named transformation of a graph. Returns whether it changed anything.

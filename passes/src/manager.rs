@@ -38,6 +38,11 @@ pub struct PassFailure {
 pub struct PassManager {
     passes: Vec<Box<dyn Pass>>,
     pub inst: Instrumentation,
+    /// Number of passes run before this manager's (a pipeline in parts continues the dump numbering);
+    /// the input is dumped only when it is 0.
+    pub first_index: usize,
+    /// Set when --stop-after ended the run early.
+    pub stopped: bool,
 }
 
 fn dump_opts() -> PrintOptions {
@@ -46,7 +51,7 @@ fn dump_opts() -> PrintOptions {
 
 impl PassManager {
     pub fn new(passes: Vec<Box<dyn Pass>>, inst: Instrumentation) -> PassManager {
-        PassManager { passes, inst }
+        PassManager { passes, inst, first_index: 0, stopped: false }
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -75,7 +80,9 @@ impl PassManager {
                 return Err(fail(PassError::Failed { pass: "dump", msg }, g.clone()));
             }
         }
-        self.dump(0, "input", g).map_err(|e| fail(e, g.clone()))?;
+        if self.first_index == 0 {
+            self.dump(0, "input", g).map_err(|e| fail(e, g.clone()))?;
+        }
         let mut timings = Vec::new();
         for i in 0..self.passes.len() {
             let name = self.passes[i].name();
@@ -103,8 +110,9 @@ impl PassManager {
             if self.inst.print_after_all || self.inst.print_after.contains(name) || (self.inst.print_after_change && changed) {
                 Self::print(out, "After", name, g);
             }
-            self.dump(i + 1, name, g).map_err(|e| fail(e, g.clone()))?;
+            self.dump(self.first_index + i + 1, name, g).map_err(|e| fail(e, g.clone()))?;
             if self.inst.stop_after.as_deref() == Some(name) {
+                self.stopped = true;
                 break;
             }
         }

@@ -1,5 +1,5 @@
 //! The optimization pipelines, as data: one list per level, read top to bottom.
-use crate::{Canonicalize, FoldBatchnorm, FuseActivation, Pass};
+use crate::{AssignQparams, Canonicalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass, PlaceQdq};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OptLevel {
@@ -9,23 +9,42 @@ pub enum OptLevel {
 }
 
 /// Every pass name, for validating --print-after and friends.
-pub const PASS_NAMES: &[&str] = &["canonicalize", "fold-batchnorm", "fuse-activation"];
+pub const PASS_NAMES: &[&str] =
+    &["canonicalize", "fold-batchnorm", "fuse-activation", "insert-observers", "assign-qparams", "place-qdq", "fold-qdq"];
 
 pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
     Some(match name {
         "canonicalize" => Box::new(Canonicalize),
         "fold-batchnorm" => Box::new(FoldBatchnorm),
         "fuse-activation" => Box::new(FuseActivation),
+        "insert-observers" => Box::new(InsertObservers),
+        "assign-qparams" => Box::new(AssignQparams),
+        "place-qdq" => Box::new(PlaceQdq),
+        "fold-qdq" => Box::new(FoldQdq),
         _ => return None,
     })
 }
 
-/// -O0 changes nothing (the imported graph as is); -O1 cleans up and fuses; -O2 adds the
-/// quantization-oriented passes as they arrive (equalization, ...).
-pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
-    let names: &[&str] = match level {
-        OptLevel::O0 => &[],
-        OptLevel::O1 | OptLevel::O2 => &["canonicalize", "fold-batchnorm", "fuse-activation", "canonicalize"],
-    };
+fn passes(names: &[&str]) -> Vec<Box<dyn Pass>> {
     names.iter().map(|n| pass_by_name(n).expect("pipeline names are registered")).collect()
+}
+
+/// Float pipelines. -O0 changes nothing (the imported graph as is); -O1 and -O2 clean up and fuse.
+pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
+    match level {
+        OptLevel::O0 => passes(&[]),
+        OptLevel::O1 | OptLevel::O2 => passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "canonicalize"]),
+    }
+}
+
+/// The quantizing pipeline, in two parts: before calibration (ending with the observers the driver
+/// feeds) and after it (from calibrated ranges to integer ops).
+pub fn quant_pipeline(level: OptLevel) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
+    let mut before = pipeline(level.max(OptLevel::O1));
+    before.extend(passes(&["insert-observers"]));
+    let after = match level {
+        OptLevel::O0 => passes(&["assign-qparams", "place-qdq"]),
+        _ => passes(&["assign-qparams", "place-qdq", "fold-qdq", "canonicalize"]),
+    };
+    (before, after)
 }

@@ -1,6 +1,6 @@
 //! One op on concrete tensors: elementwise, shape and data-movement ops here; neural-network kernels in
 //! nn.rs and resize.rs. Used by the interpreter and by import-time evaluation and constant folding.
-use crate::{nn, quant, resize};
+use crate::{nn, qops, quant, resize};
 use ndarray::{ArrayD, Axis, IxDyn, Slice, Zip};
 use qcc_ir::infer::{broadcast_shapes, norm_axis, slice_axis};
 use qcc_ir::{map_tensor, DType, Op, PadMode, Tensor, Type};
@@ -525,6 +525,20 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
             )
             .map(Tensor::F32)
         }
+        Op::Observe => Ok(ins[0].clone()),
+        Op::QConv { strides, pads, dilations, group, act } => {
+            need(2)?;
+            qops::qconv(ins, in_tys, strides, pads, dilations, *group as usize, *act, out_ty)
+        }
+        Op::QGemm { trans_b, act } => {
+            need(2)?;
+            qops::qgemm(ins, in_tys, *trans_b, *act, out_ty)
+        }
+        Op::QAdd { act } => {
+            need(2)?;
+            qops::qadd(ins, in_tys, *act, out_ty)
+        }
+        Op::QGlobalAveragePool => qops::qglobal_avg_pool(ins, in_tys, out_ty),
         Op::Quantize => quant::quantize(f32_in(ins[0], "input")?, out_ty.quant().ok_or("output type is not quantized")?),
         Op::Dequantize => {
             let q = in_tys.first().and_then(|t| t.quant()).ok_or("input type is not quantized")?;

@@ -3,6 +3,8 @@
 mod eval;
 mod interp;
 mod nn;
+pub mod observe;
+pub mod qops;
 pub mod quant;
 mod resize;
 

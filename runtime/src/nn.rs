@@ -81,6 +81,90 @@ fn apply_act(out: &mut [f32], act: Option<Act>) {
     }
 }
 
+/// Convolution without bias or activation over any float type: im2col + GEMM, depthwise as a direct loop.
+/// `x` and `w` are standard-layout data of shapes `xs` and `ws`. Used in f32 for float convs and in f64 for
+/// integer convs, whose sums of integer products stay exact below 2^53.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_core<T: ndarray::LinalgScalar>(
+    x: &[T],
+    xs: &[usize],
+    w: &[T],
+    ws: &[usize],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    group: usize,
+    out_shape: &[usize],
+) -> R<Vec<T>> {
+    let kernel: Vec<i64> = ws[2..].iter().map(|d| *d as i64).collect();
+    let g = win(xs, &kernel, strides, pads, dil, out_shape)?;
+    let m = ws[0];
+    let (cg, mg) = (g.c / group, m / group);
+    let (k, sp) = (cg * g.kh * g.kw, g.oh * g.ow);
+    let mut out = vec![T::zero(); g.n * m * sp];
+    if cg == 1 && mg == 1 {
+        for b in 0..g.n {
+            for ch in 0..g.c {
+                let xc = &x[(b * g.c + ch) * g.h * g.w..][..g.h * g.w];
+                let wc = &w[ch * g.kh * g.kw..][..g.kh * g.kw];
+                let oc = &mut out[(b * m + ch) * sp..][..sp];
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = T::zero();
+                        for ky in 0..g.kh {
+                            let Some(iy) = g.iy(oy, ky) else { continue };
+                            for kx in 0..g.kw {
+                                if let Some(ix) = g.ix(ox, kx) {
+                                    acc = acc + xc[iy * g.w + ix] * wc[ky * g.kw + kx];
+                                }
+                            }
+                        }
+                        oc[oy * g.ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.oh == g.h && g.ow == g.w;
+    let mut col = vec![T::zero(); if pointwise { 0 } else { k * sp }];
+    for b in 0..g.n {
+        for gi in 0..group {
+            let xg = &x[(b * g.c + gi * cg) * g.h * g.w..][..cg * g.h * g.w];
+            let colv: &[T] = if pointwise {
+                xg
+            } else {
+                for c in 0..cg {
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let row = &mut col[((c * g.kh + ky) * g.kw + kx) * sp..][..sp];
+                            for oy in 0..g.oh {
+                                let dst = &mut row[oy * g.ow..][..g.ow];
+                                match g.iy(oy, ky) {
+                                    None => dst.fill(T::zero()),
+                                    Some(iy) => {
+                                        let src = &xg[(c * g.h + iy) * g.w..][..g.w];
+                                        for (ox, d) in dst.iter_mut().enumerate() {
+                                            *d = g.ix(ox, kx).map_or(T::zero(), |ix| src[ix]);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                &col
+            };
+            let a = ArrayView2::from_shape((mg, k), &w[gi * mg * k..][..mg * k]).map_err(|e| e.to_string())?;
+            let bm = ArrayView2::from_shape((k, sp), colv).map_err(|e| e.to_string())?;
+            let dst = &mut out[(b * m + gi * mg) * sp..][..mg * sp];
+            let mut c = ArrayViewMut2::from_shape((mg, sp), dst).map_err(|e| e.to_string())?;
+            general_mat_mul(T::one(), &a, &bm, T::zero(), &mut c);
+        }
+    }
+    Ok(out)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
     x: &ArrayD<f32>,
@@ -93,80 +177,24 @@ pub fn conv(
     act: Option<Act>,
     out_shape: &[usize],
 ) -> R<ArrayD<f32>> {
-    let kernel: Vec<i64> = w.shape()[2..].iter().map(|d| *d as i64).collect();
-    let g = win(x.shape(), &kernel, strides, pads, dil, out_shape)?;
-    let m = w.shape()[0];
-    let (cg, mg) = (g.c / group, m / group);
     let x = x.as_standard_layout();
-    let xs = x.as_slice().ok_or("layout")?;
     let w = w.as_standard_layout();
-    let ws = w.as_slice().ok_or("layout")?;
-    let (k, sp) = (cg * g.kh * g.kw, g.oh * g.ow);
-    let mut out = vec![0f32; g.n * m * sp];
-    if cg == 1 && mg == 1 {
-        for b in 0..g.n {
-            for ch in 0..g.c {
-                let xc = &xs[(b * g.c + ch) * g.h * g.w..][..g.h * g.w];
-                let wc = &ws[ch * g.kh * g.kw..][..g.kh * g.kw];
-                let oc = &mut out[(b * m + ch) * sp..][..sp];
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let mut acc = 0f32;
-                        for ky in 0..g.kh {
-                            let Some(iy) = g.iy(oy, ky) else { continue };
-                            for kx in 0..g.kw {
-                                if let Some(ix) = g.ix(ox, kx) {
-                                    acc += xc[iy * g.w + ix] * wc[ky * g.kw + kx];
-                                }
-                            }
-                        }
-                        oc[oy * g.ow + ox] = acc;
-                    }
-                }
-            }
-        }
-    } else {
-        let pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.oh == g.h && g.ow == g.w;
-        let mut col = vec![0f32; if pointwise { 0 } else { k * sp }];
-        for b in 0..g.n {
-            for gi in 0..group {
-                let xg = &xs[(b * g.c + gi * cg) * g.h * g.w..][..cg * g.h * g.w];
-                let colv: &[f32] = if pointwise {
-                    xg
-                } else {
-                    for c in 0..cg {
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let row = &mut col[((c * g.kh + ky) * g.kw + kx) * sp..][..sp];
-                                for oy in 0..g.oh {
-                                    let dst = &mut row[oy * g.ow..][..g.ow];
-                                    match g.iy(oy, ky) {
-                                        None => dst.fill(0.0),
-                                        Some(iy) => {
-                                            let src = &xg[(c * g.h + iy) * g.w..][..g.w];
-                                            for (ox, d) in dst.iter_mut().enumerate() {
-                                                *d = g.ix(ox, kx).map_or(0.0, |ix| src[ix]);
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    &col
-                };
-                let a = ArrayView2::from_shape((mg, k), &ws[gi * mg * k..][..mg * k]).map_err(|e| e.to_string())?;
-                let bm = ArrayView2::from_shape((k, sp), colv).map_err(|e| e.to_string())?;
-                let dst = &mut out[(b * m + gi * mg) * sp..][..mg * sp];
-                let mut c = ArrayViewMut2::from_shape((mg, sp), dst).map_err(|e| e.to_string())?;
-                general_mat_mul(1.0, &a, &bm, 0.0, &mut c);
-            }
-        }
-    }
+    let mut out = conv_core(
+        x.as_slice().ok_or("layout")?,
+        x.shape(),
+        w.as_slice().ok_or("layout")?,
+        w.shape(),
+        strides,
+        pads,
+        dil,
+        group,
+        out_shape,
+    )?;
+    let (m, sp) = (out_shape[1], out_shape[2..].iter().product::<usize>());
     if let Some(bias) = bias {
         let bias = bias.as_standard_layout();
         let bs = bias.as_slice().ok_or("layout")?;
-        for (i, chunk) in out.chunks_mut(sp).enumerate() {
+        for (i, chunk) in out.chunks_mut(sp.max(1)).enumerate() {
             let bv = bs[i % m];
             chunk.iter_mut().for_each(|v| *v += bv);
         }

@@ -1,0 +1,174 @@
+//! fold-qdq: turns QDQ patterns into integer ops. `quantize(conv(dequantize(x), dequantize(w), b))` becomes
+//! `qconv x, w, b_i32` (the bias quantized with scale sx * sw), and likewise gemm → qgemm, add → qadd,
+//! global average pool → qglobal_average_pool. Layout-only ops (reshape, flatten, transpose, max pool, ...)
+//! move behind `dequantize` so they work on the integers, and `quantize(dequantize(q))` with unchanged
+//! parameters disappears. Needs assign-qparams and place-qdq before it; canonicalize after it removes the
+//! dequantize nodes nothing reads any more. Whatever does not match stays float between explicit
+//! dequantize and quantize.
+use crate::insert_observers::is_layout_only;
+use crate::{Pass, PassContext, PassError};
+use qcc_ir::{ConstData, DType, ElemType, Graph, NodeId, Op, QParams, QuantType, Tensor, Type, ValueId};
+
+pub struct FoldQdq;
+
+/// The quantized value `v` dequantizes, if `v` is a dequantize's output.
+fn dq_source(g: &Graph, v: ValueId) -> Option<ValueId> {
+    let p = g.producer(v)?;
+    (g.node(p).op == Op::Dequantize).then(|| g.node(p).inputs[0])
+}
+
+fn per_tensor(t: &Type) -> Option<(f32, i32)> {
+    match t.quant()?.params {
+        QParams::PerTensor { scale, zp } => Some((scale, zp)),
+        _ => None,
+    }
+}
+
+/// Moves a layout-only op from the dequantized value onto the integers.
+fn sink_layout(g: &mut Graph, n: NodeId) -> bool {
+    let node = g.node(n).clone();
+    if !is_layout_only(&node.op) || node.inputs.len() != 1 {
+        return false;
+    }
+    let Some(q) = dq_source(g, node.inputs[0]) else { return false };
+    if per_tensor(g.ty(q)).is_none() {
+        return false;
+    }
+    let shape = g.ty(node.output).shape().unwrap_or(&[]).to_vec();
+    let qty = g.ty(q).with_shape(shape.clone());
+    let moved = g.add_node(node.op.clone(), vec![q], qty, node.loc.clone());
+    let dq = g.add_node(Op::Dequantize, vec![moved], Type::f32(shape), node.loc.clone());
+    g.replace_all_uses(node.output, dq);
+    g.remove_node(n);
+    true
+}
+
+/// quantize(dequantize(q)) with the same type is q.
+fn drop_requantize(g: &mut Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    if node.op != Op::Quantize {
+        return false;
+    }
+    let Some(q) = dq_source(g, node.inputs[0]) else { return false };
+    if g.ty(q) != g.ty(node.output) {
+        return false;
+    }
+    let out = node.output;
+    g.replace_all_uses(out, q);
+    g.remove_node(n);
+    true
+}
+
+/// Bias in i32 with scale sx * sw[c] and zero point 0.
+fn quantize_bias(b: &Tensor, sx: f32, sw: &[f32]) -> Option<(Tensor, QuantType)> {
+    let bf = b.as_f32()?;
+    let n = bf.len();
+    let scales: Vec<f32> = (0..n).map(|c| (sx as f64 * sw[if sw.len() == 1 { 0 } else { c }] as f64) as f32).collect();
+    if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return None;
+    }
+    let v: Vec<i32> = bf
+        .iter()
+        .zip(&scales)
+        .map(|(x, s)| ((*x as f64) / *s as f64).round_ties_even().clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+        .collect();
+    let t = Tensor::from_le_bytes(DType::I32, &[n], &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+    Some((t, QuantType::new(DType::I32, QParams::PerAxis { axis: 0, scales, zps: vec![0; n] })))
+}
+
+/// Folds quantize(op(dequantize(..))) at the quantize node `n`.
+fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
+    let qnode = g.node(n).clone();
+    if qnode.op != Op::Quantize || per_tensor(g.ty(qnode.output)).is_none() {
+        return false;
+    }
+    let y = qnode.inputs[0];
+    let Some(p) = g.producer(y) else { return false };
+    if g.use_count(y) != 1 {
+        return false;
+    }
+    let pnode = g.node(p).clone();
+    let out_ty = g.ty(qnode.output).clone();
+    let (op, inputs) = match &pnode.op {
+        Op::Conv { .. } | Op::Gemm { .. } => {
+            if matches!(pnode.op, Op::Gemm { alpha, beta, trans_a, .. } if alpha != 1.0 || trans_a || (beta != 1.0 && pnode.inputs.len() > 2))
+            {
+                return false;
+            }
+            let (Some(x), Some(w)) = (dq_source(g, pnode.inputs[0]), dq_source(g, pnode.inputs[1])) else { return false };
+            let Some((sx, _)) = per_tensor(g.ty(x)) else { return false };
+            if !g.is_const(w) || g.ty(w).dtype() != Some(DType::I8) {
+                return false;
+            }
+            let sw: Vec<f32> = match &g.ty(w).quant().expect("dequantize input is quantized").params {
+                QParams::PerTensor { scale, .. } => vec![*scale],
+                QParams::PerAxis { scales, .. } => scales.clone(),
+                QParams::Calibrated { .. } => return false,
+            };
+            let mut ins = vec![x, w];
+            if let Some(&b) = pnode.inputs.get(2) {
+                let Some(bt) = g.const_tensor(b).cloned() else { return false };
+                // Conv and gemm outputs both have their channels on axis 1.
+                if bt.shape() != [g.ty(pnode.output).shape().map_or(0, |s| s[1])] {
+                    return false;
+                }
+                let Some((bq, bqt)) = quantize_bias(&bt, sx, &sw) else { return false };
+                let name = g.value(b).name.clone();
+                ins.push(g.add_const_typed(ConstData::Data(bq), Type::Tensor { elem: ElemType::Q(bqt), shape: bt.shape().to_vec() }, name));
+            }
+            let op = match &pnode.op {
+                Op::Conv { strides, pads, dilations, group, act } => {
+                    Op::QConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
+                }
+                Op::Gemm { trans_b, act, .. } => Op::QGemm { trans_b: *trans_b, act: *act },
+                _ => unreachable!("matched conv or gemm"),
+            };
+            (op, ins)
+        }
+        Op::Add => {
+            let (Some(a), Some(b)) = (dq_source(g, pnode.inputs[0]), dq_source(g, pnode.inputs[1])) else { return false };
+            if per_tensor(g.ty(a)).is_none() || per_tensor(g.ty(b)).is_none() {
+                return false;
+            }
+            (Op::QAdd { act: None }, vec![a, b])
+        }
+        Op::GlobalAveragePool => {
+            let Some(x) = dq_source(g, pnode.inputs[0]) else { return false };
+            if per_tensor(g.ty(x)).is_none() {
+                return false;
+            }
+            (Op::QGlobalAveragePool, vec![x])
+        }
+        _ => return false,
+    };
+    let q = g.add_node(op, inputs, out_ty, pnode.loc.clone());
+    g.replace_all_uses(qnode.output, q);
+    g.remove_node(n);
+    g.remove_node(p);
+    true
+}
+
+impl Pass for FoldQdq {
+    fn name(&self) -> &'static str {
+        "fold-qdq"
+    }
+
+    fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
+        let mut changed = false;
+        loop {
+            let order = g.topo_order().map_err(|_| PassError::Failed { pass: "fold-qdq", msg: "graph has a cycle".into() })?;
+            let mut round = false;
+            for n in order {
+                if g.contains_node(n) {
+                    round |= sink_layout(g, n) || drop_requantize(g, n) || fold_compute(g, n);
+                }
+            }
+            if !round {
+                break;
+            }
+            changed = true;
+            g.dce();
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,97 @@
+//! insert-observers: puts an `observe` node on every float value whose range quantization will need —
+//! the outputs of ops with integer forms (conv, gemm, add, global average pool) and the values they read.
+//! Reads through layout-only ops (reshape, flatten, transpose, max pool, ...) to the value that produces
+//! the data, so one observer serves a whole chain. Runs after the float passes; the driver then calibrates
+//! and assign-qparams turns each observe into quantize + dequantize.
+use crate::{Pass, PassContext, PassError};
+use qcc_ir::{DType, Graph, Op, ValueId};
+use std::collections::BTreeSet;
+
+pub struct InsertObservers;
+
+/// Ops qcc has integer forms for (fold-qdq turns their QDQ pattern into them).
+pub fn has_integer_form(g: &Graph, op: &Op, inputs: &[ValueId]) -> bool {
+    match op {
+        Op::Conv { .. } => inputs.len() >= 2 && g.is_const(inputs[1]),
+        Op::Gemm { alpha, beta, trans_a: false, .. } => {
+            *alpha == 1.0
+                && (*beta == 1.0 || inputs.len() < 3)
+                && g.is_const(inputs[1])
+                && g.ty(inputs[0]).shape().is_some_and(|s| s.len() == 2)
+        }
+        Op::Add => inputs.iter().all(|v| !g.is_const(*v)),
+        Op::GlobalAveragePool => true,
+        _ => false,
+    }
+}
+
+/// Ops that only move or select values: quantized values pass through them with unchanged parameters.
+pub fn is_layout_only(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. }
+            | Op::Flatten { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Transpose { .. }
+            | Op::MaxPool { .. }
+            | Op::Identity
+    )
+}
+
+/// The value whose data `v` is, looking through layout-only ops.
+pub fn data_source(g: &Graph, mut v: ValueId) -> ValueId {
+    while let Some(p) = g.producer(v) {
+        let n = g.node(p);
+        if is_layout_only(&n.op) && n.inputs.len() == 1 {
+            v = n.inputs[0];
+        } else {
+            break;
+        }
+    }
+    v
+}
+
+impl Pass for InsertObservers {
+    fn name(&self) -> &'static str {
+        "insert-observers"
+    }
+
+    fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
+        let order = g.topo_order().map_err(|_| PassError::Failed { pass: "insert-observers", msg: "graph has a cycle".into() })?;
+        let mut wanted: BTreeSet<ValueId> = BTreeSet::new();
+        for n in order {
+            let node = g.node(n);
+            if !has_integer_form(g, &node.op, &node.inputs) {
+                continue;
+            }
+            wanted.insert(node.output);
+            let data_inputs = if matches!(node.op, Op::Add) { &node.inputs[..] } else { &node.inputs[..1] };
+            for &i in data_inputs {
+                wanted.insert(data_source(g, i));
+            }
+        }
+        let mut changed = false;
+        for v in wanted {
+            if g.ty(v).dtype() != Some(DType::F32) || g.is_const(v) {
+                continue;
+            }
+            let loc = match g.producer(v) {
+                Some(p) => g.node(p).loc.clone(),
+                None => vec![g.value(v).name.clone().unwrap_or_else(|| "input".into())],
+            };
+            let ty = g.ty(v).clone();
+            let obs = g.add_node(Op::Observe, vec![v], ty, loc);
+            for (user, slot) in g.uses(v) {
+                if g.node(user).output != obs {
+                    g.set_input(user, slot, obs);
+                }
+            }
+            if g.is_output(v) {
+                g.replace_output(v, obs);
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,94 @@
+//! place-qdq: quantizes the constant weights of every conv and gemm that has an integer form, per the
+//! weight scheme (int8; symmetric weights use the narrow range -127..127 so the most negative value never
+//! appears), and reads them through `dequantize`. With activations placed by assign-qparams, every
+//! integer-capable op now reads dequantized inputs and feeds a quantize: the QDQ form fold-qdq matches.
+//! Ops without an integer form stay float, bracketed by the explicit dequantize/quantize around them.
+use crate::insert_observers::has_integer_form;
+use crate::{Pass, PassContext, PassError, WeightScheme};
+use ndarray::{ArrayD, Axis};
+use qcc_ir::{ConstData, ElemType, Graph, NodeId, Op, QParams, QuantType, Tensor, Type};
+
+pub struct PlaceQdq;
+
+/// Scale and zero point for weights in [min, max].
+fn weight_params(min: f32, max: f32, sym: bool) -> (f32, i32) {
+    let (a, b) = (min.min(0.0) as f64, max.max(0.0) as f64);
+    if sym {
+        let m = a.abs().max(b);
+        (if m > 0.0 { (m / 127.0) as f32 } else { 1.0 }, 0)
+    } else {
+        let span = b - a;
+        let scale = if span > 0.0 { (span / 255.0) as f32 } else { 1.0 };
+        (scale, (-128.0 - a / scale as f64).round_ties_even().clamp(-128.0, 127.0) as i32)
+    }
+}
+
+/// Quantizes a weight tensor; `axis` is the output-channel axis for per-channel schemes.
+pub fn quantize_weights(w: &ArrayD<f32>, scheme: WeightScheme, axis: usize) -> (Tensor, QuantType) {
+    let range = |v: ndarray::ArrayViewD<f32>| v.iter().fold((0f32, 0f32), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    let (qmin, qmax) = if scheme.symmetric { (-127, 127) } else { (-128, 127) };
+    let (params, per) = if scheme.per_channel {
+        let (s, z): (Vec<f32>, Vec<i32>) = w
+            .axis_iter(Axis(axis))
+            .map(|c| {
+                let (lo, hi) = range(c);
+                weight_params(lo, hi, scheme.symmetric)
+            })
+            .unzip();
+        (QParams::PerAxis { axis, scales: s.clone(), zps: z.clone() }, Some((s, z)))
+    } else {
+        let (lo, hi) = range(w.view());
+        let (s, z) = weight_params(lo, hi, scheme.symmetric);
+        (QParams::PerTensor { scale: s, zp: z }, None)
+    };
+    let mut q = ArrayD::<i8>::zeros(w.raw_dim());
+    for (idx, v) in w.indexed_iter() {
+        let (s, z) = match &per {
+            Some((s, z)) => (s[idx[axis]], z[idx[axis]]),
+            None => match params {
+                QParams::PerTensor { scale, zp } => (scale, zp),
+                _ => unreachable!(),
+            },
+        };
+        q[&idx] = qcc_runtime::quant::quantize_value(*v, s, z, qmin, qmax) as i8;
+    }
+    let mut qt = QuantType::new(qcc_ir::DType::I8, params);
+    (qt.qmin, qt.qmax) = (qmin, qmax);
+    (Tensor::I8(q), qt)
+}
+
+fn place(g: &mut Graph, n: NodeId, scheme: WeightScheme) -> bool {
+    let node = g.node(n).clone();
+    let axis = match node.op {
+        Op::Conv { .. } => 0,
+        Op::Gemm { trans_b, .. } => usize::from(!trans_b),
+        _ => return false,
+    };
+    let Some(w) = g.const_tensor(node.inputs[1]).and_then(|t| t.as_f32()).cloned() else { return false };
+    let (t, qt) = quantize_weights(&w, scheme, axis);
+    let shape = t.shape().to_vec();
+    let name = g.value(node.inputs[1]).name.clone();
+    let wq = g.add_const_typed(ConstData::Data(t), Type::Tensor { elem: ElemType::Q(qt), shape: shape.clone() }, name);
+    let dq = g.add_node(Op::Dequantize, vec![wq], Type::f32(shape), node.loc.clone());
+    g.set_input(n, 1, dq);
+    true
+}
+
+impl Pass for PlaceQdq {
+    fn name(&self) -> &'static str {
+        "place-qdq"
+    }
+
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
+        let Some(scheme) = cx.quant.weights else { return Ok(false) };
+        let targets: Vec<NodeId> = g.node_ids().filter(|n| has_integer_form(g, &g.node(*n).op, &g.node(*n).inputs)).collect();
+        let mut changed = false;
+        for n in targets {
+            changed |= place(g, n, scheme);
+        }
+        if changed {
+            g.dce();
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,190 @@
+//! The integer ops of quantized graphs, exactly as docs/semantics.md defines them. Sums of integer
+//! products are formed exactly (in f64, exact below 2^53, which every i32 accumulator is); the result is
+//! rescaled once in f32 and rounded half to even.
+use crate::eval::R;
+use crate::nn::conv_core;
+use crate::quant::quantize_value;
+use ndarray::{ArrayD, IxDyn};
+use qcc_ir::{Act, DType, QParams, QuantType, Tensor, Type};
+
+/// Scale and zero point of a per-tensor quantized type.
+pub fn per_tensor(q: &QuantType) -> R<(f32, i32)> {
+    match q.params {
+        QParams::PerTensor { scale, zp } => Ok((scale, zp)),
+        _ => Err("expected per-tensor quantization".into()),
+    }
+}
+
+/// Per-channel scales and zero points of `n` channels (a per-tensor type repeats its one pair).
+pub fn per_channel(q: &QuantType, n: usize) -> R<(Vec<f32>, Vec<i32>)> {
+    match &q.params {
+        QParams::PerTensor { scale, zp } => Ok((vec![*scale; n], vec![*zp; n])),
+        QParams::PerAxis { scales, zps, .. } if scales.len() == n => Ok((scales.clone(), zps.clone())),
+        _ => Err(format!("expected {n} channels of quantization parameters")),
+    }
+}
+
+fn ints(t: &Tensor) -> R<Vec<i64>> {
+    t.to_i64_vec().ok_or_else(|| "expected an integer tensor".into())
+}
+
+/// Stores quantized values (already clamped to the type's range) as the type's storage.
+pub fn store(v: Vec<i64>, q: &QuantType, shape: &[usize]) -> R<Tensor> {
+    let s = IxDyn(shape);
+    let e = |e: ndarray::ShapeError| e.to_string();
+    Ok(match q.storage {
+        DType::U8 => Tensor::U8(ArrayD::from_shape_vec(s, v.into_iter().map(|x| x as u8).collect()).map_err(e)?),
+        DType::I8 => Tensor::I8(ArrayD::from_shape_vec(s, v.into_iter().map(|x| x as i8).collect()).map_err(e)?),
+        DType::I16 => Tensor::I16(ArrayD::from_shape_vec(s, v.into_iter().map(|x| x as i16).collect()).map_err(e)?),
+        DType::I32 => Tensor::I32(ArrayD::from_shape_vec(s, v.into_iter().map(|x| x as i32).collect()).map_err(e)?),
+        d => return Err(format!("cannot store quantized values as {d}")),
+    })
+}
+
+/// How an accumulator becomes an output value: an integer clamp for no activation, ReLU and clip; the
+/// general float path for the others.
+pub struct Requant {
+    /// Per channel: f32(sx * sw[c] / sy), computed in f64 and rounded once.
+    pub mult: Vec<f32>,
+    /// Per channel: f32(sx * sw[c]), the real value of one accumulator step.
+    pub acc_scale: Vec<f32>,
+    pub out_scale: f32,
+    pub zp: i64,
+    pub lo: i64,
+    pub hi: i64,
+    pub float_act: Option<Act>,
+}
+
+impl Requant {
+    pub fn new(sx: f32, sw: &[f32], out: &QuantType, act: Option<Act>) -> R<Requant> {
+        let (sy, zy) = per_tensor(out)?;
+        let mult = sw.iter().map(|s| ((sx as f64 * *s as f64) / sy as f64) as f32).collect();
+        let acc_scale = sw.iter().map(|s| (sx as f64 * *s as f64) as f32).collect();
+        let (mut lo, mut hi) = (out.qmin, out.qmax);
+        let mut float_act = None;
+        match act {
+            None => {}
+            Some(Act::Relu) => lo = lo.max(zy as i64),
+            // quantize(clip(v, a, b)) == clamp(quantize(v), quantize(a), quantize(b)): quantize is monotonic.
+            Some(Act::Clip { min, max }) => {
+                lo = lo.max(quantize_value(min, sy, zy, out.qmin, out.qmax));
+                hi = hi.min(quantize_value(max, sy, zy, out.qmin, out.qmax));
+            }
+            Some(a) => float_act = Some(a),
+        }
+        Ok(Requant { mult, acc_scale, out_scale: sy, zp: zy as i64, lo, hi, float_act })
+    }
+
+    /// The output integer for accumulator `acc` of channel `c`.
+    #[inline]
+    pub fn apply(&self, acc: i64, c: usize) -> i64 {
+        let a = acc.clamp(i32::MIN as i64, i32::MAX as i64) as f32;
+        match self.float_act {
+            None => (((a * self.mult[c]).round_ties_even() as i64) + self.zp).clamp(self.lo, self.hi),
+            Some(act) => quantize_value(act.apply(a * self.acc_scale[c]), self.out_scale, self.zp as i32, self.lo, self.hi),
+        }
+    }
+}
+
+fn quant_of<'a>(t: &'a Type, what: &str) -> R<&'a QuantType> {
+    t.quant().ok_or_else(|| format!("{what} is not quantized"))
+}
+
+/// Integer convolution: acc = Σ (x - zx)(w - zw[c]) + bias[c], padding contributes 0, then requantized.
+#[allow(clippy::too_many_arguments)]
+pub fn qconv(
+    ins: &[&Tensor],
+    tys: &[&Type],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    group: usize,
+    act: Option<Act>,
+    out: &Type,
+) -> R<Tensor> {
+    let (xq, wq, oq) = (quant_of(tys[0], "input")?, quant_of(tys[1], "weight")?, quant_of(out, "output")?);
+    let (sx, zx) = per_tensor(xq)?;
+    let ws = ins[1].shape().to_vec();
+    let m = ws[0];
+    let (sw, zw) = per_channel(wq, m)?;
+    let x: Vec<f64> = ints(ins[0])?.into_iter().map(|v| (v - zx as i64) as f64).collect();
+    let per_m: usize = ws[1..].iter().product();
+    let w: Vec<f64> = ints(ins[1])?.into_iter().enumerate().map(|(i, v)| (v - zw[i / per_m] as i64) as f64).collect();
+    let out_shape = out.shape().ok_or("unknown output shape")?;
+    let acc = conv_core(&x, ins[0].shape(), &w, &ws, strides, pads, dil, group, out_shape)?;
+    let bias = match ins.get(2) {
+        Some(b) => ints(b)?,
+        None => vec![0; m],
+    };
+    let rq = Requant::new(sx, &sw, oq, act)?;
+    let sp: usize = out_shape[2..].iter().product();
+    let v: Vec<i64> = acc
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let c = (i / sp.max(1)) % m;
+            rq.apply(*a as i64 + bias[c], c)
+        })
+        .collect();
+    store(v, oq, out_shape)
+}
+
+/// Integer matrix product y[m, n] = Σ_k (x - zx)(w - zw[n]) + bias[n], requantized per output column.
+pub fn qgemm(ins: &[&Tensor], tys: &[&Type], trans_b: bool, act: Option<Act>, out: &Type) -> R<Tensor> {
+    let (xq, wq, oq) = (quant_of(tys[0], "input")?, quant_of(tys[1], "weight")?, quant_of(out, "output")?);
+    let (sx, zx) = per_tensor(xq)?;
+    let (xs, ws) = (ins[0].shape().to_vec(), ins[1].shape().to_vec());
+    let (mrows, k) = (xs[0], xs[1]);
+    let n = if trans_b { ws[0] } else { ws[1] };
+    let (sw, zw) = per_channel(wq, n)?;
+    let x = ndarray::Array2::from_shape_vec((mrows, k), ints(ins[0])?.into_iter().map(|v| (v - zx as i64) as f64).collect())
+        .map_err(|e| e.to_string())?;
+    let wv = ints(ins[1])?;
+    // w as [K, N] with its per-column zero point removed.
+    let w = ndarray::Array2::from_shape_fn((k, n), |(kk, nn)| {
+        let v = if trans_b { wv[nn * k + kk] } else { wv[kk * n + nn] };
+        (v - zw[nn] as i64) as f64
+    });
+    let acc = x.dot(&w);
+    let bias = match ins.get(2) {
+        Some(b) => ints(b)?,
+        None => vec![0; n],
+    };
+    let rq = Requant::new(sx, &sw, oq, act)?;
+    let v: Vec<i64> = acc.indexed_iter().map(|((_, c), a)| rq.apply(*a as i64 + bias[c], c)).collect();
+    store(v, oq, &[mrows, n])
+}
+
+/// Quantized add: dequantize both inputs in f32, add, activation, quantize (so it equals its QDQ form).
+pub fn qadd(ins: &[&Tensor], tys: &[&Type], act: Option<Act>, out: &Type) -> R<Tensor> {
+    let oq = quant_of(out, "output")?;
+    let a = crate::quant::dequantize(ins[0], quant_of(tys[0], "input 0")?)?;
+    let b = crate::quant::dequantize(ins[1], quant_of(tys[1], "input 1")?)?;
+    let shape = out.shape().ok_or("unknown output shape")?;
+    let mut sum = ArrayD::<f32>::zeros(IxDyn(shape));
+    ndarray::Zip::from(&mut sum).and_broadcast(&a).and_broadcast(&b).for_each(|o, &x, &y| {
+        let v = x + y;
+        *o = act.map_or(v, |f| f.apply(v));
+    });
+    crate::quant::quantize(&sum, oq)
+}
+
+/// Quantized global average pooling: the exact integer sum of (x - zx) per channel, v = f32(sum) * sx / n,
+/// then quantized.
+pub fn qglobal_avg_pool(ins: &[&Tensor], tys: &[&Type], out: &Type) -> R<Tensor> {
+    let (xq, oq) = (quant_of(tys[0], "input")?, quant_of(out, "output")?);
+    let (sx, zx) = per_tensor(xq)?;
+    let (sy, zy) = per_tensor(oq)?;
+    let s = ins[0].shape();
+    let sp: usize = s[2..].iter().product();
+    let x = ints(ins[0])?;
+    let v: Vec<i64> = x
+        .chunks(sp.max(1))
+        .take(s[0] * s[1])
+        .map(|plane| {
+            let sum: i64 = plane.iter().map(|v| v - zx as i64).sum();
+            quantize_value((sum as f32 * sx) / sp as f32, sy, zy, oq.qmin, oq.qmax)
+        })
+        .collect();
+    store(v, oq, out.shape().ok_or("unknown output shape")?)
+}

@@ -1,0 +1,165 @@
+//! Calibration: finding the samples, running them through the observed graph once, and producing
+//! quantized graphs for any scheme or range method from that single pass.
+use crate::data::{fit_input, Preprocess};
+use anyhow::{anyhow, bail, Context, Result};
+use qcc_ir::{Graph, Op, Tensor, ValueId};
+use qcc_passes::{quant_pipeline, Instrumentation, OptLevel, PassContext, PassManager, QuantConfig};
+use qcc_runtime::observe::Observer;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png"];
+
+/// Calibration samples: per sample, one file per graph input.
+pub struct CalibSet {
+    pub samples: Vec<Vec<PathBuf>>,
+    pub preprocess: Option<Preprocess>,
+}
+
+fn sorted_files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read calibration folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str())))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+impl CalibSet {
+    /// `path` is a folder of .npy samples (or images, with `preprocess`); for several inputs, one
+    /// subfolder per input name with the same number of files. At most `limit` samples, in name order.
+    pub fn open(path: &Path, input_names: &[String], preprocess: Option<Preprocess>, limit: Option<usize>) -> Result<CalibSet> {
+        let exts: &[&str] = if preprocess.is_some() { IMAGE_EXTS } else { &["npy"] };
+        let kind = if preprocess.is_some() { "image" } else { ".npy" };
+        let per_input: Vec<Vec<PathBuf>> = if input_names.len() > 1 {
+            input_names
+                .iter()
+                .map(|n| {
+                    let d = path.join(n);
+                    if !d.is_dir() {
+                        bail!("calibration for a model with several inputs needs one subfolder per input: {} is missing", d.display());
+                    }
+                    sorted_files(&d, exts)
+                })
+                .collect::<Result<_>>()?
+        } else {
+            vec![sorted_files(path, exts)?]
+        };
+        let n = per_input[0].len();
+        if n == 0 {
+            bail!("no {kind} calibration samples in {}", path.display());
+        }
+        if per_input.iter().any(|v| v.len() != n) {
+            bail!("the input subfolders of {} hold different numbers of samples", path.display());
+        }
+        let n = limit.map_or(n, |l| l.min(n));
+        let samples = (0..n).map(|i| per_input.iter().map(|v| v[i].clone()).collect()).collect();
+        Ok(CalibSet { samples, preprocess })
+    }
+
+    pub fn load(&self, i: usize, g: &Graph) -> Result<Vec<Tensor>> {
+        self.samples[i]
+            .iter()
+            .zip(g.inputs())
+            .map(|(p, v)| {
+                let t = match &self.preprocess {
+                    Some(pre) => pre.load(p)?,
+                    None => crate::npy::read_npy(p)?,
+                };
+                if t.dtype() != qcc_ir::DType::F32 {
+                    bail!("{}: calibration data must be float32, is {}", p.display(), t.dtype());
+                }
+                fit_input(t, g.ty(*v).shape().unwrap_or(&[]), &p.display().to_string())
+            })
+            .collect()
+    }
+}
+
+/// A float graph with observers and the statistics they gathered: every quantized variant comes from it.
+pub struct Calibrated {
+    pub graph: Graph,
+    pub observers: HashMap<ValueId, Observer>,
+    pub level: OptLevel,
+    /// Passes run so far (dump numbering continues from here).
+    pub passes_run: usize,
+}
+
+/// Runs the float passes and insert-observers, then every calibration sample through the graph.
+pub fn calibrate(
+    mut g: Graph,
+    level: OptLevel,
+    set: &CalibSet,
+    inst: &Instrumentation,
+    ema_c: f32,
+    diag: &mut dyn Write,
+) -> Result<Calibrated> {
+    let (before, _) = quant_pipeline(level);
+    let n_before = before.len();
+    let mut pm = PassManager::new(before, inst.clone());
+    let mut cx = PassContext::default();
+    pm.run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
+    let observed: HashMap<qcc_ir::NodeId, ValueId> =
+        g.node_ids().filter(|n| g.node(*n).op == Op::Observe).map(|n| (n, g.node(n).output)).collect();
+    let mut observers: HashMap<ValueId, Observer> = observed.values().map(|v| (*v, Observer::with_ema(ema_c))).collect();
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(set.samples.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} samples, {per_sec}, eta {eta}").expect("template"),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for i in 0..set.samples.len() {
+        let inputs = set.load(i, &g)?;
+        qcc_runtime::run_observed(&g, inputs, |n, t| {
+            if let (Some(v), Some(a)) = (observed.get(&n), t.as_f32()) {
+                let o = observers.get_mut(v).expect("observer per observed value");
+                match a.as_slice() {
+                    Some(s) => o.observe(s),
+                    None => o.observe(&a.iter().copied().collect::<Vec<_>>()),
+                }
+            }
+        })
+        .with_context(|| format!("calibrating on {}", set.samples[i][0].display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Calibrated { graph: g, observers, level, passes_run: n_before })
+}
+
+impl Calibrated {
+    /// The quantized graph for one scheme: assign-qparams, place-qdq, fold-qdq, canonicalize.
+    pub fn finish(&self, cfg: &QuantConfig, inst: &Instrumentation, diag: &mut dyn Write) -> Result<Graph> {
+        let (_, after) = quant_pipeline(self.level);
+        let mut pm = PassManager::new(after, inst.clone());
+        pm.first_index = self.passes_run;
+        let mut cx = PassContext { quant: cfg.clone(), calib: self.observers.clone(), ..Default::default() };
+        let mut g = self.graph.clone();
+        pm.run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
+        Ok(g)
+    }
+}
+
+/// Parses the scheme flags into a configuration.
+pub fn quant_config(weights: &str, activations: &str, act_type: &str, method: &str) -> Result<QuantConfig> {
+    let weights = Some(qcc_passes::WeightScheme::parse(weights).map_err(|e| anyhow!("--weights: {e}"))?);
+    let act_symmetric = match activations {
+        "asym" => false,
+        "sym" => true,
+        _ => bail!("--activations must be asym or sym"),
+    };
+    let act_type = match act_type {
+        "u8" => qcc_ir::DType::U8,
+        "i8" => qcc_ir::DType::I8,
+        "i16" => qcc_ir::DType::I16,
+        _ => bail!("--act-type must be u8, i8 or i16"),
+    };
+    if act_symmetric && act_type == qcc_ir::DType::U8 {
+        bail!("--activations sym needs a signed --act-type (i8 or i16)");
+    }
+    let method = qcc_runtime::observe::RangeMethod::parse(method).map_err(|e| anyhow!("--calib-method: {e}"))?;
+    Ok(QuantConfig { weights, act_type, act_symmetric, method })
+}
