@@ -37,6 +37,9 @@ enum Cmd {
 enum Emit {
     /// qcc's textual IR (.qir), which `qcc` reads back.
     Qir,
+    /// ONNX (opset 17); a quantized model is written in QDQ form (QuantizeLinear/DequantizeLinear around
+    /// float ops), which ONNX Runtime loads.
+    Onnx,
 }
 
 /// Options shared by every command that loads and compiles a model.
@@ -243,12 +246,27 @@ impl ModelArgs {
 }
 
 fn cmd_compile(c: CompileCmd) -> Result<()> {
+    let emit = match (c.emit, &c.output) {
+        (Some(e), _) => e,
+        (None, Some(p)) if p.extension().is_some_and(|e| e == "onnx") => Emit::Onnx,
+        (None, Some(p)) if p.extension().is_some_and(|e| e == "o") => {
+            bail!("object files arrive with the code generator (issue #4); use -o OUT.qir or --emit onnx")
+        }
+        _ => Emit::Qir,
+    };
     let g = c.m.build()?;
-    let Emit::Qir = c.emit.unwrap_or(Emit::Qir);
-    let text = print_graph(&g, PrintOptions { elide_constants: c.elide_constants });
+    let bytes = match emit {
+        Emit::Qir => print_graph(&g, PrintOptions { elide_constants: c.elide_constants }).into_bytes(),
+        Emit::Onnx => {
+            if c.output.is_none() {
+                bail!("--emit onnx needs -o OUT.onnx");
+            }
+            qcc_frontend::export_onnx(&g)?
+        }
+    };
     match &c.output {
-        Some(p) => write_atomic(p, text.as_bytes()),
-        None => std::io::stdout().write_all(text.as_bytes()).context("writing to stdout"),
+        Some(p) => write_atomic(p, &bytes),
+        None => std::io::stdout().write_all(&bytes).context("writing to stdout"),
     }
 }
 

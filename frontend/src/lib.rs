@@ -1,9 +1,11 @@
 //! qcc-frontend: reads ONNX models (the vendored onnx.proto of ONNX 1.19.0, compiled by protox +
 //! prost-build) into qcc's IR, resolving every shape so later stages see static types.
+mod export;
 mod import;
 mod lower;
 mod tensor;
 
+pub use export::{export_onnx, ExportError};
 pub use import::{import_bytes, import_file, ImportOptions, Imported, MAX_IR, MAX_OPSET};
 pub use tensor::{dtype_from_onnx, tensor_from_proto, tensor_to_proto};
 

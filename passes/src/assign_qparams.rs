@@ -37,7 +37,14 @@ fn assign(g: &mut Graph, n: NodeId, cx: &PassContext) -> Result<(), PassError> {
         DType::I16 => 65536,
         _ => 256,
     };
-    let (a, b) = obs.range(cx.quant.method, levels);
+    // The network's outputs keep their whole range: clipping them (logits above all) is never wanted.
+    let feeds_output =
+        g.uses(out).iter().any(|(u, _)| g.node(*u).op == Op::Dequantize && g.is_output(g.node(*u).output)) || g.is_output(out);
+    let method = if feeds_output { qcc_runtime::observe::RangeMethod::MinMax } else { cx.quant.method };
+    let (a, b) = obs.range(method, levels);
+    if std::env::var_os("QCC_DEBUG_RANGES").is_some() {
+        eprintln!("{:<40} min {:>10.4} max {:>10.4} -> {:>10.4}..{:<10.4} ({})", g.node(n).name(), obs.min, obs.max, a, b, method.name());
+    }
     let q = act_qtype(&cx.quant, a, b);
     let shape = g.ty(out).shape().unwrap_or(&[]).to_vec();
     g.set_op(n, Op::Quantize);

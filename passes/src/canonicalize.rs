@@ -28,7 +28,8 @@ fn bypass(g: &mut Graph, n: NodeId) -> bool {
 
 fn try_fold(g: &mut Graph, n: NodeId) -> Result<bool, PassError> {
     let node = g.node(n);
-    if matches!(node.op, Op::Opaque(_)) {
+    // Dequantize of a quantized constant is how quantized weights are read: folding it would lose them.
+    if matches!(node.op, Op::Opaque(_) | Op::Dequantize) {
         return Ok(false);
     }
     let out_ty = g.ty(node.output).clone();

@@ -76,6 +76,34 @@ fn quantize_bias(b: &Tensor, sx: f32, sw: &[f32]) -> Option<(Tensor, QuantType)>
     Some((t, QuantType::new(DType::I32, QParams::PerAxis { axis: 0, scales, zps: vec![0; n] })))
 }
 
+/// The integer form of a conv or gemm.
+fn integer_op(op: &Op) -> Op {
+    match op {
+        Op::Conv { strides, pads, dilations, group, act } => {
+            Op::QConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
+        }
+        Op::Gemm { trans_b, act, .. } => Op::QGemm { trans_b: *trans_b, act: *act },
+        _ => unreachable!("integer_op of conv or gemm"),
+    }
+}
+
+/// An i32 bias type whose scales are sx * sw[c] (to f32 rounding) and zero points 0.
+fn bias_fits(t: &Type, sx: f32, sw: &[f32]) -> bool {
+    let Some(q) = t.quant() else { return false };
+    if q.storage != DType::I32 {
+        return false;
+    }
+    let close = |s: f32, c: usize| {
+        let want = sx as f64 * sw[if sw.len() == 1 { 0 } else { c }] as f64;
+        ((s as f64 - want) / want).abs() < 1e-5
+    };
+    match &q.params {
+        QParams::PerTensor { scale, zp } => *zp == 0 && sw.len() == 1 && close(*scale, 0),
+        QParams::PerAxis { scales, zps, .. } => zps.iter().all(|z| *z == 0) && scales.iter().enumerate().all(|(c, s)| close(*s, c)),
+        QParams::Calibrated { .. } => false,
+    }
+}
+
 /// Folds quantize(op(dequantize(..))) at the quantize node `n`.
 fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
     let qnode = g.node(n).clone();
@@ -107,6 +135,16 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
             };
             let mut ins = vec![x, w];
             if let Some(&b) = pnode.inputs.get(2) {
+                // A bias already quantized to i32 at scale sx * sw (as QDQ exporters write it) is used as is.
+                if let Some(bq) = dq_source(g, b).filter(|bq| g.is_const(*bq) && bias_fits(g.ty(*bq), sx, &sw)) {
+                    ins.push(bq);
+                    let op = integer_op(&pnode.op);
+                    let q = g.add_node(op, ins, out_ty, pnode.loc.clone());
+                    g.replace_all_uses(qnode.output, q);
+                    g.remove_node(n);
+                    g.remove_node(p);
+                    return true;
+                }
                 let Some(bt) = g.const_tensor(b).cloned() else { return false };
                 // Conv and gemm outputs both have their channels on axis 1.
                 if bt.shape() != [g.ty(pnode.output).shape().map_or(0, |s| s[1])] {
@@ -116,14 +154,7 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
                 let name = g.value(b).name.clone();
                 ins.push(g.add_const_typed(ConstData::Data(bq), Type::Tensor { elem: ElemType::Q(bqt), shape: bt.shape().to_vec() }, name));
             }
-            let op = match &pnode.op {
-                Op::Conv { strides, pads, dilations, group, act } => {
-                    Op::QConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
-                }
-                Op::Gemm { trans_b, act, .. } => Op::QGemm { trans_b: *trans_b, act: *act },
-                _ => unreachable!("matched conv or gemm"),
-            };
-            (op, ins)
+            (integer_op(&pnode.op), ins)
         }
         Op::Add => {
             let (Some(a), Some(b)) = (dq_source(g, pnode.inputs[0]), dq_source(g, pnode.inputs[1])) else { return false };

@@ -29,19 +29,21 @@ fn passes(names: &[&str]) -> Vec<Box<dyn Pass>> {
     names.iter().map(|n| pass_by_name(n).expect("pipeline names are registered")).collect()
 }
 
-/// Float pipelines. -O0 changes nothing (the imported graph as is); -O1 and -O2 clean up and fuse.
+/// Pipelines without calibration. -O0 changes nothing (the imported graph as is); -O1 and -O2 clean up
+/// and fuse, and compile the QDQ patterns of an already-quantized model (QDQ ONNX) into integer ops.
 pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
     match level {
         OptLevel::O0 => passes(&[]),
-        OptLevel::O1 | OptLevel::O2 => passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "canonicalize"]),
+        OptLevel::O1 | OptLevel::O2 => passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "fold-qdq", "canonicalize"]),
     }
 }
 
 /// The quantizing pipeline, in two parts: before calibration (ending with the observers the driver
 /// feeds) and after it (from calibrated ranges to integer ops).
 pub fn quant_pipeline(level: OptLevel) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
-    let mut before = pipeline(level.max(OptLevel::O1));
+    let mut before = passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "canonicalize"]);
     before.extend(passes(&["insert-observers"]));
+    let _ = level;
     let after = match level {
         OptLevel::O0 => passes(&["assign-qparams", "place-qdq"]),
         _ => passes(&["assign-qparams", "place-qdq", "fold-qdq", "canonicalize"]),

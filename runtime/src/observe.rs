@@ -272,39 +272,34 @@ impl Observer {
         err / self.count.max(1) as f64
     }
 
-    /// KL-divergence threshold search (TensorRT's entropy calibration) on |x|: the clipping threshold T
-    /// whose `levels`-step quantization of the clipped distribution loses the least information.
+    /// KL-divergence threshold search (TensorRT's entropy calibration), one-sided: over the histogram from
+    /// the minimum upward, the upper clipping threshold whose `levels`-step quantization of the clipped
+    /// distribution loses the least information. One-sided, because activations are quantized
+    /// asymmetrically from their minimum (folding |x| would let a negative spike, e.g. a normalized
+    /// background, decide the range of the positive values).
     fn entropy_threshold(&self, levels: usize) -> f32 {
-        // Fold the signed histogram into a histogram of |x| with the same bin width.
-        let zero = (-self.lo / self.width).round() as i64;
-        let n = (BINS as i64 - zero).max(zero) as usize;
-        let mut abs = vec![0f64; n.max(1)];
-        for (i, c) in self.hist.iter().enumerate() {
-            let d = i as i64 - zero;
-            let j = if d >= 0 { d } else { -d - 1 } as usize;
-            if j < abs.len() {
-                abs[j] += *c as f64;
-            }
-        }
-        let last = abs.iter().rposition(|c| *c > 0.0).unwrap_or(0) + 1;
+        let start = (((self.min as f64 - self.lo) / self.width).floor().max(0.0) as usize).min(BINS - 1);
+        let h: Vec<f64> = self.hist[start..].iter().map(|c| *c as f64).collect();
+        let last = h.iter().rposition(|c| *c > 0.0).unwrap_or(0) + 1;
+        let at = |t: usize| (self.lo + (start + t) as f64 * self.width) as f32;
         if last <= levels {
-            return (last as f64 * self.width) as f32;
+            return self.max;
         }
         let mut best = (f64::INFINITY, last);
         let stride = ((last - levels) / 256).max(1);
         let mut t = levels;
         while t <= last {
-            let mut p: Vec<f64> = abs[..t].to_vec();
-            p[t - 1] += abs[t..last].iter().sum::<f64>();
+            let mut p: Vec<f64> = h[..t].to_vec();
+            p[t - 1] += h[t..last].iter().sum::<f64>();
             // Q: the reference squeezed into `levels` bins, spread back over the non-empty source bins.
             let mut q = vec![0f64; t];
             for k in 0..levels {
                 let (s, e) = (k * t / levels, ((k + 1) * t / levels).max(k * t / levels + 1));
-                let mass: f64 = abs[s..e].iter().sum();
-                let nonzero = abs[s..e].iter().filter(|c| **c > 0.0).count();
+                let mass: f64 = h[s..e].iter().sum();
+                let nonzero = h[s..e].iter().filter(|c| **c > 0.0).count();
                 if nonzero > 0 {
                     for j in s..e {
-                        if abs[j] > 0.0 {
+                        if h[j] > 0.0 {
                             q[j] = mass / nonzero as f64;
                         }
                     }
@@ -324,7 +319,7 @@ impl Observer {
             }
             t += stride;
         }
-        (best.1 as f64 * self.width) as f32
+        at(best.1).min(self.max)
     }
 
     /// The calibration range [a, b] by `method`, for a quantizer with `levels` steps (256 for u8).
@@ -345,11 +340,7 @@ impl Observer {
                 (lo, self.quantile(q))
             }
             RangeMethod::MovingAverage(_) => (self.ema_min, self.ema_max),
-            RangeMethod::Entropy => {
-                let half = if self.min >= 0.0 { levels as usize - 1 } else { levels as usize / 2 };
-                let t = self.entropy_threshold(half.max(2));
-                clampr(-t, t)
-            }
+            RangeMethod::Entropy => (self.min, self.entropy_threshold((levels as usize).clamp(2, 4096))),
             RangeMethod::Mse => {
                 let mut best = (self.quant_mse(self.min, self.max, levels), (self.min, self.max));
                 for i in 1..100 {
@@ -437,10 +428,13 @@ mod tests {
         let mut v = data(20000, 3);
         v.push(50.0);
         o.observe(&v);
-        for m in [RangeMethod::Percentile(99.9), RangeMethod::Entropy, RangeMethod::MeanStd(4.0)] {
+        for m in [RangeMethod::Percentile(99.9), RangeMethod::MeanStd(4.0)] {
             let (a, b) = o.range(m, 256);
             assert!(b < 10.0 && a > -10.0 && b > 0.5, "{} kept the outlier or collapsed: {a}..{b}", m.name());
         }
+        // Entropy's smallest threshold is `levels` histogram bins (as in TensorRT): it clips the outlier.
+        let (a, b) = o.range(RangeMethod::Entropy, 256);
+        assert!(b < 25.0 && b > 0.5 && a == o.min, "entropy: {a}..{b}");
         assert_eq!(o.range(RangeMethod::MinMax, 256).1, 50.0);
         // MSE and auto minimize the estimated error, so they never do worse than min/max.
         let base = o.quant_mse(o.min, o.max, 256);
