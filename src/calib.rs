@@ -90,12 +90,13 @@ pub struct Calibrated {
 pub fn calibrate(
     mut g: Graph,
     level: OptLevel,
+    equalize: bool,
     set: &CalibSet,
     inst: &Instrumentation,
     ema_c: f32,
     diag: &mut dyn Write,
 ) -> Result<Calibrated> {
-    let (before, _) = quant_pipeline(level);
+    let (before, _) = quant_pipeline(level, equalize);
     let n_before = before.len();
     let mut pm = PassManager::new(before, inst.clone());
     let mut cx = PassContext::default();
@@ -133,7 +134,7 @@ pub fn calibrate(
 impl Calibrated {
     /// The quantized graph for one scheme: assign-qparams, place-qdq, fold-qdq, canonicalize.
     pub fn finish(&self, cfg: &QuantConfig, inst: &Instrumentation, diag: &mut dyn Write) -> Result<Graph> {
-        let (_, after) = quant_pipeline(self.level);
+        let (_, after) = quant_pipeline(self.level, false);
         let mut pm = PassManager::new(after, inst.clone());
         pm.first_index = self.passes_run;
         let mut cx = PassContext { quant: cfg.clone(), calib: self.observers.clone(), ..Default::default() };

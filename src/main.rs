@@ -109,6 +109,9 @@ struct ModelArgs {
     /// Activation storage type: u8 | i8 | i16.
     #[arg(long, default_value = "u8", value_name = "TYPE")]
     act_type: String,
+    /// Skip cross-layer equalization (on by default at -O2 with --int8).
+    #[arg(long)]
+    no_equalize: bool,
     /// Image preprocessing for --calib and --images, e.g.
     /// resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw
     #[arg(long, value_name = "SPEC")]
@@ -230,7 +233,7 @@ impl ModelArgs {
             Ok(qcc_runtime::observe::RangeMethod::MovingAverage(c)) => c,
             _ => 0.01,
         };
-        calibrate(g, self.level(), &set, &self.instrumentation(), ema, &mut std::io::stderr())
+        calibrate(g, self.level(), !self.no_equalize, &set, &self.instrumentation(), ema, &mut std::io::stderr())
     }
 
     /// Loads the model and runs the pipeline (quantizing with --int8).

@@ -2,6 +2,7 @@
 //! optimization pipelines (-O0/-O1/-O2) as plain data.
 mod assign_qparams;
 mod canonicalize;
+mod equalize;
 mod fold_batchnorm;
 mod fold_qdq;
 mod fuse_activation;
@@ -12,6 +13,7 @@ mod place_qdq;
 
 pub use assign_qparams::{act_qtype, AssignQparams};
 pub use canonicalize::Canonicalize;
+pub use equalize::Equalize;
 pub use fold_batchnorm::FoldBatchnorm;
 pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;

@@ -1,5 +1,5 @@
 //! The optimization pipelines, as data: one list per level, read top to bottom.
-use crate::{AssignQparams, Canonicalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass, PlaceQdq};
+use crate::{AssignQparams, Canonicalize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass, PlaceQdq};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OptLevel {
@@ -10,13 +10,14 @@ pub enum OptLevel {
 
 /// Every pass name, for validating --print-after and friends.
 pub const PASS_NAMES: &[&str] =
-    &["canonicalize", "fold-batchnorm", "fuse-activation", "insert-observers", "assign-qparams", "place-qdq", "fold-qdq"];
+    &["canonicalize", "fold-batchnorm", "fuse-activation", "equalize", "insert-observers", "assign-qparams", "place-qdq", "fold-qdq"];
 
 pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
     Some(match name {
         "canonicalize" => Box::new(Canonicalize),
         "fold-batchnorm" => Box::new(FoldBatchnorm),
         "fuse-activation" => Box::new(FuseActivation),
+        "equalize" => Box::new(Equalize),
         "insert-observers" => Box::new(InsertObservers),
         "assign-qparams" => Box::new(AssignQparams),
         "place-qdq" => Box::new(PlaceQdq),
@@ -39,11 +40,13 @@ pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
 }
 
 /// The quantizing pipeline, in two parts: before calibration (ending with the observers the driver
-/// feeds) and after it (from calibrated ranges to integer ops).
-pub fn quant_pipeline(level: OptLevel) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
-    let mut before = passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "canonicalize"]);
-    before.extend(passes(&["insert-observers"]));
-    let _ = level;
+/// feeds) and after it (from calibrated ranges to integer ops). -O2 equalizes unless `equalize` is off.
+pub fn quant_pipeline(level: OptLevel, equalize: bool) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
+    let mut before = passes(&["canonicalize", "fold-batchnorm", "fuse-activation"]);
+    if level == OptLevel::O2 && equalize {
+        before.extend(passes(&["equalize"]));
+    }
+    before.extend(passes(&["canonicalize", "insert-observers"]));
     let after = match level {
         OptLevel::O0 => passes(&["assign-qparams", "place-qdq"]),
         _ => passes(&["assign-qparams", "place-qdq", "fold-qdq", "canonicalize"]),

@@ -1,0 +1,109 @@
+"""CI-only quantization checks on ../shared (calibrate on dev images 0-99, evaluate on 100-499).
+
+1. Accuracy of `qcc eval -O2 --int8` (default scheme) on MobileNetV2 and EfficientNet-Lite0, printed against
+   issue #3's targets. The run fails only below the regression floors (what qcc reached when they were set),
+   so an unmet target is reported, never hidden, and a regression is caught.
+2. qcc's QDQ ONNX export of quantized MobileNetV2, run by ONNX Runtime, against `qcc run` of the same
+   quantized graph: same top-1, outputs within one quantization step on >= 99% of values.
+3. ONNX Runtime's own QDQ models (ort_int8_reference), compiled by qcc into integer ops, against ONNX
+   Runtime running them: the same criteria.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, os.path.dirname(__file__))
+from shared_models import DEV, IMAGENET, MODELS, dev_images, preprocess, require_shared
+
+QCC = os.environ.get("QCC", os.path.join(os.path.dirname(__file__), "..", "target", "release", "qcc"))
+SPEC = {m: s for m, s, _ in MODELS}
+# model: (target agreement %, regression floor for agreement %, floor for top-1 drop in points)
+ACCURACY = {
+    "mobilenetv2_torchvision_opset13.onnx": (95.0, 93.0, 1.5),
+    "efficientnet_lite0_opset13.onnx": (97.5, 95.0, 1.5),
+}
+N_COMPARE = int(os.environ.get("QCC_COMPARE_IMAGES", "20"))
+
+
+def qcc(*args):
+    subprocess.run([QCC, *args], check=True, stderr=subprocess.DEVNULL)
+
+
+def calib_args(model):
+    return ["-O2", "--int8", "--calib", os.path.join(DEV, "images"), "--calib-samples", "100", "--preprocess", SPEC[model]]
+
+
+def accuracy(tmp):
+    failed = 0
+    for model, (target, floor, max_drop) in ACCURACY.items():
+        out = os.path.join(tmp, "eval.json")
+        qcc("eval", os.path.join(IMAGENET, model), *calib_args(model), "--images", os.path.join(DEV, "images"),
+            "--labels", os.path.join(DEV, "labels.csv"), "--offset", "100", "--json", out)
+        r = json.load(open(out))
+        f, q = r["float"], r["quantized"]
+        drop = f["top1"] - q["top1"]
+        met = drop <= 0.5 and q["agreement"] >= target
+        ok = drop <= max_drop and q["agreement"] >= floor
+        failed += 0 if ok else 1
+        print(f"{'ok  ' if ok else 'FAIL'} {model}: n={r['n']} float top-1 {f['top1']:.2f} int8 top-1 {q['top1']:.2f} "
+              f"(drop {drop:.2f}) agreement {q['agreement']:.2f}% -- issue target (drop <= 0.5, agreement >= {target}): "
+              f"{'met' if met else 'NOT MET'}")
+    return failed
+
+
+def output_scale(onnx_path):
+    m = onnx.load(onnx_path)
+    out = m.graph.output[0].name
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    for n in m.graph.node:
+        if out in n.output and n.op_type == "DequantizeLinear":
+            return float(inits[n.input[1]])
+    raise SystemExit(f"{onnx_path}: the output is not produced by DequantizeLinear")
+
+
+def compare(tmp, label, model_for_ort, qcc_model, spec, step):
+    sess = ort.InferenceSession(model_for_ort, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    within, total, top1_same = 0, 0, 0
+    for img, _ in dev_images(100, N_COMPARE):
+        x = preprocess(img, spec)
+        xin, yout = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
+        np.save(xin, x)
+        qcc("run", qcc_model, "-O2", "--input", xin, "--output", yout)
+        got, ref = np.load(yout), sess.run(None, {name: x})[0]
+        within += int((np.abs(got - ref) <= step * 1.001).sum())
+        total += ref.size
+        top1_same += int(got.argmax() == ref.argmax())
+    frac = 100.0 * within / total
+    ok = frac >= 99.0 and top1_same == N_COMPARE
+    print(f"{'ok  ' if ok else 'FAIL'} {label}: {N_COMPARE} images, top-1 equal on {top1_same}, "
+          f"{frac:.2f}% of outputs within one step ({step:.4g})")
+    return 0 if ok else 1
+
+
+def main():
+    require_shared()
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        failed += accuracy(tmp)
+        model = "mobilenetv2_torchvision_opset13.onnx"
+        src = os.path.join(IMAGENET, model)
+        qir, qdq = os.path.join(tmp, "q.qir"), os.path.join(tmp, "q.onnx")
+        qcc(src, *calib_args(model), "-o", qir)
+        qcc(qir, "-O0", "--emit", "onnx", "-o", qdq)
+        failed += compare(tmp, "qcc QDQ export in ONNX Runtime vs qcc", qdq, qir, SPEC[model], output_scale(qdq))
+        for ref, float_model in [("mobilenetv2_ort_int8_qdq.onnx", model), ("efficientnet_lite0_ort_int8_qdq.onnx", "efficientnet_lite0_opset13.onnx")]:
+            path = os.path.join(IMAGENET, "ort_int8_reference", ref)
+            failed += compare(tmp, f"{ref} compiled by qcc vs ONNX Runtime", path, path, SPEC[float_model], output_scale(path))
+    print(f"quantization checks: {5 - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
