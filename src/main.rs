@@ -109,9 +109,10 @@ struct ModelArgs {
     /// Activation storage type: u8 | i8 | i16.
     #[arg(long, default_value = "u8", value_name = "TYPE")]
     act_type: String,
-    /// Skip cross-layer equalization (on by default at -O2 with --int8).
+    /// Cross-layer equalization before calibration (with --int8 at -O2). Off by default: without
+    /// high-bias absorption it can inflate activation ranges (see README).
     #[arg(long)]
-    no_equalize: bool,
+    equalize: bool,
     /// Image preprocessing for --calib and --images, e.g.
     /// resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw
     #[arg(long, value_name = "SPEC")]
@@ -233,7 +234,7 @@ impl ModelArgs {
             Ok(qcc_runtime::observe::RangeMethod::MovingAverage(c)) => c,
             _ => 0.01,
         };
-        calibrate(g, self.level(), !self.no_equalize, &set, &self.instrumentation(), ema, &mut std::io::stderr())
+        calibrate(g, self.level(), self.equalize, &set, &self.instrumentation(), ema, &mut std::io::stderr())
     }
 
     /// Loads the model and runs the pipeline (quantizing with --int8).

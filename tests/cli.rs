@@ -113,7 +113,17 @@ fn instrumentation_flags() {
     assert!(o.status.success(), "{}", stderr(&o));
     let mut names: Vec<String> = std::fs::read_dir(&dump).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["00-input.qir", "01-canonicalize.qir", "02-fold-batchnorm.qir", "03-fuse-activation.qir", "04-fold-qdq.qir", "05-canonicalize.qir"]);
+    assert_eq!(
+        names,
+        [
+            "00-input.qir",
+            "01-canonicalize.qir",
+            "02-fold-batchnorm.qir",
+            "03-fuse-activation.qir",
+            "04-fold-qdq.qir",
+            "05-canonicalize.qir"
+        ]
+    );
     let e = stderr(&o);
     assert!(e.contains("IR Dump After fuse-activation") && e.contains("pass execution timing report"), "{e}");
     assert!(!e.contains("IR Dump After fold-batchnorm"), "{e}");

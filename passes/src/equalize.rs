@@ -4,7 +4,8 @@
 //! by it, with s[c] = sqrt(r1[c] / r2[c]) (r = per-channel weight range), so both ranges become
 //! sqrt(r1 · r2). Exact in real arithmetic; it evens out channel ranges so per-tensor weight quantization
 //! loses less. Repeated over the graph a few times, since a depthwise conv sits in two pairs. Runs at -O2
-//! after fuse-activation (activations must already be attributes) and before insert-observers.
+//! with --equalize, after fuse-activation (activations must already be attributes) and before
+//! insert-observers.
 //! Pairs through ReLU6/Clip are left alone: clipping at 6 does not commute with scaling.
 use crate::{Pass, PassContext, PassError};
 use ndarray::{ArrayD, Axis};
@@ -13,6 +14,8 @@ use qcc_ir::{Act, Graph, NodeId, Op, Tensor};
 pub struct Equalize;
 
 const ROUNDS: usize = 4;
+/// The largest per-channel scaling one pair applies (either way).
+const MAX_SCALE: f32 = 4.0;
 
 fn weights(g: &Graph, v: qcc_ir::ValueId) -> Option<ArrayD<f32>> {
     g.const_tensor(v).and_then(|t| t.as_f32()).cloned()
@@ -40,15 +43,18 @@ fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId) -> bool {
     };
     let absmax = |v: ndarray::ArrayViewD<f32>| v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let in_axis = if depthwise { 0 } else { 1 };
+    let r1: Vec<f32> = (0..c).map(|ch| absmax(w1.index_axis(Axis(0), ch))).collect();
+    let r2: Vec<f32> = (0..c).map(|ch| absmax(w2.index_axis(Axis(in_axis), ch))).collect();
+    let (m1, m2) = (r1.iter().fold(0f32, |a, b| a.max(*b)), r2.iter().fold(0f32, |a, b| a.max(*b)));
+    // Near-empty channels are left alone, and the scaling is bounded: dividing a channel whose weights are
+    // almost zero by a tiny s would blow its bias (and so the layer's activation range) up. Absorbing such
+    // biases into the next layer (DFQ's high-bias absorption) would lift this bound; it is not done yet.
     let s: Vec<f32> = (0..c)
         .map(|ch| {
-            let r1 = absmax(w1.index_axis(Axis(0), ch));
-            let r2 = absmax(w2.index_axis(Axis(in_axis), ch));
-            if r1 > 0.0 && r2 > 0.0 {
-                ((r1 as f64 / r2 as f64).sqrt() as f32).clamp(1e-4, 1e4)
-            } else {
-                1.0
+            if r1[ch] <= 1e-3 * m1 || r2[ch] <= 1e-3 * m2 {
+                return 1.0;
             }
+            ((r1[ch] as f64 / r2[ch] as f64).sqrt() as f32).clamp(1.0 / MAX_SCALE, MAX_SCALE)
         })
         .collect();
     if s.iter().all(|x| (x - 1.0).abs() < 1e-3) {

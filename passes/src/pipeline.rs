@@ -40,7 +40,8 @@ pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
 }
 
 /// The quantizing pipeline, in two parts: before calibration (ending with the observers the driver
-/// feeds) and after it (from calibrated ranges to integer ops). -O2 equalizes unless `equalize` is off.
+/// feeds) and after it (from calibrated ranges to integer ops). With `equalize`, -O2 runs cross-layer
+/// equalization first.
 pub fn quant_pipeline(level: OptLevel, equalize: bool) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
     let mut before = passes(&["canonicalize", "fold-batchnorm", "fuse-activation"]);
     if level == OptLevel::O2 && equalize {
