@@ -81,6 +81,8 @@ impl CalibSet {
 pub struct Calibrated {
     pub graph: Graph,
     pub observers: HashMap<ValueId, Observer>,
+    /// Per observed value of rank >= 2, the mean of each channel (axis 1).
+    pub channel_means: HashMap<ValueId, Vec<f32>>,
     pub level: OptLevel,
     /// Passes run so far (dump numbering continues from here).
     pub passes_run: usize,
@@ -96,7 +98,7 @@ pub fn calibrate(
     ema_c: f32,
     diag: &mut dyn Write,
 ) -> Result<Calibrated> {
-    let (before, _) = quant_pipeline(level, equalize);
+    let (before, _) = quant_pipeline(level, equalize, false);
     let n_before = before.len();
     let mut pm = PassManager::new(before, inst.clone());
     let mut cx = PassContext::default();
@@ -104,6 +106,7 @@ pub fn calibrate(
     let observed: HashMap<qcc_ir::NodeId, ValueId> =
         g.node_ids().filter(|n| g.node(*n).op == Op::Observe).map(|n| (n, g.node(n).output)).collect();
     let mut observers: HashMap<ValueId, Observer> = observed.values().map(|v| (*v, Observer::with_ema(ema_c))).collect();
+    let mut sums: HashMap<ValueId, (Vec<f64>, u64)> = HashMap::new();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::new(set.samples.len() as u64);
         b.set_style(
@@ -117,6 +120,14 @@ pub fn calibrate(
         let inputs = set.load(i, &g)?;
         qcc_runtime::run_observed(&g, inputs, |n, t| {
             if let (Some(v), Some(a)) = (observed.get(&n), t.as_f32()) {
+                if a.ndim() >= 2 {
+                    let c = a.shape()[1];
+                    let (s, n) = sums.entry(*v).or_insert_with(|| (vec![0.0; c], 0));
+                    for (ch, lane) in a.axis_iter(ndarray::Axis(1)).enumerate() {
+                        s[ch] += lane.iter().map(|x| *x as f64).sum::<f64>();
+                    }
+                    *n += (a.len() / c.max(1)) as u64;
+                }
                 let o = observers.get_mut(v).expect("observer per observed value");
                 match a.as_slice() {
                     Some(s) => o.observe(s),
@@ -128,16 +139,22 @@ pub fn calibrate(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(Calibrated { graph: g, observers, level, passes_run: n_before })
+    let channel_means = sums.into_iter().map(|(v, (s, n))| (v, s.iter().map(|x| (x / n.max(1) as f64) as f32).collect())).collect();
+    Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before })
 }
 
 impl Calibrated {
     /// The quantized graph for one scheme: assign-qparams, place-qdq, fold-qdq, canonicalize.
     pub fn finish(&self, cfg: &QuantConfig, inst: &Instrumentation, diag: &mut dyn Write) -> Result<Graph> {
-        let (_, after) = quant_pipeline(self.level, false);
+        let (_, after) = quant_pipeline(self.level, false, cfg.bias_correct);
         let mut pm = PassManager::new(after, inst.clone());
         pm.first_index = self.passes_run;
-        let mut cx = PassContext { quant: cfg.clone(), calib: self.observers.clone(), ..Default::default() };
+        let mut cx = PassContext {
+            quant: cfg.clone(),
+            calib: self.observers.clone(),
+            channel_means: self.channel_means.clone(),
+            ..Default::default()
+        };
         let mut g = self.graph.clone();
         pm.run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
         Ok(g)
@@ -162,5 +179,5 @@ pub fn quant_config(weights: &str, activations: &str, act_type: &str, method: &s
         bail!("--activations sym needs a signed --act-type (i8 or i16)");
     }
     let method = qcc_runtime::observe::RangeMethod::parse(method).map_err(|e| anyhow!("--calib-method: {e}"))?;
-    Ok(QuantConfig { weights, act_type, act_symmetric, method })
+    Ok(QuantConfig { weights, act_type, act_symmetric, method, bias_correct: false })
 }

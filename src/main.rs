@@ -109,6 +109,9 @@ struct ModelArgs {
     /// Activation storage type: u8 | i8 | i16.
     #[arg(long, default_value = "u8", value_name = "TYPE")]
     act_type: String,
+    /// Correct each conv/gemm bias for the mean shift its weight quantization causes (needs --int8).
+    #[arg(long)]
+    bias_correction: bool,
     /// Cross-layer equalization before calibration (with --int8 at -O2). Off by default: without
     /// high-bias absorption it can inflate activation ranges (see README).
     #[arg(long)]
@@ -222,7 +225,9 @@ impl ModelArgs {
     }
 
     fn quant_config(&self, method: &str) -> Result<qcc_passes::QuantConfig> {
-        qcc::calib::quant_config(&self.weights, &self.activations, &self.act_type, method)
+        let mut cfg = qcc::calib::quant_config(&self.weights, &self.activations, &self.act_type, method)?;
+        cfg.bias_correct = self.bias_correction;
+        Ok(cfg)
     }
 
     /// Runs the float passes and the calibration pass (for --int8).

@@ -1,6 +1,7 @@
 //! qcc-passes: named graph passes, the pass manager that runs, verifies and dumps them, and the
 //! optimization pipelines (-O0/-O1/-O2) as plain data.
 mod assign_qparams;
+mod bias_correct;
 mod canonicalize;
 mod equalize;
 mod fold_batchnorm;
@@ -12,6 +13,7 @@ mod pipeline;
 mod place_qdq;
 
 pub use assign_qparams::{act_qtype, AssignQparams};
+pub use bias_correct::BiasCorrect;
 pub use canonicalize::Canonicalize;
 pub use equalize::Equalize;
 pub use fold_batchnorm::FoldBatchnorm;
@@ -32,6 +34,8 @@ pub struct PassContext {
     pub notes: Vec<String>,
     pub quant: QuantConfig,
     pub calib: std::collections::HashMap<qcc_ir::ValueId, qcc_runtime::observe::Observer>,
+    /// Per observed value, the mean of each channel (axis 1) over the calibration data (bias-correct).
+    pub channel_means: std::collections::HashMap<qcc_ir::ValueId, Vec<f32>>,
 }
 
 /// How weights are quantized.
@@ -70,6 +74,8 @@ pub struct QuantConfig {
     pub act_type: qcc_ir::DType,
     pub act_symmetric: bool,
     pub method: qcc_runtime::observe::RangeMethod,
+    /// Correct biases for the mean shift weight quantization causes (the bias-correct pass).
+    pub bias_correct: bool,
 }
 
 impl Default for QuantConfig {
@@ -79,6 +85,7 @@ impl Default for QuantConfig {
             act_type: qcc_ir::DType::U8,
             act_symmetric: false,
             method: qcc_runtime::observe::RangeMethod::MinMax,
+            bias_correct: false,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The optimization pipelines, as data: one list per level, read top to bottom.
-use crate::{AssignQparams, Canonicalize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass, PlaceQdq};
+use crate::{AssignQparams, BiasCorrect, Canonicalize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass, PlaceQdq};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OptLevel {
@@ -9,8 +9,17 @@ pub enum OptLevel {
 }
 
 /// Every pass name, for validating --print-after and friends.
-pub const PASS_NAMES: &[&str] =
-    &["canonicalize", "fold-batchnorm", "fuse-activation", "equalize", "insert-observers", "assign-qparams", "place-qdq", "fold-qdq"];
+pub const PASS_NAMES: &[&str] = &[
+    "canonicalize",
+    "fold-batchnorm",
+    "fuse-activation",
+    "equalize",
+    "insert-observers",
+    "assign-qparams",
+    "bias-correct",
+    "place-qdq",
+    "fold-qdq",
+];
 
 pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
     Some(match name {
@@ -21,6 +30,7 @@ pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
         "insert-observers" => Box::new(InsertObservers),
         "assign-qparams" => Box::new(AssignQparams),
         "place-qdq" => Box::new(PlaceQdq),
+        "bias-correct" => Box::new(BiasCorrect),
         "fold-qdq" => Box::new(FoldQdq),
         _ => return None,
     })
@@ -41,16 +51,20 @@ pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
 
 /// The quantizing pipeline, in two parts: before calibration (ending with the observers the driver
 /// feeds) and after it (from calibrated ranges to integer ops). With `equalize`, -O2 runs cross-layer
-/// equalization first.
-pub fn quant_pipeline(level: OptLevel, equalize: bool) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
+/// equalization first; with `bias_correct`, bias-correct runs before the weights are quantized.
+pub fn quant_pipeline(level: OptLevel, equalize: bool, bias_correct: bool) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
     let mut before = passes(&["canonicalize", "fold-batchnorm", "fuse-activation"]);
     if level == OptLevel::O2 && equalize {
         before.extend(passes(&["equalize"]));
     }
     before.extend(passes(&["canonicalize", "insert-observers"]));
-    let after = match level {
-        OptLevel::O0 => passes(&["assign-qparams", "place-qdq"]),
-        _ => passes(&["assign-qparams", "place-qdq", "fold-qdq", "canonicalize"]),
-    };
+    let mut after = passes(&["assign-qparams"]);
+    if bias_correct {
+        after.extend(passes(&["bias-correct"]));
+    }
+    after.extend(passes(&["place-qdq"]));
+    if level != OptLevel::O0 {
+        after.extend(passes(&["fold-qdq", "canonicalize"]));
+    }
     (before, after)
 }
