@@ -60,20 +60,29 @@ fn is_quantized(g: &Graph) -> bool {
     g.value_ids().any(|v| g.ty(v).quant().is_some())
 }
 
-/// Observers for every observe node, fed 8 deterministic random inputs.
-fn calibrate(g: &Graph, seed: u64) -> std::collections::HashMap<qcc_ir::ValueId, qcc_runtime::observe::Observer> {
-    let mut obs = std::collections::HashMap::new();
+/// Observers and per-channel means for every observe node, fed 8 deterministic random inputs.
+fn calibrate(g: &Graph, seed: u64, cx: &mut PassContext) {
+    let mut sums: std::collections::HashMap<qcc_ir::ValueId, (Vec<f64>, u64)> = Default::default();
     for k in 0..8 {
         let Some(ins) = inputs(g, seed.wrapping_add(k)) else { break };
         qcc_runtime::run_observed(g, ins, |n, t| {
             if g.node(n).op == qcc_ir::Op::Observe {
-                let o: &mut qcc_runtime::observe::Observer = obs.entry(g.node(n).output).or_default();
-                o.observe(&t.to_f32_vec());
+                let v = g.node(n).output;
+                cx.calib.entry(v).or_default().observe(&t.to_f32_vec());
+                let (shape, data) = (t.shape().to_vec(), t.to_f32_vec());
+                if shape.len() >= 2 {
+                    let (c, inner) = (shape[1], shape[2..].iter().product::<usize>());
+                    let (s, cnt) = sums.entry(v).or_insert_with(|| (vec![0.0; c], 0));
+                    for (i, x) in data.iter().enumerate() {
+                        s[(i / inner.max(1)) % c] += *x as f64;
+                    }
+                    *cnt += (data.len() / c) as u64;
+                }
             }
         })
         .expect("calibration run");
     }
-    obs
+    cx.channel_means = sums.into_iter().map(|(v, (s, n))| (v, s.iter().map(|x| (x / n as f64) as f32).collect())).collect();
 }
 
 fn close(a: &[Tensor], b: &[Tensor], tol: f32) -> Result<(), String> {
@@ -142,7 +151,7 @@ fn run_file(path: &Path) -> Result<(), String> {
         let mut cx = PassContext::default();
         for (k, part) in [&names[..split], &names[split..]].into_iter().enumerate() {
             if k == 1 && !part.is_empty() {
-                cx.calib = calibrate(&after, seed);
+                calibrate(&after, seed, &mut cx);
             }
             let passes = part.iter().map(|n| pass_by_name(n).ok_or(format!("unknown pass {n}"))).collect::<Result<Vec<_>, _>>()?;
             let mut pm = PassManager::new(passes, Instrumentation { verify: true, ..Default::default() });

@@ -45,14 +45,17 @@ fn calib_args() -> Vec<String> {
 fn mnist_int8_agrees_with_float() {
     let d = tmp("agree");
     let json = d.join("eval.json");
-    let mut args = vec!["eval".to_string(), p("examples/mnist/mnist_cnn.onnx")];
-    args.extend(calib_args());
-    args.extend(["--npy".into(), p("examples/mnist/digits"), "--json".into(), json.display().to_string()]);
-    qcc(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let text = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(json_number(&text, "n", 1), 200.0);
-    let agreement = json_number(&text, "agreement", 1);
-    assert!(agreement >= 99.0, "int8 agrees with float on {agreement}% of 200 digits: {text}");
+    for extra in [None, Some("--bias-correction")] {
+        let mut args = vec!["eval".to_string(), p("examples/mnist/mnist_cnn.onnx")];
+        args.extend(calib_args());
+        args.extend(["--npy".into(), p("examples/mnist/digits"), "--json".into(), json.display().to_string()]);
+        args.extend(extra.map(String::from));
+        qcc(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let text = std::fs::read_to_string(&json).unwrap();
+        assert_eq!(json_number(&text, "n", 1), 200.0);
+        let agreement = json_number(&text, "agreement", 1);
+        assert!(agreement >= 99.0, "int8 ({extra:?}) agrees with float on {agreement}% of 200 digits: {text}");
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! bias-correct: weight quantization shifts each output channel's mean by E[(W_q − W) · x]. With the
 //! per-channel input means gathered during calibration, that shift is computed for every conv and gemm
 //! whose weights place-qdq will quantize, and subtracted from the bias (one is added if there is none).
-//! Runs after assign-qparams (inputs read `dequantize(quantize(..))`, whose quantize value keys the means)
+//! Runs after assign-qparams (inputs read `dequantize(quantize(..))`, possibly through layout-only ops; the
+//! quantize value keys the means; a channel count that does not match the weights skips the op)
 //! and before place-qdq, which then quantizes the same weights. Border effects of zero padding are ignored.
 use crate::insert_observers::has_integer_form;
 use crate::place_qdq::quantize_weights;
@@ -18,7 +19,8 @@ fn correct(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
         return false;
     }
     // The input's per-channel means, found through its dequantize(quantize(..)).
-    let Some(dq) = g.producer(node.inputs[0]).filter(|p| g.node(*p).op == Op::Dequantize) else { return false };
+    let src = crate::insert_observers::data_source(g, node.inputs[0]);
+    let Some(dq) = g.producer(src).filter(|p| g.node(*p).op == Op::Dequantize) else { return false };
     let Some(means) = cx.channel_means.get(&g.node(dq).inputs[0]) else { return false };
     let Some(w) = g.const_tensor(node.inputs[1]).and_then(|t| t.as_f32()).cloned() else { return false };
     let (axis, group) = match &node.op {
