@@ -109,9 +109,13 @@ struct ModelArgs {
     /// Activation storage type: u8 | i8 | i16.
     #[arg(long, default_value = "u8", value_name = "TYPE")]
     act_type: String,
-    /// Correct each conv/gemm bias for the mean shift its weight quantization causes (needs --int8).
-    #[arg(long)]
+    /// Correct each conv/gemm bias for the mean shift its weight quantization causes (with --int8; on by
+    /// default at -O2).
+    #[arg(long, conflicts_with = "no_bias_correction")]
     bias_correction: bool,
+    /// Do not run bias correction at -O2.
+    #[arg(long)]
+    no_bias_correction: bool,
     /// Cross-layer equalization before calibration (with --int8 at -O2). Off by default: without
     /// high-bias absorption it can inflate activation ranges (see README).
     #[arg(long)]
@@ -226,7 +230,7 @@ impl ModelArgs {
 
     fn quant_config(&self, method: &str) -> Result<qcc_passes::QuantConfig> {
         let mut cfg = qcc::calib::quant_config(&self.weights, &self.activations, &self.act_type, method)?;
-        cfg.bias_correct = self.bias_correction;
+        cfg.bias_correct = (self.bias_correction || self.level() == OptLevel::O2) && !self.no_bias_correction;
         Ok(cfg)
     }
 

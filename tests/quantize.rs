@@ -45,7 +45,7 @@ fn calib_args() -> Vec<String> {
 fn mnist_int8_agrees_with_float() {
     let d = tmp("agree");
     let json = d.join("eval.json");
-    for extra in [None, Some("--bias-correction")] {
+    for extra in [None, Some("--no-bias-correction")] {
         let mut args = vec!["eval".to_string(), p("examples/mnist/mnist_cnn.onnx")];
         args.extend(calib_args());
         args.extend(["--npy".into(), p("examples/mnist/digits"), "--json".into(), json.display().to_string()]);
