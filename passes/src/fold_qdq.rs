@@ -145,7 +145,18 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
                     g.remove_node(p);
                     return true;
                 }
-                let Some(bt) = g.const_tensor(b).cloned() else { return false };
+                // Otherwise the bias, float or quantized at another scale, is requantized at sx * sw.
+                let bt = match (g.const_tensor(b), dq_source(g, b)) {
+                    (Some(t), _) => t.clone(),
+                    (None, Some(bq)) => {
+                        let (Some(t), Some(q)) = (g.const_tensor(bq), g.ty(bq).quant()) else { return false };
+                        match qcc_runtime::quant::dequantize(t, q) {
+                            Ok(f) => Tensor::F32(f),
+                            Err(_) => return false,
+                        }
+                    }
+                    _ => return false,
+                };
                 // Conv and gemm outputs both have their channels on axis 1.
                 if bt.shape() != [g.ty(pnode.output).shape().map_or(0, |s| s[1])] {
                     return false;
