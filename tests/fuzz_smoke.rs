@@ -51,12 +51,15 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
 fn mutated_onnx_and_qir_never_panic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let onnx = std::fs::read(root.join("examples/mnist/mnist_cnn.onnx")).unwrap();
-    let mut qirs = Vec::new();
+    // Sorted, so the corpus (and so every mutation) is the same on every machine.
+    let mut paths = Vec::new();
     for dir in std::fs::read_dir(root.join("tests/filetests")).unwrap() {
         for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            qirs.push(std::fs::read(f.unwrap().path()).unwrap());
+            paths.push(f.unwrap().path());
         }
     }
+    paths.sort();
+    let qirs: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let n: usize = std::env::var("QCC_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
     for i in 0..n {
