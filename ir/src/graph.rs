@@ -223,14 +223,6 @@ impl Graph {
         out
     }
 
-    /// Nodes consuming the output of `n` (via petgraph edges), deduplicated.
-    pub fn successors(&self, n: NodeId) -> Vec<NodeId> {
-        let mut s: Vec<NodeId> = self.g.edges_directed(n.0, Direction::Outgoing).map(|e| NodeId(e.target())).collect();
-        s.sort();
-        s.dedup();
-        s
-    }
-
     pub fn is_output(&self, v: ValueId) -> bool {
         self.outputs.contains(&v)
     }
@@ -291,12 +283,6 @@ impl Graph {
         let node = self.g.remove_node(n.0).expect("remove_node: node exists");
         self.values[node.output.index()].def = ValueDef::Dead;
         node
-    }
-
-    /// Marks an unused constant or input as removed.
-    pub fn remove_value(&mut self, v: ValueId) {
-        self.values[v.index()].def = ValueDef::Dead;
-        self.inputs.retain(|i| *i != v);
     }
 
     /// A deterministic topological order: among ready nodes the lowest id goes first, so a graph whose

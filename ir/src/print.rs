@@ -3,7 +3,7 @@
 use crate::attr::quote;
 use crate::graph::{ConstData, Graph, ValueId};
 use crate::tensor::Tensor;
-use crate::types::{fmt_f32, Type};
+use crate::types::fmt_f32;
 use crate::with_tensor;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -149,13 +149,5 @@ pub fn print_graph(g: &Graph, opts: PrintOptions) -> String {
 impl std::fmt::Display for Graph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&print_graph(self, PrintOptions { elide_constants: true }))
-    }
-}
-
-/// Short description of a value's type for messages, without quantization parameters.
-pub fn short_type(t: &Type) -> String {
-    match t {
-        Type::Unknown => "?".into(),
-        Type::Tensor { elem, shape } => format!("{}{:?}", elem.storage(), shape),
     }
 }
