@@ -1,5 +1,6 @@
 //! Accuracy measurement: top-1/top-5 of a classifier over a labeled data set.
 use crate::data::{fit_input, Dataset};
+use crate::exec::Exec;
 use anyhow::{bail, Context, Result};
 use qcc_ir::{Graph, Tensor};
 
@@ -65,8 +66,8 @@ pub struct Comparison {
 }
 
 /// Runs every graph on every sample (graph 0 is the reference for agreement).
-pub fn evaluate_many(graphs: &[&Graph], data: &Dataset, label_offset: i64, mut progress: impl FnMut(usize, usize)) -> Result<Comparison> {
-    let g0 = graphs.first().context("no graphs")?;
+pub fn evaluate_many(graphs: &[&Exec], data: &Dataset, label_offset: i64, mut progress: impl FnMut(usize, usize)) -> Result<Comparison> {
+    let g0 = graphs.first().context("no graphs")?.graph();
     let input = g0.inputs().first().copied().context("the model has no inputs")?;
     let want = g0.ty(input).shape().context("input shape unknown")?.to_vec();
     let k = graphs.len();
@@ -77,7 +78,7 @@ pub fn evaluate_many(graphs: &[&Graph], data: &Dataset, label_offset: i64, mut p
         let l = label + label_offset;
         let mut ref_top = 0;
         for (j, g) in graphs.iter().enumerate() {
-            let out = qcc_runtime::run(g, vec![x.clone()]).with_context(|| format!("running on {}", path.display()))?;
+            let out = g.run(vec![x.clone()]).with_context(|| format!("running on {}", path.display()))?;
             let s = scores(&out[0])?;
             if l < 0 || l as usize >= s.len() {
                 bail!("{}: label {l} is outside the model's {} classes", path.display(), s.len());

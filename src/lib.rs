@@ -4,10 +4,12 @@ pub mod calib;
 pub mod data;
 pub mod driver;
 pub mod eval;
+pub mod exec;
 pub mod fsutil;
 pub mod fuzzing;
 pub mod npy;
 
+pub use qcc_codegen as codegen;
 pub use qcc_frontend as frontend;
 pub use qcc_ir as ir;
 pub use qcc_passes as passes;

@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use qcc::calib::{calibrate, CalibSet, Calibrated};
 use qcc::data::{fit_input, Dataset, Preprocess};
 use qcc::driver::{compile, load_model, parse_input_shape};
+use qcc::exec::{target_isa, Exec};
 use qcc::fsutil::write_atomic;
 use qcc::npy::{read_npy, write_npy};
 use qcc_frontend::ImportOptions;
@@ -31,6 +32,8 @@ enum Cmd {
     Run(RunCmd),
     /// Measure top-1/top-5 accuracy on a labeled data set.
     Eval(EvalCmd),
+    /// Measure latency of the compiled model (median, p10, p90).
+    Bench(BenchCmd),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -40,6 +43,9 @@ enum Emit {
     /// ONNX (opset 17); a quantized model is written in QDQ form (QuantizeLinear/DequantizeLinear around
     /// float ops), which ONNX Runtime loads.
     Onnx,
+    /// An ELF object file with NAME_run and NAME_scratch_bytes, and NAME.h beside it (link with
+    /// libqcc_runtime.a).
+    Obj,
 }
 
 /// Options shared by every command that loads and compiles a model.
@@ -124,6 +130,18 @@ struct ModelArgs {
     /// resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw
     #[arg(long, value_name = "SPEC")]
     preprocess: Option<String>,
+    /// Run with the reference interpreter instead of JIT-compiled code (run, eval, bench).
+    #[arg(long)]
+    interp: bool,
+    /// Kernels to generate code for: native | x86-64-v4 (AVX-512 VNNI) | x86-64-v3 (AVX2) | x86-64.
+    #[arg(long, default_value = "native", value_name = "CPU")]
+    target_cpu: String,
+    /// Threads the compiled kernels use (0 = all cores). Results are identical for every count.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// Prefix of the object file's symbols and of its header's macros (default: the output's file stem).
+    #[arg(long, value_name = "NAME")]
+    symbol_prefix: Option<String>,
 }
 
 #[derive(Args)]
@@ -151,6 +169,24 @@ struct RunCmd {
     /// Where to write an output, as [NAME=]FILE.npy. Without it, outputs are summarized on stdout.
     #[arg(long = "output", value_name = "[NAME=]FILE")]
     outputs: Vec<String>,
+}
+
+#[derive(Args)]
+struct BenchCmd {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Timed runs (after 5 warm-up runs).
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// An input .npy (default: deterministic pseudo-random values of the input's shape).
+    #[arg(long = "input", value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Also write the results as JSON.
+    #[arg(long, value_name = "OUT")]
+    json: Option<PathBuf>,
+    /// Print the time of every step (kernel call) of the compiled model, slowest first.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -246,6 +282,18 @@ impl ModelArgs {
         calibrate(g, self.level(), self.equalize, &set, &self.instrumentation(), ema, &mut std::io::stderr())
     }
 
+    /// An executor for `g`: compiled code, or the interpreter with --interp.
+    fn exec(&self, g: Graph) -> Result<Exec> {
+        qcc_runtime::kernels::pool::set_threads(self.threads);
+        let t = std::time::Instant::now();
+        let x = Exec::new(g, self.interp, target_isa(&self.target_cpu)?)?;
+        if let (true, Some(c)) = (self.time_passes, x.compiled()) {
+            eprintln!("codegen: lower {:.3} ms, cranelift {:.3} ms ({})", ms(c.times.lower), ms(c.times.cranelift), c.plan.summary());
+        }
+        let _ = t;
+        Ok(x)
+    }
+
     /// Loads the model and runs the pipeline (quantizing with --int8).
     fn build(&self) -> Result<Graph> {
         let mut g = self.load()?;
@@ -262,12 +310,14 @@ fn cmd_compile(c: CompileCmd) -> Result<()> {
     let emit = match (c.emit, &c.output) {
         (Some(e), _) => e,
         (None, Some(p)) if p.extension().is_some_and(|e| e == "onnx") => Emit::Onnx,
-        (None, Some(p)) if p.extension().is_some_and(|e| e == "o") => {
-            bail!("object files arrive with the code generator (issue #4); use -o OUT.qir or --emit onnx")
-        }
+        (None, Some(p)) if p.extension().is_some_and(|e| e == "o") => Emit::Obj,
         _ => Emit::Qir,
     };
     let g = c.m.build()?;
+    if let Emit::Obj = emit {
+        let out = c.output.as_ref().ok_or_else(|| anyhow!("--emit obj needs -o NAME.o"))?;
+        return write_object(&c.m, &g, out);
+    }
     let bytes = match emit {
         Emit::Qir => print_graph(&g, PrintOptions { elide_constants: c.elide_constants }).into_bytes(),
         Emit::Onnx => {
@@ -276,11 +326,32 @@ fn cmd_compile(c: CompileCmd) -> Result<()> {
             }
             qcc_frontend::export_onnx(&g)?
         }
+        Emit::Obj => unreachable!("handled above"),
     };
     match &c.output {
         Some(p) => write_atomic(p, &bytes),
         None => std::io::stdout().write_all(&bytes).context("writing to stdout"),
     }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Writes NAME.o and NAME.h (both atomically).
+fn write_object(m: &ModelArgs, g: &Graph, out: &std::path::Path) -> Result<()> {
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let prefix = m.symbol_prefix.clone().unwrap_or_else(|| stem.replace(['-', '.'], "_"));
+    let t = std::time::Instant::now();
+    let obj = qcc_codegen::object::emit_object(g, target_isa(&m.target_cpu)?, &prefix).map_err(|e| anyhow!("{e}"))?;
+    if m.time_passes {
+        eprintln!("codegen (object): {:.3} ms ({})", ms(t.elapsed()), obj.plan.summary());
+    }
+    let header = out.with_extension("h");
+    write_atomic(out, &obj.bytes)?;
+    write_atomic(&header, obj.header.as_bytes())?;
+    eprintln!("wrote {} and {} ({})", out.display(), header.display(), obj.plan.summary());
+    Ok(())
 }
 
 /// Splits `NAME=FILE` from a plain `FILE`.
@@ -319,8 +390,8 @@ fn cmd_run(r: RunCmd) -> Result<()> {
         .enumerate()
         .map(|(i, t)| t.ok_or_else(|| anyhow!("no --input for model input {:?}", in_names[i])))
         .collect::<Result<_>>()?;
-    let outs = qcc_runtime::run(&g, inputs)?;
     let out_names = value_names(&g, g.outputs());
+    let outs = r.m.exec(g)?.run(inputs)?;
     let mut written = vec![false; outs.len()];
     for (k, spec) in r.outputs.iter().enumerate() {
         let (name, file) = named(spec);
@@ -404,8 +475,11 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     if data.items.is_empty() {
         bail!("no samples to evaluate (check --offset and --limit)");
     }
-    let mut graphs: Vec<&Graph> = vec![&float];
-    graphs.extend(variants.iter().map(|(_, g)| g));
+    let mut execs = vec![e.m.exec(float)?];
+    for (_, g) in &variants {
+        execs.push(e.m.exec(g.clone())?);
+    }
+    let graphs: Vec<&Exec> = execs.iter().collect();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let res = qcc::eval::evaluate_many(&graphs, &data, e.label_offset, |i, n| {
         if tty {
@@ -443,11 +517,79 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     Ok(())
 }
 
+fn cmd_bench(b: BenchCmd) -> Result<()> {
+    let g = b.m.build()?;
+    let inputs: Vec<qcc_ir::Tensor> = match &b.input {
+        Some(f) => {
+            let want = g.ty(g.inputs()[0]).shape().unwrap_or(&[]).to_vec();
+            vec![fit_input(read_npy(f)?, &want, &f.display().to_string())?]
+        }
+        None => g
+            .inputs()
+            .iter()
+            .map(|&v| {
+                let shape = g.ty(v).shape().unwrap_or(&[]).to_vec();
+                let n: usize = shape.iter().product();
+                let data = (0..n).map(|i| ((i as u64 * 2654435761) % 1000) as f32 / 500.0 - 1.0).collect();
+                qcc_ir::Tensor::from_f32(&shape, data).ok_or_else(|| anyhow!("input shape"))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let x = b.m.exec(g)?;
+    for _ in 0..5 {
+        x.run(inputs.clone())?;
+    }
+    let mut times = Vec::with_capacity(b.iters);
+    for _ in 0..b.iters.max(1) {
+        let t = std::time::Instant::now();
+        x.run(inputs.clone())?;
+        times.push(ms(t.elapsed()));
+    }
+    times.sort_by(f64::total_cmp);
+    if let (true, Some(c)) = (b.profile, x.compiled()) {
+        let t = c.profile(&inputs, b.iters.max(1))?;
+        let total: f64 = t.iter().sum();
+        let mut idx: Vec<usize> = (0..t.len()).collect();
+        idx.sort_by(|a, b| t[*b].total_cmp(&t[*a]));
+        println!("{:>9} {:>6} {:>8}  {:<10} node", "ms", "%", "GOPS", "kernel");
+        for i in idx.into_iter().take(25) {
+            let s = &c.plan.steps[i];
+            let per = t[i] / b.iters.max(1) as f64;
+            let gops = if s.macs > 0 { format!("{:.1}", 2.0 * s.macs as f64 / per / 1e9) } else { String::new() };
+            println!("{:>9.4} {:>5.1}% {:>8}  {:<10} {}", per * 1e3, 100.0 * t[i] / total, gops, &s.kernel.symbol()[6..], s.node);
+        }
+    }
+    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    let threads = qcc_runtime::kernels::pool::threads();
+    let macs = x.compiled().map_or(0, |c| c.plan.macs());
+    let gops = 2.0 * macs as f64 / (q(0.5) * 1e6);
+    println!(
+        "median {:.3} ms  p10 {:.3} ms  p90 {:.3} ms  ({} runs, {threads} threads, {}{})",
+        q(0.5),
+        q(0.1),
+        q(0.9),
+        times.len(),
+        if b.m.interp { "interpreter".to_string() } else { format!("jit {}", target_isa(&b.m.target_cpu)?.name()) },
+        if macs > 0 { format!(", {:.1} int8 GOPS in GEMM/conv", gops) } else { String::new() }
+    );
+    if let Some(p) = &b.json {
+        let json = format!(
+            "{{\"median_ms\": {:.4}, \"p10_ms\": {:.4}, \"p90_ms\": {:.4}, \"threads\": {threads}, \"macs\": {macs}}}\n",
+            q(0.5),
+            q(0.1),
+            q(0.9)
+        );
+        write_atomic(p, json.as_bytes())?;
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Some(Cmd::Run(r)) => cmd_run(r),
         Some(Cmd::Eval(e)) => cmd_eval(e),
+        Some(Cmd::Bench(b)) => cmd_bench(b),
         None => cmd_compile(cli.compile),
     };
     if let Err(e) = res {

@@ -1,5 +1,6 @@
 //! One op on concrete tensors: elementwise, shape and data-movement ops here; neural-network kernels in
 //! nn.rs and resize.rs. Used by the interpreter and by import-time evaluation and constant folding.
+use crate::kernels::float::{BinOp, UnOp};
 use crate::{nn, qops, quant, resize};
 use ndarray::{ArrayD, Axis, IxDyn, Slice, Zip};
 use qcc_ir::infer::{broadcast_shapes, norm_axis, slice_axis};
@@ -48,27 +49,11 @@ macro_rules! int_arith {
 
 fn arith(op: &Op, a: &Tensor, b: &Tensor) -> R<Tensor> {
     if let (Tensor::F32(x), Tensor::F32(y)) = (a, b) {
+        if let Some(b) = BinOp::from_op(op) {
+            return binary_f32(x, y, |x, y| b.apply(x, y)).map(Tensor::F32);
+        }
         let f: fn(f32, f32) -> f32 = match op {
-            Op::Add => |x, y| x + y,
-            Op::Sub => |x, y| x - y,
-            Op::Mul => |x, y| x * y,
-            Op::Div => |x, y| x / y,
             Op::Pow => f32::powf,
-            // NaN propagates through max/min as ONNX Runtime does.
-            Op::Max => |x: f32, y: f32| {
-                if x.is_nan() || y.is_nan() {
-                    f32::NAN
-                } else {
-                    x.max(y)
-                }
-            },
-            Op::Min => |x: f32, y: f32| {
-                if x.is_nan() || y.is_nan() {
-                    f32::NAN
-                } else {
-                    x.min(y)
-                }
-            },
             _ => unreachable!(),
         };
         return binary_f32(x, y, f).map(Tensor::F32);
@@ -127,7 +112,7 @@ fn clip(t: &Tensor, min: f32, max: f32) -> R<Tensor> {
         }};
     }
     Ok(match t {
-        Tensor::F32(a) => Tensor::F32(a.mapv(|x| if x.is_nan() { x } else { x.max(min).min(max) })),
+        Tensor::F32(a) => Tensor::F32(a.mapv(|x| UnOp::Clip { min, max }.apply(x))),
         Tensor::I64(a) => Tensor::I64(clip_int!(a, i64)),
         Tensor::I32(a) => Tensor::I32(clip_int!(a, i32)),
         Tensor::I16(a) => Tensor::I16(clip_int!(a, i16)),
@@ -460,12 +445,13 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
         Op::Relu => clip(ins[0], 0.0, f32::INFINITY),
         Op::Clip { min, max } => clip(ins[0], *min, *max),
         Op::LeakyRelu { .. } | Op::Sigmoid | Op::HardSigmoid { .. } | Op::HardSwish | Op::Tanh => {
-            let act = op.as_act().expect("activation");
-            unary_f32(ins[0], |x| act.apply(x))
+            let f = UnOp::from_op(op).ok_or("not an activation")?;
+            unary_f32(ins[0], |x| f.apply(x))
         }
-        Op::Erf => unary_f32(ins[0], libm::erff),
-        Op::Sqrt => unary_f32(ins[0], f32::sqrt),
-        Op::Exp => unary_f32(ins[0], f32::exp),
+        Op::Erf | Op::Sqrt | Op::Exp => {
+            let f = UnOp::from_op(op).ok_or("not a unary op")?;
+            unary_f32(ins[0], |x| f.apply(x))
+        }
         Op::Identity | Op::Dropout => Ok(ins[0].clone()),
         Op::BatchNorm { epsilon } => {
             need(5)?;

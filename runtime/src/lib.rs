@@ -1,7 +1,9 @@
 //! qcc-runtime: the reference interpreter. It executes IR graphs op by op on ndarray and is the oracle
 //! every later stage (passes, quantized paths, generated code) is checked against.
+pub mod abi;
 mod eval;
 mod interp;
+pub mod kernels;
 mod nn;
 pub mod observe;
 pub mod qops;

@@ -1,0 +1,163 @@
+//! Cranelift IR for a plan: `<prefix>_steps(blob, arena)` calls each step's kernel in order;
+//! `<prefix>_run(inputs, outputs, scratch)` checks the CPU and the scratch alignment, copies the inputs into
+//! the arena, runs the steps and copies the outputs out (0 = ok, -2 = misaligned scratch, -3 = the CPU
+//! lacks the kernels' instruction set); `<prefix>_scratch_bytes()` returns the arena size. The same
+//! functions go into the JIT and into object files, so `qcc run` exercises exactly what applications link.
+use crate::plan::Plan;
+use crate::CodegenError;
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName};
+use cranelift_codegen::isa::CallConv;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{DataDescription, FuncId, Linkage, Module};
+use std::collections::HashMap;
+
+pub struct Entry {
+    pub run: FuncId,
+    pub scratch_bytes: FuncId,
+}
+
+fn err(e: impl std::fmt::Display) -> CodegenError {
+    CodegenError::Cranelift(e.to_string())
+}
+
+/// The host's target ISA with qcc's flags (`pic` for object files).
+pub fn host_isa(pic: bool) -> Result<cranelift_codegen::isa::OwnedTargetIsa, CodegenError> {
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(err)?;
+    flags.set("is_pic", if pic { "true" } else { "false" }).map_err(err)?;
+    let isa = cranelift_native::builder().map_err(err)?;
+    isa.finish(settings::Flags::new(flags)).map_err(err)
+}
+
+fn sig(cc: CallConv, params: &[types::Type], ret: Option<types::Type>) -> Signature {
+    let mut s = Signature::new(cc);
+    s.params.extend(params.iter().map(|t| AbiParam::new(*t)));
+    s.returns.extend(ret.map(AbiParam::new));
+    s
+}
+
+/// Declares and defines the plan's functions and blob in `module`.
+pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<Entry, CodegenError> {
+    let cc = module.isa().default_call_conv();
+    let ptr = module.target_config().pointer_type();
+    let i32t = types::I32;
+    let tcfg = module.target_config();
+
+    let blob = module.declare_data(&format!("{prefix}_blob"), Linkage::Local, false, false).map_err(err)?;
+    let mut desc = DataDescription::new();
+    desc.define(plan.blob.as_bytes().to_vec().into_boxed_slice());
+    desc.set_align(64);
+    module.define_data(blob, &desc).map_err(err)?;
+
+    let ksig = sig(cc, &[ptr, ptr, ptr], None);
+    let mut kernels: HashMap<&'static str, FuncId> = HashMap::new();
+    for s in &plan.steps {
+        let name = s.kernel.symbol();
+        if !kernels.contains_key(name) {
+            kernels.insert(name, module.declare_function(name, Linkage::Import, &ksig).map_err(err)?);
+        }
+    }
+    let copy = module.declare_function("qcc_rt_copy", Linkage::Import, &sig(cc, &[ptr, ptr, ptr], Some(i32t))).map_err(err)?;
+    let check = module.declare_function("qcc_rt_check_cpu", Linkage::Import, &sig(cc, &[types::I64], Some(i32t))).map_err(err)?;
+
+    let mut fctx = FunctionBuilderContext::new();
+    let mut ctx = module.make_context();
+
+    // <prefix>_steps(blob, arena)
+    let steps_sig = sig(cc, &[ptr, ptr], None);
+    let steps = module.declare_function(&format!("{prefix}_steps"), Linkage::Local, &steps_sig).map_err(err)?;
+    ctx.func.signature = steps_sig;
+    ctx.func.name = UserFuncName::user(0, steps.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let (blob_v, arena) = (b.block_params(block)[0], b.block_params(block)[1]);
+        for s in &plan.steps {
+            let f = module.declare_func_in_func(kernels[s.kernel.symbol()], b.func);
+            let hdr = b.ins().iadd_imm_s(blob_v, s.hdr as i64);
+            b.ins().call(f, &[hdr, blob_v, arena]);
+        }
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(tcfg);
+    }
+    module.define_function(steps, &mut ctx).map_err(err)?;
+    module.clear_context(&mut ctx);
+
+    // <prefix>_run(inputs, outputs, scratch) -> i32
+    let run_sig = sig(cc, &[ptr, ptr, ptr], Some(i32t));
+    let run = module.declare_function(&format!("{prefix}_run"), Linkage::Export, &run_sig).map_err(err)?;
+    ctx.func.signature = run_sig;
+    ctx.func.name = UserFuncName::user(0, run.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        let aligned = b.create_block();
+        let body = b.create_block();
+        let fail = b.create_block();
+        b.append_block_param(fail, i32t);
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let (inputs, outputs, scratch) = (b.block_params(entry)[0], b.block_params(entry)[1], b.block_params(entry)[2]);
+        let check_f = module.declare_func_in_func(check, b.func);
+        let isa_code = b.ins().iconst(types::I64, plan.isa.code() as i64);
+        let call = b.ins().call(check_f, &[isa_code]);
+        let rc = b.inst_results(call)[0];
+        b.ins().brif(rc, fail, &[rc.into()], aligned, &[]);
+
+        b.switch_to_block(aligned);
+        let low = b.ins().band_imm_s(scratch, 63);
+        let minus2 = b.ins().iconst(i32t, -2);
+        b.ins().brif(low, fail, &[minus2.into()], body, &[]);
+
+        b.switch_to_block(body);
+        let copy_f = module.declare_func_in_func(copy, b.func);
+        let gv = module.declare_data_in_func(blob, b.func);
+        let blob_v = b.ins().symbol_value(ptr, gv);
+        for (i, io) in plan.inputs.iter().enumerate() {
+            let src = b.ins().load(ptr, MemFlagsData::trusted(), inputs, (8 * i) as i32);
+            let dst = b.ins().iadd_imm_s(scratch, io.offset as i64);
+            let n = b.ins().iconst(ptr, io.bytes as i64);
+            b.ins().call(copy_f, &[dst, src, n]);
+        }
+        let steps_f = module.declare_func_in_func(steps, b.func);
+        b.ins().call(steps_f, &[blob_v, scratch]);
+        for (i, io) in plan.outputs.iter().enumerate() {
+            let dst = b.ins().load(ptr, MemFlagsData::trusted(), outputs, (8 * i) as i32);
+            let src = b.ins().iadd_imm_s(scratch, io.offset as i64);
+            let n = b.ins().iconst(ptr, io.bytes as i64);
+            b.ins().call(copy_f, &[dst, src, n]);
+        }
+        let zero = b.ins().iconst(i32t, 0);
+        b.ins().return_(&[zero]);
+
+        b.switch_to_block(fail);
+        let code = b.block_params(fail)[0];
+        b.ins().return_(&[code]);
+        b.seal_all_blocks();
+        b.finalize(tcfg);
+    }
+    module.define_function(run, &mut ctx).map_err(err)?;
+    module.clear_context(&mut ctx);
+
+    // <prefix>_scratch_bytes() -> size_t
+    let sb_sig = sig(cc, &[], Some(ptr));
+    let scratch_bytes = module.declare_function(&format!("{prefix}_scratch_bytes"), Linkage::Export, &sb_sig).map_err(err)?;
+    ctx.func.signature = sb_sig;
+    ctx.func.name = UserFuncName::user(0, scratch_bytes.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let block = b.create_block();
+        b.switch_to_block(block);
+        let v = b.ins().iconst(ptr, plan.arena_bytes as i64);
+        b.ins().return_(&[v]);
+        b.seal_all_blocks();
+        b.finalize(tcfg);
+    }
+    module.define_function(scratch_bytes, &mut ctx).map_err(err)?;
+    module.clear_context(&mut ctx);
+    Ok(Entry { run, scratch_bytes })
+}

@@ -1,0 +1,158 @@
+//! The execution plan: what generated code runs. A list of kernel calls (each with its header in the
+//! constant blob), the blob itself (headers, packed weights, per-channel parameters), the arena size and
+//! where the graph's inputs and outputs live in it. Lowering builds it; the JIT and the object writer turn
+//! it into machine code.
+use qcc_ir::DType;
+use qcc_runtime::kernels::Isa;
+
+/// Kernels generated code calls; each is `qcc_k_<name>(hdr, blob, arena)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Quantize,
+    Dequantize,
+    Gemm,
+    Im2col,
+    DwConv,
+    QAdd,
+    QGap,
+    MaxPool,
+    Copy,
+    Binary,
+    Unary,
+    /// The interpreter runs the node (JIT only).
+    Host,
+}
+
+impl Kernel {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Kernel::Quantize => "qcc_k_quantize",
+            Kernel::Dequantize => "qcc_k_dequantize",
+            Kernel::Gemm => "qcc_k_gemm",
+            Kernel::Im2col => "qcc_k_im2col",
+            Kernel::DwConv => "qcc_k_dwconv",
+            Kernel::QAdd => "qcc_k_qadd",
+            Kernel::QGap => "qcc_k_qgap",
+            Kernel::MaxPool => "qcc_k_maxpool",
+            Kernel::Copy => "qcc_k_copy",
+            Kernel::Binary => "qcc_k_binary",
+            Kernel::Unary => "qcc_k_unary",
+            Kernel::Host => "qcc_k_host",
+        }
+    }
+}
+
+/// One kernel call.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub kernel: Kernel,
+    /// Byte offset of the header in the blob.
+    pub hdr: usize,
+    /// The node's name (ONNX names survive fusion), for reports and errors.
+    pub node: String,
+    /// Multiply-accumulates this step performs (for GOPS reports).
+    pub macs: u64,
+}
+
+/// A graph input or output: where it sits in the arena (logical layout, row-major).
+#[derive(Clone, Debug)]
+pub struct Io {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub isa: Isa,
+    pub blob: Blob,
+    pub steps: Vec<Step>,
+    pub arena_bytes: usize,
+    pub inputs: Vec<Io>,
+    pub outputs: Vec<Io>,
+    /// Nodes the interpreter runs (their steps' headers point here), in step order.
+    pub hosts: Vec<Box<crate::host::HostStep>>,
+}
+
+impl Plan {
+    /// Counts of steps per kernel, for `--time-passes` style reports.
+    pub fn summary(&self) -> String {
+        let mut counts: Vec<(Kernel, usize)> = Vec::new();
+        for s in &self.steps {
+            match counts.iter_mut().find(|(k, _)| *k == s.kernel) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s.kernel, 1)),
+            }
+        }
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{} {n}", &k.symbol()[6..])).collect();
+        format!(
+            "{} steps ({}), arena {:.1} KiB, constants {:.1} KiB, kernels {}",
+            self.steps.len(),
+            parts.join(", "),
+            self.arena_bytes as f64 / 1024.0,
+            self.blob.len() as f64 / 1024.0,
+            self.isa.name()
+        )
+    }
+
+    pub fn macs(&self) -> u64 {
+        self.steps.iter().map(|s| s.macs).sum()
+    }
+}
+
+/// The constant blob under construction: every entry 64-byte aligned (the blob's base is too, in the JIT
+/// and in object files), and 512 zero bytes at the end so header reads never run past it.
+#[derive(Debug, Default)]
+pub struct Blob {
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn align(&mut self) -> usize {
+        let at = self.bytes.len().div_ceil(64) * 64;
+        self.bytes.resize(at, 0);
+        at
+    }
+    pub fn push_bytes(&mut self, b: &[u8]) -> usize {
+        let at = self.align();
+        self.bytes.extend_from_slice(b);
+        at
+    }
+    pub fn push_words(&mut self, w: &[u64]) -> usize {
+        let b: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_bytes(&b)
+    }
+    pub fn push_i32(&mut self, v: &[i32]) -> usize {
+        let b: Vec<u8> = v.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_bytes(&b)
+    }
+    pub fn push_f32(&mut self, v: &[f32]) -> usize {
+        let b: Vec<u8> = v.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.push_bytes(&b)
+    }
+    pub fn push_i8(&mut self, v: &[i8]) -> usize {
+        let b: Vec<u8> = v.iter().map(|v| *v as u8).collect();
+        self.push_bytes(&b)
+    }
+    /// Overwrites words at `at` (headers of host steps get their pointer once it exists).
+    pub fn patch_words(&mut self, at: usize, w: &[u64]) {
+        for (i, v) in w.iter().enumerate() {
+            self.bytes[at + 8 * i..at + 8 * i + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    pub fn finish(&mut self) {
+        self.align();
+        self.bytes.resize(self.bytes.len() + 512, 0);
+    }
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}

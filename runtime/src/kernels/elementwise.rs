@@ -1,0 +1,372 @@
+//! Elementwise, pooling and layout kernels on arena buffers: quantize (optionally NCHW → NHWC),
+//! dequantize (optionally NHWC → NCHW), qadd, qglobal_average_pool, integer max pooling and plain
+//! layout transposes. Each equals its interpreter counterpart bit for bit (docs/semantics.md).
+use super::{multiversion, pool, Isa};
+use crate::quant::quantize_value;
+use qcc_ir::Act;
+
+/// Storage of quantized integers in the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntElem {
+    U8,
+    I8,
+    I16,
+}
+
+impl IntElem {
+    pub fn size(self) -> usize {
+        match self {
+            IntElem::I16 => 2,
+            _ => 1,
+        }
+    }
+    pub fn code(self) -> u64 {
+        match self {
+            IntElem::U8 => 0,
+            IntElem::I8 => 1,
+            IntElem::I16 => 2,
+        }
+    }
+    pub fn from_code(c: u64) -> IntElem {
+        match c {
+            1 => IntElem::I8,
+            2 => IntElem::I16,
+            _ => IntElem::U8,
+        }
+    }
+    /// Reads element i.
+    ///
+    /// # Safety
+    /// P must hold i + 1 elements.
+    #[inline(always)]
+    pub unsafe fn read(self, p: *const u8, i: usize) -> i32 {
+        // SAFETY: caller's contract.
+        unsafe {
+            match self {
+                IntElem::U8 => *p.add(i) as i32,
+                IntElem::I8 => *p.add(i) as i8 as i32,
+                IntElem::I16 => (p as *const i16).add(i).read_unaligned() as i32,
+            }
+        }
+    }
+    /// Writes element i (v already inside the storage range).
+    ///
+    /// # Safety
+    /// P must hold i + 1 elements.
+    #[inline(always)]
+    pub unsafe fn write(self, p: *mut u8, i: usize, v: i32) {
+        // SAFETY: caller's contract.
+        unsafe {
+            match self {
+                IntElem::U8 | IntElem::I8 => *p.add(i) = v as u8,
+                IntElem::I16 => (p as *mut i16).add(i).write_unaligned(v as i16),
+            }
+        }
+    }
+}
+
+/// Per-tensor quantization of one value: clamp(rne(x / s) + zp, lo, hi), NaN to zp.
+#[inline(always)]
+pub fn quantize_one(x: f32, scale: f32, zp: i32, lo: i32, hi: i32) -> i32 {
+    let r = (x / scale).round_ties_even();
+    let r = if r.is_nan() { 0.0 } else { r };
+    clamp_to_int(r, (lo - zp) as f32, (hi - zp) as f32) + zp
+}
+
+/// clamp(v, lo, hi) as i32, for v not NaN and integer bounds inside i32. Written with plain comparisons
+/// and an unchecked conversion so loops vectorize to max/min/cvt instructions.
+#[inline(always)]
+pub fn clamp_to_int(v: f32, lo: f32, hi: f32) -> i32 {
+    let v = if v > lo { v } else { lo };
+    let v = if v < hi { v } else { hi };
+    // SAFETY: v is a finite value in [lo, hi] (callers never pass NaN), and lo, hi are i32 values.
+    unsafe { v.to_int_unchecked::<i32>() }
+}
+
+/// Index of the logical (NCHW) element read for NHWC position i, when `nchw` gives [n, c, h, w].
+#[inline(always)]
+fn nhwc_to_nchw(i: usize, d: [usize; 4]) -> usize {
+    let c = i % d[1];
+    let p = i / d[1];
+    let (b, hw) = (p / (d[2] * d[3]), p % (d[2] * d[3]));
+    (b * d[1] + c) * d[2] * d[3] + hw
+}
+
+const CHUNK: usize = 1 << 14;
+
+/// Elementwise over `len` outputs in parallel chunks.
+fn chunks(len: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    pool::parallel_for(len.div_ceil(CHUNK), &|t| f(t * CHUNK, (t * CHUNK + CHUNK).min(len)));
+}
+
+/// Raw arena pointers shared by parallel chunks (each writes its own range).
+#[derive(Clone, Copy)]
+pub struct Ptr(pub *mut u8);
+// SAFETY: only used for disjoint writes and shared reads inside one kernel call.
+unsafe impl Sync for Ptr {}
+unsafe impl Send for Ptr {}
+
+impl Ptr {
+    /// The pointer (a method, so closures capture the Sync wrapper, not the raw field).
+    #[inline(always)]
+    pub fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+/// Pixels per task of the layout-changing kernels.
+const PIXELS: usize = 256;
+
+/// Quantizes `len` f32 values; with `nchw` = Some(dims) the output is written NHWC.
+///
+/// # Safety
+/// X holds len f32, out len elements of `elem`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn quantize(
+    isa: Isa,
+    x: *const f32,
+    len: usize,
+    nchw: Option<[usize; 4]>,
+    scale: f32,
+    zp: i32,
+    lo: i32,
+    hi: i32,
+    elem: IntElem,
+    out: *mut u8,
+) {
+    let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
+    multiversion!(
+        fn q(x: &[f32], out: &mut [i32], s: f32, zp: i32, lo: i32, hi: i32) {
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = quantize_one(*v, s, zp, lo, hi);
+            }
+        }
+    );
+    match nchw {
+        None => chunks(len, &|a, b| {
+            // SAFETY: a..b lies inside x and out.
+            let x = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(a), b - a) };
+            let mut tmp = vec![0i32; b - a];
+            q(isa, x, &mut tmp, scale, zp, lo, hi);
+            for (i, v) in tmp.iter().enumerate() {
+                // SAFETY: a + i < len.
+                unsafe { elem.write(op.get(), a + i, *v) };
+            }
+        }),
+        Some([n, c, h, w]) => {
+            let hw = h * w;
+            let tiles = hw.div_ceil(PIXELS);
+            pool::parallel_for(n * tiles, &|t| {
+                let (b, p0) = (t / tiles, (t % tiles) * PIXELS);
+                let np = PIXELS.min(hw - p0);
+                let mut tmp = vec![0i32; np * c];
+                for ch in 0..c {
+                    // SAFETY: plane (b, ch) pixels p0..p0+np lie inside x.
+                    let x = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add((b * c + ch) * hw + p0), np) };
+                    q(isa, x, &mut tmp[ch * np..(ch + 1) * np], scale, zp, lo, hi);
+                }
+                // Interleave the planes into channels-last order.
+                let mut inter = vec![0i32; np * c];
+                for (ch, plane) in tmp.chunks_exact(np).enumerate() {
+                    for (i, v) in plane.iter().enumerate() {
+                        inter[i * c + ch] = *v;
+                    }
+                }
+                // SAFETY: pixels p0..p0+np of image b lie inside out.
+                unsafe { write_range(elem, op.get(), (b * hw + p0) * c, &inter) };
+            });
+        }
+    }
+}
+
+/// Dequantizes `len` integers: (q − zp) · scale; with `nchw` = Some(dims) the input is NHWC and the
+/// output NCHW.
+///
+/// # Safety
+/// As quantize.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dequantize(isa: Isa, x: *const u8, len: usize, nchw: Option<[usize; 4]>, scale: f32, zp: i32, elem: IntElem, out: *mut f32) {
+    let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
+    let _ = isa;
+    match nchw {
+        None => chunks(len, &|a, b| {
+            for i in a..b {
+                // SAFETY: i < len.
+                unsafe { *(op.get() as *mut f32).add(i) = (elem.read(xp.get(), i) - zp) as f32 * scale }
+            }
+        }),
+        Some([n, c, h, w]) => {
+            let hw = h * w;
+            pool::parallel_for(n * c, &|t| {
+                let (b, ch) = (t / c, t % c);
+                for p in 0..hw {
+                    // SAFETY: inside both buffers.
+                    unsafe { *(op.get() as *mut f32).add(t * hw + p) = (elem.read(xp.get(), (b * hw + p) * c + ch) - zp) as f32 * scale }
+                }
+            });
+        }
+    }
+}
+
+/// Quantized add of two same-shape, same-layout tensors: quantize(act(dq(a) + dq(b))).
+pub struct QAdd {
+    pub isa: Isa,
+    pub len: usize,
+    pub a: (*const u8, f32, i32, IntElem),
+    pub b: (*const u8, f32, i32, IntElem),
+    pub out: (*mut u8, f32, i32, IntElem),
+    pub lo: i32,
+    pub hi: i32,
+    pub act: Option<Act>,
+}
+
+/// Reads elements a..b as i32 (one match per call, so the copy loops vectorize).
+unsafe fn read_range(e: IntElem, p: *const u8, a: usize, out: &mut [i32]) {
+    // SAFETY: caller's contract: p holds a + out.len() elements.
+    unsafe {
+        match e {
+            IntElem::U8 => out.iter_mut().enumerate().for_each(|(i, o)| *o = *p.add(a + i) as i32),
+            IntElem::I8 => out.iter_mut().enumerate().for_each(|(i, o)| *o = *p.add(a + i) as i8 as i32),
+            IntElem::I16 => out.iter_mut().enumerate().for_each(|(i, o)| *o = (p as *const i16).add(a + i).read_unaligned() as i32),
+        }
+    }
+}
+
+unsafe fn write_range(e: IntElem, p: *mut u8, a: usize, v: &[i32]) {
+    // SAFETY: caller's contract.
+    unsafe {
+        match e {
+            IntElem::U8 | IntElem::I8 => v.iter().enumerate().for_each(|(i, x)| *p.add(a + i) = *x as u8),
+            IntElem::I16 => v.iter().enumerate().for_each(|(i, x)| (p as *mut i16).add(a + i).write_unaligned(*x as i16)),
+        }
+    }
+}
+
+// SAFETY: the pointers address arena buffers; chunks read a and b and write disjoint ranges of out.
+unsafe impl Sync for QAdd {}
+
+impl QAdd {
+    ///
+    /// # Safety
+    /// Every buffer holds len elements.
+    pub unsafe fn run(&self) {
+        let (ap, bp, op) = (Ptr(self.a.0 as *mut u8), Ptr(self.b.0 as *mut u8), Ptr(self.out.0));
+        multiversion!(
+            fn add(a: &mut [i32], b: &[i32], p: [f32; 3], z: [i32; 3], lo: i32, hi: i32, act: Option<Act>) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    let v = (*x - z[0]) as f32 * p[0] + (*y - z[1]) as f32 * p[1];
+                    let v = match act {
+                        None => v,
+                        Some(f) => f.apply(v),
+                    };
+                    *x = quantize_one(v, p[2], z[2], lo, hi);
+                }
+            }
+        );
+        chunks(self.len, &|s, e| {
+            let (mut ta, mut tb) = (vec![0i32; e - s], vec![0i32; e - s]);
+            // SAFETY: s..e lies inside every buffer.
+            unsafe {
+                read_range(self.a.3, ap.get(), s, &mut ta);
+                read_range(self.b.3, bp.get(), s, &mut tb);
+            }
+            add(self.isa, &mut ta, &tb, [self.a.1, self.b.1, self.out.1], [self.a.2, self.b.2, self.out.2], self.lo, self.hi, self.act);
+            unsafe { write_range(self.out.3, op.get(), s, &ta) };
+        });
+    }
+}
+
+/// Global average pooling of NHWC integers: y[n, c] = quantize((f32(Σ (x − zx)) · sx) / f32(hw)).
+///
+/// # Safety
+/// X holds n·hw·c elements, out n·c.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qgap(
+    x: *const u8,
+    ex: IntElem,
+    n: usize,
+    hw: usize,
+    c: usize,
+    sx: f32,
+    zx: i32,
+    out: *mut u8,
+    eo: IntElem,
+    sy: f32,
+    zy: i32,
+    lo: i32,
+    hi: i32,
+) {
+    let mut sums = vec![0i64; c];
+    for b in 0..n {
+        sums.fill(0);
+        for p in 0..hw {
+            for (ch, s) in sums.iter_mut().enumerate() {
+                // SAFETY: inside x.
+                *s += unsafe { ex.read(x, (b * hw + p) * c + ch) } as i64 - zx as i64;
+            }
+        }
+        for (ch, s) in sums.iter().enumerate() {
+            let v = quantize_value((*s as f32 * sx) / hw as f32, sy, zy, lo as i64, hi as i64);
+            // SAFETY: inside out.
+            unsafe { eo.write(out, b * c + ch, v as i32) };
+        }
+    }
+}
+
+/// Max pooling of NHWC integers (padding never wins; an all-padding window gives the storage minimum,
+/// as in the interpreter).
+///
+/// # Safety
+/// X holds n·h·w·c elements, out n·oh·ow·c.
+pub unsafe fn qmaxpool(x: *const u8, e: IntElem, g: super::dwconv::DwGeom, out: *mut u8) {
+    let min = match e {
+        IntElem::U8 => 0,
+        IntElem::I8 => -128,
+        IntElem::I16 => -32768,
+    };
+    let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
+    pool::parallel_for(g.n * g.oh, &|t| {
+        let (b, oy) = (t / g.oh, t % g.oh);
+        let mut best = vec![min; g.c];
+        for ox in 0..g.ow {
+            best.fill(min);
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                for kx in 0..g.kw {
+                    let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                    if ix < 0 || ix >= g.w as isize {
+                        continue;
+                    }
+                    let base = ((b * g.h + iy as usize) * g.w + ix as usize) * g.c;
+                    for (ch, m) in best.iter_mut().enumerate() {
+                        // SAFETY: inside x.
+                        *m = (*m).max(unsafe { e.read(xp.get(), base + ch) });
+                    }
+                }
+            }
+            let base = ((b * g.oh + oy) * g.ow + ox) * g.c;
+            for (ch, m) in best.iter().enumerate() {
+                // SAFETY: inside out; rows are disjoint between tasks.
+                unsafe { e.write(op.get(), base + ch, *m) };
+            }
+        }
+    });
+}
+
+/// Copies a 4-D tensor of `esize`-byte elements between NCHW and NHWC.
+///
+/// # Safety
+/// Both hold the tensor.
+pub unsafe fn transpose4(x: *const u8, out: *mut u8, d: [usize; 4], esize: usize, to_nhwc: bool) {
+    let len = d.iter().product::<usize>();
+    for i in 0..len {
+        // i walks NHWC order; j is the same element's NCHW index.
+        let j = nhwc_to_nchw(i, d);
+        let (src, dst) = if to_nhwc { (j, i) } else { (i, j) };
+        // SAFETY: src, dst < len.
+        unsafe { std::ptr::copy_nonoverlapping(x.add(src * esize), out.add(dst * esize), esize) };
+    }
+}

@@ -1,0 +1,59 @@
+//! Requantization of accumulators into stored 8-bit integers, the fused epilogue of qconv and qgemm
+//! (docs/semantics.md): y = clamp(rne(f32(acc) * m[c]) + zy, L, H), or the float path for activations
+//! that are not clamps.
+use super::elementwise::clamp_to_int;
+use crate::quant::quantize_value;
+use qcc_ir::Act;
+
+/// The float path: y = quantize(act(f32(acc) * acc_scale[c])).
+#[derive(Clone, Copy, Debug)]
+pub struct FloatAct<'a> {
+    pub act: Act,
+    pub acc_scale: &'a [f32],
+    pub out_scale: f32,
+}
+
+/// How the accumulators of one output row become stored integers. Slices are indexed by output channel.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    pub mult: &'a [f32],
+    pub zy: i32,
+    /// Output range L..H (the type's range narrowed by a fused ReLU or clip).
+    pub qlo: i32,
+    pub qhi: i32,
+    pub float_act: Option<FloatAct<'a>>,
+}
+
+impl Epilogue<'_> {
+    /// The clamp bounds relative to the zero point, as exact f32 integers: clamping before rounding
+    /// equals clamping after, since rounding is monotonic and fixes integers, and keeps the conversion
+    /// to integer in range.
+    #[inline(always)]
+    pub fn bounds(&self) -> (f32, f32) {
+        ((self.qlo - self.zy) as f32, (self.qhi - self.zy) as f32)
+    }
+
+    /// Requantizes `acc` (channels c0..c0+acc.len()) into the bytes of `out` (u8 or i8 storage: the
+    /// value's low byte).
+    #[inline(always)]
+    pub fn row(&self, acc: &[i32], c0: usize, out: &mut [u8]) {
+        let n = acc.len();
+        match self.float_act {
+            None => {
+                let (lo, hi) = self.bounds();
+                let mult = &self.mult[c0..c0 + n];
+                for ((o, &a), &m) in out[..n].iter_mut().zip(acc).zip(mult) {
+                    // Not NaN: the compiler only emits finite multipliers.
+                    let v = clamp_to_int(((a as f32) * m).round_ties_even(), lo, hi) + self.zy;
+                    *o = v as u8;
+                }
+            }
+            Some(f) => {
+                for (i, (o, &a)) in out[..n].iter_mut().zip(acc).enumerate() {
+                    let v = f.act.apply(a as f32 * f.acc_scale[c0 + i]);
+                    *o = quantize_value(v, f.out_scale, self.zy, self.qlo as i64, self.qhi as i64) as u8;
+                }
+            }
+        }
+    }
+}

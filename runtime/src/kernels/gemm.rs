@@ -1,0 +1,260 @@
+//! u8 x i8 matrix product with the requantizing epilogue fused:
+//! out[m, n] = requant(Σ_k a[m, k] · b[k, n] + bias[n] − zw[n] · Σ_k a[m, k]). The activation zero point is folded into `bias` at compile time
+//! (the term zx · Σ_k b[k, n]), so the loop multiplies raw bytes. i32 accumulation wraps, which is exact
+//! here: the compiler only selects this kernel when the true accumulator provably fits in i32 (ring
+//! arithmetic modulo 2^32 then gives the true value).
+use super::epilogue::Epilogue;
+use super::{multiversion, pool, Isa};
+
+/// Columns per block of packed weights (one zmm of i32 lanes).
+pub const NBLK: usize = 16;
+/// Columns per task panel.
+const PANEL: usize = 64;
+/// Rows per task.
+const ROWS: usize = 48;
+
+/// Packed sizes: K rounded up to 4, N to 16.
+pub fn packed_dims(k: usize, n: usize) -> (usize, usize) {
+    (k.div_ceil(4) * 4, n.div_ceil(NBLK) * NBLK)
+}
+
+/// Packs b (K x N, element (k, n) given by `at`) for `isa`: AVX-512 VNNI takes blocks of 16 columns, each
+/// [K/4][16][4] (four consecutive k of a column are one vpdpbusd lane); the portable kernels take K rows of
+/// N. Padding is zero, so over-read activation bytes multiply by 0.
+pub fn pack_b(isa: Isa, k: usize, n: usize, at: impl Fn(usize, usize) -> i8) -> Vec<i8> {
+    let (kp, np) = packed_dims(k, n);
+    let mut out = vec![0i8; kp * np];
+    let get = |kk: usize, nn: usize| if kk < k && nn < n { at(kk, nn) } else { 0 };
+    match isa {
+        Isa::Avx512Vnni => {
+            for blk in 0..np / NBLK {
+                for g in 0..kp / 4 {
+                    for j in 0..NBLK {
+                        for t in 0..4 {
+                            out[blk * kp * NBLK + g * 64 + j * 4 + t] = get(g * 4 + t, blk * NBLK + j);
+                        }
+                    }
+                }
+            }
+        }
+        Isa::Scalar | Isa::Avx2 => {
+            for kk in 0..kp {
+                for nn in 0..np {
+                    out[kk * np + nn] = get(kk, nn);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One GEMM call. `a` rows are `lda` bytes apart and readable for kp bytes (the arena has slack);
+/// `xor` flips the sign bit of every a byte (i8 activations seen as u8 = i8 + 128).
+pub struct Gemm<'a> {
+    pub isa: Isa,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a: *const u8,
+    pub lda: usize,
+    pub xor: bool,
+    pub b: &'a [i8],
+    /// Per column (np entries): bias with every constant zero-point term folded in.
+    pub bias: &'a [i32],
+    /// Per column weight zero points, when any is non-zero (then row sums of a are needed).
+    pub zw: Option<&'a [i32]>,
+    pub epi: Epilogue<'a>,
+    pub out: *mut u8,
+    pub ldo: usize,
+}
+
+// SAFETY: the raw pointers address the arena; tasks write disjoint tiles of `out` and only read `a`.
+unsafe impl Sync for Gemm<'_> {}
+
+impl Gemm<'_> {
+    /// Runs the product on the thread pool.
+    ///
+    /// # Safety
+    /// `a` must be readable for (m-1)·lda + kp bytes and
+    /// `out` writable for (m-1)·ldo + n bytes, not overlapping `a`.
+    pub unsafe fn run(&self) {
+        let (_, np) = packed_dims(self.k, self.n);
+        let row_blocks = self.m.div_ceil(ROWS);
+        let panels = np.div_ceil(PANEL);
+        pool::parallel_for(row_blocks * panels, &|t| {
+            let (p, rb) = (t / row_blocks, t % row_blocks);
+            let (r0, c0) = (rb * ROWS, p * PANEL);
+            let rows = ROWS.min(self.m - r0);
+            let cols = PANEL.min(self.n - c0.min(self.n));
+            if cols > 0 {
+                // SAFETY: the tile lies inside the bounds run()'s caller guarantees.
+                unsafe { self.tile(r0, rows, c0, cols) }
+            }
+        });
+    }
+
+    /// Σ_k a[r, k] (as u8 after the optional xor), for the weight zero-point term.
+    unsafe fn row_sum(&self, r: usize) -> i32 {
+        // SAFETY: row r is inside a (run()'s contract).
+        let row = unsafe { std::slice::from_raw_parts(self.a.add(r * self.lda), self.k) };
+        let x = if self.xor { 0x80u8 } else { 0 };
+        row.iter().map(|v| (v ^ x) as i32).sum()
+    }
+
+    unsafe fn tile(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has it; bounds as in run().
+            unsafe { vnni::tile(self, r0, rows, c0, cols) };
+            return;
+        }
+        unsafe { self.tile_portable(r0, rows, c0, cols) }
+    }
+
+    unsafe fn tile_portable(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+        let (kp, np) = packed_dims(self.k, self.n);
+        let width = cols.div_ceil(NBLK) * NBLK;
+        let mut acc = vec![0i32; width];
+        let mut bytes = vec![0u8; width];
+        for r in r0..r0 + rows {
+            // SAFETY: row r is inside a.
+            let arow = unsafe { std::slice::from_raw_parts(self.a.add(r * self.lda), kp) };
+            let rs = if self.zw.is_some() { unsafe { self.row_sum(r) } } else { 0 };
+            multiversion!(
+                fn dot(acc: &mut [i32], arow: &[u8], b: &[i8], np: usize, c0: usize, xor: bool) {
+                    acc.fill(0);
+                    let w = acc.len();
+                    let x = if xor { 0x80u8 } else { 0 };
+                    for (kk, &av) in arow.iter().enumerate() {
+                        let av = (av ^ x) as i32;
+                        let brow = &b[kk * np + c0..kk * np + c0 + w];
+                        for (o, &bv) in acc.iter_mut().zip(brow) {
+                            *o = o.wrapping_add(av * bv as i32);
+                        }
+                    }
+                }
+            );
+            dot(self.isa, &mut acc, arow, self.b, np, c0, self.xor);
+            for j in 0..width {
+                let mut v = acc[j].wrapping_add(self.bias[c0 + j]);
+                if let Some(zw) = self.zw {
+                    v = v.wrapping_sub(zw[c0 + j].wrapping_mul(rs));
+                }
+                acc[j] = v;
+            }
+            self.epi.row(&acc[..cols], c0, &mut bytes[..cols]);
+            // SAFETY: the output row segment lies inside out.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.out.add(r * self.ldo + c0), cols) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // register tiles are indexed by (row, block) on purpose
+mod vnni {
+    use super::{packed_dims, Gemm, NBLK};
+    use std::arch::x86_64::*;
+
+    const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+    /// Computes rows r0..r0+rows, columns c0..c0+cols in 4-row micro-tiles of up to 4 column blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn tile(g: &Gemm, r0: usize, rows: usize, c0: usize, cols: usize) {
+        let blocks = cols.div_ceil(NBLK);
+        let mut r = r0;
+        while r < r0 + rows {
+            let mr = 4.min(r0 + rows - r);
+            // SAFETY (all calls): rows and blocks stay inside the tile run() handed out.
+            unsafe {
+                match (mr, blocks) {
+                    (4, 4) => micro::<4, 4>(g, r, c0, cols),
+                    (4, 3) => micro::<4, 3>(g, r, c0, cols),
+                    (4, 2) => micro::<4, 2>(g, r, c0, cols),
+                    (4, 1) => micro::<4, 1>(g, r, c0, cols),
+                    (3, 4) => micro::<3, 4>(g, r, c0, cols),
+                    (3, 3) => micro::<3, 3>(g, r, c0, cols),
+                    (3, 2) => micro::<3, 2>(g, r, c0, cols),
+                    (3, 1) => micro::<3, 1>(g, r, c0, cols),
+                    (2, 4) => micro::<2, 4>(g, r, c0, cols),
+                    (2, 3) => micro::<2, 3>(g, r, c0, cols),
+                    (2, 2) => micro::<2, 2>(g, r, c0, cols),
+                    (2, 1) => micro::<2, 1>(g, r, c0, cols),
+                    (_, 4) => micro::<1, 4>(g, r, c0, cols),
+                    (_, 3) => micro::<1, 3>(g, r, c0, cols),
+                    (_, 2) => micro::<1, 2>(g, r, c0, cols),
+                    _ => micro::<1, 1>(g, r, c0, cols),
+                }
+            }
+            r += mr;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn micro<const MR: usize, const NB: usize>(g: &Gemm, r0: usize, c0: usize, cols: usize) {
+        let (kp, _) = packed_dims(g.k, g.n);
+        let mut acc = [[_mm512_setzero_si512(); NB]; MR];
+        let flip = _mm512_set1_epi32(if g.xor { 0x8080_8080u32 as i32 } else { 0 });
+        let blk0 = c0 / NBLK;
+        // SAFETY: every pointer below stays inside `a` rows r0..r0+MR (kp bytes each, the arena's
+        // slack covers kp > k) and the packed weight blocks blk0..blk0+NB.
+        unsafe {
+            let bbase = g.b.as_ptr().add(blk0 * kp * NBLK);
+            let arows: [*const u8; MR] = std::array::from_fn(|i| g.a.add((r0 + i) * g.lda));
+            for kg in 0..kp / 4 {
+                let mut bv = [_mm512_setzero_si512(); NB];
+                for (j, b) in bv.iter_mut().enumerate() {
+                    *b = _mm512_loadu_si512(bbase.add(j * kp * NBLK + kg * 64) as *const _);
+                }
+                for i in 0..MR {
+                    let av = (arows[i].add(kg * 4) as *const i32).read_unaligned();
+                    let av = _mm512_xor_si512(_mm512_set1_epi32(av), flip);
+                    for j in 0..NB {
+                        acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+                    }
+                }
+            }
+            if g.epi.float_act.is_some() {
+                let mut tmp = [0i32; 64];
+                let mut bytes = [0u8; 64];
+                for i in 0..MR {
+                    let r = r0 + i;
+                    let rs = if g.zw.is_some() { g.row_sum(r) } else { 0 };
+                    for j in 0..NB {
+                        _mm512_storeu_si512(tmp.as_mut_ptr().add(j * NBLK) as *mut _, acc[i][j]);
+                    }
+                    for (j, t) in tmp[..NB * NBLK].iter_mut().enumerate() {
+                        let mut v = t.wrapping_add(g.bias[c0 + j]);
+                        if let Some(zw) = g.zw {
+                            v = v.wrapping_sub(zw[c0 + j].wrapping_mul(rs));
+                        }
+                        *t = v;
+                    }
+                    g.epi.row(&tmp[..cols], c0, &mut bytes[..cols]);
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), g.out.add(r * g.ldo + c0), cols);
+                }
+                return;
+            }
+            let (lo, hi) = g.epi.bounds();
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            let zy = _mm512_set1_epi32(g.epi.zy);
+            for i in 0..MR {
+                let r = r0 + i;
+                let rs = if g.zw.is_some() { Some(_mm512_set1_epi32(g.row_sum(r))) } else { None };
+                for j in 0..NB {
+                    let c = c0 + j * NBLK;
+                    let mut v = _mm512_add_epi32(acc[i][j], _mm512_loadu_si512(g.bias.as_ptr().add(c) as *const _));
+                    if let (Some(rs), Some(zw)) = (rs, g.zw) {
+                        v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(zw.as_ptr().add(c) as *const _), rs));
+                    }
+                    let m = _mm512_loadu_ps(g.epi.mult.as_ptr().add(c));
+                    let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v), m);
+                    let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+                    let q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RNE>(f), zy);
+                    let left = cols - j * NBLK;
+                    let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                    _mm512_mask_cvtepi32_storeu_epi8(g.out.add(r * g.ldo + c) as *mut _, mask, q);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Kernels of compiled models: the hot loops generated code calls (int8 GEMM with fused requantization,
+//! depthwise convolution, elementwise and pooling ops, layout changes). Every kernel computes exactly what
+//! docs/semantics.md defines, so its bytes equal the reference interpreter's; the property tests in
+//! tests/kernels.rs hold each ISA variant to the portable one.
+pub mod dwconv;
+pub mod elementwise;
+pub mod epilogue;
+pub mod float;
+pub mod gemm;
+pub mod pool;
+
+/// Which instruction-set variant of the kernels a compiled model uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, no target features: runs on any x86-64 (and elsewhere).
+    Scalar,
+    /// The portable kernels compiled with AVX2 + FMA enabled (x86-64-v3).
+    Avx2,
+    /// AVX-512 with VNNI: vpdpbusd GEMM microkernels.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best variant this CPU runs.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512Vnni;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Whether this CPU can run kernels of this variant.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => Isa::detect() != Isa::Scalar,
+            Isa::Avx512Vnni => Isa::detect() == Isa::Avx512Vnni,
+        }
+    }
+
+    /// `--target-cpu` names: native, x86-64-v4 (AVX-512 VNNI), x86-64-v3 (AVX2), x86-64 (portable).
+    pub fn from_target_cpu(name: &str) -> Option<Isa> {
+        Some(match name {
+            "native" => Isa::detect(),
+            "x86-64-v4" | "avx512-vnni" => Isa::Avx512Vnni,
+            "x86-64-v3" | "avx2" => Isa::Avx2,
+            "x86-64" | "scalar" => Isa::Scalar,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "x86-64",
+            Isa::Avx2 => "x86-64-v3",
+            Isa::Avx512Vnni => "x86-64-v4",
+        }
+    }
+
+    pub fn code(self) -> u64 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512Vnni => 2,
+        }
+    }
+
+    pub fn from_code(c: u64) -> Isa {
+        match c {
+            2 => Isa::Avx512Vnni,
+            1 => Isa::Avx2,
+            _ => Isa::Scalar,
+        }
+    }
+}
+
+/// Defines `fn name(isa: Isa, args…)` that runs `body` compiled for `isa`'s target features: the portable
+/// kernels are written so LLVM vectorizes them, and this multiversioning lets one binary carry all
+/// variants.
+macro_rules! multiversion {
+    (fn $name:ident($($arg:ident : $ty:ty),*) $body:block) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+            #[allow(clippy::too_many_arguments)]
+            fn v4($($arg: $ty),*) { imp($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn v3($($arg: $ty),*) { imp($($arg),*) }
+            match isa {
+                // SAFETY: an Isa other than Scalar is only used after Isa::supported() said the CPU has
+                // its features (compiled plans check it before running any kernel).
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx512Vnni => unsafe { v4($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx2 => unsafe { v3($($arg),*) },
+                _ => imp($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;

@@ -1,0 +1,135 @@
+//! A small thread pool for kernels: `parallel_for(n, f)` runs f(0..n) on the calling thread and the
+//! workers, which spin briefly between calls (layers follow each other within microseconds) and then
+//! sleep. Work is split into tasks that write disjoint outputs, so results never depend on the thread
+//! count.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+type Job = &'static (dyn Fn(usize) + Sync);
+
+/// A published job: generation, the function, its task count, and how many workers take part.
+type Published = (usize, Job, usize, usize);
+
+struct Shared {
+    job: Mutex<Option<Published>>,
+    wake: Condvar,
+    generation: AtomicUsize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    /// Workers inside run_tasks for the current job; the caller waits for 0 before the job's borrow ends.
+    busy: AtomicUsize,
+}
+
+struct Pool {
+    shared: Arc<Shared>,
+    workers: usize,
+}
+
+static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
+static WANTED: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the number of threads kernels use (including the caller); 0 = all cores. Takes effect at the
+/// next parallel_for.
+pub fn set_threads(n: usize) {
+    WANTED.store(n, Ordering::SeqCst);
+}
+
+/// The number of threads kernels will use.
+pub fn threads() -> usize {
+    match WANTED.load(Ordering::SeqCst) {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    }
+}
+
+fn worker(shared: Arc<Shared>, index: usize) {
+    let mut seen = 0usize;
+    loop {
+        // Spin on the generation for a while before sleeping on the condvar.
+        let start = Instant::now();
+        while shared.generation.load(Ordering::Acquire) == seen && start.elapsed() < Duration::from_micros(300) {
+            std::hint::spin_loop();
+        }
+        let (job, n) = {
+            let mut guard = shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match *guard {
+                    Some((g, job, n, active)) if g != seen => {
+                        seen = g;
+                        if index < active {
+                            shared.busy.fetch_add(1, Ordering::AcqRel);
+                            break (job, n);
+                        }
+                    }
+                    _ => guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+        };
+        run_tasks(&shared, job, n);
+        shared.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn run_tasks(shared: &Shared, job: Job, n: usize) {
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::AcqRel);
+        if i >= n {
+            break;
+        }
+        job(i);
+        shared.done.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs `f(i)` for every i in 0..n, on up to threads() threads, returning when all are done.
+pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    let want = threads();
+    if want <= 1 || n <= 1 {
+        (0..n).for_each(f);
+        return;
+    }
+    let pool = POOL.get_or_init(|| {
+        Mutex::new(Pool {
+            shared: Arc::new(Shared {
+                job: Mutex::new(None),
+                wake: Condvar::new(),
+                generation: AtomicUsize::new(0),
+                next: AtomicUsize::new(0),
+                done: AtomicUsize::new(0),
+                busy: AtomicUsize::new(0),
+            }),
+            workers: 0,
+        })
+    });
+    // One parallel_for at a time: a second caller waits here (kernels never nest).
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    while pool.workers + 1 < want {
+        let shared = pool.shared.clone();
+        let index = pool.workers;
+        std::thread::Builder::new().name("qcc-worker".into()).spawn(move || worker(shared, index)).expect("spawning a worker thread");
+        pool.workers += 1;
+    }
+    let shared = pool.shared.clone();
+    // SAFETY: workers only reach the job through `shared.job` while it is published, and every worker
+    // that took it is counted in `busy`; this function unpublishes it and waits for busy == 0 before
+    // returning, so the 'static borrow never outlives `f`.
+    let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
+    shared.next.store(0, Ordering::SeqCst);
+    shared.done.store(0, Ordering::SeqCst);
+    let generation = shared.generation.load(Ordering::SeqCst) + 1;
+    {
+        let mut guard = shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = Some((generation, job, n, want - 1));
+        shared.generation.store(generation, Ordering::Release);
+        shared.wake.notify_all();
+    }
+    run_tasks(&shared, job, n);
+    while shared.done.load(Ordering::Acquire) < n {
+        std::hint::spin_loop();
+    }
+    *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    while shared.busy.load(Ordering::Acquire) > 0 {
+        std::hint::spin_loop();
+    }
+}

@@ -1,0 +1,160 @@
+//! Compiled code equals the reference interpreter byte for byte: generated quantized networks covering
+//! every kernel (strided and dilated convolutions through im2col, pointwise GEMMs, depthwise convolutions,
+//! channel counts that are not multiples of 16, residual adds, pooling, the classifier GEMM) under every
+//! weight scheme and activation type, for every instruction-set variant this CPU runs and several thread
+//! counts; and the bundled MNIST model.
+mod common;
+use common::{float, int, ints, values, Builder};
+use qcc::calib::{calibrate, quant_config, CalibSet};
+use qcc::codegen::plan::Kernel;
+use qcc::codegen::{Compiled, Isa};
+use qcc::exec::Exec;
+use qcc_ir::{Graph, Tensor};
+use qcc_passes::{Instrumentation, OptLevel};
+use std::path::PathBuf;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qcc-codegen-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A MobileNet-like block stack with awkward channel counts (c1 = 20, c2 = 35).
+fn net(h: usize) -> Builder {
+    let (c1, c2) = (20usize, 35usize);
+    let mut b = Builder::new();
+    let o = h.div_ceil(2).div_ceil(2).div_ceil(2);
+    b.input("x", &[1, 3, h as i64, h as i64]).output("y", &[1, 10]);
+    let w = |n: usize, seed: u32, s: f32| values(n, seed).iter().map(|v| v * s).collect::<Vec<f32>>();
+    b.init("w0", &[c1 as i64, 3, 3, 3], w(c1 * 27, 1, 0.5)).init("b0", &[c1 as i64], w(c1, 2, 0.2));
+    b.init("wdw", &[c1 as i64, 1, 3, 3], w(c1 * 9, 3, 0.8)).init("bdw", &[c1 as i64], w(c1, 4, 0.2));
+    b.init("wpw", &[c1 as i64, c1 as i64, 1, 1], w(c1 * c1, 5, 0.3));
+    b.init("w4", &[c2 as i64, c1 as i64, 3, 3], w(c2 * c1 * 9, 6, 0.15)).init("b4", &[c2 as i64], w(c2, 7, 0.1));
+    b.init("wdw5", &[c2 as i64, 1, 5, 5], w(c2 * 25, 8, 0.3)).init("bdw5", &[c2 as i64], w(c2, 9, 0.1));
+    b.init("wfc", &[10, c2 as i64], w(10 * c2, 10, 0.4)).init("bfc", &[10], w(10, 11, 0.1));
+    b.init("lo", &[], vec![0.0]).init("hi", &[], vec![6.0]);
+    b.init_i64("shape", &[2], vec![1, -1]);
+    b.node("Conv", "conv0", &["x", "w0", "b0"], &["c0"], vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])]);
+    b.node("Relu", "relu0", &["c0"], &["r0"], vec![]);
+    b.node("Conv", "dw1", &["r0", "wdw", "bdw"], &["c1"], vec![ints("pads", &[1, 1, 1, 1]), int("group", c1 as i64)]);
+    b.node("Clip", "relu6_1", &["c1", "lo", "hi"], &["r1"], vec![]);
+    b.node("Conv", "pw2", &["r1", "wpw"], &["c2"], vec![]);
+    b.node("Add", "add3", &["r1", "c2"], &["s3"], vec![]);
+    b.node("Conv", "conv4", &["s3", "w4", "b4"], &["c4"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])]);
+    b.node("Relu", "relu4", &["c4"], &["r4"], vec![]);
+    b.node(
+        "Conv",
+        "dw5",
+        &["r4", "wdw5", "bdw5"],
+        &["c5"],
+        vec![ints("pads", &[2, 2, 2, 2]), ints("strides", &[2, 2]), int("group", c2 as i64)],
+    );
+    b.node("Relu", "relu5", &["c5"], &["r5"], vec![]);
+    b.node(
+        "MaxPool",
+        "pool6",
+        &["r5"],
+        &["p6"],
+        vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+    );
+    b.node("GlobalAveragePool", "gap", &["p6"], &["g"], vec![]);
+    b.node("Reshape", "flatten", &["g", "shape"], &["f"], vec![]);
+    b.node("Gemm", "fc", &["f", "wfc", "bfc"], &["y"], vec![int("transB", 1)]);
+    let _ = (o, float("alpha", 1.0));
+    b
+}
+
+fn input(h: usize, seed: u32) -> Tensor {
+    Tensor::from_f32(&[1, 3, h, h], values(3 * h * h, seed).iter().map(|v| v * 2.0).collect()).unwrap()
+}
+
+/// Quantized variants of `net` for each scheme (weights, activations, act type).
+fn quantized(h: usize, configs: &[(&str, &str, &str)]) -> Vec<(String, Graph)> {
+    let d = tmp(&format!("net{h}"));
+    let model = d.join("net.onnx");
+    std::fs::write(&model, net(h).bytes()).unwrap();
+    let cal = d.join("calib");
+    std::fs::create_dir_all(&cal).unwrap();
+    for i in 0..8 {
+        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &input(h, 100 + i)).unwrap();
+    }
+    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
+    let inst = Instrumentation { verify: true, ..Default::default() };
+    let c = calibrate(g, OptLevel::O2, false, &set, &inst, 0.01, &mut std::io::sink()).unwrap();
+    configs
+        .iter()
+        .map(|(w, a, t)| {
+            let mut cfg = quant_config(w, a, t, "minmax").unwrap();
+            cfg.bias_correct = true;
+            (format!("{w}/{a}/{t}"), c.finish(&cfg, &inst, &mut std::io::sink()).unwrap())
+        })
+        .collect()
+}
+
+fn isas() -> Vec<Isa> {
+    let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    let v: Vec<Isa> = all.into_iter().filter(|i| i.supported()).collect();
+    if v.len() < all.len() {
+        eprintln!("NOTE: this CPU runs only {v:?}; the other kernel variants are not tested here");
+    }
+    v
+}
+
+#[test]
+fn compiled_networks_equal_the_interpreter_byte_for_byte() {
+    let configs = [
+        ("sym-per-channel", "asym", "u8"),
+        ("asym-per-tensor", "asym", "u8"),
+        ("asym-per-channel", "sym", "i8"),
+        ("sym-per-tensor", "asym", "i8"),
+        ("sym-per-channel", "asym", "i16"),
+    ];
+    for h in [17, 32] {
+        for (name, g) in quantized(h, &configs) {
+            let want: Vec<Vec<Tensor>> = (0..3).map(|s| qcc_runtime::run(&g, vec![input(h, s)]).unwrap()).collect();
+            for isa in isas() {
+                let c = Compiled::new(&g, isa).unwrap();
+                let hosts = c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count();
+                if !name.ends_with("i16") {
+                    // Every node has a kernel: the comparison tests kernels, not the interpreter.
+                    assert_eq!(hosts, 0, "{name}: {}", c.plan.summary());
+                }
+                for threads in [1, 3] {
+                    qcc_runtime::kernels::pool::set_threads(threads);
+                    for (s, w) in want.iter().enumerate() {
+                        let got = c.run(&[input(h, s as u32)]).unwrap();
+                        assert_eq!(&got, w, "{name}, {isa:?}, {threads} threads, h {h}, input {s}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compiled_mnist_equals_the_interpreter() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let digits = root.join("examples/mnist/digits");
+    let g = qcc::driver::load_model(&root.join("examples/mnist/mnist_cnn.onnx"), &Default::default()).unwrap().graph;
+    let set = CalibSet::open(&digits, &["input".to_string()], None, Some(50)).unwrap();
+    let inst = Instrumentation::default();
+    let c = calibrate(g, OptLevel::O2, false, &set, &inst, 0.01, &mut std::io::sink()).unwrap();
+    let q = c.finish(&quant_config("sym-per-channel", "asym", "u8", "percentile:99.999").unwrap(), &inst, &mut std::io::sink()).unwrap();
+    let x = Exec::new(q.clone(), false, Isa::detect()).unwrap();
+    for i in (0..200).step_by(13) {
+        let t = qcc::npy::read_npy(&digits.join(format!("digit_{i:03}.npy"))).unwrap();
+        let t = qcc::data::fit_input(t, &[1, 1, 28, 28], "digit").unwrap();
+        assert_eq!(x.run(vec![t.clone()]).unwrap(), qcc_runtime::run(&q, vec![t]).unwrap(), "digit {i}");
+    }
+}
+
+#[test]
+fn wrong_inputs_are_errors() {
+    let (_, g) = quantized(17, &[("sym-per-channel", "asym", "u8")]).remove(0);
+    let c = Compiled::new(&g, Isa::Scalar).unwrap();
+    let e = c.run(&[input(16, 0)]).unwrap_err().to_string();
+    assert!(e.contains("input 0 (\"x\")") && e.contains("expected f32[1, 3, 17, 17]"), "{e}");
+    let e = c.run(&[]).unwrap_err().to_string();
+    assert!(e.contains("takes 1 inputs"), "{e}");
+}
