@@ -552,9 +552,23 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         let mut idx: Vec<usize> = (0..t.len()).collect();
         idx.sort_by(|a, b| t[*b].total_cmp(&t[*a]));
         println!("{:>9} {:>6} {:>8}  {:<10} node", "ms", "%", "GOPS", "kernel");
+        let mut per_kernel: Vec<(&str, f64, u64)> = Vec::new();
+        for (s, t) in c.plan.steps.iter().zip(&t) {
+            let k = &s.kernel.symbol()[6..];
+            match per_kernel.iter_mut().find(|e| e.0 == k) {
+                Some(e) => (e.1, e.2) = (e.1 + t, e.2 + s.macs),
+                None => per_kernel.push((k, *t, s.macs)),
+            }
+        }
+        per_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, t, macs) in &per_kernel {
+            let per = *t;
+            let gops = if *macs > 0 { format!("{:.1}", 2.0 * *macs as f64 / per / 1e9) } else { String::new() };
+            println!("{:>9.4} {:>5.1}% {:>8}  {:<10} (all)", per * 1e3, 100.0 * t / total, gops, k);
+        }
         for i in idx.into_iter().take(25) {
             let s = &c.plan.steps[i];
-            let per = t[i] / b.iters.max(1) as f64;
+            let per = t[i];
             let gops = if s.macs > 0 { format!("{:.1}", 2.0 * s.macs as f64 / per / 1e9) } else { String::new() };
             println!("{:>9.4} {:>5.1}% {:>8}  {:<10} {}", per * 1e3, 100.0 * t[i] / total, gops, &s.kernel.symbol()[6..], s.node);
         }

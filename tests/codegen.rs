@@ -40,7 +40,8 @@ fn net(h: usize) -> Builder {
     b.node("Clip", "relu6_1", &["c1", "lo", "hi"], &["r1"], vec![]);
     b.node("Conv", "pw2", &["r1", "wpw"], &["c2"], vec![]);
     b.node("Add", "add3", &["r1", "c2"], &["s3"], vec![]);
-    b.node("Conv", "conv4", &["s3", "w4", "b4"], &["c4"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])]);
+    b.node("Relu", "relu3", &["s3"], &["rs3"], vec![]);
+    b.node("Conv", "conv4", &["rs3", "w4", "b4"], &["c4"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])]);
     b.node("Relu", "relu4", &["c4"], &["r4"], vec![]);
     b.node(
         "Conv",

@@ -45,6 +45,8 @@ enum Choice {
     Binary(BinOp),
     Unary(UnOp),
     Host(String),
+    /// Computed by an earlier step's fused kernel (qadd → dequantize → clamp → quantize).
+    Absorbed,
 }
 
 /// Raw int8 weights in logical order, per-channel scales and zero points, bias.
@@ -199,6 +201,28 @@ impl Ctx<'_> {
         }
     }
 
+    /// The nodes dequantize → relu/clip → quantize that follow qadd `n` and only feed each other, with
+    /// the final quantize per tensor in the same layout as the add.
+    fn clamp_chain(&self, n: NodeId) -> Option<[NodeId; 3]> {
+        let g = self.g;
+        let only_use = |v: ValueId| -> Option<NodeId> {
+            match g.uses(v).as_slice() {
+                [(u, 0)] if !g.is_output(v) => Some(*u),
+                _ => None,
+            }
+        };
+        let dq = only_use(g.node(n).output)?;
+        let u = only_use(g.node(dq).output)?;
+        let q = only_use(g.node(u).output)?;
+        let ok = g.node(dq).op == Op::Dequantize
+            && matches!(UnOp::from_op(&g.node(u).op), Some(UnOp::Clip { .. }))
+            && g.node(q).op == Op::Quantize
+            && per_tensor(g.ty(g.node(q).output)).is_some()
+            && self.nhwc(g.node(q).output) == self.nhwc(g.node(n).output)
+            && g.ty(g.node(q).output).shape() == g.ty(g.node(n).output).shape();
+        ok.then_some([dq, u, q])
+    }
+
     fn is_weights_ok(&self, n: NodeId) -> Result<(), String> {
         let g = self.g;
         let ins = &g.node(n).inputs;
@@ -272,7 +296,19 @@ impl Ctx<'_> {
 pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
     let cx = Ctx { g };
     let order = g.topo_order().map_err(|n| CodegenError::Unsupported { node: g.node(n).name().into(), msg: "cycle".into() })?;
-    let choices: Vec<Choice> = order.iter().map(|&n| cx.choose(n)).collect();
+    let mut choices: Vec<Choice> = order.iter().map(|&n| cx.choose(n)).collect();
+    let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    // qadd → dequantize → relu/clip → quantize runs as one pass (the add's kernel applies the chain
+    // exactly); `fused` maps the qadd's position to the final quantize node.
+    let mut fused: HashMap<usize, NodeId> = HashMap::new();
+    for i in 0..order.len() {
+        if let (Choice::QAdd, Some(chain)) = (&choices[i], cx.clamp_chain(order[i])) {
+            for n in &chain {
+                choices[pos[n]] = Choice::Absorbed;
+            }
+            fused.insert(i, chain[2]);
+        }
+    }
     if !opts.allow_host {
         for (&n, c) in order.iter().zip(&choices) {
             if let Choice::Host(why) = c {
@@ -306,7 +342,10 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
     }
     let mut temp_of: HashMap<usize, usize> = HashMap::new();
     for (i, &n) in order.iter().enumerate() {
-        let out = g.node(n).output;
+        if let Choice::Absorbed = choices[i] {
+            continue;
+        }
+        let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
         if let Choice::ConvGemm { im2col: Some(b) } = choices[i] {
@@ -430,7 +469,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let mut wts = vec![0i32; kh * kw * c];
                 for ch in 0..c {
                     for tap in 0..kh * kw {
-                        wts[tap * c + ch] = (wv[ch * kh * kw + tap] - zw[ch] as i64) as i32;
+                        // i16 in the low half, 0 above: what the vpmaddwd kernel multiplies.
+                        wts[tap * c + ch] = ((wv[ch * kh * kw + tap] - zw[ch] as i64) as i16 as u16) as i32;
                     }
                 }
                 let bias32: Vec<i32> = bias.iter().map(|b| *b as i32).collect();
@@ -452,7 +492,16 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let Op::QAdd { act } = &node.op else { return Err(internal(&name)) };
                 let pa = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
                 let pb = per_tensor(g.ty(ins[1])).ok_or_else(|| internal(&name))?;
-                let po = per_tensor(oty).ok_or_else(|| internal(&name))?;
+                let pm = per_tensor(oty).ok_or_else(|| internal(&name))?;
+                let (out, mid) = match fused.get(&i) {
+                    Some(q) => {
+                        let u = g.producer(g.node(*q).inputs[0]).ok_or_else(|| internal(&name))?;
+                        let Some(UnOp::Clip { min, max }) = UnOp::from_op(&g.node(u).op) else { return Err(internal(&name)) };
+                        (g.node(*q).output, Some((min, max)))
+                    }
+                    None => (out, None),
+                };
+                let po = per_tensor(g.ty(out)).ok_or_else(|| internal(&name))?;
                 let e = |q: &QuantType| int_elem(q.storage).unwrap_or(IntElem::U8);
                 let h = QAddHdr {
                     isa,
@@ -472,6 +521,13 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     lo: po.2.qmin as i32,
                     hi: po.2.qmax as i32,
                     act: *act,
+                    mid_on: mid.is_some(),
+                    mid_s: pm.0,
+                    mid_z: pm.1,
+                    mid_lo: pm.2.qmin as i32,
+                    mid_hi: pm.2.qmax as i32,
+                    mid_min: mid.map_or(0.0, |m| m.0),
+                    mid_max: mid.map_or(0.0, |m| m.1),
                 };
                 push(Kernel::QAdd, h.encode(), 0, &mut blob);
             }
@@ -535,6 +591,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let h = UnaryHdr::new(isa, *f, oty.numel().unwrap_or(0), off(ins[0]), off(out));
                 push(Kernel::Unary, h.encode(), 0, &mut blob);
             }
+            Choice::Absorbed => {}
             Choice::Host(_) => {
                 let inputs =
                     ins.iter()

@@ -247,7 +247,15 @@ header!(
     Im2colHdr { g: DwGeom, cin: usize, pad_byte: usize, kp: usize, x: usize, out: usize }
 );
 header!(DwConvHdr { isa: Isa, g: DwGeom, zx: i32, xor: bool, wts: Arr, bias: Arr, epi: EpiHdr, x: usize, out: usize });
-header!(QAddHdr { isa: Isa, len: usize, a: usize, sa: f32, za: i32, ea: IntElem, b: usize, sb: f32, zb: i32, eb: IntElem, out: usize, so: f32, zo: i32, eo: IntElem, lo: i32, hi: i32, act: Option<Act> });
+header!(
+    /// Quantized add; with `mid_on`, the add's output (mid_s, mid_z, mid_lo..mid_hi) is dequantized,
+    /// clamped to mid_min..mid_max and quantized again to the out parameters, in one pass.
+    QAddHdr {
+        isa: Isa, len: usize, a: usize, sa: f32, za: i32, ea: IntElem, b: usize, sb: f32, zb: i32, eb: IntElem,
+        out: usize, so: f32, zo: i32, eo: IntElem, lo: i32, hi: i32, act: Option<Act>,
+        mid_on: bool, mid_s: f32, mid_z: i32, mid_lo: i32, mid_hi: i32, mid_min: f32, mid_max: f32,
+    }
+);
 header!(QGapHdr {
     x: usize,
     ex: IntElem,
@@ -447,6 +455,7 @@ pub unsafe extern "C" fn qcc_k_qadd(hdr: *const u64, _blob: *const u8, arena: *m
             lo: h.lo,
             hi: h.hi,
             act: h.act,
+            mid: h.mid_on.then_some((h.mid_s, h.mid_z, h.mid_lo, h.mid_hi, UnOp::Clip { min: h.mid_min, max: h.mid_max })),
         }
         .run();
     }

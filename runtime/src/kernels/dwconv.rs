@@ -27,7 +27,7 @@ pub struct DwConv<'a> {
     /// Activation zero point as seen after the optional sign flip (i8 stored as u8 = i8 + 128).
     pub zx: i32,
     pub xor: bool,
-    /// [kh * kw][c]: weights minus their zero point.
+    /// [kh * kw][c]: weights minus their zero point, as i16 in the low half of each i32 (high half 0).
     pub wts: &'a [i32],
     pub bias: &'a [i32],
     pub epi: Epilogue<'a>,
@@ -57,8 +57,6 @@ impl DwConv<'_> {
         multiversion!(
             fn dw_row(x: &[u8], out: &mut [u8], d: &DwConv, oy: usize) {
                 let g = d.g;
-                let c = g.c;
-                let flip = if d.xor { 0x80u8 } else { 0 };
                 let valid = |i: isize, n: usize| i >= 0 && i < n as isize;
                 let rows: Vec<(usize, usize)> = (0..g.kh)
                     .filter_map(|ky| {
@@ -66,50 +64,183 @@ impl DwConv<'_> {
                         valid(iy, g.h).then_some((ky, iy as usize))
                     })
                     .collect();
+                // Output columns whose every tap lies inside the row: no per-tap checks there.
+                let first_ok = |ox: usize| (ox * g.stride[1]) as isize - g.pad[1] as isize >= 0;
+                let last_ok = |ox: usize| ((ox * g.stride[1] + (g.kw - 1) * g.dil[1]) as isize - (g.pad[1] as isize)) < g.w as isize;
+                let lo = (0..g.ow).find(|&ox| first_ok(ox)).unwrap_or(g.ow);
+                let hi = (lo..g.ow).find(|&ox| !last_ok(ox)).unwrap_or(g.ow);
                 let mut taps: Vec<(usize, usize)> = Vec::with_capacity(g.kh * g.kw);
-                let mut tail = vec![0i32; c % BLOCK];
-                for ox in 0..g.ow {
-                    // (weight offset, input offset) of every tap inside the image.
-                    taps.clear();
-                    for &(ky, iy) in &rows {
-                        for kx in 0..g.kw {
-                            let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                            if valid(ix, g.w) {
-                                taps.push(((ky * g.kw + kx) * c, (iy * g.w + ix as usize) * c));
+                let mut ox = 0;
+                while ox < g.ow {
+                    if ox >= lo && ox + PIX <= hi {
+                        // Interior: PIX pixels at once share each weight load.
+                        taps.clear();
+                        for &(ky, iy) in &rows {
+                            for kx in 0..g.kw {
+                                let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
+                                taps.push(((ky * g.kw + kx) * g.c, (iy * g.w + ix) * g.c));
                             }
                         }
-                    }
-                    let o = &mut out[ox * c..(ox + 1) * c];
-                    let mut cb = 0;
-                    // Blocks of 16 channels: the accumulator stays in one vector register across the taps.
-                    while cb + BLOCK <= c {
-                        let mut acc = [0i32; BLOCK];
-                        acc.copy_from_slice(&d.bias[cb..cb + BLOCK]);
-                        for &(wo, xo) in &taps {
-                            let xs: &[u8; BLOCK] = x[xo + cb..xo + cb + BLOCK].try_into().expect("block");
-                            let ws: &[i32; BLOCK] = d.wts[wo + cb..wo + cb + BLOCK].try_into().expect("block");
-                            for j in 0..BLOCK {
-                                acc[j] = acc[j].wrapping_add(((xs[j] ^ flip) as i32 - d.zx).wrapping_mul(ws[j]));
+                        pixels::<PIX>(x, &mut out[ox * g.c..(ox + PIX) * g.c], d, &taps, g.stride[1] * g.c);
+                        ox += PIX;
+                    } else {
+                        taps.clear();
+                        for &(ky, iy) in &rows {
+                            for kx in 0..g.kw {
+                                let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                                if valid(ix, g.w) {
+                                    taps.push(((ky * g.kw + kx) * g.c, (iy * g.w + ix as usize) * g.c));
+                                }
                             }
                         }
-                        d.epi.row(&acc, cb, &mut o[cb..cb + BLOCK]);
-                        cb += BLOCK;
-                    }
-                    if cb < c {
-                        tail.copy_from_slice(&d.bias[cb..c]);
-                        for &(wo, xo) in &taps {
-                            for (j, a) in tail.iter_mut().enumerate() {
-                                *a = a.wrapping_add(((x[xo + cb + j] ^ flip) as i32 - d.zx).wrapping_mul(d.wts[wo + cb + j]));
-                            }
-                        }
-                        d.epi.row(&tail, cb, &mut o[cb..c]);
+                        pixels::<1>(x, &mut out[ox * g.c..(ox + 1) * g.c], d, &taps, 0);
+                        ox += 1;
                     }
                 }
             }
         );
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni && self.epi.float_act.is_none() {
+            // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has AVX-512.
+            unsafe { avx512::row(x, out, self, oy) };
+            return;
+        }
         dw_row(self.isa, x, out, self, oy);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{DwConv, BLOCK};
+    use std::arch::x86_64::*;
+
+    const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+    /// One output row with explicit AVX-512: 16 channels per register (masked at the channel tail), taps
+    /// accumulated in registers with vpmaddwd (each i32 weight lane holds the i16 weight in its low half
+    /// and 0 above, so the pair product is exactly (x − zx)·w), the requantization of gemm.rs's VNNI
+    /// epilogue, byte stores. Interior pixels go four at a time, sharing weight loads.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn row(x: &[u8], out: &mut [u8], d: &DwConv, oy: usize) {
+        let g = d.g;
+        let valid = |i: isize, n: usize| i >= 0 && i < n as isize;
+        let mut taps: Vec<(usize, usize)> = Vec::with_capacity(g.kh * g.kw);
+        let rows: Vec<(usize, usize)> = (0..g.kh)
+            .filter_map(|ky| {
+                let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                valid(iy, g.h).then_some((ky, iy as usize))
+            })
+            .collect();
+        let first_ok = |ox: usize| (ox * g.stride[1]) as isize >= g.pad[1] as isize;
+        let last_ok = |ox: usize| ((ox * g.stride[1] + (g.kw - 1) * g.dil[1]) as isize - (g.pad[1] as isize)) < g.w as isize;
+        let lo_x = (0..g.ow).find(|&ox| first_ok(ox)).unwrap_or(g.ow);
+        let hi_x = (lo_x..g.ow).find(|&ox| !last_ok(ox)).unwrap_or(g.ow);
+        let mut ox = 0;
+        while ox < g.ow {
+            taps.clear();
+            let four = ox >= lo_x && ox + 4 <= hi_x;
+            for &(ky, iy) in &rows {
+                for kx in 0..g.kw {
+                    let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                    if valid(ix, g.w) {
+                        taps.push(((ky * g.kw + kx) * g.c, (iy * g.w + ix as usize) * g.c));
+                    }
+                }
+            }
+            // SAFETY: the taps lie inside the image for these pixels (interior when `four`).
+            unsafe {
+                if four {
+                    pixels::<4>(x, out, d, &taps, ox);
+                    ox += 4;
+                } else {
+                    pixels::<1>(x, out, d, &taps, ox);
+                    ox += 1;
+                }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn pixels<const P: usize>(x: &[u8], out: &mut [u8], d: &DwConv, taps: &[(usize, usize)], ox: usize) {
+        let g = d.g;
+        let step = g.stride[1] * g.c;
+        let (lo, hi) = d.epi.bounds();
+        let (lo, hi, zy) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), _mm512_set1_epi32(d.epi.zy));
+        let zx = _mm512_set1_epi32(d.zx);
+        let flip = _mm_set1_epi8(if d.xor { 0x80u8 as i8 } else { 0 });
+        let mut cb = 0;
+        while cb < g.c {
+            let n = BLOCK.min(g.c - cb);
+            let m16: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            // SAFETY: every access is masked to the n channels of this block, inside x, wts, bias, mult
+            // and out (the plan sized them for g; pixel p's taps are p·step bytes after pixel 0's).
+            unsafe {
+                let b = _mm512_maskz_loadu_epi32(m16, d.bias.as_ptr().add(cb) as *const _);
+                let mut acc = [b; P];
+                for &(wo, xo) in taps {
+                    let wv = _mm512_maskz_loadu_epi32(m16, d.wts.as_ptr().add(wo + cb) as *const _);
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        let xb = _mm_xor_si128(_mm_maskz_loadu_epi8(m16, x.as_ptr().add(xo + p * step + cb) as *const _), flip);
+                        let xv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(xb), zx);
+                        *a = _mm512_add_epi32(*a, _mm512_madd_epi16(xv, wv));
+                    }
+                }
+                let m = _mm512_maskz_loadu_ps(m16, d.epi.mult.as_ptr().add(cb));
+                for (p, a) in acc.iter().enumerate() {
+                    let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(*a), m);
+                    let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+                    let q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RNE>(f), zy);
+                    _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add((ox + p) * g.c + cb) as *mut _, m16, q);
+                }
+            }
+            cb += BLOCK;
+        }
     }
 }
 
 /// Channels per register block.
 const BLOCK: usize = 16;
+/// Output pixels computed together in the interior.
+const PIX: usize = 4;
+
+/// P adjacent output pixels (input offsets `step` bytes apart) over all channels. `taps` holds (weight
+/// offset, input offset of the first pixel) of every tap inside the image.
+#[inline(always)]
+fn pixels<const P: usize>(x: &[u8], out: &mut [u8], d: &DwConv, taps: &[(usize, usize)], step: usize) {
+    let c = d.g.c;
+    let flip = if d.xor { 0x80u8 } else { 0 };
+    let mut cb = 0;
+    // Blocks of 16 channels: each pixel's accumulator stays in one vector register across the taps.
+    while cb + BLOCK <= c {
+        let mut acc = [[0i32; BLOCK]; P];
+        for a in acc.iter_mut() {
+            a.copy_from_slice(&d.bias[cb..cb + BLOCK]);
+        }
+        for &(wo, xo) in taps {
+            let ws: &[i32; BLOCK] = d.wts[wo + cb..wo + cb + BLOCK].try_into().expect("block");
+            for (p, a) in acc.iter_mut().enumerate() {
+                let xs: &[u8; BLOCK] = x[xo + p * step + cb..xo + p * step + cb + BLOCK].try_into().expect("block");
+                for j in 0..BLOCK {
+                    a[j] = a[j].wrapping_add(((xs[j] ^ flip) as i32 - d.zx).wrapping_mul(ws[j] as i16 as i32));
+                }
+            }
+        }
+        for (p, a) in acc.iter().enumerate() {
+            d.epi.row(a, cb, &mut out[p * c + cb..p * c + cb + BLOCK]);
+        }
+        cb += BLOCK;
+    }
+    if cb < c {
+        let mut tail = vec![0i32; c - cb];
+        for p in 0..P {
+            tail.copy_from_slice(&d.bias[cb..c]);
+            for &(wo, xo) in taps {
+                for (j, a) in tail.iter_mut().enumerate() {
+                    *a = a.wrapping_add(((x[xo + p * step + cb + j] ^ flip) as i32 - d.zx).wrapping_mul(d.wts[wo + cb + j] as i16 as i32));
+                }
+            }
+            d.epi.row(&tail, cb, &mut out[p * c + cb..p * c + c]);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Elementwise, pooling and layout kernels on arena buffers: quantize (optionally NCHW → NHWC),
 //! dequantize (optionally NHWC → NCHW), qadd, qglobal_average_pool, integer max pooling and plain
 //! layout transposes. Each equals its interpreter counterpart bit for bit (docs/semantics.md).
+use super::float::UnOp;
 use super::{multiversion, pool, Isa};
 use crate::quant::quantize_value;
 use qcc_ir::Act;
@@ -218,6 +219,9 @@ pub struct QAdd {
     pub lo: i32,
     pub hi: i32,
     pub act: Option<Act>,
+    /// A fused `dequantize → clamp → quantize` after the add: the add's own output quantization
+    /// (scale, zp, lo, hi) and the clamp; `out`, `lo` and `hi` then describe the final quantize.
+    pub mid: Option<(f32, i32, i32, i32, UnOp)>,
 }
 
 /// Reads elements a..b as i32 (one match per call, so the copy loops vectorize).
@@ -252,14 +256,39 @@ impl QAdd {
     pub unsafe fn run(&self) {
         let (ap, bp, op) = (Ptr(self.a.0 as *mut u8), Ptr(self.b.0 as *mut u8), Ptr(self.out.0));
         multiversion!(
-            fn add(a: &mut [i32], b: &[i32], p: [f32; 3], z: [i32; 3], lo: i32, hi: i32, act: Option<Act>) {
-                for (x, y) in a.iter_mut().zip(b) {
-                    let v = (*x - z[0]) as f32 * p[0] + (*y - z[1]) as f32 * p[1];
-                    let v = match act {
-                        None => v,
-                        Some(f) => f.apply(v),
-                    };
-                    *x = quantize_one(v, p[2], z[2], lo, hi);
+            fn add(
+                a: &mut [i32],
+                b: &[i32],
+                p: [f32; 3],
+                z: [i32; 3],
+                lo: i32,
+                hi: i32,
+                act: Option<Act>,
+                mid: Option<(f32, i32, i32, i32, UnOp)>,
+            ) {
+                // One loop per variant, so each vectorizes without per-element dispatch.
+                #[inline(always)]
+                fn each(a: &mut [i32], b: &[i32], p: [f32; 3], z: [i32; 3], f: impl Fn(f32) -> i32) {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x = f((*x - z[0]) as f32 * p[0] + (*y - z[1]) as f32 * p[1]);
+                    }
+                }
+                let q = |v: f32| quantize_one(v, p[2], z[2], lo, hi);
+                match (act, mid) {
+                    (None, None) => each(a, b, p, z, q),
+                    (None, Some((s1, z1, lo1, hi1, UnOp::Clip { min, max }))) => each(a, b, p, z, |v| {
+                        let q1 = quantize_one(v, s1, z1, lo1, hi1);
+                        let f = (q1 - z1) as f32 * s1;
+                        // f is never NaN (a dequantized integer), so the clamp is plain max/min.
+                        q(f.max(min).min(max))
+                    }),
+                    (act, mid) => each(a, b, p, z, |v| {
+                        let v = act.map_or(v, |f| f.apply(v));
+                        match mid {
+                            None => q(v),
+                            Some((s1, z1, lo1, hi1, f)) => q(f.apply((quantize_one(v, s1, z1, lo1, hi1) - z1) as f32 * s1)),
+                        }
+                    }),
                 }
             }
         );
@@ -270,7 +299,17 @@ impl QAdd {
                 read_range(self.a.3, ap.get(), s, &mut ta);
                 read_range(self.b.3, bp.get(), s, &mut tb);
             }
-            add(self.isa, &mut ta, &tb, [self.a.1, self.b.1, self.out.1], [self.a.2, self.b.2, self.out.2], self.lo, self.hi, self.act);
+            add(
+                self.isa,
+                &mut ta,
+                &tb,
+                [self.a.1, self.b.1, self.out.1],
+                [self.a.2, self.b.2, self.out.2],
+                self.lo,
+                self.hi,
+                self.act,
+                self.mid,
+            );
             unsafe { write_range(self.out.3, op.get(), s, &ta) };
         });
     }
@@ -317,18 +356,15 @@ pub unsafe fn qgap(
 /// as in the interpreter).
 ///
 /// # Safety
-/// X holds n·h·w·c elements, out n·oh·ow·c.
+/// x holds n·h·w·c elements, out n·oh·ow·c.
 pub unsafe fn qmaxpool(x: *const u8, e: IntElem, g: super::dwconv::DwGeom, out: *mut u8) {
-    let min = match e {
-        IntElem::U8 => 0,
-        IntElem::I8 => -128,
-        IntElem::I16 => -32768,
-    };
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
-    pool::parallel_for(g.n * g.oh, &|t| {
-        let (b, oy) = (t / g.oh, t % g.oh);
-        let mut best = vec![min; g.c];
+    /// One output row for element type T, channels innermost so the max vectorizes.
+    #[inline(always)]
+    fn row<T: Copy + Ord>(x: &[T], out: &mut [T], g: super::dwconv::DwGeom, b: usize, oy: usize, min: T) {
+        let c = g.c;
         for ox in 0..g.ow {
+            let best = &mut out[ox * c..(ox + 1) * c];
             best.fill(min);
             for ky in 0..g.kh {
                 let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
@@ -340,17 +376,36 @@ pub unsafe fn qmaxpool(x: *const u8, e: IntElem, g: super::dwconv::DwGeom, out: 
                     if ix < 0 || ix >= g.w as isize {
                         continue;
                     }
-                    let base = ((b * g.h + iy as usize) * g.w + ix as usize) * g.c;
-                    for (ch, m) in best.iter_mut().enumerate() {
-                        // SAFETY: inside x.
-                        *m = (*m).max(unsafe { e.read(xp.get(), base + ch) });
+                    let base = ((b * g.h + iy as usize) * g.w + ix as usize) * c;
+                    for (m, v) in best.iter_mut().zip(&x[base..base + c]) {
+                        *m = (*m).max(*v);
                     }
                 }
             }
-            let base = ((b * g.oh + oy) * g.ow + ox) * g.c;
-            for (ch, m) in best.iter().enumerate() {
-                // SAFETY: inside out; rows are disjoint between tasks.
-                unsafe { e.write(op.get(), base + ch, *m) };
+        }
+    }
+    let (xlen, olen) = (g.n * g.h * g.w * g.c, g.n * g.oh * g.ow * g.c);
+    pool::parallel_for(g.n * g.oh, &|t| {
+        let (b, oy) = (t / g.oh, t % g.oh);
+        let span = (b * g.oh + oy) * g.ow * g.c..(b * g.oh + oy + 1) * g.ow * g.c;
+        // SAFETY: the buffers hold xlen and olen elements; tasks write disjoint output rows.
+        unsafe {
+            match e {
+                IntElem::U8 => {
+                    let x = std::slice::from_raw_parts(xp.get() as *const u8, xlen);
+                    let o = &mut std::slice::from_raw_parts_mut(op.get(), olen)[span];
+                    row(x, o, g, b, oy, 0u8)
+                }
+                IntElem::I8 => {
+                    let x = std::slice::from_raw_parts(xp.get() as *const i8, xlen);
+                    let o = &mut std::slice::from_raw_parts_mut(op.get() as *mut i8, olen)[span];
+                    row(x, o, g, b, oy, i8::MIN)
+                }
+                IntElem::I16 => {
+                    let x = std::slice::from_raw_parts(xp.get() as *const i16, xlen);
+                    let o = &mut std::slice::from_raw_parts_mut(op.get() as *mut i16, olen)[span];
+                    row(x, o, g, b, oy, i16::MIN)
+                }
             }
         }
     });
