@@ -91,11 +91,23 @@ impl Compiled {
                     msg: format!("expected {}{:?}, got {}{:?}", io.dtype, io.shape, t.dtype(), t.shape()),
                 });
             }
-            bytes.push(t.to_le_bytes());
+            // f32 tensors in standard layout are passed in place; others as little-endian copies.
+            bytes.push(match t {
+                Tensor::F32(a) if a.as_slice().is_some() => None,
+                t => Some(t.to_le_bytes()),
+            });
         }
-        let mut outs: Vec<Vec<u8>> = p.outputs.iter().map(|o| vec![0u8; o.bytes]).collect();
-        let in_ptrs: Vec<*const u8> = bytes.iter().map(|b| b.as_ptr()).collect();
-        let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        let mut outs: Vec<Vec<f32>> = p.outputs.iter().map(|o| vec![0f32; o.bytes.div_ceil(4)]).collect();
+        let in_ptrs: Vec<*const u8> = inputs
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| match (t, b) {
+                (_, Some(b)) => b.as_ptr(),
+                (Tensor::F32(a), None) => a.as_ptr() as *const u8,
+                _ => std::ptr::null(),
+            })
+            .collect();
+        let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr() as *mut u8).collect();
         let arena = self.arena.lock().unwrap_or_else(|e| e.into_inner());
         let _ = host::take_error();
         // SAFETY: the pointer arrays hold one buffer of the plan's byte size per input and output, the
@@ -108,9 +120,17 @@ impl Compiled {
         if rc != 0 {
             return Err(CodegenError::Run(format!("compiled model returned {rc}")));
         }
-        outs.iter()
+        outs.into_iter()
             .zip(&p.outputs)
-            .map(|(b, io)| Tensor::from_le_bytes(io.dtype, &io.shape, b).ok_or_else(|| CodegenError::Run("output size".into())))
+            .map(|(v, io)| {
+                let t = if io.dtype == qcc_ir::DType::F32 {
+                    Tensor::from_f32(&io.shape, v)
+                } else {
+                    let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Tensor::from_le_bytes(io.dtype, &io.shape, &b[..io.bytes])
+                };
+                t.ok_or_else(|| CodegenError::Run("output size".into()))
+            })
             .collect()
     }
 }

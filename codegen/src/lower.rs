@@ -12,6 +12,7 @@ use qcc_ir::{DType, Graph, NodeId, Op, QParams, QuantType, Type, ValueDef, Value
 use qcc_runtime::abi::*;
 use qcc_runtime::kernels::dwconv::DwGeom;
 use qcc_runtime::kernels::elementwise::IntElem;
+use qcc_runtime::kernels::fgemm::pack_a;
 use qcc_runtime::kernels::float::{BinOp, UnOp};
 use qcc_runtime::kernels::gemm::{pack_b, packed_dims};
 use qcc_runtime::kernels::Isa;
@@ -45,6 +46,15 @@ enum Choice {
     Binary(BinOp),
     Unary(UnOp),
     Host(String),
+    /// Float convolution as fgemm, after an f32 im2col into a temporary of that many bytes unless 1x1.
+    FConv {
+        im2col: Option<usize>,
+    },
+    FDwConv,
+    /// Float Gemm with one row (the classifier of batch-1 models).
+    FGemm,
+    FGap,
+    FMaxPool,
     /// Computed by an earlier step's fused kernel (qadd → dequantize → clamp → quantize).
     Absorbed,
 }
@@ -167,8 +177,10 @@ impl Ctx<'_> {
             Op::MaxPool { kernel, .. } => {
                 if act_in(0) && kernel.len() == 2 && self.nhwc(ins[0]) && self.nhwc(out) && per_tensor(oty).is_some() {
                     Choice::MaxPool
+                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) {
+                    Choice::FMaxPool
                 } else {
-                    host("float or non-2-D max pooling")
+                    host("max pooling that is not 2-D over f32 or channels-last integers")
                 }
             }
             Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity | Op::Dropout => {
@@ -197,8 +209,56 @@ impl Ctx<'_> {
                     _ => host("unary op on a constant or a non-f32 value"),
                 }
             }
+            Op::Conv { strides, pads, group, .. } => self.choose_fconv(n, strides, pads, *group).unwrap_or_else(Choice::Host),
+            Op::Gemm { alpha, beta, trans_a, .. } => {
+                let xs = g.ty(ins[0]).shape().unwrap_or(&[]);
+                let bias_ok = ins.get(2).is_none_or(|c| g.const_tensor(*c).is_some_and(|t| t.len() == oty.shape().map_or(0, |s| s[1])));
+                let ok = act_in(0)
+                    && *alpha == 1.0
+                    && (*beta == 1.0 || ins.len() == 2)
+                    && !trans_a
+                    && xs.first() == Some(&1)
+                    && self.f32_value(ins[0])
+                    && g.const_tensor(ins[1]).is_some_and(|t| t.dtype() == DType::F32)
+                    && bias_ok;
+                if ok {
+                    Choice::FGemm
+                } else {
+                    host("float Gemm other than one row times constant weights (alpha = beta = 1)")
+                }
+            }
+            Op::GlobalAveragePool if act_in(0) && self.f32_value(ins[0]) && g.ty(ins[0]).shape().is_some_and(|s| s.len() == 4) => {
+                Choice::FGap
+            }
             op => Choice::Host(format!("no compiled kernel for {}", op.name())),
         }
+    }
+
+    fn f32_value(&self, v: ValueId) -> bool {
+        self.g.ty(v).elem() == Some(&qcc_ir::ElemType::Plain(DType::F32))
+    }
+
+    /// A float convolution's kernel: fgemm (with im2col unless pointwise) or depthwise; batch 1, 2-D,
+    /// constant f32 weights and bias.
+    fn choose_fconv(&self, n: NodeId, strides: &[i64], pads: &[i64], group: i64) -> Result<Choice, String> {
+        let g = self.g;
+        let ins = &g.node(n).inputs;
+        let (xs, ws) = (g.ty(ins[0]).shape().unwrap_or(&[]), g.ty(ins[1]).shape().unwrap_or(&[]));
+        let consts = g.const_tensor(ins[1]).is_some() && ins.get(2).is_none_or(|b| g.const_tensor(*b).is_some());
+        if g.is_const(ins[0]) || !self.f32_value(ins[0]) || xs.len() != 4 || ws.len() != 4 || xs[0] != 1 || !consts {
+            return Err("float convolution other than 2-D, batch 1, constant weights".into());
+        }
+        if group == 1 {
+            if ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0) {
+                return Ok(Choice::FConv { im2col: None });
+            }
+            let os = g.ty(g.node(n).output).shape().unwrap_or(&[]);
+            return Ok(Choice::FConv { im2col: Some(ws[1] * ws[2] * ws[3] * os[2] * os[3] * 4) });
+        }
+        if group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 {
+            return Ok(Choice::FDwConv);
+        }
+        Err("grouped float convolution that is not depthwise".into())
     }
 
     /// The nodes dequantize → relu/clip → quantize that follow qadd `n` and only feed each other, with
@@ -348,7 +408,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
-        if let Choice::ConvGemm { im2col: Some(b) } = choices[i] {
+        if let Choice::ConvGemm { im2col: Some(b) } | Choice::FConv { im2col: Some(b) } = choices[i] {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: b, first: i + 1, last: i + 1 });
         }
@@ -474,6 +534,11 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     }
                 }
                 let bias32: Vec<i32> = bias.iter().map(|b| *b as i32).collect();
+                let zxu = zx as i64 + if xor { 128 } else { 0 };
+                // Wrapping to i32 is exact modulo 2^32 (the kernel's sums are; the true value fits).
+                let bias_full: Vec<i32> = (0..c)
+                    .map(|ch| (bias[ch] - zxu * (0..kh * kw).map(|t| wv[ch * kh * kw + t] - zw[ch] as i64).sum::<i64>()) as i32)
+                    .collect();
                 let epi = epi_hdr(&mut blob, sx, &sw, g.ty(out), *act, c).map_err(|e| node_err(&name, e))?;
                 let h = DwConvHdr {
                     isa,
@@ -482,6 +547,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     xor,
                     wts: Arr { off: blob.push_i32(&wts), len: wts.len() },
                     bias: Arr { off: blob.push_i32(&bias32), len: c },
+                    bias_full: Arr { off: blob.push_i32(&bias_full), len: c },
                     epi,
                     x: off(ins[0]),
                     out: off(out),
@@ -592,6 +658,70 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::Unary, h.encode(), 0, &mut blob);
             }
             Choice::Absorbed => {}
+            Choice::FConv { im2col } => {
+                let Op::Conv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
+                let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
+                let (m, k, p) = (ws[0], ws[1] * ws[2] * ws[3], os[2] * os[3]);
+                let w = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
+                let packed = pack_a(m, k, |r, kk| w[r * k + kk]);
+                let b = match im2col {
+                    Some(_) => {
+                        let temp = offsets[temp_of[&i]];
+                        let h = Im2colF32Hdr { g: geom(&xs, &os, ws[2], ws[3], strides, pads, dilations), x: off(ins[0]), out: temp };
+                        push(Kernel::Im2colF32, h.encode(), 0, &mut blob);
+                        temp
+                    }
+                    None => off(ins[0]),
+                };
+                let bias = f32_arr(g, ins.get(2), &mut blob);
+                let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
+                let h = FGemmHdr { isa, m, k, p, a, b, ldb: p, bias, act: *act, out: off(out), rs: p, cs: 1 };
+                push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
+            }
+            Choice::FDwConv => {
+                let Op::Conv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
+                let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
+                let w = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
+                let bias = f32_arr(g, ins.get(2), &mut blob);
+                let h = FDwConvHdr {
+                    isa,
+                    g: geom(&xs, &os, ws[2], ws[3], strides, pads, dilations),
+                    x: off(ins[0]),
+                    w: Arr { off: blob.push_f32(&w), len: w.len() },
+                    bias,
+                    act: *act,
+                    out: off(out),
+                };
+                push(Kernel::FDwConv, h.encode(), 0, &mut blob);
+            }
+            Choice::FGemm => {
+                let Op::Gemm { trans_b, act, .. } = &node.op else { return Err(internal(&name)) };
+                let (xs, os) = (shape(g, ins[0]), shape(g, out));
+                let (k, nn) = (xs[1], os[1]);
+                let w = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
+                let tb = *trans_b;
+                let packed = pack_a(nn, k, |r, kk| if tb { w[r * k + kk] } else { w[kk * nn + r] });
+                let bias = f32_arr(g, ins.get(2), &mut blob);
+                let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
+                // One input row: column p = 0 of b is the row itself (k at stride 1), out[n] at stride 1.
+                let h = FGemmHdr { isa, m: nn, k, p: 1, a, b: off(ins[0]), ldb: 1, bias, act: *act, out: off(out), rs: 1, cs: nn };
+                push(Kernel::FGemm, h.encode(), (nn * k) as u64, &mut blob);
+            }
+            Choice::FGap => {
+                let xs = shape(g, ins[0]);
+                let h = FGapHdr { x: off(ins[0]), planes: xs[0] * xs[1], hw: xs[2] * xs[3], out: off(out) };
+                push(Kernel::FGap, h.encode(), 0, &mut blob);
+            }
+            Choice::FMaxPool => {
+                let Op::MaxPool { kernel, strides, pads, dilations, .. } = &node.op else { return Err(internal(&name)) };
+                let (xs, os) = (shape(g, ins[0]), shape(g, out));
+                let h = FMaxPoolHdr {
+                    g: geom(&xs, &os, kernel[0] as usize, kernel[1] as usize, strides, pads, dilations),
+                    x: off(ins[0]),
+                    out: off(out),
+                };
+                push(Kernel::FMaxPool, h.encode(), 0, &mut blob);
+            }
             Choice::Host(_) => {
                 let inputs =
                     ins.iter()
@@ -646,6 +776,17 @@ fn internal(node: &str) -> CodegenError {
 
 fn node_err(node: &str, msg: String) -> CodegenError {
     CodegenError::Unsupported { node: node.into(), msg }
+}
+
+/// An optional constant f32 vector (a bias) in the blob; empty when absent.
+fn f32_arr(g: &Graph, v: Option<&ValueId>, blob: &mut Blob) -> Arr {
+    match v.and_then(|v| g.const_tensor(*v)) {
+        Some(t) => {
+            let d = t.to_f32_vec();
+            Arr { off: blob.push_f32(&d), len: d.len() }
+        }
+        None => Arr::default(),
+    }
 }
 
 /// Element strides of an operand of shape `s` broadcast to `out` (right-aligned; 0 on broadcast axes).

@@ -19,6 +19,11 @@ pub enum Kernel {
     Copy,
     Binary,
     Unary,
+    FGemm,
+    Im2colF32,
+    FDwConv,
+    FGap,
+    FMaxPool,
     /// The interpreter runs the node (JIT only).
     Host,
 }
@@ -37,6 +42,11 @@ impl Kernel {
             Kernel::Copy => "qcc_k_copy",
             Kernel::Binary => "qcc_k_binary",
             Kernel::Unary => "qcc_k_unary",
+            Kernel::FGemm => "qcc_k_fgemm",
+            Kernel::Im2colF32 => "qcc_k_im2col_f32",
+            Kernel::FDwConv => "qcc_k_fdwconv",
+            Kernel::FGap => "qcc_k_fgap",
+            Kernel::FMaxPool => "qcc_k_fmaxpool",
             Kernel::Host => "qcc_k_host",
         }
     }

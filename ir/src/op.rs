@@ -17,6 +17,7 @@ pub enum Act {
 }
 
 impl Act {
+    #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Act::Relu => x.max(0.0),

@@ -7,6 +7,8 @@
 use crate::kernels::dwconv::{DwConv, DwGeom};
 use crate::kernels::elementwise::{self, IntElem, QAdd};
 use crate::kernels::epilogue::{Epilogue, FloatAct};
+use crate::kernels::fconv;
+use crate::kernels::fgemm::FGemm;
 use crate::kernels::float::{self, BinOp, Binary, UnOp};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::Isa;
@@ -246,7 +248,7 @@ header!(
     /// the input hold the input's zero point.
     Im2colHdr { g: DwGeom, cin: usize, pad_byte: usize, kp: usize, x: usize, out: usize }
 );
-header!(DwConvHdr { isa: Isa, g: DwGeom, zx: i32, xor: bool, wts: Arr, bias: Arr, epi: EpiHdr, x: usize, out: usize });
+header!(DwConvHdr { isa: Isa, g: DwGeom, zx: i32, xor: bool, wts: Arr, bias: Arr, bias_full: Arr, epi: EpiHdr, x: usize, out: usize });
 header!(
     /// Quantized add; with `mid_on`, the add's output (mid_s, mid_z, mid_lo..mid_hi) is dequantized,
     /// clamped to mid_min..mid_max and quantized again to the out parameters, in one pass.
@@ -272,6 +274,14 @@ header!(QGapHdr {
     hi: i32
 });
 header!(MaxPoolHdr { elem: IntElem, g: DwGeom, x: usize, out: usize });
+header!(
+    /// f32 product out[m, p] (at out + m·rs + p·cs) = act(Σ_k a[m, k]·b[k·ldb + p] + bias[m]).
+    FGemmHdr { isa: Isa, m: usize, k: usize, p: usize, a: Arr, b: usize, ldb: usize, bias: Arr, act: Option<Act>, out: usize, rs: usize, cs: usize }
+);
+header!(Im2colF32Hdr { g: DwGeom, x: usize, out: usize });
+header!(FDwConvHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, out: usize });
+header!(FGapHdr { x: usize, planes: usize, hw: usize, out: usize });
+header!(FMaxPoolHdr { g: DwGeom, x: usize, out: usize });
 header!(
     /// Copies a buffer; `mode` 1 turns NHWC into NCHW order, 2 NCHW into NHWC (dims are [n, c, h, w]).
     CopyHdr { src: usize, dst: usize, bytes: usize, esize: usize, mode: usize, dims: [usize; 4] }
@@ -433,6 +443,7 @@ pub unsafe extern "C" fn qcc_k_dwconv(hdr: *const u64, blob: *const u8, arena: *
             xor: h.xor,
             wts: h.wts.slice(blob),
             bias: h.bias.slice(blob),
+            bias_full: h.bias_full.slice(blob),
             epi: h.epi.epilogue(blob),
             out: arena.add(h.out),
         };
@@ -526,6 +537,79 @@ pub unsafe extern "C" fn qcc_k_unary(hdr: *const u64, _blob: *const u8, arena: *
     }
 }
 
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_fgemm(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FGemmHdr::decode(words(hdr));
+        FGemm {
+            isa: h.isa,
+            m: h.m,
+            k: h.k,
+            p: h.p,
+            a: h.a.slice(blob),
+            b: arena.add(h.b) as *const f32,
+            ldb: h.ldb,
+            bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),
+            act: h.act,
+            out: arena.add(h.out) as *mut f32,
+            rs: h.rs,
+            cs: h.cs,
+        }
+        .run();
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_im2col_f32(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = Im2colF32Hdr::decode(words(hdr));
+        fconv::im2col(arena.add(h.x) as *const f32, h.g, arena.add(h.out) as *mut f32);
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_fdwconv(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FDwConvHdr::decode(words(hdr));
+        fconv::FDwConv {
+            isa: h.isa,
+            g: h.g,
+            x: arena.add(h.x) as *const f32,
+            w: h.w.slice(blob),
+            bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),
+            act: h.act,
+            out: arena.add(h.out) as *mut f32,
+        }
+        .run();
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_fgap(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FGapHdr::decode(words(hdr));
+        fconv::gap(arena.add(h.x) as *const f32, h.planes, h.hw, arena.add(h.out) as *mut f32);
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_fmaxpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FMaxPoolHdr::decode(words(hdr));
+        fconv::maxpool(arena.add(h.x) as *const f32, h.g, arena.add(h.out) as *mut f32);
+    }
+}
+
 /// Copies `bytes` from `src` to `dst` (the entry point copies caller inputs into the arena and outputs
 /// back out). Returns 0.
 ///
@@ -568,6 +652,11 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_copy", qcc_k_copy as *const u8),
         ("qcc_k_binary", qcc_k_binary as *const u8),
         ("qcc_k_unary", qcc_k_unary as *const u8),
+        ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
+        ("qcc_k_im2col_f32", qcc_k_im2col_f32 as *const u8),
+        ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
+        ("qcc_k_fgap", qcc_k_fgap as *const u8),
+        ("qcc_k_fmaxpool", qcc_k_fmaxpool as *const u8),
         ("qcc_rt_copy", qcc_rt_copy as *const u8),
         ("qcc_rt_check_cpu", qcc_rt_check_cpu as *const u8),
     ]

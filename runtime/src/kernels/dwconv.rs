@@ -30,6 +30,9 @@ pub struct DwConv<'a> {
     /// [kh * kw][c]: weights minus their zero point, as i16 in the low half of each i32 (high half 0).
     pub wts: &'a [i32],
     pub bias: &'a [i32],
+    /// bias[c] − zx · Σ_taps w[tap][c]: the bias of a pixel whose taps all lie inside the image, so its
+    /// loop multiplies raw bytes.
+    pub bias_full: &'a [i32],
     pub epi: Epilogue<'a>,
     pub out: *mut u8,
 }
@@ -147,22 +150,29 @@ mod avx512 {
                     }
                 }
             }
+            let full = taps.len() == g.kh * g.kw;
             // SAFETY: the taps lie inside the image for these pixels (interior when `four`).
             unsafe {
-                if four {
-                    pixels::<4>(x, out, d, &taps, ox);
-                    ox += 4;
-                } else {
-                    pixels::<1>(x, out, d, &taps, ox);
-                    ox += 1;
+                match (four && full, d.xor) {
+                    (true, false) => pixels::<4, true, false>(x, out, d, &taps, ox),
+                    (true, true) => pixels::<4, true, true>(x, out, d, &taps, ox),
+                    (false, false) => pixels::<1, false, false>(x, out, d, &taps, ox),
+                    (false, true) => pixels::<1, false, true>(x, out, d, &taps, ox),
                 }
             }
+            ox += if four && full { 4 } else { 1 };
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn pixels<const P: usize>(x: &[u8], out: &mut [u8], d: &DwConv, taps: &[(usize, usize)], ox: usize) {
+    unsafe fn pixels<const P: usize, const FULL: bool, const FLIP: bool>(
+        x: &[u8],
+        out: &mut [u8],
+        d: &DwConv,
+        taps: &[(usize, usize)],
+        ox: usize,
+    ) {
         let g = d.g;
         let step = g.stride[1] * g.c;
         let (lo, hi) = d.epi.bounds();
@@ -176,13 +186,21 @@ mod avx512 {
             // SAFETY: every access is masked to the n channels of this block, inside x, wts, bias, mult
             // and out (the plan sized them for g; pixel p's taps are p·step bytes after pixel 0's).
             unsafe {
-                let b = _mm512_maskz_loadu_epi32(m16, d.bias.as_ptr().add(cb) as *const _);
+                let bias = if FULL { d.bias_full } else { d.bias };
+                let b = _mm512_maskz_loadu_epi32(m16, bias.as_ptr().add(cb) as *const _);
                 let mut acc = [b; P];
                 for &(wo, xo) in taps {
                     let wv = _mm512_maskz_loadu_epi32(m16, d.wts.as_ptr().add(wo + cb) as *const _);
                     for (p, a) in acc.iter_mut().enumerate() {
-                        let xb = _mm_xor_si128(_mm_maskz_loadu_epi8(m16, x.as_ptr().add(xo + p * step + cb) as *const _), flip);
-                        let xv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(xb), zx);
+                        let mut xb = _mm_maskz_loadu_epi8(m16, x.as_ptr().add(xo + p * step + cb) as *const _);
+                        if FLIP {
+                            xb = _mm_xor_si128(xb, flip);
+                        }
+                        let mut xv = _mm512_cvtepu8_epi32(xb);
+                        if !FULL {
+                            xv = _mm512_sub_epi32(xv, zx);
+                        }
+                        // x − zx is in −255..255 (or x in 0..255): an i16, as vpmaddwd needs.
                         *a = _mm512_add_epi32(*a, _mm512_madd_epi16(xv, wv));
                     }
                 }

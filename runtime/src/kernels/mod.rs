@@ -5,6 +5,8 @@
 pub mod dwconv;
 pub mod elementwise;
 pub mod epilogue;
+pub mod fconv;
+pub mod fgemm;
 pub mod float;
 pub mod gemm;
 pub mod pool;
@@ -89,7 +91,7 @@ impl Isa {
 /// kernels are written so LLVM vectorizes them, and this multiversioning lets one binary carry all
 /// variants.
 macro_rules! multiversion {
-    (fn $name:ident($($arg:ident : $ty:ty),*) $body:block) => {
+    (fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         #[allow(clippy::too_many_arguments)]
         fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
             #[inline(always)]

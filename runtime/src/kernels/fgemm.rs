@@ -1,0 +1,173 @@
+//! f32 matrix product with bias and activation fused, for float convolutions (NCHW: out[m, p] =
+//! Σ_k w[m, k] · col[k, p] + bias[m]) and float Gemm layers. Weights are packed once into blocks of MR rows
+//! ([K][MR] each), so the AVX-512 microkernel broadcasts MR weights and multiplies them with 32 columns of
+//! `col` per k (12 FMA accumulators). Float results need not equal the interpreter bit for bit (the
+//! summation order differs; tests compare within a relative tolerance).
+use super::{multiversion, pool, Isa};
+use qcc_ir::Act;
+
+pub const MR: usize = 6;
+const NR: usize = 32;
+/// Columns per task.
+const COLS: usize = 256;
+
+/// Packs w (M x K, element (m, k) given by `at`) into blocks of MR rows, [M/MR][K][MR], zero padded.
+pub fn pack_a(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let blocks = m.div_ceil(MR);
+    let mut out = vec![0f32; blocks * k * MR];
+    for blk in 0..blocks {
+        for kk in 0..k {
+            for r in 0..MR {
+                let row = blk * MR + r;
+                if row < m {
+                    out[(blk * k + kk) * MR + r] = at(row, kk);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One product: out[m, p] (address out + m·rs + p·cs) = act(Σ_k a[m, k] · b[k·ldb + p] + bias[m]).
+pub struct FGemm<'a> {
+    pub isa: Isa,
+    pub m: usize,
+    pub k: usize,
+    pub p: usize,
+    pub a: &'a [f32],
+    pub b: *const f32,
+    pub ldb: usize,
+    pub bias: Option<&'a [f32]>,
+    pub act: Option<Act>,
+    pub out: *mut f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+// SAFETY: tasks read a and b and write disjoint tiles of out.
+unsafe impl Sync for FGemm<'_> {}
+
+impl FGemm<'_> {
+    /// # Safety
+    /// b must hold k rows of ldb floats (p used), out every addressed element.
+    pub unsafe fn run(&self) {
+        let blocks = self.m.div_ceil(MR);
+        let col_tiles = self.p.div_ceil(COLS);
+        // Enough row groups that both threads get work on narrow layers.
+        let rows_per = blocks.div_ceil((4 * pool::threads()).div_ceil(col_tiles).max(1)).max(1);
+        let row_tasks = blocks.div_ceil(rows_per);
+        pool::parallel_for(row_tasks * col_tiles, &|t| {
+            let (rt, ct) = (t / col_tiles, t % col_tiles);
+            let (p0, p1) = (ct * COLS, ((ct + 1) * COLS).min(self.p));
+            for blk in rt * rows_per..((rt + 1) * rows_per).min(blocks) {
+                // SAFETY: the tile is inside the matrices run()'s caller described.
+                unsafe { self.tile(blk, p0, p1) };
+            }
+        });
+    }
+
+    unsafe fn tile(&self, blk: usize, p0: usize, p1: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen.
+            unsafe { avx512::tile(self, blk, p0, p1) };
+            return;
+        }
+        multiversion!(
+            fn portable(g: &FGemm, blk: usize, p0: usize, p1: usize) {
+                let rows = MR.min(g.m - blk * MR);
+                let pa = &g.a[blk * g.k * MR..(blk + 1) * g.k * MR];
+                let mut acc = vec![0f32; MR * (p1 - p0)];
+                let w = p1 - p0;
+                for kk in 0..g.k {
+                    // SAFETY: row kk of b holds columns p0..p1.
+                    let brow = unsafe { std::slice::from_raw_parts(g.b.add(kk * g.ldb + p0), w) };
+                    for r in 0..MR {
+                        let av = pa[kk * MR + r];
+                        for (o, bv) in acc[r * w..(r + 1) * w].iter_mut().zip(brow) {
+                            *o += av * bv;
+                        }
+                    }
+                }
+                for r in 0..rows {
+                    let m = blk * MR + r;
+                    let bias = g.bias.map_or(0.0, |b| b[m]);
+                    for j in 0..w {
+                        let v = acc[r * w + j] + bias;
+                        // SAFETY: (m, p0 + j) is inside out.
+                        unsafe { *g.out.add(m * g.rs + (p0 + j) * g.cs) = g.act.map_or(v, |f| f.apply(v)) };
+                    }
+                }
+            }
+        );
+        portable(self.isa, self, blk, p0, p1);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{FGemm, MR, NR};
+    use qcc_ir::Act;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub unsafe fn tile(g: &FGemm, blk: usize, p0: usize, p1: usize) {
+        let rows = MR.min(g.m - blk * MR);
+        let pa = g.a.as_ptr().add(blk * g.k * MR);
+        let mut p = p0;
+        while p < p1 {
+            let n = NR.min(p1 - p);
+            let m0: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+            let m1: __mmask16 = if n >= 32 {
+                0xffff
+            } else if n > 16 {
+                (1u16 << (n - 16)) - 1
+            } else {
+                0
+            };
+            // SAFETY: loads are masked to the n columns left, inside row kk of b; pa holds K·MR floats.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+                for kk in 0..g.k {
+                    let brow = g.b.add(kk * g.ldb + p);
+                    let b0 = _mm512_maskz_loadu_ps(m0, brow);
+                    let b1 = _mm512_maskz_loadu_ps(m1, brow.add(16));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let av = _mm512_set1_ps(*pa.add(kk * MR + r));
+                        a[0] = _mm512_fmadd_ps(av, b0, a[0]);
+                        a[1] = _mm512_fmadd_ps(av, b1, a[1]);
+                    }
+                }
+                let clamp = match g.act {
+                    None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+                    Some(Act::Relu) => Some((0.0, f32::INFINITY)),
+                    Some(Act::Clip { min, max }) => Some((min, max)),
+                    Some(_) => None,
+                };
+                for (r, a) in acc.iter().enumerate().take(rows) {
+                    let m = blk * MR + r;
+                    let bias = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[m]));
+                    let mut v = [_mm512_add_ps(a[0], bias), _mm512_add_ps(a[1], bias)];
+                    if let Some((lo, hi)) = clamp {
+                        for x in v.iter_mut() {
+                            *x = _mm512_min_ps(_mm512_max_ps(*x, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+                        }
+                    }
+                    let dst = g.out.add(m * g.rs + p * g.cs);
+                    if g.cs == 1 && clamp.is_some() {
+                        _mm512_mask_storeu_ps(dst, m0, v[0]);
+                        _mm512_mask_storeu_ps(dst.add(16), m1, v[1]);
+                    } else {
+                        let mut tmp = [0f32; NR];
+                        _mm512_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                        _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v[1]);
+                        for (j, t) in tmp.iter().enumerate().take(n) {
+                            *dst.add(j * g.cs) = g.act.filter(|_| clamp.is_none()).map_or(*t, |f| f.apply(*t));
+                        }
+                    }
+                }
+            }
+            p += NR;
+        }
+    }
+}
