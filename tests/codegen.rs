@@ -159,3 +159,32 @@ fn wrong_inputs_are_errors() {
     let e = c.run(&[]).unwrap_err().to_string();
     assert!(e.contains("takes 1 inputs"), "{e}");
 }
+
+/// Biases at the edge of i32 make the interpreter's accumulator clamp act; the kernels must saturate the
+/// same way (their sums wrap, so they detect it from the bias's sign).
+#[test]
+fn saturating_accumulators_match_the_interpreter() {
+    for (name, mut g) in quantized(17, &[("sym-per-channel", "asym", "u8"), ("asym-per-tensor", "asym", "i8")]) {
+        let convs: Vec<_> =
+            g.node_ids().filter(|n| matches!(g.node(*n).op, qcc_ir::Op::QConv { .. }) && g.node(*n).inputs.len() == 3).collect();
+        assert!(convs.len() >= 3, "{name}");
+        for n in convs {
+            let b = g.node(n).inputs[2];
+            let mut v: Vec<i64> = g.const_tensor(b).unwrap().to_i64_vec().unwrap();
+            v[0] = i32::MAX as i64 - 3;
+            v[1] = i32::MIN as i64 + 3;
+            let len = v.len();
+            let t = Tensor::I32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[len]), v.iter().map(|x| *x as i32).collect()).unwrap());
+            let nb = g.add_const_typed(qcc_ir::ConstData::Data(t), g.ty(b).clone(), None);
+            g.set_input(n, 2, nb);
+        }
+        for isa in isas() {
+            let c = Compiled::new(&g, isa).unwrap();
+            assert_eq!(c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{name}: {}", c.plan.summary());
+            for s in 0..3 {
+                let want = qcc_runtime::run(&g, vec![input(17, s)]).unwrap();
+                assert_eq!(c.run(&[input(17, s)]).unwrap(), want, "{name}, {isa:?}, input {s}");
+            }
+        }
+    }
+}

@@ -60,7 +60,7 @@ enum Choice {
 }
 
 /// Raw int8 weights in logical order, per-channel scales and zero points, bias.
-type Weights = (Vec<i64>, Vec<f32>, Vec<i32>, Vec<i64>);
+type Weights = (Vec<i64>, Vec<f32>, Vec<i32>, Vec<i64>, Option<Vec<i32>>);
 
 struct Ctx<'g> {
     g: &'g Graph,
@@ -297,7 +297,7 @@ impl Ctx<'_> {
             }
         }
         if self.weights(n).is_none() {
-            return Err("accumulators could exceed i32 (the interpreter saturates them)".into());
+            return Err("products could exceed 2^30 in an accumulator".into());
         }
         Ok(())
     }
@@ -347,8 +347,20 @@ impl Ctx<'_> {
             };
             sumabs[c] += (v - zw[c] as i64).abs();
         }
-        let fits = (0..m).all(|c| dx * sumabs[c] + bias[c].abs() <= i32::MAX as i64);
-        fits.then_some((wv, sw, zw, bias))
+        // The products' sum S is at most dx·Σ|w − zw| in magnitude. A channel whose S + bias may leave i32
+        // gets a saturation sign: with |S| < 2^30 the bias (then beyond ±2^30) fixes the true sum's sign, so
+        // the kernel can tell a wrapped i32 from a true one and saturate as the interpreter's clamp does.
+        if (0..m).any(|c| dx * sumabs[c] >= 1 << 30) {
+            return None;
+        }
+        let sat: Vec<i32> = (0..m)
+            .map(|c| match dx * sumabs[c] + bias[c].abs() <= i32::MAX as i64 {
+                true => 0,
+                false => bias[c].signum() as i32,
+            })
+            .collect();
+        let sat = sat.iter().any(|s| *s != 0).then_some(sat);
+        Some((wv, sw, zw, bias, sat))
     }
 }
 
@@ -440,7 +452,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let oty = g.ty(out);
         let mut push = |kernel: Kernel, words: Vec<u64>, macs: u64, blob: &mut Blob| {
             let hdr = blob.push_words(&words);
-            steps.push(Step { kernel, hdr, node: name.clone(), macs });
+            let why = if let Choice::Host(w) = choice { Some(w.clone()) } else { None };
+            steps.push(Step { kernel, hdr, node: name.clone(), macs, why });
         };
         match choice {
             Choice::Quantize => {
@@ -482,7 +495,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let k = cin * kh * kw;
                 let (kp, _) = packed_dims(k, m);
                 let rows = os[0] * os[2] * os[3];
-                let (wv, sw, zw, bias) = cx.weights(n).ok_or_else(|| internal(&name))?;
+                let (wv, sw, zw, bias, sat) = cx.weights(n).ok_or_else(|| internal(&name))?;
                 // Row k of the GEMM is (ky, kx, c), the order im2col writes.
                 let at = |kk: usize, nn: usize| {
                     let (tap, c) = (kk / cin, kk % cin);
@@ -505,7 +518,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     }
                     None => (off(ins[0]), cin),
                 };
-                let h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out)), (rows, k, m), a, &at, (&sw, &zw, &bias), *act)?;
+                let h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out)), (rows, k, m), a, &at, (&sw, &zw, &bias, &sat), *act)?;
                 push(Kernel::Gemm, h.encode(), (rows * k * m) as u64, &mut blob);
             }
             Choice::QGemm => {
@@ -513,17 +526,27 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let (xs, ws) = (shape(g, ins[0]), shape(g, ins[1]));
                 let (rows, k) = (xs[0], xs[1]);
                 let m = if *trans_b { ws[0] } else { ws[1] };
-                let (wv, sw, zw, bias) = cx.weights(n).ok_or_else(|| internal(&name))?;
+                let (wv, sw, zw, bias, sat) = cx.weights(n).ok_or_else(|| internal(&name))?;
                 let tb = *trans_b;
                 let at = |kk: usize, nn: usize| (if tb { wv[nn * k + kk] } else { wv[kk * m + nn] }) as i8;
-                let h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out)), (rows, k, m), (off(ins[0]), k), &at, (&sw, &zw, &bias), *act)?;
+                let h = gemm_hdr(
+                    g,
+                    &mut blob,
+                    isa,
+                    (ins[0], out, off(out)),
+                    (rows, k, m),
+                    (off(ins[0]), k),
+                    &at,
+                    (&sw, &zw, &bias, &sat),
+                    *act,
+                )?;
                 push(Kernel::Gemm, h.encode(), (rows * k * m) as u64, &mut blob);
             }
             Choice::DwConv => {
                 let Op::QConv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
                 let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
                 let (c, kh, kw) = (xs[1], ws[2], ws[3]);
-                let (wv, sw, zw, bias) = cx.weights(n).ok_or_else(|| internal(&name))?;
+                let (wv, sw, zw, bias, sat) = cx.weights(n).ok_or_else(|| internal(&name))?;
                 let (sx, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
                 let xor = xq.storage == DType::I8;
                 let mut wts = vec![0i32; kh * kw * c];
@@ -548,6 +571,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     wts: Arr { off: blob.push_i32(&wts), len: wts.len() },
                     bias: Arr { off: blob.push_i32(&bias32), len: c },
                     bias_full: Arr { off: blob.push_i32(&bias_full), len: c },
+                    sat: sat.as_ref().map_or(Arr::default(), |s| Arr { off: blob.push_i32(s), len: c }),
                     epi,
                     x: off(ins[0]),
                     out: off(out),
@@ -868,7 +892,7 @@ fn gemm_hdr(
     (rows, k, m): (usize, usize, usize),
     (a, lda): (usize, usize),
     at: &dyn Fn(usize, usize) -> i8,
-    (sw, zw, bias): (&[f32], &[i32], &[i64]),
+    (sw, zw, bias, sat): (&[f32], &[i32], &[i64], &Option<Vec<i32>>),
     act: Option<qcc_ir::Act>,
 ) -> Result<GemmHdr, CodegenError> {
     let (sx, zx, xq) = per_tensor(g.ty(x)).ok_or_else(|| internal("gemm"))?;
@@ -897,6 +921,14 @@ fn gemm_hdr(
         b: Arr { off: blob.push_i8(&packed), len: packed.len() },
         bias: Arr { off: blob.push_i32(&eff), len: np },
         zw: if any_zw { Arr { off: blob.push_i32(&zwp), len: np } } else { Arr::default() },
+        sat: match sat {
+            Some(s) => {
+                let mut s = s.clone();
+                s.resize(np, 0);
+                Arr { off: blob.push_i32(&s), len: np }
+            }
+            None => Arr::default(),
+        },
         epi,
         out: out_off,
         ldo: m,

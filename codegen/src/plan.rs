@@ -62,6 +62,8 @@ pub struct Step {
     pub node: String,
     /// Multiply-accumulates this step performs (for GOPS reports).
     pub macs: u64,
+    /// For host steps: why no kernel covers the node.
+    pub why: Option<String>,
 }
 
 /// A graph input or output: where it sits in the arena (logical layout, row-major).
@@ -98,12 +100,13 @@ impl Plan {
         }
         let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{} {n}", &k.symbol()[6..])).collect();
         format!(
-            "{} steps ({}), arena {:.1} KiB, constants {:.1} KiB, kernels {}",
+            "{} steps ({}), arena {:.1} KiB, constants {:.1} KiB, kernels {}{}",
             self.steps.len(),
             parts.join(", "),
             self.arena_bytes as f64 / 1024.0,
             self.blob.len() as f64 / 1024.0,
-            self.isa.name()
+            self.isa.name(),
+            self.steps.iter().filter_map(|s| s.why.as_ref().map(|w| format!("\n  interpreted: \"{}\": {w}", s.node))).collect::<String>()
         )
     }
 

@@ -239,6 +239,7 @@ header!(GemmHdr {
     b: Arr,
     bias: Arr,
     zw: Arr,
+    sat: Arr,
     epi: EpiHdr,
     out: usize,
     ldo: usize
@@ -248,7 +249,19 @@ header!(
     /// the input hold the input's zero point.
     Im2colHdr { g: DwGeom, cin: usize, pad_byte: usize, kp: usize, x: usize, out: usize }
 );
-header!(DwConvHdr { isa: Isa, g: DwGeom, zx: i32, xor: bool, wts: Arr, bias: Arr, bias_full: Arr, epi: EpiHdr, x: usize, out: usize });
+header!(DwConvHdr {
+    isa: Isa,
+    g: DwGeom,
+    zx: i32,
+    xor: bool,
+    wts: Arr,
+    bias: Arr,
+    bias_full: Arr,
+    sat: Arr,
+    epi: EpiHdr,
+    x: usize,
+    out: usize
+});
 header!(
     /// Quantized add; with `mid_on`, the add's output (mid_s, mid_z, mid_lo..mid_hi) is dequantized,
     /// clamped to mid_min..mid_max and quantized again to the out parameters, in one pass.
@@ -364,6 +377,7 @@ pub unsafe extern "C" fn qcc_k_gemm(hdr: *const u64, blob: *const u8, arena: *mu
             b: h.b.slice(blob),
             bias: h.bias.slice(blob),
             zw: (h.zw.len > 0).then(|| h.zw.slice(blob)),
+            sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),
             epi: h.epi.epilogue(blob),
             out: arena.add(h.out),
             ldo: h.ldo,
@@ -444,6 +458,7 @@ pub unsafe extern "C" fn qcc_k_dwconv(hdr: *const u64, blob: *const u8, arena: *
             wts: h.wts.slice(blob),
             bias: h.bias.slice(blob),
             bias_full: h.bias_full.slice(blob),
+            sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),
             epi: h.epi.epilogue(blob),
             out: arena.add(h.out),
         };

@@ -1,7 +1,7 @@
 //! Depthwise convolution (one filter per channel) on NHWC bytes with the requantizing epilogue:
 //! acc[c] = bias[c] + Σ_taps (x[c] − zx) · (w[tap][c] − zw[c]), taps outside the input contributing 0.
 //! Vectorized across channels (the contiguous axis); rows of output are the parallel tasks.
-use super::epilogue::Epilogue;
+use super::epilogue::{saturate, Epilogue};
 use super::{multiversion, pool, Isa};
 
 /// Geometry of one depthwise convolution.
@@ -33,6 +33,8 @@ pub struct DwConv<'a> {
     /// bias[c] − zx · Σ_taps w[tap][c]: the bias of a pixel whose taps all lie inside the image, so its
     /// loop multiplies raw bytes.
     pub bias_full: &'a [i32],
+    /// Per channel saturation signs (see epilogue::saturate), when any channel can saturate.
+    pub sat: Option<&'a [i32]>,
     pub epi: Epilogue<'a>,
     pub out: *mut u8,
 }
@@ -204,6 +206,12 @@ mod avx512 {
                         *a = _mm512_add_epi32(*a, _mm512_madd_epi16(xv, wv));
                     }
                 }
+                if let Some(sat) = d.sat {
+                    let sv = _mm512_maskz_loadu_epi32(m16, sat.as_ptr().add(cb) as *const _);
+                    for a in acc.iter_mut() {
+                        *a = crate::kernels::gemm::saturate16(*a, sv);
+                    }
+                }
                 let m = _mm512_maskz_loadu_ps(m16, d.epi.mult.as_ptr().add(cb));
                 for (p, a) in acc.iter().enumerate() {
                     let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(*a), m);
@@ -213,6 +221,16 @@ mod avx512 {
                 }
             }
             cb += BLOCK;
+        }
+    }
+}
+
+/// Applies epilogue::saturate to channels c0.. of a block.
+#[inline(always)]
+fn fix_saturation(a: &mut [i32], sat: Option<&[i32]>, c0: usize) {
+    if let Some(s) = sat {
+        for (j, v) in a.iter_mut().enumerate() {
+            *v = saturate(*v, s[c0 + j]);
         }
     }
 }
@@ -244,7 +262,8 @@ fn pixels<const P: usize>(x: &[u8], out: &mut [u8], d: &DwConv, taps: &[(usize, 
                 }
             }
         }
-        for (p, a) in acc.iter().enumerate() {
+        for (p, a) in acc.iter_mut().enumerate() {
+            fix_saturation(a, d.sat, cb);
             d.epi.row(a, cb, &mut out[p * c + cb..p * c + cb + BLOCK]);
         }
         cb += BLOCK;
@@ -258,6 +277,7 @@ fn pixels<const P: usize>(x: &[u8], out: &mut [u8], d: &DwConv, taps: &[(usize, 
                     *a = a.wrapping_add(((x[xo + p * step + cb + j] ^ flip) as i32 - d.zx).wrapping_mul(d.wts[wo + cb + j] as i16 as i32));
                 }
             }
+            fix_saturation(&mut tail, d.sat, cb);
             d.epi.row(&tail, cb, &mut out[p * c + cb..p * c + c]);
         }
     }

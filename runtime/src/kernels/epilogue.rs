@@ -5,6 +5,20 @@ use super::elementwise::clamp_to_int;
 use crate::quant::quantize_value;
 use qcc_ir::Act;
 
+/// Restores the interpreter's saturation for a channel whose bias is near the i32 limit: `sat` is +1 (or
+/// −1) when the true accumulator is known to be positive (negative) — the bias dominates every possible
+/// sum — so a wrapped negative (positive) i32 means the true value passed i32::MAX (MIN).
+#[inline(always)]
+pub fn saturate(v: i32, sat: i32) -> i32 {
+    if sat > 0 && v < 0 {
+        i32::MAX
+    } else if sat < 0 && v > 0 {
+        i32::MIN
+    } else {
+        v
+    }
+}
+
 /// The float path: y = quantize(act(f32(acc) * acc_scale[c])).
 #[derive(Clone, Copy, Debug)]
 pub struct FloatAct<'a> {

@@ -3,7 +3,7 @@
 //! (the term zx · Σ_k b[k, n]), so the loop multiplies raw bytes. i32 accumulation wraps, which is exact
 //! here: the compiler only selects this kernel when the true accumulator provably fits in i32 (ring
 //! arithmetic modulo 2^32 then gives the true value).
-use super::epilogue::Epilogue;
+use super::epilogue::{saturate, Epilogue};
 use super::{multiversion, pool, Isa};
 
 /// Columns per block of packed weights (one zmm of i32 lanes).
@@ -63,6 +63,8 @@ pub struct Gemm<'a> {
     pub bias: &'a [i32],
     /// Per column weight zero points, when any is non-zero (then row sums of a are needed).
     pub zw: Option<&'a [i32]>,
+    /// Per column saturation signs (see epilogue::saturate), when any column can saturate.
+    pub sat: Option<&'a [i32]>,
     pub epi: Epilogue<'a>,
     pub out: *mut u8,
     pub ldo: usize,
@@ -140,7 +142,7 @@ impl Gemm<'_> {
                 if let Some(zw) = self.zw {
                     v = v.wrapping_sub(zw[c0 + j].wrapping_mul(rs));
                 }
-                acc[j] = v;
+                acc[j] = self.sat.map_or(v, |s| saturate(v, s[c0 + j]));
             }
             self.epi.row(&acc[..cols], c0, &mut bytes[..cols]);
             // SAFETY: the output row segment lies inside out.
@@ -150,12 +152,26 @@ impl Gemm<'_> {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use vnni::saturate16;
+
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // register tiles are indexed by (row, block) on purpose
 mod vnni {
-    use super::{packed_dims, Gemm, NBLK};
+    use super::{packed_dims, saturate, Gemm, NBLK};
     use std::arch::x86_64::*;
 
     const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+    /// epilogue::saturate on 16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn saturate16(v: __m512i, sat: __m512i) -> __m512i {
+        let zero = _mm512_setzero_si512();
+        let up = _mm512_cmpgt_epi32_mask(sat, zero) & _mm512_cmplt_epi32_mask(v, zero);
+        let down = _mm512_cmplt_epi32_mask(sat, zero) & _mm512_cmpgt_epi32_mask(v, zero);
+        let v = _mm512_mask_mov_epi32(v, up, _mm512_set1_epi32(i32::MAX));
+        _mm512_mask_mov_epi32(v, down, _mm512_set1_epi32(i32::MIN))
+    }
 
     /// Computes rows r0..r0+rows, columns c0..c0+cols in 4-row micro-tiles of up to 4 column blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -227,7 +243,7 @@ mod vnni {
                         if let Some(zw) = g.zw {
                             v = v.wrapping_sub(zw[c0 + j].wrapping_mul(rs));
                         }
-                        *t = v;
+                        *t = g.sat.map_or(v, |s| saturate(v, s[c0 + j]));
                     }
                     g.epi.row(&tmp[..cols], c0, &mut bytes[..cols]);
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), g.out.add(r * g.ldo + c0), cols);
@@ -245,6 +261,9 @@ mod vnni {
                     let mut v = _mm512_add_epi32(acc[i][j], _mm512_loadu_si512(g.bias.as_ptr().add(c) as *const _));
                     if let (Some(rs), Some(zw)) = (rs, g.zw) {
                         v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(zw.as_ptr().add(c) as *const _), rs));
+                    }
+                    if let Some(sat) = g.sat {
+                        v = saturate16(v, _mm512_loadu_si512(sat.as_ptr().add(c) as *const _));
                     }
                     let m = _mm512_loadu_ps(g.epi.mult.as_ptr().add(c));
                     let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v), m);
