@@ -30,9 +30,11 @@ pub struct Options {
 enum Choice {
     Quantize,
     Dequantize,
-    /// qconv as a GEMM; `im2col` = gather windows first (into a temporary of that many bytes).
+    /// qconv as a GEMM; `im2col` = gather windows first (into a temporary of that many bytes);
+    /// `implicit` = the VNNI kernel reads the windows straight from the input.
     ConvGemm {
         im2col: Option<usize>,
+        implicit: bool,
     },
     DwConv,
     QGemm,
@@ -64,6 +66,7 @@ type Weights = (Vec<i64>, Vec<f32>, Vec<i32>, Vec<i64>, Option<Vec<i32>>);
 
 struct Ctx<'g> {
     g: &'g Graph,
+    isa: Isa,
 }
 
 fn int_elem(d: DType) -> Option<IntElem> {
@@ -137,11 +140,14 @@ impl Ctx<'_> {
                 if *group == 1 {
                     let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
                     if pointwise {
-                        return Choice::ConvGemm { im2col: None };
+                        return Choice::ConvGemm { im2col: None, implicit: false };
+                    }
+                    if self.isa == Isa::Avx512Vnni && cin % 4 == 0 && ws[2] * ws[3] <= 64 {
+                        return Choice::ConvGemm { im2col: None, implicit: true };
                     }
                     let os = oty.shape().unwrap_or(&[]);
                     let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m);
-                    return Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp) };
+                    return Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false };
                 }
                 if *group as usize == cin && m == cin && ws[1] == 1 && dilations.len() == 2 {
                     return Choice::DwConv;
@@ -366,7 +372,7 @@ impl Ctx<'_> {
 
 /// Lowers a verified graph with static shapes.
 pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
-    let cx = Ctx { g };
+    let cx = Ctx { g, isa: opts.isa };
     let order = g.topo_order().map_err(|n| CodegenError::Unsupported { node: g.node(n).name().into(), msg: "cycle".into() })?;
     let mut choices: Vec<Choice> = order.iter().map(|&n| cx.choose(n)).collect();
     let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
@@ -420,7 +426,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
-        if let Choice::ConvGemm { im2col: Some(b) } | Choice::FConv { im2col: Some(b) } = choices[i] {
+        if let Choice::ConvGemm { im2col: Some(b), .. } | Choice::FConv { im2col: Some(b) } = choices[i] {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: b, first: i + 1, last: i + 1 });
         }
@@ -488,7 +494,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 };
                 push(Kernel::Dequantize, h.encode(), 0, &mut blob);
             }
-            Choice::ConvGemm { im2col } => {
+            Choice::ConvGemm { im2col, implicit } => {
                 let Op::QConv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
                 let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
                 let (cin, m, kh, kw) = (xs[1], ws[0], ws[2], ws[3]);
@@ -518,7 +524,14 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     }
                     None => (off(ins[0]), cin),
                 };
-                let h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out)), (rows, k, m), a, &at, (&sw, &zw, &bias, &sat), *act)?;
+                let mut h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out)), (rows, k, m), a, &at, (&sw, &zw, &bias, &sat), *act)?;
+                if *implicit {
+                    let (_, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
+                    let raw = if xq.storage == DType::I8 { zx as i8 as u8 } else { zx as u8 };
+                    h.implicit = true;
+                    h.conv = geom(&xs, &os, kh, kw, strides, pads, dilations);
+                    h.pad = Arr { off: blob.push_bytes(&vec![raw; cin]), len: cin };
+                }
                 push(Kernel::Gemm, h.encode(), (rows * k * m) as u64, &mut blob);
             }
             Choice::QGemm => {
@@ -932,5 +945,8 @@ fn gemm_hdr(
         epi,
         out: out_off,
         ldo: m,
+        implicit: false,
+        conv: DwGeom { n: 0, h: 0, w: 0, c: 0, oh: 0, ow: 0, kh: 0, kw: 0, stride: [1, 1], pad: [0, 0], dil: [1, 1] },
+        pad: Arr::default(),
     })
 }

@@ -242,7 +242,10 @@ header!(GemmHdr {
     sat: Arr,
     epi: EpiHdr,
     out: usize,
-    ldo: usize
+    ldo: usize,
+    implicit: bool,
+    conv: DwGeom,
+    pad: Arr
 });
 header!(
     /// Gathers convolution windows of NHWC bytes into rows of kp bytes ((ky, kx, c) order); taps outside
@@ -378,6 +381,7 @@ pub unsafe extern "C" fn qcc_k_gemm(hdr: *const u64, blob: *const u8, arena: *mu
             bias: h.bias.slice(blob),
             zw: (h.zw.len > 0).then(|| h.zw.slice(blob)),
             sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),
+            conv: h.implicit.then(|| (h.conv, blob.add(h.pad.off))),
             epi: h.epi.epilogue(blob),
             out: arena.add(h.out),
             ldo: h.ldo,

@@ -3,6 +3,7 @@
 //! (the term zx · Σ_k b[k, n]), so the loop multiplies raw bytes. i32 accumulation wraps, which is exact
 //! here: the compiler only selects this kernel when the true accumulator provably fits in i32 (ring
 //! arithmetic modulo 2^32 then gives the true value).
+use super::dwconv::DwGeom;
 use super::epilogue::{saturate, Epilogue};
 use super::{multiversion, pool, Isa};
 
@@ -68,6 +69,10 @@ pub struct Gemm<'a> {
     pub epi: Epilogue<'a>,
     pub out: *mut u8,
     pub ldo: usize,
+    /// Implicit im2col (VNNI only): row r of `a` is the convolution window of output pixel r, read
+    /// straight from the NHWC input `a` (K = taps × cin, cin a multiple of 4, so no group of 4 k
+    /// straddles two taps); taps outside the image read `pad` (cin bytes of the zero point).
+    pub conv: Option<(DwGeom, *const u8)>,
 }
 
 // SAFETY: the raw pointers address the arena; tasks write disjoint tiles of `out` and only read `a`.
@@ -97,10 +102,38 @@ impl Gemm<'_> {
 
     /// Σ_k a[r, k] (as u8 after the optional xor), for the weight zero-point term.
     unsafe fn row_sum(&self, r: usize) -> i32 {
+        let x = if self.xor { 0x80u8 } else { 0 };
+        if let Some((g, _)) = self.conv {
+            let mut taps = [std::ptr::null(); 64];
+            // SAFETY: every tap pointer addresses cin bytes (run()'s contract).
+            return unsafe {
+                self.tap_ptrs(r, &mut taps);
+                taps[..g.kh * g.kw].iter().map(|p| std::slice::from_raw_parts(*p, g.c).iter().map(|v| (v ^ x) as i32).sum::<i32>()).sum()
+            };
+        }
         // SAFETY: row r is inside a (run()'s contract).
         let row = unsafe { std::slice::from_raw_parts(self.a.add(r * self.lda), self.k) };
-        let x = if self.xor { 0x80u8 } else { 0 };
         row.iter().map(|v| (v ^ x) as i32).sum()
+    }
+
+    /// For implicit convolutions: the address of each tap's cin bytes for output pixel r.
+    #[inline(always)]
+    unsafe fn tap_ptrs(&self, r: usize, out: &mut [*const u8; 64]) {
+        let Some((g, pad)) = self.conv else { return };
+        let (b, p) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+            for kx in 0..g.kw {
+                let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                out[ky * g.kw + kx] = if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
+                    pad
+                } else {
+                    // SAFETY: inside the input image.
+                    unsafe { self.a.add(((b * g.h + iy as usize) * g.w + ix as usize) * g.c) }
+                };
+            }
+        }
     }
 
     unsafe fn tile(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
@@ -215,17 +248,33 @@ mod vnni {
         // slack covers kp > k) and the packed weight blocks blk0..blk0+NB.
         unsafe {
             let bbase = g.b.as_ptr().add(blk0 * kp * NBLK);
-            let arows: [*const u8; MR] = std::array::from_fn(|i| g.a.add((r0 + i) * g.lda));
-            for kg in 0..kp / 4 {
-                let mut bv = [_mm512_setzero_si512(); NB];
-                for (j, b) in bv.iter_mut().enumerate() {
-                    *b = _mm512_loadu_si512(bbase.add(j * kp * NBLK + kg * 64) as *const _);
+            // Each segment is a run of k-groups read from one pointer per row: the whole row for a plain
+            // GEMM, one tap's cin bytes for an implicit convolution.
+            let (segments, seg_groups) = match g.conv {
+                Some((cg, _)) => (cg.kh * cg.kw, cg.c / 4),
+                None => (1, kp / 4),
+            };
+            let mut taps = [[std::ptr::null::<u8>(); 64]; MR];
+            if g.conv.is_some() {
+                for (i, t) in taps.iter_mut().enumerate() {
+                    g.tap_ptrs(r0 + i, t);
                 }
-                for i in 0..MR {
-                    let av = (arows[i].add(kg * 4) as *const i32).read_unaligned();
-                    let av = _mm512_xor_si512(_mm512_set1_epi32(av), flip);
-                    for j in 0..NB {
-                        acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+            }
+            for seg in 0..segments {
+                let arows: [*const u8; MR] =
+                    std::array::from_fn(|i| if g.conv.is_some() { taps[i][seg] } else { g.a.add((r0 + i) * g.lda) });
+                for sg in 0..seg_groups {
+                    let kg = seg * seg_groups + sg;
+                    let mut bv = [_mm512_setzero_si512(); NB];
+                    for (j, b) in bv.iter_mut().enumerate() {
+                        *b = _mm512_loadu_si512(bbase.add(j * kp * NBLK + kg * 64) as *const _);
+                    }
+                    for i in 0..MR {
+                        let av = (arows[i].add(sg * 4) as *const i32).read_unaligned();
+                        let av = _mm512_xor_si512(_mm512_set1_epi32(av), flip);
+                        for j in 0..NB {
+                            acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+                        }
                     }
                 }
             }
