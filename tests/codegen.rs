@@ -188,3 +188,27 @@ fn saturating_accumulators_match_the_interpreter() {
         }
     }
 }
+
+/// Float layers run compiled f32 kernels (convolution as GEMM, depthwise with strides, Gemm, pooling,
+/// elementwise) and agree with the interpreter within float rounding.
+#[test]
+fn compiled_float_networks_match_the_interpreter() {
+    for h in [17, 32] {
+        let d = tmp(&format!("float{h}"));
+        let model = d.join("net.onnx");
+        std::fs::write(&model, net(h).bytes()).unwrap();
+        let mut g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+        qcc::driver::compile(&mut g, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+        for isa in isas() {
+            let c = Compiled::new(&g, isa).unwrap();
+            assert_eq!(c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{}", c.plan.summary());
+            for s in 0..3 {
+                let want = qcc_runtime::run(&g, vec![input(h, s)]).unwrap()[0].to_f32_vec();
+                let got = c.run(&[input(h, s)]).unwrap()[0].to_f32_vec();
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+                assert!(err < 1e-4, "{isa:?}, h {h}, input {s}: relative error {err}");
+            }
+        }
+    }
+}
