@@ -60,7 +60,7 @@ impl Compiled {
         let plan = lower(g, &Options { isa, allow_host: true })?;
         let t1 = Instant::now();
         let mut builder = JITBuilder::with_isa(clif::host_isa(false)?, cranelift_module::default_libcall_names());
-        for (name, addr) in qcc_runtime::abi::symbols() {
+        for (name, addr) in qcc_runtime::entry::symbols() {
             builder.symbol(name, addr);
         }
         builder.symbol("qcc_k_host", host::qcc_k_host as *const u8);
@@ -141,7 +141,7 @@ impl Compiled {
     pub fn profile(&self, inputs: &[Tensor], iters: usize) -> Result<Vec<f64>, CodegenError> {
         self.run(inputs)?;
         let p = &self.plan;
-        let table: std::collections::HashMap<&str, *const u8> = qcc_runtime::abi::symbols().into_iter().collect();
+        let table: std::collections::HashMap<&str, *const u8> = qcc_runtime::entry::symbols().into_iter().collect();
         let mut fns = Vec::new();
         for s in &p.steps {
             let addr = if s.kernel == crate::plan::Kernel::Host { host::qcc_k_host as *const u8 } else { table[s.kernel.symbol()] };

@@ -1,6 +1,8 @@
 //! qcc-codegen: lowers graphs to execution plans (layouts, packed weights, memory plan) and turns them into
 //! machine code with Cranelift, either in memory (JIT, `Compiled`) or as an ELF object plus C header.
+mod choose;
 pub mod clif;
+mod emit;
 pub mod host;
 pub mod jit;
 pub mod lower;

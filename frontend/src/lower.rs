@@ -273,7 +273,7 @@ pub(crate) fn lower_node(ctx: &mut Ctx, np: &NodeProto, name: &str, used: &HashS
 
 fn add(ctx: &mut Ctx, n: &N, op: Op, ins: Vec<ValueId>, current: Type) -> R<ValueId> {
     let tys: Vec<Type> = ins.iter().map(|v| ctx.g.ty(*v).clone()).collect();
-    let ty = if matches!(op, Op::Opaque(_)) || tys.iter().any(|t| *t == Type::Unknown) {
+    let ty = if matches!(op, Op::Opaque(_)) || tys.contains(&Type::Unknown) {
         if !ctx.allow_unsupported && !matches!(op, Op::Opaque(_)) {
             return n.err("input type unknown");
         }

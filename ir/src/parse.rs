@@ -125,9 +125,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
             }
             c if c.is_ascii_digit() || c == b'-' || c == b'+' => {
                 let mut j = i + 1;
-                if src[j..].starts_with("inf") {
-                    j += 3;
-                } else if src[j..].starts_with("NaN") {
+                if src[j..].starts_with("inf") || src[j..].starts_with("NaN") {
                     j += 3;
                 } else {
                     while j < b.len() && b[j].is_ascii_digit() {
@@ -554,7 +552,7 @@ fn is_float_text(s: &str) -> bool {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()

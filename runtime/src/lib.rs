@@ -1,6 +1,7 @@
 //! qcc-runtime: the reference interpreter. It executes IR graphs op by op on ndarray and is the oracle
 //! every later stage (passes, quantized paths, generated code) is checked against.
 pub mod abi;
+pub mod entry;
 mod eval;
 mod interp;
 pub mod kernels;

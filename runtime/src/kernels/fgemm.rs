@@ -8,8 +8,9 @@ use qcc_ir::Act;
 
 pub const MR: usize = 6;
 const NR: usize = 32;
-/// Columns per task.
-const COLS: usize = 256;
+/// Bytes of `b` one task works on: its columns stay in L2 while every row block of the task passes over
+/// them.
+const TILE_BYTES: usize = 256 << 10;
 
 /// Packs w (M x K, element (m, k) given by `at`) into blocks of MR rows, [M/MR][K][MR], zero padded.
 pub fn pack_a(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
@@ -52,13 +53,14 @@ impl FGemm<'_> {
     /// b must hold k rows of ldb floats (p used), out every addressed element.
     pub unsafe fn run(&self) {
         let blocks = self.m.div_ceil(MR);
-        let col_tiles = self.p.div_ceil(COLS);
+        let cols = (TILE_BYTES / (4 * self.k.max(1)) / NR * NR).clamp(NR, 8 * NR);
+        let col_tiles = self.p.div_ceil(cols);
         // Enough row groups that both threads get work on narrow layers.
         let rows_per = blocks.div_ceil((4 * pool::threads()).div_ceil(col_tiles).max(1)).max(1);
         let row_tasks = blocks.div_ceil(rows_per);
         pool::parallel_for(row_tasks * col_tiles, &|t| {
             let (rt, ct) = (t / col_tiles, t % col_tiles);
-            let (p0, p1) = (ct * COLS, ((ct + 1) * COLS).min(self.p));
+            let (p0, p1) = (ct * cols, ((ct + 1) * cols).min(self.p));
             for blk in rt * rows_per..((rt + 1) * rows_per).min(blocks) {
                 // SAFETY: the tile is inside the matrices run()'s caller described.
                 unsafe { self.tile(blk, p0, p1) };

@@ -1,0 +1,353 @@
+//! Kernel choice: which kernel (or host step) each node gets, decided before memory planning because
+//! some choices need temporaries (im2col) and some absorb their successors (qadd → dequantize → clamp →
+//! quantize). Also the checks that make the integer kernels exact (accumulator bounds, saturation signs).
+use qcc_ir::{DType, Graph, NodeId, Op, QParams, QuantType, Type, ValueId};
+use qcc_runtime::kernels::elementwise::IntElem;
+use qcc_runtime::kernels::float::{BinOp, UnOp};
+use qcc_runtime::kernels::gemm::packed_dims;
+use qcc_runtime::kernels::Isa;
+use qcc_runtime::qops::per_channel;
+
+/// The kernel chosen for a node, with what lowering needs to know before memory planning.
+pub(crate) enum Choice {
+    Quantize,
+    Dequantize,
+    /// qconv as a GEMM; `im2col` = gather windows first (into a temporary of that many bytes);
+    /// `implicit` = the VNNI kernel reads the windows straight from the input.
+    ConvGemm {
+        im2col: Option<usize>,
+        implicit: bool,
+    },
+    DwConv,
+    QGemm,
+    QAdd,
+    QGap,
+    MaxPool,
+    /// A reshape: plain copy, or a layout change between NHWC and the logical order.
+    Copy {
+        mode: usize,
+    },
+    Binary(BinOp),
+    Unary(UnOp),
+    Host(String),
+    /// Float convolution as fgemm, after an f32 im2col into a temporary of that many bytes unless 1x1.
+    FConv {
+        im2col: Option<usize>,
+    },
+    FDwConv,
+    /// Float Gemm with one row (the classifier of batch-1 models).
+    FGemm,
+    FGap,
+    FMaxPool,
+    /// Computed by an earlier step's fused kernel (qadd → dequantize → clamp → quantize).
+    Absorbed,
+}
+
+/// Raw int8 weights in logical order, per-channel scales and zero points, bias.
+pub(crate) type Weights = (Vec<i64>, Vec<f32>, Vec<i32>, Vec<i64>, Option<Vec<i32>>);
+
+pub(crate) struct Ctx<'g> {
+    pub g: &'g Graph,
+    pub isa: Isa,
+}
+
+pub(crate) fn int_elem(d: DType) -> Option<IntElem> {
+    match d {
+        DType::U8 => Some(IntElem::U8),
+        DType::I8 => Some(IntElem::I8),
+        DType::I16 => Some(IntElem::I16),
+        _ => None,
+    }
+}
+
+/// (scale, zp, type) of a per-tensor quantized value with u8/i8/i16 storage.
+pub(crate) fn per_tensor(t: &Type) -> Option<(f32, i32, &QuantType)> {
+    let q = t.quant()?;
+    int_elem(q.storage)?;
+    match q.params {
+        QParams::PerTensor { scale, zp } => Some((scale, zp, q)),
+        _ => None,
+    }
+}
+
+pub(crate) fn is_8bit(q: &QuantType) -> bool {
+    matches!(q.storage, DType::U8 | DType::I8)
+}
+
+impl Ctx<'_> {
+    pub(crate) fn is_io(&self, v: ValueId) -> bool {
+        self.g.inputs().contains(&v) || self.g.outputs().contains(&v)
+    }
+
+    /// Integer 4-D activations inside the graph are NHWC.
+    pub(crate) fn nhwc(&self, v: ValueId) -> bool {
+        let t = self.g.ty(v);
+        t.quant().is_some() && t.shape().is_some_and(|s| s.len() == 4) && !self.is_io(v) && !self.g.is_const(v)
+    }
+
+    /// Whether the stored bytes equal the logical row-major bytes.
+    pub(crate) fn logical_bytes(&self, v: ValueId) -> bool {
+        !self.nhwc(v) || self.g.ty(v).shape().is_some_and(|s| s[1] == 1 || s[2] * s[3] == 1)
+    }
+
+    pub(crate) fn choose(&self, n: NodeId) -> Choice {
+        let g = self.g;
+        let node = g.node(n);
+        let ins = &node.inputs;
+        let out = node.output;
+        let oty = g.ty(out);
+        let act_in = |i: usize| ins.get(i).is_some_and(|v| !g.is_const(*v));
+        let host = |why: &str| Choice::Host(why.to_string());
+        match &node.op {
+            Op::Quantize => {
+                if !act_in(0) || g.ty(ins[0]).dtype() != Some(DType::F32) {
+                    return host("quantize of a constant or non-f32 value");
+                }
+                match per_tensor(oty) {
+                    Some(_) => Choice::Quantize,
+                    None => host("per-axis or i32 quantize"),
+                }
+            }
+            Op::Dequantize => match (act_in(0), per_tensor(g.ty(ins[0]))) {
+                (true, Some(_)) => Choice::Dequantize,
+                _ => host("dequantize of a constant or per-axis value"),
+            },
+            Op::QConv { strides, pads, dilations, group, .. } => {
+                if let Err(why) = self.conv_ok(n) {
+                    return Choice::Host(why);
+                }
+                let xs = g.ty(ins[0]).shape().unwrap_or(&[]);
+                let ws = g.ty(ins[1]).shape().unwrap_or(&[]);
+                let (cin, m) = (xs[1], ws[0]);
+                if *group == 1 {
+                    let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
+                    if pointwise {
+                        return Choice::ConvGemm { im2col: None, implicit: false };
+                    }
+                    if self.isa == Isa::Avx512Vnni && cin % 4 == 0 && ws[2] * ws[3] <= 64 {
+                        return Choice::ConvGemm { im2col: None, implicit: true };
+                    }
+                    let os = oty.shape().unwrap_or(&[]);
+                    let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m);
+                    return Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false };
+                }
+                if *group as usize == cin && m == cin && ws[1] == 1 && dilations.len() == 2 {
+                    return Choice::DwConv;
+                }
+                host("grouped convolution that is not depthwise")
+            }
+            Op::QGemm { .. } => {
+                let (Some((_, _, xq)), Some((_, _, oq))) = (per_tensor(g.ty(ins[0])), per_tensor(oty)) else {
+                    return host("input or output is not per-tensor quantized");
+                };
+                if !act_in(0) || !is_8bit(xq) || !is_8bit(oq) || self.is_weights_ok(n).is_err() {
+                    return Choice::Host(self.is_weights_ok(n).err().unwrap_or_else(|| "needs 8-bit activations".into()));
+                }
+                Choice::QGemm
+            }
+            Op::QAdd { .. } => {
+                let same = ins.len() == 2 && ins.iter().all(|v| g.ty(*v).shape() == oty.shape() && !g.is_const(*v));
+                let quant = ins.iter().all(|v| per_tensor(g.ty(*v)).is_some()) && per_tensor(oty).is_some();
+                let layout = ins.iter().all(|v| self.nhwc(*v) == self.nhwc(out));
+                if same && quant && layout {
+                    Choice::QAdd
+                } else {
+                    host("qadd with broadcasting, constants or mixed layouts")
+                }
+            }
+            Op::QGlobalAveragePool => {
+                if act_in(0) && self.nhwc(ins[0]) && per_tensor(g.ty(ins[0])).is_some() && per_tensor(oty).is_some() {
+                    Choice::QGap
+                } else {
+                    host("global average pool outside the NHWC integer path")
+                }
+            }
+            Op::MaxPool { kernel, .. } => {
+                if act_in(0) && kernel.len() == 2 && self.nhwc(ins[0]) && self.nhwc(out) && per_tensor(oty).is_some() {
+                    Choice::MaxPool
+                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) {
+                    Choice::FMaxPool
+                } else {
+                    host("max pooling that is not 2-D over f32 or channels-last integers")
+                }
+            }
+            Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity | Op::Dropout => {
+                if !act_in(0) {
+                    return host("reshape of a constant");
+                }
+                match (self.logical_bytes(ins[0]), self.logical_bytes(out)) {
+                    (true, true) => Choice::Copy { mode: 0 },
+                    (false, true) => Choice::Copy { mode: 1 },
+                    (true, false) => Choice::Copy { mode: 2 },
+                    (false, false) => host("reshape between two channels-last shapes"),
+                }
+            }
+            op if BinOp::from_op(op).is_some() => {
+                let f32s = ins.iter().chain([&out]).all(|v| g.ty(*v).elem() == Some(&qcc_ir::ElemType::Plain(DType::F32)));
+                let consts_known = ins.iter().all(|v| !g.is_const(*v) || g.const_tensor(*v).is_some());
+                match (ins.len() == 2 && f32s && consts_known && !ins.iter().all(|v| g.is_const(*v)), BinOp::from_op(op)) {
+                    (true, Some(b)) => Choice::Binary(b),
+                    _ => host("binary op on non-f32 values or with more than two inputs"),
+                }
+            }
+            op if UnOp::from_op(op).is_some() => {
+                let f32s = g.ty(ins[0]).elem() == Some(&qcc_ir::ElemType::Plain(DType::F32)) && oty.dtype() == Some(DType::F32);
+                match (act_in(0) && f32s && oty.quant().is_none(), UnOp::from_op(op)) {
+                    (true, Some(u)) => Choice::Unary(u),
+                    _ => host("unary op on a constant or a non-f32 value"),
+                }
+            }
+            Op::Conv { strides, pads, group, .. } => self.choose_fconv(n, strides, pads, *group).unwrap_or_else(Choice::Host),
+            Op::Gemm { alpha, beta, trans_a, .. } => {
+                let xs = g.ty(ins[0]).shape().unwrap_or(&[]);
+                let bias_ok = ins.get(2).is_none_or(|c| g.const_tensor(*c).is_some_and(|t| t.len() == oty.shape().map_or(0, |s| s[1])));
+                let ok = act_in(0)
+                    && *alpha == 1.0
+                    && (*beta == 1.0 || ins.len() == 2)
+                    && !trans_a
+                    && xs.first() == Some(&1)
+                    && self.f32_value(ins[0])
+                    && g.const_tensor(ins[1]).is_some_and(|t| t.dtype() == DType::F32)
+                    && bias_ok;
+                if ok {
+                    Choice::FGemm
+                } else {
+                    host("float Gemm other than one row times constant weights (alpha = beta = 1)")
+                }
+            }
+            Op::GlobalAveragePool if act_in(0) && self.f32_value(ins[0]) && g.ty(ins[0]).shape().is_some_and(|s| s.len() == 4) => {
+                Choice::FGap
+            }
+            op => Choice::Host(format!("no compiled kernel for {}", op.name())),
+        }
+    }
+
+    pub(crate) fn f32_value(&self, v: ValueId) -> bool {
+        self.g.ty(v).elem() == Some(&qcc_ir::ElemType::Plain(DType::F32))
+    }
+
+    /// A float convolution's kernel: fgemm (with im2col unless pointwise) or depthwise; batch 1, 2-D,
+    /// constant f32 weights and bias.
+    pub(crate) fn choose_fconv(&self, n: NodeId, strides: &[i64], pads: &[i64], group: i64) -> Result<Choice, String> {
+        let g = self.g;
+        let ins = &g.node(n).inputs;
+        let (xs, ws) = (g.ty(ins[0]).shape().unwrap_or(&[]), g.ty(ins[1]).shape().unwrap_or(&[]));
+        let consts = g.const_tensor(ins[1]).is_some() && ins.get(2).is_none_or(|b| g.const_tensor(*b).is_some());
+        if g.is_const(ins[0]) || !self.f32_value(ins[0]) || xs.len() != 4 || ws.len() != 4 || xs[0] != 1 || !consts {
+            return Err("float convolution other than 2-D, batch 1, constant weights".into());
+        }
+        if group == 1 {
+            if ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0) {
+                return Ok(Choice::FConv { im2col: None });
+            }
+            let os = g.ty(g.node(n).output).shape().unwrap_or(&[]);
+            return Ok(Choice::FConv { im2col: Some(ws[1] * ws[2] * ws[3] * os[2] * os[3] * 4) });
+        }
+        if group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 {
+            return Ok(Choice::FDwConv);
+        }
+        Err("grouped float convolution that is not depthwise".into())
+    }
+
+    /// The nodes dequantize → relu/clip → quantize that follow qadd `n` and only feed each other, with
+    /// the final quantize per tensor in the same layout as the add.
+    pub(crate) fn clamp_chain(&self, n: NodeId) -> Option<[NodeId; 3]> {
+        let g = self.g;
+        let only_use = |v: ValueId| -> Option<NodeId> {
+            match g.uses(v).as_slice() {
+                [(u, 0)] if !g.is_output(v) => Some(*u),
+                _ => None,
+            }
+        };
+        let dq = only_use(g.node(n).output)?;
+        let u = only_use(g.node(dq).output)?;
+        let q = only_use(g.node(u).output)?;
+        let ok = g.node(dq).op == Op::Dequantize
+            && matches!(UnOp::from_op(&g.node(u).op), Some(UnOp::Clip { .. }))
+            && g.node(q).op == Op::Quantize
+            && per_tensor(g.ty(g.node(q).output)).is_some()
+            && self.nhwc(g.node(q).output) == self.nhwc(g.node(n).output)
+            && g.ty(g.node(q).output).shape() == g.ty(g.node(n).output).shape();
+        ok.then_some([dq, u, q])
+    }
+
+    pub(crate) fn is_weights_ok(&self, n: NodeId) -> Result<(), String> {
+        let g = self.g;
+        let ins = &g.node(n).inputs;
+        let w = ins[1];
+        let wq = g.ty(w).quant().ok_or("weights are not quantized")?;
+        if !g.is_const(w) || wq.storage != DType::I8 {
+            return Err("weights must be constant int8".into());
+        }
+        if let Some(b) = ins.get(2) {
+            if !g.is_const(*b) || g.ty(*b).dtype() != Some(DType::I32) {
+                return Err("bias must be a constant i32".into());
+            }
+        }
+        if self.weights(n).is_none() {
+            return Err("products could exceed 2^30 in an accumulator".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn conv_ok(&self, n: NodeId) -> Result<(), String> {
+        let g = self.g;
+        let node = g.node(n);
+        let (x, out) = (node.inputs[0], node.output);
+        let (Some((_, _, xq)), Some((_, _, oq))) = (per_tensor(g.ty(x)), per_tensor(g.ty(out))) else {
+            return Err("input or output is not per-tensor quantized".into());
+        };
+        if !is_8bit(xq) || !is_8bit(oq) {
+            return Err("16-bit activations run in the interpreter".into());
+        }
+        if !self.nhwc(x) || !self.nhwc(out) || g.ty(node.inputs[1]).shape().map(|s| s.len()) != Some(4) {
+            return Err("only 2-D convolutions on internal values are compiled".into());
+        }
+        self.is_weights_ok(n)
+    }
+
+    /// Weights of a qconv/qgemm as (raw int8 in logical order, per-channel scales, zero points, bias),
+    /// or None when an accumulator could leave i32 (then the kernel's wrapping sum would not be exact).
+    pub(crate) fn weights(&self, n: NodeId) -> Option<Weights> {
+        let g = self.g;
+        let node = g.node(n);
+        let (x, w) = (node.inputs[0], node.inputs[1]);
+        let (_, zx, xq) = per_tensor(g.ty(x))?;
+        let wq = g.ty(w).quant()?;
+        let ws = g.ty(w).shape()?;
+        let m = match &node.op {
+            Op::QGemm { trans_b: false, .. } => ws[1],
+            _ => ws[0],
+        };
+        let (sw, zw) = per_channel(wq, m).ok()?;
+        let wv = g.const_tensor(w)?.to_i64_vec()?;
+        let bias = match node.inputs.get(2) {
+            Some(b) => g.const_tensor(*b)?.to_i64_vec()?,
+            None => vec![0; m],
+        };
+        let dx = (xq.qmin - zx as i64).abs().max((xq.qmax - zx as i64).abs());
+        let k = wv.len() / m;
+        let mut sumabs = vec![0i64; m];
+        for (i, v) in wv.iter().enumerate() {
+            let c = match &node.op {
+                Op::QGemm { trans_b: false, .. } => i % m,
+                _ => i / k,
+            };
+            sumabs[c] += (v - zw[c] as i64).abs();
+        }
+        // The products' sum S is at most dx·Σ|w − zw| in magnitude. A channel whose S + bias may leave i32
+        // gets a saturation sign: with |S| < 2^30 the bias (then beyond ±2^30) fixes the true sum's sign, so
+        // the kernel can tell a wrapped i32 from a true one and saturate as the interpreter's clamp does.
+        if (0..m).any(|c| dx * sumabs[c] >= 1 << 30) {
+            return None;
+        }
+        let sat: Vec<i32> = (0..m)
+            .map(|c| match dx * sumabs[c] + bias[c].abs() <= i32::MAX as i64 {
+                true => 0,
+                false => bias[c].signum() as i32,
+            })
+            .collect();
+        let sat = sat.iter().any(|s| *s != 0).then_some(sat);
+        Some((wv, sw, zw, bias, sat))
+    }
+}
