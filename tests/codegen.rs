@@ -58,7 +58,14 @@ fn net(h: usize) -> Builder {
         &["p6"],
         vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
     );
-    b.node("GlobalAveragePool", "gap", &["p6"], &["g"], vec![]);
+    b.node(
+        "AveragePool",
+        "avg7",
+        &["p6"],
+        &["a7"],
+        vec![ints("kernel_shape", &[2, 2]), ints("pads", &[0, 0, 1, 1]), int("count_include_pad", 1)],
+    );
+    b.node("GlobalAveragePool", "gap", &["a7"], &["g"], vec![]);
     b.node("Reshape", "flatten", &["g", "shape"], &["f"], vec![]);
     b.node("Gemm", "fc", &["f", "wfc", "bfc"], &["y"], vec![int("transB", 1)]);
     let _ = (o, float("alpha", 1.0));

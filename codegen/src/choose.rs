@@ -39,6 +39,7 @@ pub(crate) enum Choice {
     FGemm,
     FGap,
     FMaxPool,
+    FAvgPool,
     /// Computed by an earlier step's fused kernel (qadd → dequantize → clamp → quantize).
     Absorbed,
 }
@@ -218,6 +219,7 @@ impl Ctx<'_> {
             Op::GlobalAveragePool if act_in(0) && self.f32_value(ins[0]) && g.ty(ins[0]).shape().is_some_and(|s| s.len() == 4) => {
                 Choice::FGap
             }
+            Op::AveragePool { kernel, .. } if act_in(0) && self.f32_value(ins[0]) && kernel.len() == 2 => Choice::FAvgPool,
             op => Choice::Host(format!("no compiled kernel for {}", op.name())),
         }
     }

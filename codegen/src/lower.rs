@@ -405,6 +405,20 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let h = FGapHdr { x: off(ins[0]), planes: xs[0] * xs[1], hw: xs[2] * xs[3], out: off(out) };
                 push(Kernel::FGap, h.encode(), 0, &mut blob);
             }
+            Choice::FAvgPool => {
+                let Op::AveragePool { kernel, strides, pads, dilations, count_include_pad, .. } = &node.op else {
+                    return Err(internal(&name));
+                };
+                let (xs, os) = (shape(g, ins[0]), shape(g, out));
+                let h = FAvgPoolHdr {
+                    g: geom(&xs, &os, kernel[0] as usize, kernel[1] as usize, strides, pads, dilations),
+                    pe: [pads.get(2).map_or(0, |p| *p as usize), pads.get(3).map_or(0, |p| *p as usize)],
+                    include_pad: *count_include_pad,
+                    x: off(ins[0]),
+                    out: off(out),
+                };
+                push(Kernel::FAvgPool, h.encode(), 0, &mut blob);
+            }
             Choice::FMaxPool => {
                 let Op::MaxPool { kernel, strides, pads, dilations, .. } = &node.op else { return Err(internal(&name)) };
                 let (xs, os) = (shape(g, ins[0]), shape(g, out));

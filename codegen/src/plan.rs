@@ -24,6 +24,7 @@ pub enum Kernel {
     FDwConv,
     FGap,
     FMaxPool,
+    FAvgPool,
     /// The interpreter runs the node (JIT only).
     Host,
 }
@@ -47,6 +48,7 @@ impl Kernel {
             Kernel::FDwConv => "qcc_k_fdwconv",
             Kernel::FGap => "qcc_k_fgap",
             Kernel::FMaxPool => "qcc_k_fmaxpool",
+            Kernel::FAvgPool => "qcc_k_favgpool",
             Kernel::Host => "qcc_k_host",
         }
     }

@@ -308,6 +308,16 @@ pub unsafe extern "C" fn qcc_k_fmaxpool(hdr: *const u64, _blob: *const u8, arena
     }
 }
 
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_favgpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FAvgPoolHdr::decode(words(hdr));
+        fconv::avgpool(arena.add(h.x) as *const f32, h.g, h.pe, h.include_pad, arena.add(h.out) as *mut f32);
+    }
+}
+
 /// Copies `bytes` from `src` to `dst` (the entry point copies caller inputs into the arena and outputs
 /// back out). Returns 0.
 ///
@@ -355,6 +365,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),
         ("qcc_k_fmaxpool", qcc_k_fmaxpool as *const u8),
+        ("qcc_k_favgpool", qcc_k_favgpool as *const u8),
         ("qcc_rt_copy", qcc_rt_copy as *const u8),
         ("qcc_rt_check_cpu", qcc_rt_check_cpu as *const u8),
     ]

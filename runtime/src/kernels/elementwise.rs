@@ -224,14 +224,14 @@ pub struct QAdd {
     pub mid: Option<(f32, i32, i32, i32, UnOp)>,
 }
 
-/// Reads elements a..b as i32 (one match per call, so the copy loops vectorize).
-unsafe fn read_range(e: IntElem, p: *const u8, a: usize, out: &mut [i32]) {
-    // SAFETY: caller's contract: p holds a + out.len() elements.
+/// Elements a..a+n as i32 (one match per call, so the conversion loops vectorize; no zero-filling).
+unsafe fn read_range(e: IntElem, p: *const u8, a: usize, n: usize) -> Vec<i32> {
+    // SAFETY: caller's contract: p holds a + n elements.
     unsafe {
         match e {
-            IntElem::U8 => out.iter_mut().enumerate().for_each(|(i, o)| *o = *p.add(a + i) as i32),
-            IntElem::I8 => out.iter_mut().enumerate().for_each(|(i, o)| *o = *p.add(a + i) as i8 as i32),
-            IntElem::I16 => out.iter_mut().enumerate().for_each(|(i, o)| *o = (p as *const i16).add(a + i).read_unaligned() as i32),
+            IntElem::U8 => std::slice::from_raw_parts(p.add(a), n).iter().map(|v| *v as i32).collect(),
+            IntElem::I8 => std::slice::from_raw_parts(p.add(a) as *const i8, n).iter().map(|v| *v as i32).collect(),
+            IntElem::I16 => (0..n).map(|i| (p as *const i16).add(a + i).read_unaligned() as i32).collect(),
         }
     }
 }
@@ -293,12 +293,8 @@ impl QAdd {
             }
         );
         chunks(self.len, &|s, e| {
-            let (mut ta, mut tb) = (vec![0i32; e - s], vec![0i32; e - s]);
             // SAFETY: s..e lies inside every buffer.
-            unsafe {
-                read_range(self.a.3, ap.get(), s, &mut ta);
-                read_range(self.b.3, bp.get(), s, &mut tb);
-            }
+            let (mut ta, tb) = unsafe { (read_range(self.a.3, ap.get(), s, e - s), read_range(self.b.3, bp.get(), s, e - s)) };
             add(
                 self.isa,
                 &mut ta,

@@ -209,6 +209,18 @@ mod vnni {
     /// Computes rows r0..r0+rows, columns c0..c0+cols in 4-row micro-tiles of up to 4 column blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn tile(g: &Gemm, r0: usize, rows: usize, c0: usize, cols: usize) {
+        // SAFETY: forwarded contract; FLIP is a compile-time copy of g.xor.
+        unsafe {
+            if g.xor {
+                tile_rows::<true>(g, r0, rows, c0, cols)
+            } else {
+                tile_rows::<false>(g, r0, rows, c0, cols)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile_rows<const FLIP: bool>(g: &Gemm, r0: usize, rows: usize, c0: usize, cols: usize) {
         let blocks = cols.div_ceil(NBLK);
         let mut r = r0;
         while r < r0 + rows {
@@ -216,22 +228,22 @@ mod vnni {
             // SAFETY (all calls): rows and blocks stay inside the tile run() handed out.
             unsafe {
                 match (mr, blocks) {
-                    (4, 4) => micro::<4, 4>(g, r, c0, cols),
-                    (4, 3) => micro::<4, 3>(g, r, c0, cols),
-                    (4, 2) => micro::<4, 2>(g, r, c0, cols),
-                    (4, 1) => micro::<4, 1>(g, r, c0, cols),
-                    (3, 4) => micro::<3, 4>(g, r, c0, cols),
-                    (3, 3) => micro::<3, 3>(g, r, c0, cols),
-                    (3, 2) => micro::<3, 2>(g, r, c0, cols),
-                    (3, 1) => micro::<3, 1>(g, r, c0, cols),
-                    (2, 4) => micro::<2, 4>(g, r, c0, cols),
-                    (2, 3) => micro::<2, 3>(g, r, c0, cols),
-                    (2, 2) => micro::<2, 2>(g, r, c0, cols),
-                    (2, 1) => micro::<2, 1>(g, r, c0, cols),
-                    (_, 4) => micro::<1, 4>(g, r, c0, cols),
-                    (_, 3) => micro::<1, 3>(g, r, c0, cols),
-                    (_, 2) => micro::<1, 2>(g, r, c0, cols),
-                    _ => micro::<1, 1>(g, r, c0, cols),
+                    (4, 4) => micro::<4, 4, FLIP>(g, r, c0, cols),
+                    (4, 3) => micro::<4, 3, FLIP>(g, r, c0, cols),
+                    (4, 2) => micro::<4, 2, FLIP>(g, r, c0, cols),
+                    (4, 1) => micro::<4, 1, FLIP>(g, r, c0, cols),
+                    (3, 4) => micro::<3, 4, FLIP>(g, r, c0, cols),
+                    (3, 3) => micro::<3, 3, FLIP>(g, r, c0, cols),
+                    (3, 2) => micro::<3, 2, FLIP>(g, r, c0, cols),
+                    (3, 1) => micro::<3, 1, FLIP>(g, r, c0, cols),
+                    (2, 4) => micro::<2, 4, FLIP>(g, r, c0, cols),
+                    (2, 3) => micro::<2, 3, FLIP>(g, r, c0, cols),
+                    (2, 2) => micro::<2, 2, FLIP>(g, r, c0, cols),
+                    (2, 1) => micro::<2, 1, FLIP>(g, r, c0, cols),
+                    (_, 4) => micro::<1, 4, FLIP>(g, r, c0, cols),
+                    (_, 3) => micro::<1, 3, FLIP>(g, r, c0, cols),
+                    (_, 2) => micro::<1, 2, FLIP>(g, r, c0, cols),
+                    _ => micro::<1, 1, FLIP>(g, r, c0, cols),
                 }
             }
             r += mr;
@@ -239,7 +251,7 @@ mod vnni {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn micro<const MR: usize, const NB: usize>(g: &Gemm, r0: usize, c0: usize, cols: usize) {
+    unsafe fn micro<const MR: usize, const NB: usize, const FLIP: bool>(g: &Gemm, r0: usize, c0: usize, cols: usize) {
         let (kp, _) = packed_dims(g.k, g.n);
         let mut acc = [[_mm512_setzero_si512(); NB]; MR];
         let flip = _mm512_set1_epi32(if g.xor { 0x8080_8080u32 as i32 } else { 0 });
@@ -271,7 +283,7 @@ mod vnni {
                     }
                     for i in 0..MR {
                         let av = (arows[i].add(sg * 4) as *const i32).read_unaligned();
-                        let av = _mm512_xor_si512(_mm512_set1_epi32(av), flip);
+                        let av = if FLIP { _mm512_xor_si512(_mm512_set1_epi32(av), flip) } else { _mm512_set1_epi32(av) };
                         for j in 0..NB {
                             acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
                         }
