@@ -227,3 +227,39 @@ fn bad_inputs_fail_cleanly() {
     std::fs::write(&q, "graph @g(%0: f32[2]) -> (%1: f32[2]) {\n  %1 = relu %9 : f32[2]\n}\n").unwrap();
     assert_fails(&qcc(&[&q.display().to_string(), "-o", &outs]), "bad.qir:line 2: use of undefined value %9", Some(&out));
 }
+
+/// `-o NAME.o` writes an object file and its header; what cannot be compiled ahead of time is one error
+/// naming the node, with nothing written; `qcc bench` reports latency as text and JSON.
+#[test]
+fn object_files_headers_and_bench() {
+    let d = tmp("obj");
+    let obj = d.join("digits.o");
+    let o = qcc(&[&example(), "-O1", "-o", obj.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let header = std::fs::read_to_string(d.join("digits.h")).unwrap();
+    for want in
+        ["size_t digits_scratch_bytes(void);", "int digits_run(const float *const *inputs", "#define DIGITS_INPUT0_SHAPE {1, 1, 28, 28}"]
+    {
+        assert!(header.contains(want), "{want} missing from:\n{header}");
+    }
+    assert_eq!(&std::fs::read(&obj).unwrap()[..4], b"\x7fELF");
+
+    let o = qcc(&[&example(), "-o", obj.to_str().unwrap(), "--symbol-prefix", "9bad"]);
+    assert_fails(&o, "is not a C identifier", None);
+
+    // Softmax has no kernel: fine in the JIT (an interpreted step), refused for an object file.
+    let mut b = common::Builder::new();
+    b.input("x", &[1, 4]).output("y", &[1, 4]);
+    b.node("Softmax", "probs", &["x"], &["y"], vec![common::int("axis", 1)]);
+    let m = write_model(&d, "soft.onnx", &b.bytes());
+    let soft = d.join("soft.o");
+    let o = qcc(&[&m, "-o", soft.to_str().unwrap()]);
+    assert_fails(&o, "node \"probs\": softmax cannot be compiled to an object file", Some(&soft));
+    assert!(!d.join("soft.h").exists());
+
+    let json = d.join("bench.json");
+    let o = qcc(&["bench", &example(), "--iters", "3", "--json", json.to_str().unwrap()]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("median"), "{}", stderr(&o));
+    let j = std::fs::read_to_string(&json).unwrap();
+    assert!(j.contains("\"median_ms\"") && j.contains("\"p90_ms\"") && j.contains("\"threads\""), "{j}");
+}

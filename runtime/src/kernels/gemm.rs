@@ -86,12 +86,16 @@ impl Gemm<'_> {
     /// `out` writable for (m-1)·ldo + n bytes, not overlapping `a`.
     pub unsafe fn run(&self) {
         let (_, np) = packed_dims(self.k, self.n);
+        // Equal row blocks of at most ROWS rows (a multiple of the 4-row micro-tile), so the last block is
+        // not a sliver that leaves a thread idle on small layers.
         let row_blocks = self.m.div_ceil(ROWS);
+        let block = self.m.div_ceil(row_blocks).div_ceil(4) * 4;
+        let row_blocks = self.m.div_ceil(block);
         let panels = np.div_ceil(PANEL);
         pool::parallel_for(row_blocks * panels, &|t| {
             let (p, rb) = (t / row_blocks, t % row_blocks);
-            let (r0, c0) = (rb * ROWS, p * PANEL);
-            let rows = ROWS.min(self.m - r0);
+            let (r0, c0) = (rb * block, p * PANEL);
+            let rows = block.min(self.m - r0);
             let cols = PANEL.min(self.n - c0.min(self.n));
             if cols > 0 {
                 // SAFETY: the tile lies inside the bounds run()'s caller guarantees.

@@ -19,6 +19,9 @@ struct Shared {
     done: AtomicUsize,
     /// Workers inside run_tasks for the current job; the caller waits for 0 before the job's borrow ends.
     busy: AtomicUsize,
+    /// Workers waiting on `wake` (changed under the `job` lock), so publishing skips the wake-up system
+    /// call while every worker is still spinning.
+    sleeping: AtomicUsize,
 }
 
 struct Pool {
@@ -62,7 +65,11 @@ fn worker(shared: Arc<Shared>, index: usize) {
                             break (job, n);
                         }
                     }
-                    _ => guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                    _ => {
+                        shared.sleeping.fetch_add(1, Ordering::AcqRel);
+                        guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                        shared.sleeping.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             }
         };
@@ -98,6 +105,7 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
                 next: AtomicUsize::new(0),
                 done: AtomicUsize::new(0),
                 busy: AtomicUsize::new(0),
+                sleeping: AtomicUsize::new(0),
             }),
             workers: 0,
         })
@@ -122,7 +130,9 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
         let mut guard = shared.job.lock().unwrap_or_else(|e| e.into_inner());
         *guard = Some((generation, job, n, want - 1));
         shared.generation.store(generation, Ordering::Release);
-        shared.wake.notify_all();
+        if shared.sleeping.load(Ordering::Acquire) > 0 {
+            shared.wake.notify_all();
+        }
     }
     run_tasks(&shared, job, n);
     while shared.done.load(Ordering::Acquire) < n {
