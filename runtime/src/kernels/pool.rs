@@ -40,8 +40,10 @@ pub fn set_threads(n: usize) {
 
 /// The number of threads kernels will use.
 pub fn threads() -> usize {
+    // available_parallelism reads cgroup files on Linux: ask once, not on every kernel call.
+    static CORES: OnceLock<usize> = OnceLock::new();
     match WANTED.load(Ordering::SeqCst) {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         n => n,
     }
 }
