@@ -285,12 +285,10 @@ impl ModelArgs {
     /// An executor for `g`: compiled code, or the interpreter with --interp.
     fn exec(&self, g: Graph) -> Result<Exec> {
         qcc_runtime::kernels::pool::set_threads(self.threads);
-        let t = std::time::Instant::now();
         let x = Exec::new(g, self.interp, target_isa(&self.target_cpu)?)?;
         if let (true, Some(c)) = (self.time_passes, x.compiled()) {
             eprintln!("codegen: lower {:.3} ms, cranelift {:.3} ms ({})", ms(c.times.lower), ms(c.times.cranelift), c.plan.summary());
         }
-        let _ = t;
         Ok(x)
     }
 

@@ -4,7 +4,7 @@
 //! weight scheme and activation type, for every instruction-set variant this CPU runs and several thread
 //! counts; and the bundled MNIST model.
 mod common;
-use common::{float, int, ints, values, Builder};
+use common::{int, ints, values, Builder};
 use qcc::calib::{calibrate, quant_config, CalibSet};
 use qcc::codegen::plan::Kernel;
 use qcc::codegen::{Compiled, Isa};
@@ -23,7 +23,6 @@ fn tmp(name: &str) -> PathBuf {
 fn net(h: usize) -> Builder {
     let (c1, c2) = (20usize, 35usize);
     let mut b = Builder::new();
-    let o = h.div_ceil(2).div_ceil(2).div_ceil(2);
     b.input("x", &[1, 3, h as i64, h as i64]).output("y", &[1, 10]);
     let w = |n: usize, seed: u32, s: f32| values(n, seed).iter().map(|v| v * s).collect::<Vec<f32>>();
     b.init("w0", &[c1 as i64, 3, 3, 3], w(c1 * 27, 1, 0.5)).init("b0", &[c1 as i64], w(c1, 2, 0.2));
@@ -68,7 +67,6 @@ fn net(h: usize) -> Builder {
     b.node("GlobalAveragePool", "gap", &["a7"], &["g"], vec![]);
     b.node("Reshape", "flatten", &["g", "shape"], &["f"], vec![]);
     b.node("Gemm", "fc", &["f", "wfc", "bfc"], &["y"], vec![int("transB", 1)]);
-    let _ = (o, float("alpha", 1.0));
     b
 }
 

@@ -16,14 +16,15 @@ struct Arena {
 }
 
 impl Arena {
-    fn new(bytes: usize) -> Arena {
-        let layout = Layout::from_size_align(bytes.max(64), 64).expect("arena layout");
+    fn new(bytes: usize) -> Result<Arena, CodegenError> {
+        let too_big = || CodegenError::Run(format!("cannot allocate {bytes} bytes of working memory"));
+        let layout = Layout::from_size_align(bytes.max(64), 64).map_err(|_| too_big())?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
+            return Err(too_big());
         }
-        Arena { ptr, layout }
+        Ok(Arena { ptr, layout })
     }
 }
 
@@ -71,7 +72,7 @@ impl Compiled {
         // SAFETY: `code` is the finalized `<prefix>_run` function clif::define built with exactly this
         // signature (three pointers in, i32 out, the platform's default calling convention).
         let run = unsafe { std::mem::transmute::<*const u8, RunFn>(code) };
-        let arena = Mutex::new(Arena::new(plan.arena_bytes));
+        let arena = Mutex::new(Arena::new(plan.arena_bytes)?);
         let times = CodegenTimes { lower: t1 - t0, cranelift: t1.elapsed() };
         Ok(Compiled { module: Some(module), run, plan, arena, times })
     }
@@ -150,7 +151,7 @@ impl Compiled {
         }
         // The blob the JIT copied is private to the module; the plan's own copy has the same contents, but
         // must be 64-byte aligned for the kernels.
-        let blob = Arena::new(p.blob.len());
+        let blob = Arena::new(p.blob.len())?;
         // SAFETY: blob was allocated with p.blob.len() bytes.
         unsafe { std::ptr::copy_nonoverlapping(p.blob.as_bytes().as_ptr(), blob.ptr, p.blob.len()) };
         let arena = self.arena.lock().unwrap_or_else(|e| e.into_inner());

@@ -138,7 +138,6 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
             Choice::Dequantize => {
                 let (scale, zp, q) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
                 let h = DequantizeHdr {
-                    isa,
                     x: off(ins[0]),
                     len: oty.numel().unwrap_or(0),
                     from_nhwc: cx.nhwc(ins[0]),

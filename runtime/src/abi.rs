@@ -215,17 +215,7 @@ header!(QuantizeHdr {
     elem: IntElem,
     out: usize
 });
-header!(DequantizeHdr {
-    isa: Isa,
-    x: usize,
-    len: usize,
-    from_nhwc: bool,
-    dims: [usize; 4],
-    scale: f32,
-    zp: i32,
-    elem: IntElem,
-    out: usize
-});
+header!(DequantizeHdr { x: usize, len: usize, from_nhwc: bool, dims: [usize; 4], scale: f32, zp: i32, elem: IntElem, out: usize });
 header!(GemmHdr {
     isa: Isa,
     m: usize,

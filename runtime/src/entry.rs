@@ -38,7 +38,7 @@ pub unsafe extern "C" fn qcc_k_dequantize(hdr: *const u64, _blob: *const u8, are
     unsafe {
         let h = DequantizeHdr::decode(words(hdr));
         let dims = h.from_nhwc.then_some(h.dims);
-        elementwise::dequantize(h.isa, arena.add(h.x), h.len, dims, h.scale, h.zp, h.elem, arena.add(h.out) as *mut f32);
+        elementwise::dequantize(arena.add(h.x), h.len, dims, h.scale, h.zp, h.elem, arena.add(h.out) as *mut f32);
     }
 }
 

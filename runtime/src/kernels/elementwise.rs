@@ -185,10 +185,8 @@ pub unsafe fn quantize(
 ///
 /// # Safety
 /// As quantize.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn dequantize(isa: Isa, x: *const u8, len: usize, nchw: Option<[usize; 4]>, scale: f32, zp: i32, elem: IntElem, out: *mut f32) {
+pub unsafe fn dequantize(x: *const u8, len: usize, nchw: Option<[usize; 4]>, scale: f32, zp: i32, elem: IntElem, out: *mut f32) {
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
-    let _ = isa;
     match nchw {
         None => chunks(len, &|a, b| {
             for i in a..b {
