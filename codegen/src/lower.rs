@@ -1,9 +1,9 @@
-//! Lowering a graph to an execution plan (kernel choice in choose.rs, headers in emit.rs). Integer 4-D activations are stored channels-last (NHWC), so a
-//! 1x1 convolution is a GEMM over contiguous pixels and depthwise kernels vectorize across channels; float
-//! values and graph inputs/outputs keep the logical row-major layout. Each node picks a kernel
-//! (`choose`); anything without one becomes a host step (the interpreter, JIT only) with the reason kept.
-//! Weights are packed for the target ISA once, here, with every constant zero-point term folded into the
-//! bias (see runtime/src/kernels/gemm.rs).
+//! Lowering a graph to an execution plan: kernel choice (choose.rs), memory planning, then one header per
+//! step (built with emit.rs). Integer 4-D activations are stored channels-last (NHWC), so a 1x1
+//! convolution is a GEMM over contiguous pixels and depthwise kernels vectorize across channels; float
+//! values and graph inputs/outputs keep the logical row-major layout. A node without a kernel becomes a
+//! host step (the interpreter, JIT only) with the reason kept. Weights are packed for the target ISA once,
+//! here, with every constant zero-point term folded into the bias (see runtime/src/kernels/gemm.rs).
 use crate::choose::{int_elem, per_tensor, Choice, Ctx};
 use crate::emit::*;
 use crate::host::{HostIn, HostStep};
