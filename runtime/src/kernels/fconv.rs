@@ -65,49 +65,52 @@ impl FDwConv<'_> {
         });
         multiversion!(
             fn plane(x: &[f32], out: &mut [f32], w: &[f32], bias: f32, act: Option<Act>, g: DwGeom) {
-                const B: usize = 16;
-                let (s, d) = (g.stride[1], g.dil[1]);
-                // Each input row, zero padded on both sides and split into `s` phases (every s-th element), so
-                // that the B output columns of a block read B consecutive floats per tap; long enough that a
-                // block never reads past its row.
-                let plen = (g.w + 2 * g.pad[1]).div_ceil(s).max(g.ow + (g.kw * d) / s + B + 1);
-                let mut padded = vec![0f32; g.h * s * plen];
-                for iy in 0..g.h {
-                    let src = &x[iy * g.w..(iy + 1) * g.w];
-                    for q in 0..s {
-                        // Padded position p = j + pad has phase p % s: the source elements j ≡ q − pad (mod s).
-                        let j0 = (q + s - g.pad[1] % s) % s;
-                        let first = (j0 + g.pad[1]) / s;
-                        let dst = &mut padded[(iy * s + q) * plen + first..(iy * s + q + 1) * plen];
-                        for (dv, v) in dst.iter_mut().zip(src.iter().skip(j0).step_by(s)) {
-                            *dv = *v;
-                        }
-                    }
-                }
+                let s = g.stride[1];
+                // Strided rows are split into `s` phases (every s-th element), so every tap is a contiguous
+                // multiply-add over output columns.
+                let plen = g.w.div_ceil(s);
+                let mut phases = vec![0f32; s * plen];
+                // Per kx, the output columns lo..hi whose input column ox·s + off lies inside the row, and
+                // where the first of them starts in the row (or in its phase array): the same for every row.
+                let spans: Vec<(usize, usize, usize)> = (0..g.kw)
+                    .map(|kx| {
+                        let off = (kx * g.dil[1]) as isize - g.pad[1] as isize;
+                        let si = s as isize;
+                        let lo = if off >= 0 { 0 } else { ((-off + si - 1) / si) as usize };
+                        let hi = (((g.w as isize - 1 - off) / si) + 1).clamp(0, g.ow as isize) as usize;
+                        let first = (lo as isize * si + off).max(0) as usize;
+                        let start = if s == 1 { first } else { (first % s) * plen + first / s };
+                        (lo, hi, start)
+                    })
+                    .collect();
                 for oy in 0..g.oh {
                     let o = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                    let mut ob = 0;
-                    while ob < g.ow {
-                        let n = B.min(g.ow - ob);
-                        let mut acc = [bias; B];
-                        for ky in 0..g.kh {
-                            let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                            if iy < 0 || iy >= g.h as isize {
-                                continue;
-                            }
-                            for kx in 0..g.kw {
-                                let wv = w[ky * g.kw + kx];
-                                let start = (iy as usize * s + (kx * d) % s) * plen + (kx * d) / s + ob;
-                                let row: &[f32; B] = padded[start..start + B].try_into().expect("block");
-                                for j in 0..B {
-                                    acc[j] += wv * row[j];
+                    o.fill(bias);
+                    for ky in 0..g.kh {
+                        let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let src = &x[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        if s > 1 {
+                            for q in 0..s {
+                                for (d, v) in phases[q * plen..(q + 1) * plen].iter_mut().zip(src[q..].iter().step_by(s)) {
+                                    *d = *v;
                                 }
                             }
                         }
-                        apply_act(&mut acc, act);
-                        o[ob..ob + n].copy_from_slice(&acc[..n]);
-                        ob += B;
+                        for (kx, &(lo, hi, start)) in spans.iter().enumerate() {
+                            let wv = w[ky * g.kw + kx];
+                            if hi <= lo {
+                                continue;
+                            }
+                            let row = if s == 1 { &src[start..] } else { &phases[start..] };
+                            for (d, v) in o[lo..hi].iter_mut().zip(row) {
+                                *d += wv * v;
+                            }
+                        }
                     }
+                    apply_act(o, act);
                 }
             }
         );
