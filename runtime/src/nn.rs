@@ -377,6 +377,24 @@ pub fn max_pool(x: &Tensor, kernel: &[i64], strides: &[i64], pads: &[i64], dil: 
 
 /// Average pooling. With count_include_pad the divisor counts taps in the explicit padding but not
 /// taps a ceil_mode window hangs past it (ONNX Runtime's rule); without it, only taps inside the input.
+/// Average pooling along one axis, for output position `o` (kernel k, stride s, dilation d, begin pad p,
+/// input length len, end pad pe): the input positions its taps read, and how many taps a divisor that
+/// counts padding counts (those before the end of the explicit padding). The compiled kernel uses it too.
+pub(crate) fn avg_pool_taps(o: usize, k: usize, s: usize, d: usize, p: usize, len: usize, pe: usize) -> (Vec<usize>, usize) {
+    let mut inside = Vec::new();
+    let mut padded = 0usize;
+    for t in 0..k {
+        let pos = (o * s + t * d) as i64 - p as i64;
+        if pos < (len + pe) as i64 {
+            padded += 1;
+        }
+        if pos >= 0 && pos < len as i64 {
+            inside.push(pos as usize);
+        }
+    }
+    (inside, padded)
+}
+
 pub fn avg_pool(
     x: &ArrayD<f32>,
     kernel: &[i64],
@@ -391,23 +409,8 @@ pub fn avg_pool(
     let (pb, pr) = if nsp == 1 { (0, pads[1] as usize) } else { (pads[2] as usize, pads[3] as usize) };
     let a = x.as_standard_layout();
     let xs = a.as_slice().ok_or("layout")?;
-    // Per output row (column): the input rows (columns) its taps read, and how many taps the divisor counts.
-    let axis_taps = |o: usize, k: usize, s: usize, d: usize, p: usize, len: usize, pe: usize| {
-        let mut inside = Vec::new();
-        let mut padded = 0usize;
-        for t in 0..k {
-            let pos = (o * s + t * d) as i64 - p as i64;
-            if pos < (len + pe) as i64 {
-                padded += 1;
-            }
-            if pos >= 0 && pos < len as i64 {
-                inside.push(pos as usize);
-            }
-        }
-        (inside, padded)
-    };
-    let rows: Vec<_> = (0..g.oh).map(|o| axis_taps(o, g.kh, g.sh, g.dh, g.pt, g.h, pb)).collect();
-    let cols: Vec<_> = (0..g.ow).map(|o| axis_taps(o, g.kw, g.sw, g.dw, g.pl, g.w, pr)).collect();
+    let rows: Vec<_> = (0..g.oh).map(|o| avg_pool_taps(o, g.kh, g.sh, g.dh, g.pt, g.h, pb)).collect();
+    let cols: Vec<_> = (0..g.ow).map(|o| avg_pool_taps(o, g.kw, g.sw, g.dw, g.pl, g.w, pr)).collect();
     let mut out = Vec::with_capacity(g.n * g.c * g.oh * g.ow);
     for plane in xs.chunks(g.h * g.w).take(g.n * g.c) {
         for (ry, py) in &rows {
