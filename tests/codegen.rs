@@ -1,6 +1,7 @@
 //! Compiled code equals the reference interpreter byte for byte: generated quantized networks covering
 //! every kernel (strided and dilated convolutions through im2col, pointwise GEMMs, depthwise convolutions,
-//! channel counts that are not multiples of 16, residual adds, pooling, the classifier GEMM) under every
+//! channel counts that are not multiples of 16, residual adds, multiplies with and without broadcasting,
+//! concatenation, pooling, the classifier GEMM) under every
 //! weight scheme and activation type, for every instruction-set variant this CPU runs and several thread
 //! counts; and the bundled MNIST model.
 mod common;
@@ -28,7 +29,7 @@ fn net(h: usize) -> Builder {
     b.init("w0", &[c1 as i64, 3, 3, 3], w(c1 * 27, 1, 0.5)).init("b0", &[c1 as i64], w(c1, 2, 0.2));
     b.init("wdw", &[c1 as i64, 1, 3, 3], w(c1 * 9, 3, 0.8)).init("bdw", &[c1 as i64], w(c1, 4, 0.2));
     b.init("wpw", &[c1 as i64, c1 as i64, 1, 1], w(c1 * c1, 5, 0.3));
-    b.init("w4", &[c2 as i64, c1 as i64, 3, 3], w(c2 * c1 * 9, 6, 0.15)).init("b4", &[c2 as i64], w(c2, 7, 0.1));
+    b.init("w4", &[c2 as i64, 2 * c1 as i64, 3, 3], w(c2 * 2 * c1 * 9, 6, 0.15)).init("b4", &[c2 as i64], w(c2, 7, 0.1));
     b.init("wdw5", &[c2 as i64, 1, 5, 5], w(c2 * 25, 8, 0.3)).init("bdw5", &[c2 as i64], w(c2, 9, 0.1));
     b.init("wfc", &[10, c2 as i64], w(10 * c2, 10, 0.4)).init("bfc", &[10], w(10, 11, 0.1));
     b.init("lo", &[], vec![0.0]).init("hi", &[], vec![6.0]);
@@ -40,7 +41,13 @@ fn net(h: usize) -> Builder {
     b.node("Conv", "pw2", &["r1", "wpw"], &["c2"], vec![]);
     b.node("Add", "add3", &["r1", "c2"], &["s3"], vec![]);
     b.node("Relu", "relu3", &["s3"], &["rs3"], vec![]);
-    b.node("Conv", "conv4", &["rs3", "w4", "b4"], &["c4"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])]);
+    // Squeeze-and-excitation (a broadcasting mul), a same-shape mul and a channel concatenation.
+    b.node("GlobalAveragePool", "se_gap", &["rs3"], &["se0"], vec![]);
+    b.node("Sigmoid", "se_sig", &["se0"], &["se1"], vec![]);
+    b.node("Mul", "se_mul", &["rs3", "se1"], &["m3"], vec![]);
+    b.node("Mul", "mul3", &["m3", "r1"], &["mm3"], vec![]);
+    b.node("Concat", "cat3", &["mm3", "r1"], &["cat3"], vec![int("axis", 1)]);
+    b.node("Conv", "conv4", &["cat3", "w4", "b4"], &["c4"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])]);
     b.node("Relu", "relu4", &["c4"], &["r4"], vec![]);
     b.node(
         "Conv",
@@ -118,6 +125,10 @@ fn compiled_networks_equal_the_interpreter_byte_for_byte() {
     ];
     for h in [17, 32] {
         for (name, g) in quantized(h, &configs) {
+            let ops: Vec<&str> = g.node_ids().map(|n| g.node(n).op.name()).collect();
+            for op in ["qconv", "qgemm", "qadd", "qmul", "qconcat", "qaverage_pool", "qglobal_average_pool", "max_pool"] {
+                assert!(ops.contains(&op), "{name}: no {op} in {ops:?}");
+            }
             let want: Vec<Vec<Tensor>> = (0..3).map(|s| qcc_runtime::run(&g, vec![input(h, s)]).unwrap()).collect();
             for isa in isas() {
                 let c = Compiled::new(&g, isa).unwrap();
@@ -214,6 +225,29 @@ fn compiled_float_networks_match_the_interpreter() {
                 let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
                 assert!(err < 1e-4, "{isa:?}, h {h}, input {s}: relative error {err}");
             }
+        }
+    }
+}
+
+/// The QDQ ONNX export of every integer op (qmul, qconcat, qaverage_pool included) re-imports to a graph
+/// that computes the same bytes.
+#[test]
+fn qdq_export_of_every_integer_op_reimports_exactly() {
+    let d = tmp("qdq");
+    for (name, g) in quantized(17, &[("sym-per-channel", "asym", "u8"), ("asym-per-tensor", "sym", "i8")]) {
+        let path = d.join("q.onnx");
+        std::fs::write(&path, qcc_frontend::export_onnx(&g).unwrap()).unwrap();
+        let mut g2 = qcc::driver::load_model(&path, &Default::default()).unwrap().graph;
+        qcc::driver::compile(&mut g2, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+        let ops = |g: &Graph| {
+            let mut v: Vec<String> = g.node_ids().map(|n| g.node(n).op.name().to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ops(&g2), ops(&g), "{name}");
+        for s in 0..3 {
+            let (a, b) = (qcc_runtime::run(&g, vec![input(17, s)]).unwrap(), qcc_runtime::run(&g2, vec![input(17, s)]).unwrap());
+            assert_eq!(a, b, "{name}, input {s}");
         }
     }
 }

@@ -23,6 +23,9 @@ pub(crate) enum Choice {
     QAdd,
     QGap,
     MaxPool,
+    QAvgPool,
+    /// Integer or f32 concatenation: one row-copying step per input.
+    Concat,
     /// A reshape: plain copy, or a layout change between NHWC and the logical order.
     Copy {
         mode: usize,
@@ -86,6 +89,16 @@ impl Ctx<'_> {
         t.quant().is_some() && t.shape().is_some_and(|s| s.len() == 4) && !self.is_io(v) && !self.g.is_const(v)
     }
 
+    /// The dims in storage order: NHWC for channels-last values, else the logical shape.
+    pub(crate) fn physical(&self, v: ValueId) -> Vec<usize> {
+        let s = self.g.ty(v).shape().unwrap_or(&[]).to_vec();
+        if self.nhwc(v) {
+            vec![s[0], s[2], s[3], s[1]]
+        } else {
+            s
+        }
+    }
+
     /// Whether the stored bytes equal the logical row-major bytes.
     pub(crate) fn logical_bytes(&self, v: ValueId) -> bool {
         !self.nhwc(v) || self.g.ty(v).shape().is_some_and(|s| s[1] == 1 || s[2] * s[3] == 1)
@@ -146,14 +159,15 @@ impl Ctx<'_> {
                 }
                 Choice::QGemm
             }
-            Op::QAdd { .. } => {
-                let same = ins.len() == 2 && ins.iter().all(|v| g.ty(*v).shape() == oty.shape() && !g.is_const(*v));
+            Op::QAdd { .. } | Op::QMul { .. } => {
+                let rank = oty.shape().map_or(0, |s| s.len());
+                let operands = ins.len() == 2 && ins.iter().all(|v| !g.is_const(*v) && g.ty(*v).shape().is_some_and(|s| s.len() <= rank));
                 let quant = ins.iter().all(|v| per_tensor(g.ty(*v)).is_some()) && per_tensor(oty).is_some();
                 let layout = ins.iter().all(|v| self.nhwc(*v) == self.nhwc(out));
-                if same && quant && layout {
+                if operands && quant && layout && rank <= 4 {
                     Choice::QAdd
                 } else {
-                    host("qadd with broadcasting, constants or mixed layouts")
+                    host("integer add/mul with constants, mixed layouts or more than 4 dims")
                 }
             }
             Op::QGlobalAveragePool => {
@@ -161,6 +175,25 @@ impl Ctx<'_> {
                     Choice::QGap
                 } else {
                     host("global average pool outside the NHWC integer path")
+                }
+            }
+            Op::QAveragePool { kernel, .. } => {
+                // i32 window sums of 16-bit values stay exact below 2^15 taps.
+                let small = kernel.iter().product::<i64>() < 1 << 15;
+                if act_in(0) && kernel.len() == 2 && small && self.nhwc(ins[0]) && self.nhwc(out) && per_tensor(oty).is_some() {
+                    Choice::QAvgPool
+                } else {
+                    host("average pooling that is not 2-D over channels-last integers")
+                }
+            }
+            Op::QConcat { .. } | Op::Concat { .. } => {
+                let layout = ins.iter().all(|v| self.nhwc(*v) == self.nhwc(out));
+                let kind =
+                    |v: ValueId| if matches!(node.op, Op::Concat { .. }) { self.f32_value(v) } else { per_tensor(g.ty(v)).is_some() };
+                if ins.iter().all(|v| !g.is_const(*v) && kind(*v)) && kind(out) && layout {
+                    Choice::Concat
+                } else {
+                    host("concatenation of constants, non-f32 plain values or mixed layouts")
                 }
             }
             Op::MaxPool { kernel, .. } => {

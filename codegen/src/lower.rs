@@ -247,7 +247,15 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::DwConv, h.encode(), (os[0] * os[2] * os[3] * c * kh * kw) as u64, &mut blob);
             }
             Choice::QAdd => {
-                let Op::QAdd { act } = &node.op else { return Err(internal(&name)) };
+                let (Op::QAdd { act } | Op::QMul { act }) = &node.op else { return Err(internal(&name)) };
+                // Operands broadcast in storage order (both layouts are the output's), padded to 4 dims.
+                let pad4 = |d: Vec<usize>| [vec![1; 4 - d.len()], d].concat();
+                let od = pad4(cx.physical(out));
+                let strides4 = |v: ValueId| -> [usize; 4] {
+                    let st = broadcast_strides(&pad4(cx.physical(v)), &od);
+                    [st[0], st[1], st[2], st[3]]
+                };
+                let bcast = ins.iter().any(|v| g.ty(*v).shape() != oty.shape());
                 let pa = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
                 let pb = per_tensor(g.ty(ins[1])).ok_or_else(|| internal(&name))?;
                 let pm = per_tensor(oty).ok_or_else(|| internal(&name))?;
@@ -264,6 +272,11 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let h = QAddHdr {
                     isa,
                     len: oty.numel().unwrap_or(0),
+                    mul: matches!(node.op, Op::QMul { .. }),
+                    bcast,
+                    dims: [od[0], od[1], od[2], od[3]],
+                    sta: strides4(ins[0]),
+                    stb: strides4(ins[1]),
                     a: off(ins[0]),
                     sa: pa.0,
                     za: pa.1,
@@ -403,6 +416,73 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let xs = shape(g, ins[0]);
                 let h = FGapHdr { x: off(ins[0]), planes: xs[0] * xs[1], hw: xs[2] * xs[3], out: off(out) };
                 push(Kernel::FGap, h.encode(), 0, &mut blob);
+            }
+            Choice::QAvgPool => {
+                let Op::QAveragePool { kernel, strides, pads, dilations, count_include_pad, .. } = &node.op else {
+                    return Err(internal(&name));
+                };
+                let (xs, os) = (shape(g, ins[0]), shape(g, out));
+                let (sx, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
+                let (sy, zy, oq) = per_tensor(oty).ok_or_else(|| internal(&name))?;
+                let h = QAvgPoolHdr {
+                    ex: int_elem(xq.storage).unwrap_or(IntElem::U8),
+                    g: geom(&xs, &os, kernel[0] as usize, kernel[1] as usize, strides, pads, dilations),
+                    pe: [pads.get(2).map_or(0, |p| *p as usize), pads.get(3).map_or(0, |p| *p as usize)],
+                    include_pad: *count_include_pad,
+                    sx,
+                    zx,
+                    x: off(ins[0]),
+                    eo: int_elem(oq.storage).unwrap_or(IntElem::U8),
+                    sy,
+                    zy,
+                    lo: oq.qmin as i32,
+                    hi: oq.qmax as i32,
+                    out: off(out),
+                };
+                push(Kernel::QAvgPool, h.encode(), 0, &mut blob);
+            }
+            Choice::Concat => {
+                let (Op::QConcat { axis } | Op::Concat { axis }) = &node.op else { return Err(internal(&name)) };
+                let os = shape(g, out);
+                let logical = if *axis < 0 { *axis + os.len() as i64 } else { *axis } as usize;
+                // The concatenation axis in storage order.
+                let pa = if cx.nhwc(out) { [0, 3, 1, 2][logical] } else { logical };
+                let od = cx.physical(out);
+                // f32 values have no parameters: (1, 0, none) marks them, and they are always copied.
+                fn params(t: &qcc_ir::Type) -> (f32, i32, Option<&QuantType>) {
+                    per_tensor(t).map(|(s, z, q)| (s, z, Some(q))).unwrap_or((1.0, 0, None))
+                }
+                let (sy, zy, oq) = params(oty);
+                let mut dst_off = 0;
+                for &v in ins {
+                    let d = cx.physical(v);
+                    let (ss, zs, sq) = params(g.ty(v));
+                    let len: usize = d[pa..].iter().product();
+                    let elem = |q: Option<&QuantType>| q.and_then(|q| int_elem(q.storage)).unwrap_or(IntElem::U8);
+                    let h = RequantRowsHdr {
+                        copy: match (sq, oq) {
+                            (None, _) => 4,
+                            (Some(a), Some(b)) if (ss, zs, a.storage) == (sy, zy, b.storage) => a.storage.size_bytes(),
+                            _ => 0,
+                        },
+                        rows: d[..pa].iter().product(),
+                        len,
+                        src: off(v),
+                        es: elem(sq),
+                        ss,
+                        zs,
+                        dst: off(out),
+                        ed: elem(oq),
+                        sd: sy,
+                        zd: zy,
+                        dst_stride: od[pa..].iter().product(),
+                        dst_off,
+                        lo: oq.map_or(0, |q| q.qmin as i32),
+                        hi: oq.map_or(0, |q| q.qmax as i32),
+                    };
+                    push(Kernel::RequantRows, h.encode(), 0, &mut blob);
+                    dst_off += len;
+                }
             }
             Choice::FAvgPool => {
                 let Op::AveragePool { kernel, strides, pads, dilations, count_include_pad, .. } = &node.op else {

@@ -16,6 +16,9 @@ pub enum Kernel {
     QAdd,
     QGap,
     MaxPool,
+    QAvgPool,
+    /// One input of an integer concatenation.
+    RequantRows,
     Copy,
     Binary,
     Unary,
@@ -40,6 +43,8 @@ impl Kernel {
             Kernel::QAdd => "qcc_k_qadd",
             Kernel::QGap => "qcc_k_qgap",
             Kernel::MaxPool => "qcc_k_maxpool",
+            Kernel::QAvgPool => "qcc_k_qavgpool",
+            Kernel::RequantRows => "qcc_k_requant_rows",
             Kernel::Copy => "qcc_k_copy",
             Kernel::Binary => "qcc_k_binary",
             Kernel::Unary => "qcc_k_unary",

@@ -183,7 +183,6 @@ impl<'g> Ex<'g> {
         let out_ty = self.g.ty(node.output).clone();
         let loc = node.name().to_string();
         let kernel = |g: &Graph| -> Vec<i64> { g.ty(node.inputs[1]).shape().unwrap_or(&[])[2..].iter().map(|d| *d as i64).collect() };
-        // Integer ops: dequantize inputs, float op, quantize.
         let quantize_to = |ex: &mut Ex, y: String| -> Result<(), String> {
             let q = out_ty.quant().cloned().ok_or("integer op without quantized output")?;
             let (s, z, attrs) = ex.qparams(&q, &out_name);
@@ -191,40 +190,6 @@ impl<'g> Ex<'g> {
             Ok(())
         };
         match &node.op {
-            Op::QConv { strides, pads, dilations, group, act } => {
-                let ins = node.inputs.iter().map(|v| self.float_of(*v)).collect::<Result<Vec<_>, _>>()?;
-                let y = self.fresh("conv");
-                let attrs = vec![
-                    attr_is("strides", strides),
-                    attr_is("pads", pads),
-                    attr_is("dilations", dilations),
-                    attr_i("group", *group),
-                    attr_is("kernel_shape", &kernel(self.g)),
-                ];
-                let y = self.node("Conv", &loc, ins, y, attrs);
-                let y = self.act(y, *act);
-                return quantize_to(self, y);
-            }
-            Op::QGemm { trans_b, act } => {
-                let ins = node.inputs.iter().map(|v| self.float_of(*v)).collect::<Result<Vec<_>, _>>()?;
-                let y = self.fresh("gemm");
-                let y = self.node("Gemm", &loc, ins, y, vec![attr_i("transB", *trans_b as i64)]);
-                let y = self.act(y, *act);
-                return quantize_to(self, y);
-            }
-            Op::QAdd { act } => {
-                let ins = node.inputs.iter().map(|v| self.float_of(*v)).collect::<Result<Vec<_>, _>>()?;
-                let y = self.fresh("add");
-                let y = self.node("Add", &loc, ins, y, vec![]);
-                let y = self.act(y, *act);
-                return quantize_to(self, y);
-            }
-            Op::QGlobalAveragePool => {
-                let x = self.float_of(node.inputs[0])?;
-                let y = self.fresh("gap");
-                let y = self.node("GlobalAveragePool", &loc, vec![x], y, vec![]);
-                return quantize_to(self, y);
-            }
             Op::Quantize => {
                 let x = self.float_of(node.inputs[0])?;
                 return quantize_to(self, x);
@@ -238,9 +203,16 @@ impl<'g> Ex<'g> {
             }
             _ => {}
         }
-        // Everything else maps to one ONNX op (plus a fused activation), on the values as they are.
-        let mut ins: Vec<String> = node.inputs.iter().map(|v| self.name_of(*v)).collect();
-        let (op, attrs, act): (&str, Vec<AttributeProto>, Option<Act>) = match &node.op {
+        // Everything else maps to one ONNX op (plus a fused activation), on the values as they are; an
+        // integer op becomes its float form on dequantized inputs, then a quantize.
+        let (this_op, mut ins, target, quantized) = match node.op.float_form() {
+            Some((f, act)) => {
+                let ins = node.inputs.iter().map(|v| self.float_of(*v)).collect::<Result<Vec<_>, _>>()?;
+                (f, ins, self.fresh(node.op.name()), Some(act))
+            }
+            None => (node.op.clone(), node.inputs.iter().map(|v| self.name_of(*v)).collect(), out_name.clone(), None),
+        };
+        let (op, attrs, act): (&str, Vec<AttributeProto>, Option<Act>) = match &this_op {
             Op::Conv { strides, pads, dilations, group, act } => (
                 "Conv",
                 vec![
@@ -398,10 +370,21 @@ impl<'g> Ex<'g> {
             }
             Op::LayerNorm { axis, epsilon } => ("LayerNormalization", vec![attr_i("axis", *axis), attr_f("epsilon", *epsilon)], None),
             Op::Opaque(o) => return Err(format!("unsupported op {} cannot be exported", o.op_type)),
-            Op::QConv { .. } | Op::QGemm { .. } | Op::QAdd { .. } | Op::QGlobalAveragePool | Op::Quantize | Op::Dequantize => {
-                unreachable!()
-            }
+            Op::QConv { .. }
+            | Op::QGemm { .. }
+            | Op::QAdd { .. }
+            | Op::QMul { .. }
+            | Op::QConcat { .. }
+            | Op::QAveragePool { .. }
+            | Op::QGlobalAveragePool
+            | Op::Quantize
+            | Op::Dequantize => unreachable!(),
         };
+        if let Some(qact) = quantized {
+            let y = self.node(op, &loc, ins, target, attrs);
+            let y = self.act(y, qact);
+            return quantize_to(self, y);
+        }
         if act.is_some() {
             let y = self.fresh(op);
             let y = self.node(op, &loc, ins, y, attrs);

@@ -444,27 +444,20 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             want_float(inputs[0], "input")?;
             Ok(inputs[0].clone())
         }
-        QConv { .. } | QGemm { .. } | QAdd { .. } | QGlobalAveragePool => {
+        QConv { .. } | QGemm { .. } | QAdd { .. } | QMul { .. } | QConcat { .. } | QAveragePool { .. } | QGlobalAveragePool => {
             for (i, t) in inputs.iter().enumerate() {
                 if t.quant().is_none() {
                     return Err(format!("input {i} must be quantized, is {t}"));
                 }
             }
-            if !matches!(op, QConv { .. } | QGemm { .. }) || inputs.len() < 2 {
-                if let Some(t) = inputs.first() {
-                    if !matches!(t.quant().map(|q| &q.params), Some(crate::QParams::PerTensor { .. })) {
-                        return Err("input 0 must be quantized per tensor".into());
-                    }
+            // Weights may be per channel; every activation input is per tensor.
+            let activations = if matches!(op, QConv { .. } | QGemm { .. }) { 1 } else { inputs.len() };
+            for (i, t) in inputs.iter().enumerate().take(activations) {
+                if !matches!(t.quant().map(|q| &q.params), Some(crate::QParams::PerTensor { .. })) {
+                    return Err(format!("input {i} must be quantized per tensor"));
                 }
             }
-            let float_op = match op {
-                QConv { strides, pads, dilations, group, .. } => {
-                    Conv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: None }
-                }
-                QGemm { trans_b, .. } => Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: *trans_b, act: None },
-                QAdd { .. } => Add,
-                _ => GlobalAveragePool,
-            };
+            let (float_op, _) = op.float_form().ok_or("integer op without a float form")?;
             let as_f32: Vec<Type> = inputs.iter().map(|t| Type::f32(t.shape().unwrap_or(&[]).to_vec())).collect();
             let refs: Vec<&Type> = as_f32.iter().collect();
             let shape = infer_unchecked(&float_op, &refs, current)?.shape().unwrap_or(&[]).to_vec();

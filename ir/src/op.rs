@@ -234,6 +234,12 @@ define_ops! {
     QAdd { act: Option<Act> } = "qadd",
     /// Quantized global average pooling (exact integer sum, one f32 rescale).
     QGlobalAveragePool = "qglobal_average_pool",
+    /// Quantized elementwise multiply with broadcasting (dequantize, multiply in f32, quantize).
+    QMul { act: Option<Act> } = "qmul",
+    /// Quantized concatenation: each input requantized to the output's parameters (a copy when equal).
+    QConcat { axis: i64 } = "qconcat",
+    /// Quantized average pooling (exact integer window sums, one f32 rescale per output).
+    QAveragePool { kernel: Vec<i64>, strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, ceil_mode: bool, count_include_pad: bool } = "qaverage_pool",
     /// f32 -> integer; the output type holds the quantization parameters.
     Quantize = "quantize",
     /// integer -> f32; the input type holds the quantization parameters.
@@ -258,6 +264,32 @@ impl Op {
                 | Op::Identity
                 | Op::Dropout
         )
+    }
+
+    /// For an integer op: the float op it computes on dequantized inputs, and its fused activation.
+    pub fn float_form(&self) -> Option<(Op, Option<Act>)> {
+        Some(match self {
+            Op::QConv { strides, pads, dilations, group, act } => {
+                (Op::Conv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: None }, *act)
+            }
+            Op::QGemm { trans_b, act } => (Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: *trans_b, act: None }, *act),
+            Op::QAdd { act } => (Op::Add, *act),
+            Op::QMul { act } => (Op::Mul, *act),
+            Op::QConcat { axis } => (Op::Concat { axis: *axis }, None),
+            Op::QAveragePool { kernel, strides, pads, dilations, ceil_mode, count_include_pad } => (
+                Op::AveragePool {
+                    kernel: kernel.clone(),
+                    strides: strides.clone(),
+                    pads: pads.clone(),
+                    dilations: dilations.clone(),
+                    ceil_mode: *ceil_mode,
+                    count_include_pad: *count_include_pad,
+                },
+                None,
+            ),
+            Op::QGlobalAveragePool => (Op::GlobalAveragePool, None),
+            _ => return None,
+        })
     }
 
     /// The activation this op computes, if it is one that can be fused into a producer.

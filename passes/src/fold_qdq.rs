@@ -1,6 +1,7 @@
 //! fold-qdq: turns QDQ patterns into integer ops. `quantize(conv(dequantize(x), dequantize(w), b))` becomes
 //! `qconv x, w, b_i32` (the bias quantized with scale sx * sw), and likewise gemm → qgemm, add → qadd,
-//! global average pool → qglobal_average_pool. Layout-only ops (reshape, flatten, transpose, max pool, ...)
+//! mul → qmul, concat → qconcat, average pool → qaverage_pool, global average pool →
+//! qglobal_average_pool. Layout-only ops (reshape, flatten, transpose, max pool, ...)
 //! move behind `dequantize` so they work on the integers, and `quantize(dequantize(q))` with unchanged
 //! parameters disappears. Needs assign-qparams and place-qdq before it; canonicalize after it removes the
 //! dequantize nodes nothing reads any more. Whatever does not match stays float between explicit
@@ -167,19 +168,25 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
             }
             (integer_op(&pnode.op), ins)
         }
-        Op::Add => {
-            let (Some(a), Some(b)) = (dq_source(g, pnode.inputs[0]), dq_source(g, pnode.inputs[1])) else { return false };
-            if per_tensor(g.ty(a)).is_none() || per_tensor(g.ty(b)).is_none() {
+        op @ (Op::Add | Op::Mul | Op::Concat { .. } | Op::AveragePool { .. } | Op::GlobalAveragePool) => {
+            let Some(ins) = pnode.inputs.iter().map(|v| dq_source(g, *v).filter(|q| per_tensor(g.ty(*q)).is_some())).collect() else {
                 return false;
-            }
-            (Op::QAdd { act: None }, vec![a, b])
-        }
-        Op::GlobalAveragePool => {
-            let Some(x) = dq_source(g, pnode.inputs[0]) else { return false };
-            if per_tensor(g.ty(x)).is_none() {
-                return false;
-            }
-            (Op::QGlobalAveragePool, vec![x])
+            };
+            let op = match op {
+                Op::Add => Op::QAdd { act: None },
+                Op::Mul => Op::QMul { act: None },
+                Op::Concat { axis } => Op::QConcat { axis: *axis },
+                Op::AveragePool { kernel, strides, pads, dilations, ceil_mode, count_include_pad } => Op::QAveragePool {
+                    kernel: kernel.clone(),
+                    strides: strides.clone(),
+                    pads: pads.clone(),
+                    dilations: dilations.clone(),
+                    ceil_mode: *ceil_mode,
+                    count_include_pad: *count_include_pad,
+                },
+                _ => Op::QGlobalAveragePool,
+            };
+            (op, ins)
         }
         _ => return false,
     };

@@ -1,5 +1,6 @@
 //! insert-observers: puts an `observe` node on every float value whose range quantization will need —
-//! the outputs of ops with integer forms (conv, gemm, add, global average pool) and the values they read.
+//! the outputs of ops with integer forms (conv, gemm, add, mul, concat, average pools) and the values they
+//! read.
 //! Reads through layout-only ops (reshape, flatten, transpose, max pool, ...) to the value that produces
 //! the data, so one observer serves a whole chain. Runs after the float passes; the driver then calibrates
 //! and assign-qparams turns each observe into quantize + dequantize.
@@ -19,7 +20,8 @@ pub fn has_integer_form(g: &Graph, op: &Op, inputs: &[ValueId]) -> bool {
                 && g.is_const(inputs[1])
                 && g.ty(inputs[0]).shape().is_some_and(|s| s.len() == 2)
         }
-        Op::Add => inputs.iter().all(|v| !g.is_const(*v)),
+        Op::Add | Op::Mul | Op::Concat { .. } => inputs.iter().all(|v| !g.is_const(*v)),
+        Op::AveragePool { kernel, .. } => kernel.len() <= 2,
         Op::GlobalAveragePool => true,
         _ => false,
     }
@@ -66,7 +68,7 @@ impl Pass for InsertObservers {
                 continue;
             }
             wanted.insert(node.output);
-            let data_inputs = if matches!(node.op, Op::Add) { &node.inputs[..] } else { &node.inputs[..1] };
+            let data_inputs = if matches!(node.op, Op::Add | Op::Mul | Op::Concat { .. }) { &node.inputs[..] } else { &node.inputs[..1] };
             for &i in data_inputs {
                 wanted.insert(data_source(g, i));
             }

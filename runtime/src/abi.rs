@@ -254,10 +254,11 @@ header!(DwConvHdr {
     out: usize
 });
 header!(
-    /// Quantized add; with `mid_on`, the add's output (mid_s, mid_z, mid_lo..mid_hi) is dequantized,
-    /// clamped to mid_min..mid_max and quantized again to the out parameters, in one pass.
+    /// Quantized add (or multiply); with `mid_on`, the add's output (mid_s, mid_z, mid_lo..mid_hi) is
+    /// dequantized, clamped to mid_min..mid_max and quantized again to the out parameters, in one pass.
+    /// With `bcast`, operands broadcast over the physical dims `dims` with element strides sta and stb.
     QAddHdr {
-        isa: Isa, len: usize, a: usize, sa: f32, za: i32, ea: IntElem, b: usize, sb: f32, zb: i32, eb: IntElem,
+        isa: Isa, len: usize, mul: bool, bcast: bool, dims: [usize; 4], sta: [usize; 4], stb: [usize; 4], a: usize, sa: f32, za: i32, ea: IntElem, b: usize, sb: f32, zb: i32, eb: IntElem,
         out: usize, so: f32, zo: i32, eo: IntElem, lo: i32, hi: i32, act: Option<Act>,
         mid_on: bool, mid_s: f32, mid_z: i32, mid_lo: i32, mid_hi: i32, mid_min: f32, mid_max: f32,
     }
@@ -278,6 +279,21 @@ header!(QGapHdr {
     hi: i32
 });
 header!(MaxPoolHdr { elem: IntElem, g: DwGeom, x: usize, out: usize });
+header!(
+    /// Integer average pooling; `pe` = end pads.
+    QAvgPoolHdr {
+        ex: IntElem, g: DwGeom, pe: [usize; 2], include_pad: bool, sx: f32, zx: i32, x: usize,
+        eo: IntElem, sy: f32, zy: i32, lo: i32, hi: i32, out: usize,
+    }
+);
+header!(
+    /// One input of a concatenation: `rows` rows of `len` elements, requantized (or, with `copy` = the
+    /// element size, copied) into the output (row stride `dst_stride`, first element `dst_off`).
+    RequantRowsHdr {
+        copy: usize, rows: usize, len: usize, src: usize, es: IntElem, ss: f32, zs: i32,
+        dst: usize, ed: IntElem, sd: f32, zd: i32, dst_stride: usize, dst_off: usize, lo: i32, hi: i32,
+    }
+);
 header!(
     /// f32 product out[m, p] (at out + m·rs + p·cs) = act(Σ_k a[m, k]·b[k·ldb + p] + bias[m]).
     FGemmHdr { isa: Isa, m: usize, k: usize, p: usize, a: Arr, b: usize, ldb: usize, bias: Arr, act: Option<Act>, out: usize, rs: usize, cs: usize }

@@ -9,6 +9,7 @@ use crate::kernels::fconv;
 use crate::kernels::fgemm::FGemm;
 use crate::kernels::float::{self, BinOp, Binary, UnOp};
 use crate::kernels::gemm::Gemm;
+use crate::kernels::qpool::{self, RequantRows};
 use crate::kernels::Isa;
 
 /// Reads a header: `hdr` points at its words inside the blob.
@@ -158,6 +159,8 @@ pub unsafe extern "C" fn qcc_k_qadd(hdr: *const u64, _blob: *const u8, arena: *m
         QAdd {
             isa: h.isa,
             len: h.len,
+            mul: h.mul,
+            bcast: h.bcast.then_some((h.dims, h.sta, h.stb)),
             a: (arena.add(h.a), h.sa, h.za, h.ea),
             b: (arena.add(h.b), h.sb, h.zb, h.eb),
             out: (arena.add(h.out), h.so, h.zo, h.eo),
@@ -176,7 +179,7 @@ pub unsafe extern "C" fn qcc_k_qadd(hdr: *const u64, _blob: *const u8, arena: *m
 pub unsafe extern "C" fn qcc_k_qgap(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = QGapHdr::decode(words(hdr));
-        elementwise::qgap(arena.add(h.x), h.ex, h.n, h.hw, h.c, h.sx, h.zx, arena.add(h.out), h.eo, h.sy, h.zy, h.lo, h.hi);
+        qpool::qgap(arena.add(h.x), h.ex, h.n, h.hw, h.c, h.sx, h.zx, arena.add(h.out), h.eo, h.sy, h.zy, h.lo, h.hi);
     }
 }
 
@@ -186,7 +189,39 @@ pub unsafe extern "C" fn qcc_k_qgap(hdr: *const u64, _blob: *const u8, arena: *m
 pub unsafe extern "C" fn qcc_k_maxpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = MaxPoolHdr::decode(words(hdr));
-        elementwise::qmaxpool(arena.add(h.x), h.elem, h.g, arena.add(h.out));
+        qpool::qmaxpool(arena.add(h.x), h.elem, h.g, arena.add(h.out));
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_qavgpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = QAvgPoolHdr::decode(words(hdr));
+        let out = (h.sy, h.zy, h.lo, h.hi);
+        qpool::qavgpool(arena.add(h.x), h.ex, h.g, h.pe, h.include_pad, (h.sx, h.zx), arena.add(h.out), h.eo, out);
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_requant_rows(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = RequantRowsHdr::decode(words(hdr));
+        RequantRows {
+            copy: h.copy,
+            rows: h.rows,
+            len: h.len,
+            src: (arena.add(h.src), h.es, h.ss, h.zs),
+            dst: (arena.add(h.dst), h.ed, h.sd, h.zd),
+            dst_stride: h.dst_stride,
+            dst_off: h.dst_off,
+            lo: h.lo,
+            hi: h.hi,
+        }
+        .run();
     }
 }
 
@@ -357,6 +392,8 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_qadd", qcc_k_qadd as *const u8),
         ("qcc_k_qgap", qcc_k_qgap as *const u8),
         ("qcc_k_maxpool", qcc_k_maxpool as *const u8),
+        ("qcc_k_qavgpool", qcc_k_qavgpool as *const u8),
+        ("qcc_k_requant_rows", qcc_k_requant_rows as *const u8),
         ("qcc_k_copy", qcc_k_copy as *const u8),
         ("qcc_k_binary", qcc_k_binary as *const u8),
         ("qcc_k_unary", qcc_k_unary as *const u8),

@@ -522,7 +522,19 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
         }
         Op::QAdd { act } => {
             need(2)?;
-            qops::qadd(ins, in_tys, *act, out_ty)
+            qops::qbinary(ins, in_tys, false, *act, out_ty)
+        }
+        Op::QMul { act } => {
+            need(2)?;
+            qops::qbinary(ins, in_tys, true, *act, out_ty)
+        }
+        Op::QConcat { axis } => {
+            need(1)?;
+            qops::qconcat(ins, in_tys, norm_axis(*axis, ins[0].shape().len())?, out_ty)
+        }
+        Op::QAveragePool { kernel, strides, pads, dilations, count_include_pad, .. } => {
+            need(1)?;
+            qops::qavg_pool(ins, in_tys, kernel, strides, pads, dilations, *count_include_pad, out_ty)
         }
         Op::QGlobalAveragePool => qops::qglobal_avg_pool(ins, in_tys, out_ty),
         Op::Quantize => quant::quantize(f32_in(ins[0], "input")?, out_ty.quant().ok_or("output type is not quantized")?),

@@ -395,6 +395,36 @@ pub(crate) fn avg_pool_taps(o: usize, k: usize, s: usize, d: usize, p: usize, le
     (inside, padded)
 }
 
+/// The windows of average pooling, in NCHW output order: `f(plane, taps, divisor)` for every output, with
+/// `plane` = n·C + c and `taps` the flat in-plane indices of the window's positions inside the input.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn avg_pool_windows(
+    xshape: &[usize],
+    kernel: &[i64],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    include_pad: bool,
+    out_shape: &[usize],
+    mut f: impl FnMut(usize, &[usize], usize),
+) -> R<()> {
+    let g = win(xshape, kernel, strides, pads, dil, out_shape)?;
+    let (pb, pr) = if kernel.len() == 1 { (0, pads[1] as usize) } else { (pads[2] as usize, pads[3] as usize) };
+    let rows: Vec<_> = (0..g.oh).map(|o| avg_pool_taps(o, g.kh, g.sh, g.dh, g.pt, g.h, pb)).collect();
+    let cols: Vec<_> = (0..g.ow).map(|o| avg_pool_taps(o, g.kw, g.sw, g.dw, g.pl, g.w, pr)).collect();
+    let mut taps = Vec::with_capacity(g.kh * g.kw);
+    for plane in 0..g.n * g.c {
+        for (ry, py) in &rows {
+            for (cx, px) in &cols {
+                taps.clear();
+                taps.extend(ry.iter().flat_map(|iy| cx.iter().map(move |ix| iy * g.w + ix)));
+                f(plane, &taps, if include_pad { py * px } else { taps.len() });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn avg_pool(
     x: &ArrayD<f32>,
     kernel: &[i64],
@@ -404,28 +434,15 @@ pub fn avg_pool(
     include_pad: bool,
     out_shape: &[usize],
 ) -> R<ArrayD<f32>> {
-    let g = win(x.shape(), kernel, strides, pads, dil, out_shape)?;
-    let nsp = kernel.len();
-    let (pb, pr) = if nsp == 1 { (0, pads[1] as usize) } else { (pads[2] as usize, pads[3] as usize) };
     let a = x.as_standard_layout();
     let xs = a.as_slice().ok_or("layout")?;
-    let rows: Vec<_> = (0..g.oh).map(|o| avg_pool_taps(o, g.kh, g.sh, g.dh, g.pt, g.h, pb)).collect();
-    let cols: Vec<_> = (0..g.ow).map(|o| avg_pool_taps(o, g.kw, g.sw, g.dw, g.pl, g.w, pr)).collect();
-    let mut out = Vec::with_capacity(g.n * g.c * g.oh * g.ow);
-    for plane in xs.chunks(g.h * g.w).take(g.n * g.c) {
-        for (ry, py) in &rows {
-            for (cx, px) in &cols {
-                let mut sum = 0f32;
-                for iy in ry {
-                    for ix in cx {
-                        sum += plane[iy * g.w + ix];
-                    }
-                }
-                let count = if include_pad { py * px } else { ry.len() * cx.len() };
-                out.push(if count > 0 { sum / count as f32 } else { 0.0 });
-            }
-        }
-    }
+    let hw: usize = x.shape()[2..].iter().product();
+    let mut out = Vec::with_capacity(out_shape.iter().product());
+    avg_pool_windows(x.shape(), kernel, strides, pads, dil, include_pad, out_shape, |plane, taps, count| {
+        let p = &xs[plane * hw..];
+        let sum = taps.iter().fold(0f32, |s, t| s + p[*t]);
+        out.push(if count > 0 { sum / count as f32 } else { 0.0 });
+    })?;
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())
 }
 

@@ -155,18 +155,61 @@ pub fn qgemm(ins: &[&Tensor], tys: &[&Type], trans_b: bool, act: Option<Act>, ou
     store(v, oq, &[mrows, n])
 }
 
-/// Quantized add: dequantize both inputs in f32, add, activation, quantize (so it equals its QDQ form).
-pub fn qadd(ins: &[&Tensor], tys: &[&Type], act: Option<Act>, out: &Type) -> R<Tensor> {
+/// Quantized add or multiply: dequantize both inputs in f32, combine, activation, quantize (so it equals
+/// its QDQ form).
+pub fn qbinary(ins: &[&Tensor], tys: &[&Type], mul: bool, act: Option<Act>, out: &Type) -> R<Tensor> {
     let oq = quant_of(out, "output")?;
     let a = crate::quant::dequantize(ins[0], quant_of(tys[0], "input 0")?)?;
     let b = crate::quant::dequantize(ins[1], quant_of(tys[1], "input 1")?)?;
     let shape = out.shape().ok_or("unknown output shape")?;
-    let mut sum = ArrayD::<f32>::zeros(IxDyn(shape));
-    ndarray::Zip::from(&mut sum).and_broadcast(&a).and_broadcast(&b).for_each(|o, &x, &y| {
-        let v = x + y;
+    let mut y = ArrayD::<f32>::zeros(IxDyn(shape));
+    ndarray::Zip::from(&mut y).and_broadcast(&a).and_broadcast(&b).for_each(|o, &x, &y| {
+        let v = if mul { x * y } else { x + y };
         *o = act.map_or(v, |f| f.apply(v));
     });
-    crate::quant::quantize(&sum, oq)
+    crate::quant::quantize(&y, oq)
+}
+
+/// Quantized concatenation: quantize(concat(dequantize(x_i))). An input whose parameters equal the
+/// output's comes through unchanged (f32(f32(n·s) / s) rounds back to n for every 16-bit n).
+pub fn qconcat(ins: &[&Tensor], tys: &[&Type], axis: usize, out: &Type) -> R<Tensor> {
+    let oq = quant_of(out, "output")?;
+    let parts = ins
+        .iter()
+        .zip(tys)
+        .enumerate()
+        .map(|(i, (t, ty))| crate::quant::dequantize(t, quant_of(ty, &format!("input {i}"))?))
+        .collect::<R<Vec<_>>>()?;
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    let y = ndarray::concatenate(ndarray::Axis(axis), &views).map_err(|e| e.to_string())?;
+    crate::quant::quantize(&y, oq)
+}
+
+/// Quantized average pooling: per window the exact integer sum of (x - zx) over the taps inside the
+/// input (padding is a real 0, i.e. the zero point), v = (f32(sum) * sx) / f32(divisor), quantized.
+#[allow(clippy::too_many_arguments)]
+pub fn qavg_pool(
+    ins: &[&Tensor],
+    tys: &[&Type],
+    kernel: &[i64],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    include_pad: bool,
+    out: &Type,
+) -> R<Tensor> {
+    let (xq, oq) = (quant_of(tys[0], "input")?, quant_of(out, "output")?);
+    let ((sx, zx), (sy, zy)) = (per_tensor(xq)?, per_tensor(oq)?);
+    let out_shape = out.shape().ok_or("unknown output shape")?;
+    let x = ints(ins[0])?;
+    let hw: usize = ins[0].shape()[2..].iter().product();
+    let mut v = Vec::with_capacity(out_shape.iter().product());
+    crate::nn::avg_pool_windows(ins[0].shape(), kernel, strides, pads, dil, include_pad, out_shape, |plane, taps, count| {
+        let sum: i64 = taps.iter().map(|t| x[plane * hw + t] - zx as i64).sum();
+        let r = if count > 0 { (sum as f32 * sx) / count as f32 } else { 0.0 };
+        v.push(quantize_value(r, sy, zy, oq.qmin, oq.qmax));
+    })?;
+    store(v, oq, out_shape)
 }
 
 /// Quantized global average pooling: the exact integer sum of (x - zx) per channel, v = f32(sum) * sx / n,

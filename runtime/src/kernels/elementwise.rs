@@ -3,7 +3,6 @@
 //! layout transposes. Each equals its interpreter counterpart bit for bit (docs/semantics.md).
 use super::float::UnOp;
 use super::{multiversion, pool, Isa};
-use crate::quant::quantize_value;
 use qcc_ir::Act;
 
 /// Storage of quantized integers in the arena.
@@ -207,10 +206,14 @@ pub unsafe fn dequantize(x: *const u8, len: usize, nchw: Option<[usize; 4]>, sca
     }
 }
 
-/// Quantized add of two same-shape, same-layout tensors: quantize(act(dq(a) + dq(b))).
+/// Quantized add or multiply, quantize(act(dq(a) ∘ dq(b))), of tensors in the same layout.
 pub struct QAdd {
     pub isa: Isa,
     pub len: usize,
+    pub mul: bool,
+    /// Broadcasting over 4 physical dims: (dims, element strides of a, of b); the innermost stride of each
+    /// operand is 0 or 1. None: a, b and out all hold len elements.
+    pub bcast: Option<([usize; 4], [usize; 4], [usize; 4])>,
     pub a: (*const u8, f32, i32, IntElem),
     pub b: (*const u8, f32, i32, IntElem),
     pub out: (*mut u8, f32, i32, IntElem),
@@ -244,19 +247,32 @@ unsafe fn write_range(e: IntElem, p: *mut u8, a: usize, v: &[i32]) {
     }
 }
 
+/// `n` elements from `a` with stride 0 (one element repeated) or 1.
+unsafe fn read_strided(e: IntElem, p: *const u8, a: usize, n: usize, stride: usize) -> Vec<i32> {
+    // SAFETY: caller's contract: p holds the elements read.
+    unsafe {
+        if stride == 0 {
+            vec![read_range(e, p, a, 1)[0]; n]
+        } else {
+            read_range(e, p, a, n)
+        }
+    }
+}
+
 // SAFETY: the pointers address arena buffers; chunks read a and b and write disjoint ranges of out.
 unsafe impl Sync for QAdd {}
 
 impl QAdd {
     ///
     /// # Safety
-    /// Every buffer holds len elements.
+    /// Every buffer holds len elements (or, broadcasting, what its strides address).
     pub unsafe fn run(&self) {
         let (ap, bp, op) = (Ptr(self.a.0 as *mut u8), Ptr(self.b.0 as *mut u8), Ptr(self.out.0));
         multiversion!(
-            fn add(
+            fn combine(
                 a: &mut [i32],
                 b: &[i32],
+                mul: bool,
                 p: [f32; 3],
                 z: [i32; 3],
                 lo: i32,
@@ -266,21 +282,27 @@ impl QAdd {
             ) {
                 // One loop per variant, so each vectorizes without per-element dispatch.
                 #[inline(always)]
-                fn each(a: &mut [i32], b: &[i32], p: [f32; 3], z: [i32; 3], f: impl Fn(f32) -> i32) {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x = f((*x - z[0]) as f32 * p[0] + (*y - z[1]) as f32 * p[1]);
+                fn each(a: &mut [i32], b: &[i32], p: [f32; 3], z: [i32; 3], mul: bool, f: impl Fn(f32) -> i32) {
+                    if mul {
+                        for (x, y) in a.iter_mut().zip(b) {
+                            *x = f((*x - z[0]) as f32 * p[0] * ((*y - z[1]) as f32 * p[1]));
+                        }
+                    } else {
+                        for (x, y) in a.iter_mut().zip(b) {
+                            *x = f((*x - z[0]) as f32 * p[0] + (*y - z[1]) as f32 * p[1]);
+                        }
                     }
                 }
                 let q = |v: f32| quantize_one(v, p[2], z[2], lo, hi);
                 match (act, mid) {
-                    (None, None) => each(a, b, p, z, q),
-                    (None, Some((s1, z1, lo1, hi1, UnOp::Clip { min, max }))) => each(a, b, p, z, |v| {
+                    (None, None) => each(a, b, p, z, mul, q),
+                    (None, Some((s1, z1, lo1, hi1, UnOp::Clip { min, max }))) => each(a, b, p, z, mul, |v| {
                         let q1 = quantize_one(v, s1, z1, lo1, hi1);
                         let f = (q1 - z1) as f32 * s1;
                         // f is never NaN (a dequantized integer), so the clamp is plain max/min.
                         q(f.max(min).min(max))
                     }),
-                    (act, mid) => each(a, b, p, z, |v| {
+                    (act, mid) => each(a, b, p, z, mul, |v| {
                         let v = act.map_or(v, |f| f.apply(v));
                         match mid {
                             None => q(v),
@@ -290,119 +312,27 @@ impl QAdd {
                 }
             }
         );
-        chunks(self.len, &|s, e| {
-            // SAFETY: s..e lies inside every buffer.
-            let (mut ta, tb) = unsafe { (read_range(self.a.3, ap.get(), s, e - s), read_range(self.b.3, bp.get(), s, e - s)) };
-            add(
-                self.isa,
-                &mut ta,
-                &tb,
-                [self.a.1, self.b.1, self.out.1],
-                [self.a.2, self.b.2, self.out.2],
-                self.lo,
-                self.hi,
-                self.act,
-                self.mid,
-            );
-            unsafe { write_range(self.out.3, op.get(), s, &ta) };
-        });
-    }
-}
-
-/// Global average pooling of NHWC integers: y[n, c] = quantize((f32(Σ (x − zx)) · sx) / f32(hw)).
-///
-/// # Safety
-/// X holds n·hw·c elements, out n·c.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn qgap(
-    x: *const u8,
-    ex: IntElem,
-    n: usize,
-    hw: usize,
-    c: usize,
-    sx: f32,
-    zx: i32,
-    out: *mut u8,
-    eo: IntElem,
-    sy: f32,
-    zy: i32,
-    lo: i32,
-    hi: i32,
-) {
-    let mut sums = vec![0i64; c];
-    for b in 0..n {
-        sums.fill(0);
-        for p in 0..hw {
-            for (ch, s) in sums.iter_mut().enumerate() {
-                // SAFETY: inside x.
-                *s += unsafe { ex.read(x, (b * hw + p) * c + ch) } as i64 - zx as i64;
-            }
-        }
-        for (ch, s) in sums.iter().enumerate() {
-            let v = quantize_value((*s as f32 * sx) / hw as f32, sy, zy, lo as i64, hi as i64);
-            // SAFETY: inside out.
-            unsafe { eo.write(out, b * c + ch, v as i32) };
+        let (p, z) = ([self.a.1, self.b.1, self.out.1], [self.a.2, self.b.2, self.out.2]);
+        let run = |ta: &mut [i32], tb: &[i32]| combine(self.isa, ta, tb, self.mul, p, z, self.lo, self.hi, self.act, self.mid);
+        match self.bcast {
+            None => chunks(self.len, &|s, e| {
+                // SAFETY: s..e lies inside every buffer.
+                let (mut ta, tb) = unsafe { (read_range(self.a.3, ap.get(), s, e - s), read_range(self.b.3, bp.get(), s, e - s)) };
+                run(&mut ta, &tb);
+                unsafe { write_range(self.out.3, op.get(), s, &ta) };
+            }),
+            Some((d, sa, sb)) => pool::parallel_for(d[0] * d[1] * d[2], &|row| {
+                let (i0, i1, i2) = (row / (d[1] * d[2]), row / d[2] % d[1], row % d[2]);
+                let at = |s: [usize; 4]| i0 * s[0] + i1 * s[1] + i2 * s[2];
+                // SAFETY: the strides address elements inside a and b; out rows are disjoint.
+                let (mut ta, tb) = unsafe {
+                    (read_strided(self.a.3, ap.get(), at(sa), d[3], sa[3]), read_strided(self.b.3, bp.get(), at(sb), d[3], sb[3]))
+                };
+                run(&mut ta, &tb);
+                unsafe { write_range(self.out.3, op.get(), row * d[3], &ta) };
+            }),
         }
     }
-}
-
-/// Max pooling of NHWC integers (padding never wins; an all-padding window gives the storage minimum,
-/// as in the interpreter).
-///
-/// # Safety
-/// x holds n·h·w·c elements, out n·oh·ow·c.
-pub unsafe fn qmaxpool(x: *const u8, e: IntElem, g: super::dwconv::DwGeom, out: *mut u8) {
-    let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
-    /// One output row for element type T, channels innermost so the max vectorizes.
-    #[inline(always)]
-    fn row<T: Copy + Ord>(x: &[T], out: &mut [T], g: super::dwconv::DwGeom, b: usize, oy: usize, min: T) {
-        let c = g.c;
-        for ox in 0..g.ow {
-            let best = &mut out[ox * c..(ox + 1) * c];
-            best.fill(min);
-            for ky in 0..g.kh {
-                let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                if iy < 0 || iy >= g.h as isize {
-                    continue;
-                }
-                for kx in 0..g.kw {
-                    let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                    if ix < 0 || ix >= g.w as isize {
-                        continue;
-                    }
-                    let base = ((b * g.h + iy as usize) * g.w + ix as usize) * c;
-                    for (m, v) in best.iter_mut().zip(&x[base..base + c]) {
-                        *m = (*m).max(*v);
-                    }
-                }
-            }
-        }
-    }
-    let (xlen, olen) = (g.n * g.h * g.w * g.c, g.n * g.oh * g.ow * g.c);
-    pool::parallel_for(g.n * g.oh, &|t| {
-        let (b, oy) = (t / g.oh, t % g.oh);
-        let span = (b * g.oh + oy) * g.ow * g.c..(b * g.oh + oy + 1) * g.ow * g.c;
-        // SAFETY: the buffers hold xlen and olen elements; tasks write disjoint output rows.
-        unsafe {
-            match e {
-                IntElem::U8 => {
-                    let x = std::slice::from_raw_parts(xp.get() as *const u8, xlen);
-                    let o = &mut std::slice::from_raw_parts_mut(op.get(), olen)[span];
-                    row(x, o, g, b, oy, 0u8)
-                }
-                IntElem::I8 => {
-                    let x = std::slice::from_raw_parts(xp.get() as *const i8, xlen);
-                    let o = &mut std::slice::from_raw_parts_mut(op.get() as *mut i8, olen)[span];
-                    row(x, o, g, b, oy, i8::MIN)
-                }
-                IntElem::I16 => {
-                    let x = std::slice::from_raw_parts(xp.get() as *const i16, xlen);
-                    let o = &mut std::slice::from_raw_parts_mut(op.get() as *mut i16, olen)[span];
-                    row(x, o, g, b, oy, i16::MIN)
-                }
-            }
-        }
-    });
 }
 
 /// Copies a 4-D tensor of `esize`-byte elements between NCHW and NHWC.

@@ -10,6 +10,7 @@ pub mod fgemm;
 pub mod float;
 pub mod gemm;
 pub mod pool;
+pub mod qpool;
 
 /// Which instruction-set variant of the kernels a compiled model uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
