@@ -2,7 +2,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use qcc_frontend::{import_file, ImportOptions};
 use qcc_ir::{parse_graph, Graph};
-use qcc_passes::{pipeline, Instrumentation, OptLevel, PassContext, PassManager, PASS_NAMES};
+use qcc_passes::{dynamic_pipeline, pipeline, Instrumentation, OptLevel, PassContext, PassManager, QuantConfig, PASS_NAMES};
 use std::io::Write;
 use std::path::Path;
 
@@ -38,6 +38,23 @@ pub fn compile(g: &mut Graph, level: OptLevel, inst: Instrumentation, diag: &mut
     check_pass_names(inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()))?;
     let mut pm = PassManager::new(pipeline(level), inst);
     let mut cx = PassContext::default();
+    pm.run(g, &mut cx, diag).map_err(|f| pass_failure(&f))?;
+    Ok(())
+}
+
+/// Dynamic quantization (`--dynamic`): the float passes, then int8 weights per `cfg` and run-time
+/// quantization of every conv and gemm input.
+pub fn compile_dynamic(
+    g: &mut Graph,
+    level: OptLevel,
+    equalize: bool,
+    cfg: &QuantConfig,
+    inst: Instrumentation,
+    diag: &mut dyn Write,
+) -> Result<()> {
+    check_pass_names(inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()))?;
+    let mut pm = PassManager::new(dynamic_pipeline(level, equalize), inst);
+    let mut cx = PassContext { quant: cfg.clone(), ..Default::default() };
     pm.run(g, &mut cx, diag).map_err(|f| pass_failure(&f))?;
     Ok(())
 }

@@ -95,6 +95,10 @@ struct ModelArgs {
     /// Quantize to integers (needs --calib).
     #[arg(long)]
     int8: bool,
+    /// Dynamic quantization: int8 weights (per --weights), each conv/gemm input quantized to u8 at run
+    /// time from its own range; no calibration. `qcc eval` with --int8 and --dynamic compares both.
+    #[arg(long)]
+    dynamic: bool,
     /// Calibration data: a folder of .npy samples (one subfolder per input for several inputs), or of
     /// images with --preprocess.
     #[arg(long, value_name = "PATH")]
@@ -295,6 +299,14 @@ impl ModelArgs {
     /// Loads the model and runs the pipeline (quantizing with --int8).
     fn build(&self) -> Result<Graph> {
         let mut g = self.load()?;
+        if self.dynamic {
+            if self.int8 {
+                bail!("--int8 (static, calibrated) and --dynamic are two quantization modes: choose one");
+            }
+            let cfg = self.quant_config(&self.calib_method)?;
+            qcc::driver::compile_dynamic(&mut g, self.level(), self.equalize, &cfg, self.instrumentation(), &mut std::io::stderr())?;
+            return Ok(g);
+        }
         if self.int8 {
             let cfg = self.quant_config(&self.calib_method)?;
             return self.calibrate(g)?.finish(&cfg, &self.instrumentation(), &mut std::io::stderr());
@@ -432,7 +444,7 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     // The quantized variants to compare: one, every weight scheme, or every range method.
     let mut variants: Vec<(String, Graph)> = Vec::new();
     if e.m.int8 {
-        let cal = e.m.calibrate(imported)?;
+        let cal = e.m.calibrate(imported.clone())?;
         let inst = e.m.instrumentation();
         let mut sink = std::io::sink();
         let all_methods = e.m.calib_method == "all";
@@ -460,6 +472,12 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
             let cfg = e.m.quant_config(&e.m.calib_method)?;
             variants.push(("int8".to_string(), cal.finish(&cfg, &inst, &mut std::io::stderr())?));
         }
+    }
+    if e.m.dynamic {
+        let mut g = imported.clone();
+        let cfg = e.m.quant_config(&e.m.calib_method)?;
+        qcc::driver::compile_dynamic(&mut g, e.m.level(), e.m.equalize, &cfg, e.m.instrumentation(), &mut std::io::stderr())?;
+        variants.push(("dynamic".to_string(), g));
     }
     let data = match (&e.npy, &e.images) {
         (Some(dir), _) => Dataset::npy_dir(dir)?,

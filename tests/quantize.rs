@@ -135,3 +135,39 @@ fn bad_calibration_data_fails_cleanly() {
     let o = Command::new(env!("CARGO_BIN_EXE_qcc")).args([&p("examples/mnist/mnist_cnn.onnx"), "--int8"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("--int8 needs calibration data"));
 }
+
+#[test]
+fn dynamic_quantization_needs_no_calibration() {
+    let d = tmp("dynamic");
+    let (json, qir) = (d.join("eval.json"), d.join("d.qir"));
+    let model = p("examples/mnist/mnist_cnn.onnx");
+    for w in ["sym-per-channel", "asym-per-tensor"] {
+        let args = [
+            "eval",
+            &model,
+            "-O2",
+            "--dynamic",
+            "--weights",
+            w,
+            "--npy",
+            &p("examples/mnist/digits"),
+            "--json",
+            &json.display().to_string(),
+        ];
+        qcc(&args);
+        let text = std::fs::read_to_string(&json).unwrap();
+        assert_eq!(json_number(&text, "n", 1), 200.0);
+        let agreement = json_number(&text, "agreement", 1);
+        assert!(agreement >= 99.0, "dynamic {w} agrees with float on {agreement}% of 200 digits: {text}");
+    }
+    qcc(&[&model, "-O2", "--dynamic", "-o", &qir.display().to_string()]);
+    let text = std::fs::read_to_string(&qir).unwrap();
+    assert_eq!(text.matches("dyn_qconv").count(), 3, "{text}");
+    assert_eq!(text.matches("dyn_qgemm").count(), 2, "{text}");
+    assert!(!text.contains("quantize %"), "dynamic mode places no static quantize: {text}");
+    let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
+        .args([&model, "--int8", "--dynamic", "--calib", &p("examples/mnist/digits")])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("choose one"));
+}

@@ -205,12 +205,29 @@ impl<'g> Ex<'g> {
         }
         // Everything else maps to one ONNX op (plus a fused activation), on the values as they are; an
         // integer op becomes its float form on dequantized inputs, then a quantize.
-        let (this_op, mut ins, target, quantized) = match node.op.float_form() {
-            Some((f, act)) => {
+        let (this_op, mut ins, target, quantized) = match (node.op.float_form(), node.op.dynamic_form()) {
+            (Some((f, act)), _) => {
                 let ins = node.inputs.iter().map(|v| self.float_of(*v)).collect::<Result<Vec<_>, _>>()?;
                 (f, ins, self.fresh(node.op.name()), Some(act))
             }
-            None => (node.op.clone(), node.inputs.iter().map(|v| self.name_of(*v)).collect(), out_name.clone(), None),
+            // A dynamic op reads its input through DynamicQuantizeLinear and DequantizeLinear.
+            (None, Some(f)) => {
+                let x = self.name_of(node.inputs[0]);
+                let (q, s, z, xd) = (self.fresh("xq"), self.fresh("xq_scale"), self.fresh("xq_zp"), self.fresh("xq_dq"));
+                let name = self.fresh("dynq");
+                self.nodes.push(NodeProto {
+                    op_type: Some("DynamicQuantizeLinear".into()),
+                    name: Some(name),
+                    input: vec![x],
+                    output: vec![q.clone(), s.clone(), z.clone()],
+                    ..Default::default()
+                });
+                self.node("DequantizeLinear", &loc, vec![q, s, z], xd.clone(), vec![]);
+                let mut ins = vec![xd, self.float_of(node.inputs[1])?];
+                ins.extend(node.inputs.get(2).map(|b| self.name_of(*b)));
+                (f, ins, out_name.clone(), None)
+            }
+            (None, None) => (node.op.clone(), node.inputs.iter().map(|v| self.name_of(*v)).collect(), out_name.clone(), None),
         };
         let (op, attrs, act): (&str, Vec<AttributeProto>, Option<Act>) = match &this_op {
             Op::Conv { strides, pads, dilations, group, act } => (
@@ -377,6 +394,8 @@ impl<'g> Ex<'g> {
             | Op::QConcat { .. }
             | Op::QAveragePool { .. }
             | Op::QGlobalAveragePool
+            | Op::DynQConv { .. }
+            | Op::DynQGemm { .. }
             | Op::Quantize
             | Op::Dequantize => unreachable!(),
         };

@@ -444,6 +444,20 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             want_float(inputs[0], "input")?;
             Ok(inputs[0].clone())
         }
+        DynQConv { .. } | DynQGemm { .. } => {
+            want_inputs(inputs, 2, 3)?;
+            want_float(inputs[0], "input")?;
+            if inputs[1].quant().is_none() {
+                return Err(format!("the weights must be quantized, are {}", inputs[1]));
+            }
+            if let Some(b) = inputs.get(2) {
+                want_float(b, "bias")?;
+            }
+            let float_op = op.dynamic_form().ok_or("not a dynamic op")?;
+            let as_f32: Vec<Type> = inputs.iter().map(|t| Type::f32(t.shape().unwrap_or(&[]).to_vec())).collect();
+            let refs: Vec<&Type> = as_f32.iter().collect();
+            infer_unchecked(&float_op, &refs, current)
+        }
         QConv { .. } | QGemm { .. } | QAdd { .. } | QMul { .. } | QConcat { .. } | QAveragePool { .. } | QGlobalAveragePool => {
             for (i, t) in inputs.iter().enumerate() {
                 if t.quant().is_none() {

@@ -240,6 +240,11 @@ define_ops! {
     QConcat { axis: i64 } = "qconcat",
     /// Quantized average pooling (exact integer window sums, one f32 rescale per output).
     QAveragePool { kernel: Vec<i64>, strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, ceil_mode: bool, count_include_pad: bool } = "qaverage_pool",
+    /// Dynamically quantized convolution: f32 input quantized to u8 per call from its own range, integer
+    /// weights, f32 bias and output. inputs: x, w (quantized), [bias f32]. See docs/semantics.md.
+    DynQConv { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, act: Option<Act> } = "dyn_qconv",
+    /// Dynamically quantized y = x @ op(w) + bias, as dyn_qconv. inputs: x [M,K], w, [bias f32 [N]].
+    DynQGemm { trans_b: bool, act: Option<Act> } = "dyn_qgemm",
     /// f32 -> integer; the output type holds the quantization parameters.
     Quantize = "quantize",
     /// integer -> f32; the input type holds the quantization parameters.
@@ -264,6 +269,17 @@ impl Op {
                 | Op::Identity
                 | Op::Dropout
         )
+    }
+
+    /// For a dynamically quantized op: the float op (with its fused activation) it approximates.
+    pub fn dynamic_form(&self) -> Option<Op> {
+        Some(match self {
+            Op::DynQConv { strides, pads, dilations, group, act } => {
+                Op::Conv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
+            }
+            Op::DynQGemm { trans_b, act } => Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: *trans_b, act: *act },
+            _ => return None,
+        })
     }
 
     /// For an integer op: the float op it computes on dequantized inputs, and its fused activation.

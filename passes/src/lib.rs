@@ -3,6 +3,7 @@
 mod assign_qparams;
 mod bias_correct;
 mod canonicalize;
+mod dynamic_quantize;
 mod equalize;
 mod fold_batchnorm;
 mod fold_qdq;
@@ -15,13 +16,14 @@ mod place_qdq;
 pub use assign_qparams::{act_qtype, AssignQparams};
 pub use bias_correct::BiasCorrect;
 pub use canonicalize::Canonicalize;
+pub use dynamic_quantize::DynamicQuantize;
 pub use equalize::Equalize;
 pub use fold_batchnorm::FoldBatchnorm;
 pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;
 pub use insert_observers::InsertObservers;
 pub use manager::{Instrumentation, PassFailure, PassManager, PassTiming};
-pub use pipeline::{pass_by_name, pipeline, quant_pipeline, OptLevel, PASS_NAMES};
+pub use pipeline::{dynamic_pipeline, pass_by_name, pipeline, quant_pipeline, OptLevel, PASS_NAMES};
 pub use place_qdq::PlaceQdq;
 
 use qcc_ir::Graph;

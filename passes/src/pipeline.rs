@@ -1,5 +1,8 @@
 //! The optimization pipelines, as data: one list per level, read top to bottom.
-use crate::{AssignQparams, BiasCorrect, Canonicalize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass, PlaceQdq};
+use crate::{
+    AssignQparams, BiasCorrect, Canonicalize, DynamicQuantize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass,
+    PlaceQdq,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OptLevel {
@@ -19,6 +22,7 @@ pub const PASS_NAMES: &[&str] = &[
     "bias-correct",
     "place-qdq",
     "fold-qdq",
+    "dynamic-quantize",
 ];
 
 pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
@@ -32,6 +36,7 @@ pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
         "place-qdq" => Box::new(PlaceQdq),
         "bias-correct" => Box::new(BiasCorrect),
         "fold-qdq" => Box::new(FoldQdq),
+        "dynamic-quantize" => Box::new(DynamicQuantize),
         _ => return None,
     })
 }
@@ -47,6 +52,17 @@ pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
         OptLevel::O0 => passes(&[]),
         OptLevel::O1 | OptLevel::O2 => passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "fold-qdq", "canonicalize"]),
     }
+}
+
+/// Dynamic quantization (no calibration): the float passes, then int8 weights and run-time input
+/// quantization for every conv and gemm.
+pub fn dynamic_pipeline(level: OptLevel, equalize: bool) -> Vec<Box<dyn Pass>> {
+    let mut p = passes(&["canonicalize", "fold-batchnorm", "fuse-activation"]);
+    if level == OptLevel::O2 && equalize {
+        p.extend(passes(&["equalize"]));
+    }
+    p.extend(passes(&["dynamic-quantize", "canonicalize"]));
+    p
 }
 
 /// The quantizing pipeline, in two parts: before calibration (ending with the observers the driver

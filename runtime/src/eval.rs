@@ -520,6 +520,14 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
             need(2)?;
             qops::qgemm(ins, in_tys, *trans_b, *act, out_ty)
         }
+        Op::DynQConv { strides, pads, dilations, group, act } => {
+            need(2)?;
+            qops::dyn_qconv(ins, in_tys, strides, pads, dilations, *group as usize, *act, &out_shape()?)
+        }
+        Op::DynQGemm { trans_b, act } => {
+            need(2)?;
+            qops::dyn_qgemm(ins, in_tys, *trans_b, *act)
+        }
         Op::QAdd { act } => {
             need(2)?;
             qops::qbinary(ins, in_tys, false, *act, out_ty)

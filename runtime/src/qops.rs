@@ -90,6 +90,40 @@ fn quant_of<'a>(t: &'a Type, what: &str) -> R<&'a QuantType> {
     t.quant().ok_or_else(|| format!("{what} is not quantized"))
 }
 
+/// Exact Σ (x − zx)(w − zw[c]) of a convolution over integer tensors, in NCHW output order.
+#[allow(clippy::too_many_arguments)]
+fn conv_sums(
+    x: &Tensor,
+    zx: i32,
+    w: &Tensor,
+    zw: &[i32],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    group: usize,
+    out_shape: &[usize],
+) -> R<Vec<f64>> {
+    let xv: Vec<f64> = ints(x)?.into_iter().map(|v| (v - zx as i64) as f64).collect();
+    let ws = w.shape();
+    let per_m: usize = ws[1..].iter().product();
+    let wv: Vec<f64> = ints(w)?.into_iter().enumerate().map(|(i, v)| (v - zw[i / per_m] as i64) as f64).collect();
+    Ok(conv_core(&xv, x.shape(), &wv, ws, strides, pads, dil, group, out_shape)?.into_iter().collect())
+}
+
+/// Exact Σ_k (x − zx)(w − zw[n]) of a matrix product x [M, K] @ op(w) as [M, N].
+fn gemm_sums(x: &Tensor, zx: i32, w: &Tensor, zw: &[i32], trans_b: bool, n: usize) -> R<ndarray::Array2<f64>> {
+    let (mrows, k) = (x.shape()[0], x.shape()[1]);
+    let xm = ndarray::Array2::from_shape_vec((mrows, k), ints(x)?.into_iter().map(|v| (v - zx as i64) as f64).collect())
+        .map_err(|e| e.to_string())?;
+    let wv = ints(w)?;
+    // w as [K, N] with its per-column zero point removed.
+    let wm = ndarray::Array2::from_shape_fn((k, n), |(kk, nn)| {
+        let v = if trans_b { wv[nn * k + kk] } else { wv[kk * n + nn] };
+        (v - zw[nn] as i64) as f64
+    });
+    Ok(xm.dot(&wm))
+}
+
 /// Integer convolution: acc = Σ (x - zx)(w - zw[c]) + bias[c], padding contributes 0, then requantized.
 #[allow(clippy::too_many_arguments)]
 pub fn qconv(
@@ -104,14 +138,10 @@ pub fn qconv(
 ) -> R<Tensor> {
     let (xq, wq, oq) = (quant_of(tys[0], "input")?, quant_of(tys[1], "weight")?, quant_of(out, "output")?);
     let (sx, zx) = per_tensor(xq)?;
-    let ws = ins[1].shape().to_vec();
-    let m = ws[0];
+    let m = ins[1].shape()[0];
     let (sw, zw) = per_channel(wq, m)?;
-    let x: Vec<f64> = ints(ins[0])?.into_iter().map(|v| (v - zx as i64) as f64).collect();
-    let per_m: usize = ws[1..].iter().product();
-    let w: Vec<f64> = ints(ins[1])?.into_iter().enumerate().map(|(i, v)| (v - zw[i / per_m] as i64) as f64).collect();
     let out_shape = out.shape().ok_or("unknown output shape")?;
-    let acc = conv_core(&x, ins[0].shape(), &w, &ws, strides, pads, dil, group, out_shape)?;
+    let acc = conv_sums(ins[0], zx, ins[1], &zw, strides, pads, dil, group, out_shape)?;
     let bias = match ins.get(2) {
         Some(b) => ints(b)?,
         None => vec![0; m],
@@ -133,26 +163,83 @@ pub fn qconv(
 pub fn qgemm(ins: &[&Tensor], tys: &[&Type], trans_b: bool, act: Option<Act>, out: &Type) -> R<Tensor> {
     let (xq, wq, oq) = (quant_of(tys[0], "input")?, quant_of(tys[1], "weight")?, quant_of(out, "output")?);
     let (sx, zx) = per_tensor(xq)?;
-    let (xs, ws) = (ins[0].shape().to_vec(), ins[1].shape().to_vec());
-    let (mrows, k) = (xs[0], xs[1]);
+    let ws = ins[1].shape();
     let n = if trans_b { ws[0] } else { ws[1] };
     let (sw, zw) = per_channel(wq, n)?;
-    let x = ndarray::Array2::from_shape_vec((mrows, k), ints(ins[0])?.into_iter().map(|v| (v - zx as i64) as f64).collect())
-        .map_err(|e| e.to_string())?;
-    let wv = ints(ins[1])?;
-    // w as [K, N] with its per-column zero point removed.
-    let w = ndarray::Array2::from_shape_fn((k, n), |(kk, nn)| {
-        let v = if trans_b { wv[nn * k + kk] } else { wv[kk * n + nn] };
-        (v - zw[nn] as i64) as f64
-    });
-    let acc = x.dot(&w);
+    let acc = gemm_sums(ins[0], zx, ins[1], &zw, trans_b, n)?;
     let bias = match ins.get(2) {
         Some(b) => ints(b)?,
         None => vec![0; n],
     };
     let rq = Requant::new(sx, &sw, oq, act)?;
     let v: Vec<i64> = acc.indexed_iter().map(|((_, c), a)| rq.apply(*a as i64 + bias[c], c)).collect();
-    store(v, oq, &[mrows, n])
+    store(v, oq, &[acc.nrows(), n])
+}
+
+/// The u8 parameters dynamic quantization gives a tensor (ONNX DynamicQuantizeLinear): the range
+/// [min(0, min x), max(0, max x)] in f32, scale = (b − a) / 255, zero point = rne(−a / scale) clamped to
+/// 0..255; an all-zero (or non-finite) range gets scale 1.
+pub fn dynamic_qparams(x: &ArrayD<f32>) -> (f32, i32) {
+    let (a, b) = x.iter().fold((0f32, 0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let scale = (b - a) / 255.0;
+    let scale = if scale > 0.0 && scale.is_finite() { scale } else { 1.0 };
+    (scale, (-a / scale).round_ties_even().clamp(0.0, 255.0) as i32)
+}
+
+/// The f32 input of a dynamic op, quantized to u8 with its own parameters.
+fn dynamic_input(t: &Tensor) -> R<(Tensor, f32, i32)> {
+    let x = t.as_f32().ok_or("the input of a dynamic op must be f32")?;
+    let (sx, zx) = dynamic_qparams(x);
+    let q = QuantType::new(DType::U8, QParams::PerTensor { scale: sx, zp: zx });
+    Ok((crate::quant::quantize(x, &q)?, sx, zx))
+}
+
+/// y = act(f32(acc) · f32(sx · sw[c]) + bias[c]) for dynamic ops, the accumulator clamped to i32.
+fn dynamic_output(acc: f64, sx: f32, sw: f32, bias: f32, act: Option<Act>) -> f32 {
+    let v = acc.clamp(i32::MIN as f64, i32::MAX as f64) as f32 * (sx * sw) + bias;
+    act.map_or(v, |f| f.apply(v))
+}
+
+fn f32_bias(b: Option<&&Tensor>, n: usize) -> R<Vec<f32>> {
+    match b {
+        Some(b) => Ok(b.as_f32().ok_or("the bias of a dynamic op must be f32")?.iter().copied().collect()),
+        None => Ok(vec![0.0; n]),
+    }
+}
+
+/// Dynamically quantized convolution (docs/semantics.md): x quantized to u8 from its own range, exact
+/// integer sums with the int8 weights, one f32 rescale per output plus the f32 bias.
+#[allow(clippy::too_many_arguments)]
+pub fn dyn_qconv(
+    ins: &[&Tensor],
+    tys: &[&Type],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    group: usize,
+    act: Option<Act>,
+    out_shape: &[usize],
+) -> R<Tensor> {
+    let (x, sx, zx) = dynamic_input(ins[0])?;
+    let m = ins[1].shape()[0];
+    let (sw, zw) = per_channel(quant_of(tys[1], "weight")?, m)?;
+    let acc = conv_sums(&x, zx, ins[1], &zw, strides, pads, dil, group, out_shape)?;
+    let bias = f32_bias(ins.get(2), m)?;
+    let sp: usize = out_shape[2..].iter().product::<usize>().max(1);
+    let v = acc.iter().enumerate().map(|(i, a)| dynamic_output(*a, sx, sw[i / sp % m], bias[i / sp % m], act)).collect();
+    Ok(Tensor::F32(ArrayD::from_shape_vec(IxDyn(out_shape), v).map_err(|e| e.to_string())?))
+}
+
+/// Dynamically quantized matrix product, as dyn_qconv.
+pub fn dyn_qgemm(ins: &[&Tensor], tys: &[&Type], trans_b: bool, act: Option<Act>) -> R<Tensor> {
+    let (x, sx, zx) = dynamic_input(ins[0])?;
+    let ws = ins[1].shape();
+    let n = if trans_b { ws[0] } else { ws[1] };
+    let (sw, zw) = per_channel(quant_of(tys[1], "weight")?, n)?;
+    let acc = gemm_sums(&x, zx, ins[1], &zw, trans_b, n)?;
+    let bias = f32_bias(ins.get(2), n)?;
+    let v: Vec<f32> = acc.indexed_iter().map(|((_, c), a)| dynamic_output(*a, sx, sw[c], bias[c], act)).collect();
+    Ok(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[acc.nrows(), n]), v).map_err(|e| e.to_string())?))
 }
 
 /// Quantized add or multiply: dequantize both inputs in f32, combine, activation, quantize (so it equals

@@ -1,5 +1,6 @@
 //! Property tests of the integer semantics in docs/semantics.md: quantize rounding and saturation,
-//! dequantize round trips, requantization with fused activations, and qconv against its QDQ form.
+//! dequantize round trips, dynamic quantization parameters, requantization with fused activations, and
+//! qconv against its QDQ form.
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use qcc_ir::{Act, DType, ElemType, Op, QParams, QuantType, Tensor, Type};
@@ -19,6 +20,20 @@ proptest! {
         let expect = (r.round_ties_even() + zp as f64).clamp(0.0, 255.0) as i64;
         prop_assert_eq!(q, expect);
         prop_assert!((0..=255).contains(&q));
+    }
+
+    #[test]
+    fn dynamic_parameters_cover_the_range_and_keep_zero_exact(v in proptest::collection::vec(-50f32..50.0, 1..64), k in 0.0f32..3.0) {
+        let x = ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.iter().map(|a| a * k).collect()).unwrap();
+        let (scale, zp) = qcc_runtime::qops::dynamic_qparams(&x);
+        prop_assert!(scale > 0.0 && (0..=255).contains(&zp));
+        let t = qt(DType::U8, scale, zp);
+        // Zero is exact, and every value is within half a step (plus f32 rounding) after the round trip.
+        prop_assert_eq!(quantize_value(0.0, scale, zp, 0, 255), zp as i64);
+        let back = dequantize(&quantize(&x, &t).unwrap(), &t).unwrap();
+        for (a, b) in x.iter().zip(back.iter()) {
+            prop_assert!((a - b).abs() <= scale * 0.5 + scale * 1e-3 + a.abs() * 1e-6, "{} -> {} (scale {})", a, b, scale);
+        }
     }
 
     #[test]

@@ -1,0 +1,62 @@
+//! dynamic-quantize: dynamic quantization (`--dynamic`). Every conv and gemm with an integer form gets
+//! int8 weights per the weight scheme, quantized once here, and becomes dyn_qconv / dyn_qgemm: its f32
+//! input is quantized to u8 at run time from that input's own range, so no calibration is needed
+//! (docs/semantics.md). Everything else stays float. Runs after the float passes, instead of the
+//! observer/calibration/QDQ passes of static quantization.
+use crate::insert_observers::has_integer_form;
+use crate::place_qdq::quantize_weights;
+use crate::{Pass, PassContext, PassError};
+use qcc_ir::{ConstData, ElemType, Graph, NodeId, Op, Type};
+
+pub struct DynamicQuantize;
+
+fn convert(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
+    let node = g.node(n).clone();
+    let Some(scheme) = cx.quant.weights else { return false };
+    let (op, axis) = match &node.op {
+        Op::Conv { strides, pads, dilations, group, act } => {
+            (Op::DynQConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }, 0)
+        }
+        Op::Gemm { trans_b, act, .. } => (Op::DynQGemm { trans_b: *trans_b, act: *act }, usize::from(!trans_b)),
+        _ => return false,
+    };
+    let Some(w) = g.const_tensor(node.inputs[1]).and_then(|t| t.as_f32()).cloned() else { return false };
+    // The bias must be a constant f32 vector (gemm's C may broadcast otherwise).
+    let channels = w.shape()[if axis == 0 { 0 } else { 1 }];
+    if let Some(b) = node.inputs.get(2) {
+        if g.const_tensor(*b).and_then(|t| t.as_f32()).is_none_or(|t| t.shape() != [channels]) {
+            return false;
+        }
+    }
+    let (t, qt) = quantize_weights(&w, scheme, axis);
+    let shape = t.shape().to_vec();
+    let name = g.value(node.inputs[1]).name.clone();
+    let wq = g.add_const_typed(ConstData::Data(t), Type::Tensor { elem: ElemType::Q(qt), shape }, name);
+    let mut ins = node.inputs.clone();
+    ins[1] = wq;
+    let ty = g.ty(node.output).clone();
+    let d = g.add_node(op, ins, ty, node.loc.clone());
+    g.replace_all_uses(node.output, d);
+    g.remove_node(n);
+    true
+}
+
+impl Pass for DynamicQuantize {
+    fn name(&self) -> &'static str {
+        "dynamic-quantize"
+    }
+
+    fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
+        let targets: Vec<NodeId> = g.node_ids().filter(|n| has_integer_form(g, &g.node(*n).op, &g.node(*n).inputs)).collect();
+        let mut changed = false;
+        for n in targets {
+            if matches!(g.node(n).op, Op::Conv { .. } | Op::Gemm { .. }) {
+                changed |= convert(g, n, cx);
+            }
+        }
+        if changed {
+            g.dce();
+        }
+        Ok(changed)
+    }
+}
