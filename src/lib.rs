@@ -1,5 +1,6 @@
 //! qcc: the library behind the `qcc` command — loading models (.onnx or .qir), running pipelines,
 //! reading and writing .npy data, preprocessing images, and measuring accuracy.
+pub mod analyze;
 pub mod calib;
 pub mod data;
 pub mod driver;

@@ -34,6 +34,8 @@ enum Cmd {
     Eval(EvalCmd),
     /// Measure latency of the compiled model (median, p10, p90).
     Bench(BenchCmd),
+    /// Per-layer quantization error of an --int8 model against its float form (needs --calib).
+    Analyze(AnalyzeCmd),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,6 +163,10 @@ struct CompileCmd {
     /// Print large constants as `elided BYTES HASH` (readable, but the text cannot be run).
     #[arg(long)]
     elide_constants: bool,
+    /// With --int8: compare every quantized tensor with float on this many calibration samples and print
+    /// the 5 worst layers (0 = skip; `qcc analyze` prints them all).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    analysis_samples: usize,
 }
 
 #[derive(Args)]
@@ -191,6 +197,18 @@ struct BenchCmd {
     /// Print the time of every step (kernel call) of the compiled model, slowest first.
     #[arg(long)]
     profile: bool,
+}
+
+#[derive(Args)]
+struct AnalyzeCmd {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Calibration samples to compare on (the first N of --calib).
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    /// Also write the per-layer numbers as JSON.
+    #[arg(long, value_name = "OUT")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -274,11 +292,16 @@ impl ModelArgs {
         Ok(cfg)
     }
 
-    /// Runs the float passes and the calibration pass (for --int8).
-    fn calibrate(&self, g: Graph) -> Result<Calibrated> {
+    /// The calibration samples for `g`'s inputs.
+    fn calib_set(&self, g: &Graph) -> Result<CalibSet> {
         let path = self.calib.as_ref().ok_or_else(|| anyhow!("--int8 needs calibration data: --calib PATH"))?;
         let names: Vec<String> = g.inputs().iter().map(|v| g.value(*v).name.clone().unwrap_or_default()).collect();
-        let set = CalibSet::open(path, &names, self.preprocess()?, self.calib_samples)?;
+        CalibSet::open(path, &names, self.preprocess()?, self.calib_samples)
+    }
+
+    /// Runs the float passes and the calibration pass (for --int8).
+    fn calibrate(&self, g: Graph) -> Result<Calibrated> {
+        let set = self.calib_set(&g)?;
         let ema = match qcc_runtime::observe::RangeMethod::parse(&self.calib_method) {
             Ok(qcc_runtime::observe::RangeMethod::MovingAverage(c)) => c,
             _ => 0.01,
@@ -323,7 +346,19 @@ fn cmd_compile(c: CompileCmd) -> Result<()> {
         (None, Some(p)) if p.extension().is_some_and(|e| e == "o") => Emit::Obj,
         _ => Emit::Qir,
     };
-    let g = c.m.build()?;
+    let g = if c.m.int8 && !c.m.dynamic && c.analysis_samples > 0 {
+        let g = c.m.load()?;
+        let set = c.m.calib_set(&g)?;
+        let cal = c.m.calibrate(g)?;
+        let q = cal.finish(&c.m.quant_config(&c.m.calib_method)?, &c.m.instrumentation(), &mut std::io::stderr())?;
+        let layers = qcc::analyze::analyze(&cal, &q, &set, c.analysis_samples)?;
+        let n = c.analysis_samples.min(set.samples.len());
+        eprintln!("the 5 layers with the lowest SQNR against float ({n} calibration samples; all of them: qcc analyze):");
+        eprint!("{}", qcc::analyze::table(&layers, Some(5)));
+        q
+    } else {
+        c.m.build()?
+    };
     if let Emit::Obj = emit {
         let out = c.output.as_ref().ok_or_else(|| anyhow!("--emit obj needs -o NAME.o"))?;
         return write_object(&c.m, &g, out);
@@ -533,6 +568,27 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     Ok(())
 }
 
+fn cmd_analyze(a: AnalyzeCmd) -> Result<()> {
+    if a.m.dynamic {
+        bail!("qcc analyze compares a statically quantized model with its float form: use --int8, not --dynamic");
+    }
+    let g = a.m.load()?;
+    let set = a.m.calib_set(&g)?;
+    let cal = a.m.calibrate(g)?;
+    let cfg = a.m.quant_config(&a.m.calib_method)?;
+    let q = cal.finish(&cfg, &a.m.instrumentation(), &mut std::io::stderr())?;
+    let layers = qcc::analyze::analyze(&cal, &q, &set, a.samples)?;
+    let n = a.samples.min(set.samples.len());
+    println!("{} quantized tensors compared with float on {n} calibration samples", layers.len());
+    print!("{}", qcc::analyze::table(&layers, None));
+    println!("\nworst 5 by SQNR:");
+    print!("{}", qcc::analyze::table(&layers, Some(5)));
+    if let Some(p) = &a.json {
+        write_atomic(p, qcc::analyze::to_json(&layers, n).as_bytes())?;
+    }
+    Ok(())
+}
+
 fn cmd_bench(b: BenchCmd) -> Result<()> {
     let g = b.m.build()?;
     let inputs: Vec<qcc_ir::Tensor> = match &b.input {
@@ -620,6 +676,7 @@ fn main() {
         Some(Cmd::Run(r)) => cmd_run(r),
         Some(Cmd::Eval(e)) => cmd_eval(e),
         Some(Cmd::Bench(b)) => cmd_bench(b),
+        Some(Cmd::Analyze(a)) => cmd_analyze(a),
         None => cmd_compile(cli.compile),
     };
     if let Err(e) = res {

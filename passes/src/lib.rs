@@ -21,7 +21,7 @@ pub use equalize::Equalize;
 pub use fold_batchnorm::FoldBatchnorm;
 pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;
-pub use insert_observers::InsertObservers;
+pub use insert_observers::{is_layout_only, InsertObservers};
 pub use manager::{Instrumentation, PassFailure, PassManager, PassTiming};
 pub use pipeline::{dynamic_pipeline, pass_by_name, pipeline, quant_pipeline, OptLevel, PASS_NAMES};
 pub use place_qdq::PlaceQdq;

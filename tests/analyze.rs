@@ -1,0 +1,112 @@
+//! `qcc analyze`: the per-layer report names a deliberately broken layer first, and its JSON holds every
+//! quantized tensor of the bundled MNIST CNN with sane numbers.
+mod common;
+use common::{int, ints, values, Builder};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qcc-analyze-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn qcc(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_qcc")).args(args).output().expect("run qcc");
+    assert!(o.status.success(), "qcc {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// (name, alone_sqnr_db, sqnr_db, rmse_over_scale) of every layer in the JSON report.
+fn layers(json: &Path) -> Vec<(String, f64, f64, f64)> {
+    let text = std::fs::read_to_string(json).unwrap();
+    let num = |row: &str, key: &str| -> f64 {
+        let v = row.split(&format!("\"{key}\": ")).nth(1).unwrap().split([',', '}']).next().unwrap().trim().to_string();
+        if v == "null" {
+            f64::INFINITY
+        } else {
+            v.parse().unwrap()
+        }
+    };
+    text.lines()
+        .filter(|l| l.trim_start().starts_with("{\"name\""))
+        .map(|l| {
+            let name = l.split("\"name\": \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+            (name, num(l, "alone_sqnr_db"), num(l, "sqnr_db"), num(l, "rmse_over_scale"))
+        })
+        .collect()
+}
+
+/// conv1 → relu → conv2 → relu → conv3 → relu → gap → gemm, where conv2 has one huge weight on an input
+/// channel that is always 0 (conv1's channel 7 has a bias of −100): harmless in float, but with
+/// per-tensor weights it sets conv2's weight scale so every other weight rounds to 0.
+fn outlier_model() -> Builder {
+    let mut b = Builder::new();
+    b.input("x", &[1, 4, 8, 8]).output("y", &[1, 4]);
+    let w = |n: usize, seed: u32, s: f32| values(n, seed).iter().map(|v| v * s).collect::<Vec<f32>>();
+    let mut b1 = w(8, 2, 0.1);
+    b1[7] = -100.0;
+    let mut w2 = w(64, 3, 0.4);
+    w2[7] = 500.0;
+    b.init("w1", &[8, 4, 3, 3], w(288, 1, 0.3)).init("b1", &[8], b1);
+    b.init("w2", &[8, 8, 1, 1], w2).init("b2", &[8], w(8, 4, 0.1));
+    b.init("w3", &[8, 8, 1, 1], w(64, 5, 0.4)).init("b3", &[8], w(8, 6, 0.1));
+    b.init("wfc", &[4, 8], w(32, 7, 0.5)).init("bfc", &[4], w(4, 8, 0.1));
+    b.init_i64("shape", &[2], vec![1, -1]);
+    b.node("Conv", "conv1", &["x", "w1", "b1"], &["c1"], vec![ints("pads", &[1, 1, 1, 1])]);
+    b.node("Relu", "relu1", &["c1"], &["r1"], vec![]);
+    b.node("Conv", "conv2", &["r1", "w2", "b2"], &["c2"], vec![]);
+    b.node("Relu", "relu2", &["c2"], &["r2"], vec![]);
+    b.node("Conv", "conv3", &["r2", "w3", "b3"], &["c3"], vec![]);
+    b.node("Relu", "relu3", &["c3"], &["r3"], vec![]);
+    b.node("GlobalAveragePool", "gap", &["r3"], &["g"], vec![]);
+    b.node("Reshape", "flatten", &["g", "shape"], &["f"], vec![]);
+    b.node("Gemm", "fc", &["f", "wfc", "bfc"], &["y"], vec![int("transB", 1)]);
+    b
+}
+
+#[test]
+fn analysis_names_the_broken_layer_first() {
+    let d = tmp("outlier");
+    let model = d.join("m.onnx");
+    std::fs::write(&model, outlier_model().bytes()).unwrap();
+    let cal = d.join("calib");
+    std::fs::create_dir_all(&cal).unwrap();
+    for i in 0..8 {
+        let t = qcc_ir::Tensor::from_f32(&[1, 4, 8, 8], values(256, 100 + i)).unwrap();
+        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &t).unwrap();
+    }
+    let json = d.join("a.json");
+    let (m, c, j) = (model.display().to_string(), cal.display().to_string(), json.display().to_string());
+    let out = qcc(&["analyze", &m, "-O2", "--int8", "--weights", "asym-per-tensor", "--calib", &c, "--json", &j]);
+    let mut rows = layers(&json);
+    assert_eq!(rows.len(), 6, "input, three convs, gap, gemm: {rows:?}");
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    assert_eq!(rows[0].0, "conv2+relu2", "{rows:?}");
+    assert!(rows[0].1 < 20.0 && rows[1].1 > rows[0].1 + 20.0, "{rows:?}");
+    assert!(out.contains("worst 5") && out.lines().any(|l| l.starts_with("conv2+relu2")), "{out}");
+    // Per-channel weights confine the damage to conv2's channel 0: conv2 gets much better, the rest stays.
+    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--json", &j]);
+    let per_channel = layers(&json);
+    let conv2 = per_channel.iter().find(|r| r.0 == "conv2+relu2").unwrap();
+    assert!(conv2.1 > rows[0].1 + 8.0, "{per_channel:?}");
+    assert!(per_channel.iter().filter(|r| r.0 != "conv2+relu2").all(|r| r.1 > 35.0), "{per_channel:?}");
+}
+
+#[test]
+fn mnist_report_covers_every_quantized_tensor() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let json = tmp("mnist").join("a.json");
+    let (m, c) = (root.join("examples/mnist/mnist_cnn.onnx"), root.join("examples/mnist/digits"));
+    let (m, c, j) = (m.display().to_string(), c.display().to_string(), json.display().to_string());
+    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--calib-samples", "50", "--samples", "4", "--json", &j]);
+    let rows = layers(&json);
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["/Div", "/c1/Conv+/Relu", "/c2/Conv+/Relu_1", "/c3/Conv+/Relu_2", "/fc1/Gemm+/Relu_3", "/fc2/Gemm"]);
+    for (name, alone, e2e, ros) in &rows {
+        // Errors near rounding noise: a few tenths of a step, SQNR above 30 dB; a layer alone never
+        // does worse than the whole quantized network up to it (beyond float noise).
+        assert!(*ros > 0.2 && *ros < 1.0 && *alone > 30.0 && *e2e > 30.0 && *alone >= *e2e - 0.01, "{name}: {rows:?}");
+    }
+    assert!(std::fs::read_to_string(&json).unwrap().starts_with("{\n  \"samples\": 4,"));
+}
