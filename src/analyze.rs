@@ -38,6 +38,10 @@ pub struct LayerStats {
     /// For conv and gemm: per output channel, max |w| of the float weights as quantized (min and max over
     /// channels), showing how uneven channel ranges are.
     pub weight_absmax: Option<(f32, f32)>,
+    /// The same per channel (for the report's box plots).
+    pub weight_channels: Vec<f32>,
+    /// The float graph's value this tensor stands for (its calibration observer is keyed by it).
+    pub float_value: qcc_ir::ValueId,
 }
 
 #[derive(Default)]
@@ -182,8 +186,9 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
         .iter()
         .zip(acc)
         .filter(|(_, a)| a.n > 0)
-        .map(|((qn, _, q), a)| {
+        .map(|((qn, fnode, q), a)| {
             let node = quant.node(*qn);
+            let channels = weight_channels(quant, *qn);
             let (scale, zero_point) = per_tensor(q).unwrap_or((1.0, 0));
             let rmse = (a.err / a.n as f64).sqrt();
             LayerStats {
@@ -205,24 +210,27 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
                 alone_sqnr_db: sqnr(a.sig, a.alone_err),
                 clipped: a.clipped as f64 / a.n as f64,
                 saturated: a.saturated as f64 / a.n as f64,
-                weight_absmax: weight_absmax(quant, *qn),
+                weight_absmax: (!channels.is_empty())
+                    .then(|| (channels.iter().copied().fold(f32::INFINITY, f32::min), channels.iter().copied().fold(0f32, f32::max))),
+                weight_channels: channels,
+                float_value: float.node(*fnode).output,
             }
         })
         .collect())
 }
 
-/// Per output channel max |w| of a qconv/qgemm's dequantized weights: (smallest, largest) over channels.
-fn weight_absmax(g: &Graph, n: NodeId) -> Option<(f32, f32)> {
+/// Per output channel max |w| of a qconv/qgemm's dequantized weights (empty for other ops).
+fn weight_channels(g: &Graph, n: NodeId) -> Vec<f32> {
     let node = g.node(n);
     let axis = match node.op {
         Op::QConv { .. } => 0,
         Op::QGemm { trans_b, .. } => usize::from(!trans_b),
-        _ => return None,
+        _ => return vec![],
     };
     let w = node.inputs[1];
-    let d = qcc_runtime::quant::dequantize(g.const_tensor(w)?, g.ty(w).quant()?).ok()?;
-    let per: Vec<f32> = d.axis_iter(ndarray::Axis(axis)).map(|c| c.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
-    Some((per.iter().copied().fold(f32::INFINITY, f32::min), per.iter().copied().fold(0f32, f32::max)))
+    let (Some(t), Some(q)) = (g.const_tensor(w), g.ty(w).quant()) else { return vec![] };
+    let Ok(d) = qcc_runtime::quant::dequantize(t, q) else { return vec![] };
+    d.axis_iter(ndarray::Axis(axis)).map(|c| c.iter().fold(0f32, |m, v| m.max(v.abs()))).collect()
 }
 
 fn sqnr(sig: f64, err: f64) -> f64 {

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod fsutil;
 pub mod fuzzing;
 pub mod npy;
+pub mod report;
 
 pub use qcc_codegen as codegen;
 pub use qcc_frontend as frontend;

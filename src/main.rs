@@ -209,6 +209,12 @@ struct AnalyzeCmd {
     /// Also write the per-layer numbers as JSON.
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts.
+    #[arg(long, value_name = "OUT.html")]
+    report: Option<PathBuf>,
+    /// The layer whose calibration histogram the report shows (default: the worst one).
+    #[arg(long, value_name = "NAME")]
+    report_layer: Option<String>,
 }
 
 #[derive(Args)]
@@ -585,6 +591,13 @@ fn cmd_analyze(a: AnalyzeCmd) -> Result<()> {
     print!("{}", qcc::analyze::table(&layers, Some(5)));
     if let Some(p) = &a.json {
         write_atomic(p, qcc::analyze::to_json(&layers, n).as_bytes())?;
+    }
+    if let Some(p) = &a.report {
+        let model = a.m.model.as_ref().map_or(String::new(), |m| m.display().to_string());
+        let scheme = format!("weights {}, activations {} {}, ranges {}", a.m.weights, a.m.activations, a.m.act_type, a.m.calib_method);
+        let html = qcc::report::html(&model, &scheme, &cal, &q, &layers, n, a.report_layer.as_deref())?;
+        write_atomic(p, html.as_bytes())?;
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
 }

@@ -110,3 +110,29 @@ fn mnist_report_covers_every_quantized_tensor() {
     }
     assert!(std::fs::read_to_string(&json).unwrap().starts_with("{\n  \"samples\": 4,"));
 }
+
+#[test]
+fn report_is_one_self_contained_html_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tmp("report");
+    let html = d.join("r.html");
+    let (m, c, r) = (root.join("examples/mnist/mnist_cnn.onnx"), root.join("examples/mnist/digits"), html.display().to_string());
+    let (m, c) = (m.display().to_string(), c.display().to_string());
+    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--calib-samples", "50", "--samples", "2", "--report", &r]);
+    let text = std::fs::read_to_string(&html).unwrap();
+    // SQNR, ranges, RMSE scatter, weight box plots, the worst layer's histogram.
+    assert_eq!(text.matches("<svg").count(), 5, "{text}");
+    assert!(!text.contains("src=") && !text.contains("href=") && !text.contains("<script"), "nothing is fetched or run");
+    // The input normalization (sub, div) stays float, and the report says so.
+    assert!(text.contains("Compute nodes: 5 int8, 0 int16, 2 float"), "{text}");
+    assert!(text.contains("<tr class=\"float\"><td>/Div</td><td>div</td><td>float</td></tr>"), "{text}");
+    assert!(text.contains("<td>/c1/Conv</td><td>qconv</td><td>int8</td>"), "{text}");
+    let bad = qcc_err(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--report", &r, "--report-layer", "nope"]);
+    assert!(bad.contains("--report-layer \"nope\" names no quantized tensor"), "{bad}");
+}
+
+fn qcc_err(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_qcc")).args(args).output().expect("run qcc");
+    assert!(!o.status.success(), "qcc {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -125,6 +125,11 @@ impl Observer {
         (self.sumsq / self.count.max(1) as f64 - m * m).max(0.0).sqrt()
     }
 
+    /// The histogram: its first bin's lower edge, the bin width and the counts (empty before any data).
+    pub fn histogram(&self) -> (f64, f64, &[u64]) {
+        (self.lo, self.width, &self.hist)
+    }
+
     /// Widens the histogram (merging bins in pairs) until it covers [a, b].
     fn cover(&mut self, a: f64, b: f64) {
         if self.width == 0.0 {
