@@ -146,6 +146,13 @@ pub fn calibrate(
 impl Calibrated {
     /// The quantized graph for one scheme: assign-qparams, place-qdq, fold-qdq, canonicalize.
     pub fn finish(&self, cfg: &QuantConfig, inst: &Instrumentation, diag: &mut dyn Write) -> Result<Graph> {
+        for (flag, names) in [("--keep-float", &cfg.keep_float), ("--int16", &cfg.int16)] {
+            for name in names {
+                if !self.graph.node_ids().any(|n| self.graph.node(n).loc.iter().any(|l| l == name)) {
+                    bail!("{flag} {name:?}: the model has no node of that name");
+                }
+            }
+        }
         let (_, after) = quant_pipeline(self.level, false, cfg.bias_correct);
         let mut pm = PassManager::new(after, inst.clone());
         pm.first_index = self.passes_run;
@@ -179,5 +186,5 @@ pub fn quant_config(weights: &str, activations: &str, act_type: &str, method: &s
         bail!("--activations sym needs a signed --act-type (i8 or i16)");
     }
     let method = qcc_runtime::observe::RangeMethod::parse(method).map_err(|e| anyhow!("--calib-method: {e}"))?;
-    Ok(QuantConfig { weights, act_type, act_symmetric, method, bias_correct: false })
+    Ok(QuantConfig { weights, act_type, act_symmetric, method, bias_correct: false, keep_float: vec![], int16: vec![] })
 }

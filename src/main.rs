@@ -118,6 +118,12 @@ struct ModelArgs {
     /// Activation quantization: asym (zero point) or sym (zero point 0; needs a signed --act-type).
     #[arg(long, default_value = "asym", value_name = "KIND")]
     activations: String,
+    /// Keep these ONNX nodes' weights float (comma-separated names; `qcc analyze` lists them).
+    #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
+    keep_float: Vec<String>,
+    /// Store these ONNX nodes' outputs as i16 instead of --act-type (comma-separated names).
+    #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
+    int16: Vec<String>,
     /// Activation storage type: u8 | i8 | i16.
     #[arg(long, default_value = "u8", value_name = "TYPE")]
     act_type: String,
@@ -295,6 +301,8 @@ impl ModelArgs {
     fn quant_config(&self, method: &str) -> Result<qcc_passes::QuantConfig> {
         let mut cfg = qcc::calib::quant_config(&self.weights, &self.activations, &self.act_type, method)?;
         cfg.bias_correct = (self.bias_correction || self.level() == OptLevel::O2) && !self.no_bias_correction;
+        cfg.keep_float = self.keep_float.clone();
+        cfg.int16 = self.int16.clone();
         Ok(cfg)
     }
 

@@ -91,6 +91,12 @@ fn analysis_names_the_broken_layer_first() {
     let conv2 = per_channel.iter().find(|r| r.0 == "conv2+relu2").unwrap();
     assert!(conv2.1 > rows[0].1 + 8.0, "{per_channel:?}");
     assert!(per_channel.iter().filter(|r| r.0 != "conv2+relu2").all(|r| r.1 > 35.0), "{per_channel:?}");
+    // Keeping the named layer float repairs the per-tensor model: conv2 is no longer quantized and every
+    // tensor after it is close to float again.
+    qcc(&["analyze", &m, "-O2", "--int8", "--weights", "asym-per-tensor", "--keep-float", "conv2", "--calib", &c, "--json", &j]);
+    let fixed = layers(&json);
+    assert!(fixed.iter().all(|r| r.0 != "conv2+relu2" || r.2 > 35.0), "{fixed:?}");
+    assert!(fixed.iter().all(|r| r.2 > 25.0), "end to end after the fix: {fixed:?}");
 }
 
 #[test]

@@ -171,3 +171,27 @@ fn dynamic_quantization_needs_no_calibration() {
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("choose one"));
 }
+
+#[test]
+fn named_layers_can_stay_float_or_use_int16() {
+    let d = tmp("mixed");
+    let (json, qir) = (d.join("eval.json"), d.join("m.qir"));
+    let mut args: Vec<String> = vec!["eval".into(), p("examples/mnist/mnist_cnn.onnx")];
+    args.extend(calib_args());
+    args.extend(["--keep-float", "/c2/Conv", "--int16", "/c1/Conv,/fc1/Gemm", "--npy"].map(String::from));
+    args.extend([p("examples/mnist/digits"), "--json".into(), json.display().to_string()]);
+    qcc(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert!(json_number(&text, "agreement", 1) >= 99.0, "{text}");
+    let mut args: Vec<String> = vec![p("examples/mnist/mnist_cnn.onnx")];
+    args.extend(calib_args());
+    args.extend(["--keep-float", "/c2/Conv", "--int16", "/c1/Conv", "--analysis-samples", "0", "-o"].map(String::from));
+    args.push(qir.display().to_string());
+    qcc(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ir = std::fs::read_to_string(&qir).unwrap();
+    let line =
+        |name: &str| ir.lines().find(|l| l.contains(&format!("loc(\"{name}\""))).unwrap_or_else(|| panic!("{name} in {ir}")).to_string();
+    assert!(line("/c1/Conv").contains("= qconv") && line("/c1/Conv").contains(": i16["), "{}", line("/c1/Conv"));
+    assert!(line("/c2/Conv").contains("= conv ") && line("/c2/Conv").contains(": f32["), "{}", line("/c2/Conv"));
+    assert!(ir.lines().filter(|l| l.contains("= qconv")).count() == 2, "{ir}");
+}

@@ -33,19 +33,25 @@ fn assign(g: &mut Graph, n: NodeId, cx: &PassContext) -> Result<(), PassError> {
         node: g.node(n).name().to_string(),
         msg: "no calibration data reached this value".into(),
     })?;
-    let levels = match cx.quant.act_type {
+    // A node named by --int16 stores its output as i16 (the observe carries its producer's locs).
+    let cfg = if QuantConfig::names_node(&cx.quant.int16, g, n) {
+        QuantConfig { act_type: DType::I16, ..cx.quant.clone() }
+    } else {
+        cx.quant.clone()
+    };
+    let levels = match cfg.act_type {
         DType::I16 => 65536,
         _ => 256,
     };
     // The network's outputs keep their whole range: clipping them (logits above all) is never wanted.
     let feeds_output =
         g.uses(out).iter().any(|(u, _)| g.node(*u).op == Op::Dequantize && g.is_output(g.node(*u).output)) || g.is_output(out);
-    let method = if feeds_output { qcc_runtime::observe::RangeMethod::MinMax } else { cx.quant.method };
+    let method = if feeds_output { qcc_runtime::observe::RangeMethod::MinMax } else { cfg.method };
     let (a, b) = obs.range(method, levels);
     if std::env::var_os("QCC_DEBUG_RANGES").is_some() {
         eprintln!("{:<40} min {:>10.4} max {:>10.4} -> {:>10.4}..{:<10.4} ({})", g.node(n).name(), obs.min, obs.max, a, b, method.name());
     }
-    let q = act_qtype(&cx.quant, a, b);
+    let q = act_qtype(&cfg, a, b);
     let shape = g.ty(out).shape().unwrap_or(&[]).to_vec();
     g.set_op(n, Op::Quantize);
     g.value_mut(out).ty = Type::Tensor { elem: ElemType::Q(q), shape: shape.clone() };

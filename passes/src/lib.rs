@@ -78,6 +78,18 @@ pub struct QuantConfig {
     pub method: qcc_runtime::observe::RangeMethod,
     /// Correct biases for the mean shift weight quantization causes (the bias-correct pass).
     pub bias_correct: bool,
+    /// ONNX node names whose weights stay float (the op then computes in float between its quantized
+    /// neighbours' dequantize and quantize).
+    pub keep_float: Vec<String>,
+    /// ONNX node names whose outputs are stored as i16 whatever `act_type` says.
+    pub int16: Vec<String>,
+}
+
+impl QuantConfig {
+    /// Whether node `n` is one of `names` (any of its locs: fused nodes carry several ONNX names).
+    pub fn names_node(names: &[String], g: &Graph, n: qcc_ir::NodeId) -> bool {
+        g.node(n).loc.iter().any(|l| names.iter().any(|k| k == l))
+    }
 }
 
 impl Default for QuantConfig {
@@ -88,6 +100,8 @@ impl Default for QuantConfig {
             act_symmetric: false,
             method: qcc_runtime::observe::RangeMethod::MinMax,
             bias_correct: false,
+            keep_float: vec![],
+            int16: vec![],
         }
     }
 }

@@ -2,9 +2,10 @@
 //! weight scheme (int8; symmetric weights use the narrow range -127..127 so the most negative value never
 //! appears), and reads them through `dequantize`. With activations placed by assign-qparams, every
 //! integer-capable op now reads dequantized inputs and feeds a quantize: the QDQ form fold-qdq matches.
-//! Ops without an integer form stay float, bracketed by the explicit dequantize/quantize around them.
+//! Ops without an integer form stay float, bracketed by the explicit dequantize/quantize around them, and
+//! so do the nodes the configuration keeps float (`--keep-float`): their weights are left alone.
 use crate::insert_observers::has_integer_form;
-use crate::{Pass, PassContext, PassError, WeightScheme};
+use crate::{Pass, PassContext, PassError, QuantConfig, WeightScheme};
 use ndarray::{ArrayD, Axis};
 use qcc_ir::{ConstData, ElemType, Graph, NodeId, Op, QParams, QuantType, Tensor, Type};
 
@@ -84,6 +85,9 @@ impl Pass for PlaceQdq {
         let targets: Vec<NodeId> = g.node_ids().filter(|n| has_integer_form(g, &g.node(*n).op, &g.node(*n).inputs)).collect();
         let mut changed = false;
         for n in targets {
+            if QuantConfig::names_node(&cx.quant.keep_float, g, n) {
+                continue;
+            }
             changed |= place(g, n, scheme);
         }
         if changed {
