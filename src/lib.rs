@@ -8,6 +8,7 @@ pub mod eval;
 pub mod exec;
 pub mod fsutil;
 pub mod fuzzing;
+pub mod mixed;
 pub mod npy;
 pub mod report;
 

@@ -124,6 +124,20 @@ struct ModelArgs {
     /// Store these ONNX nodes' outputs as i16 instead of --act-type (comma-separated names).
     #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
     int16: Vec<String>,
+    /// `auto`: promote the layers that hurt most (conv/gemm to float weights, others to int16) until top-1
+    /// on --tune is within --max-drop of float.
+    #[arg(long, value_name = "auto", value_parser = ["auto"])]
+    mixed_precision: Option<String>,
+    /// Top-1 points auto mixed precision may lose against float.
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    max_drop: f64,
+    /// Labeled tuning set for --mixed-precision auto: a folder with labels.csv (filename,label) and the
+    /// samples (.npy, or images with --preprocess). Never the set you evaluate on.
+    #[arg(long, value_name = "DIR")]
+    tune: Option<PathBuf>,
+    /// Added to --tune's labels (1 for 1001-class models).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    tune_label_offset: i64,
     /// Activation storage type: u8 | i8 | i16.
     #[arg(long, default_value = "u8", value_name = "TYPE")]
     act_type: String,
@@ -333,6 +347,41 @@ impl ModelArgs {
         Ok(x)
     }
 
+    /// Static quantization of `g` (with --mixed-precision auto, the promoted configuration): the
+    /// calibrated float graph, the calibration samples and the quantized graph.
+    fn quantize(&self, g: Graph) -> Result<(Calibrated, CalibSet, Graph)> {
+        let set = self.calib_set(&g)?;
+        let mut float = g.clone();
+        let cal = self.calibrate(g)?;
+        let cfg = self.quant_config(&self.calib_method)?;
+        if self.mixed_precision.is_none() {
+            let q = cal.finish(&cfg, &self.instrumentation(), &mut std::io::stderr())?;
+            return Ok((cal, set, q));
+        }
+        let dir = self.tune.as_ref().ok_or_else(|| anyhow!("--mixed-precision auto needs a labeled tuning set: --tune DIR"))?;
+        let tune = match self.preprocess()? {
+            Some(pre) => Dataset::images(dir, &dir.join("labels.csv"), pre)?,
+            None => Dataset::npy_dir(dir)?,
+        };
+        compile(&mut float, self.level(), self.instrumentation(), &mut std::io::sink())?;
+        let fx = self.exec(float)?;
+        let auto = qcc::mixed::auto(
+            &cal,
+            &cfg,
+            &set,
+            &fx,
+            &tune,
+            self.tune_label_offset,
+            self.max_drop,
+            |g| self.exec(g),
+            &self.instrumentation(),
+        )?;
+        for line in &auto.log {
+            eprintln!("mixed precision: {line}");
+        }
+        Ok((cal, set, auto.graph))
+    }
+
     /// Loads the model and runs the pipeline (quantizing with --int8).
     fn build(&self) -> Result<Graph> {
         let mut g = self.load()?;
@@ -345,8 +394,7 @@ impl ModelArgs {
             return Ok(g);
         }
         if self.int8 {
-            let cfg = self.quant_config(&self.calib_method)?;
-            return self.calibrate(g)?.finish(&cfg, &self.instrumentation(), &mut std::io::stderr());
+            return Ok(self.quantize(g)?.2);
         }
         compile(&mut g, self.level(), self.instrumentation(), &mut std::io::stderr())?;
         Ok(g)
@@ -361,10 +409,7 @@ fn cmd_compile(c: CompileCmd) -> Result<()> {
         _ => Emit::Qir,
     };
     let g = if c.m.int8 && !c.m.dynamic && c.analysis_samples > 0 {
-        let g = c.m.load()?;
-        let set = c.m.calib_set(&g)?;
-        let cal = c.m.calibrate(g)?;
-        let q = cal.finish(&c.m.quant_config(&c.m.calib_method)?, &c.m.instrumentation(), &mut std::io::stderr())?;
+        let (cal, set, q) = c.m.quantize(c.m.load()?)?;
         let layers = qcc::analyze::analyze(&cal, &q, &set, c.analysis_samples)?;
         let n = c.analysis_samples.min(set.samples.len());
         eprintln!("the 5 layers with the lowest SQNR against float ({n} calibration samples; all of them: qcc analyze):");
@@ -517,6 +562,9 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
                 let cfg = e.m.quant_config(&m.name())?;
                 variants.push((m.name(), cal.finish(&cfg, &inst, &mut sink)?));
             }
+        } else if e.m.mixed_precision.is_some() {
+            // Auto mode calibrates again inside quantize(); the tuning set is --tune, not this data.
+            variants.push(("int8 mixed".to_string(), e.m.quantize(imported.clone())?.2));
         } else {
             let cfg = e.m.quant_config(&e.m.calib_method)?;
             variants.push(("int8".to_string(), cal.finish(&cfg, &inst, &mut std::io::stderr())?));

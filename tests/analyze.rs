@@ -142,3 +142,80 @@ fn qcc_err(args: &[&str]) -> String {
     assert!(!o.status.success(), "qcc {args:?} should fail");
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A classifier whose class is the strongest input channel: conv_a copies the 4 channels (and makes an
+/// always-zero channel 7), conv_b maps them back, with the same kind of outlier weight as outlier_model
+/// (on the dead channel), then global average pooling gives the 4 scores.
+fn outlier_classifier() -> Builder {
+    let mut b = Builder::new();
+    b.input("x", &[1, 4, 8, 8]).output("y", &[1, 4]);
+    let mut wa = vec![0f32; 32];
+    for k in 0..4 {
+        wa[k * 4 + k] = 1.0;
+        wa[(k + 4) * 4 + k] = 0.5;
+    }
+    let mut ba = vec![0f32; 8];
+    ba[7] = -100.0;
+    let mut wb = vec![0f32; 32];
+    for k in 0..4 {
+        wb[k * 8 + k] = 1.0;
+        wb[k * 8 + 4 + k] = 0.3;
+    }
+    wb[7] = 500.0;
+    b.init("wa", &[8, 4, 1, 1], wa).init("ba", &[8], ba).init("wb", &[4, 8, 1, 1], wb);
+    b.init_i64("shape", &[2], vec![1, -1]);
+    b.node("Conv", "conv_a", &["x", "wa", "ba"], &["a"], vec![]);
+    b.node("Relu", "relu_a", &["a"], &["ra"], vec![]);
+    b.node("Conv", "conv_b", &["ra", "wb"], &["cb"], vec![]);
+    b.node("GlobalAveragePool", "gap", &["cb"], &["g"], vec![]);
+    b.node("Reshape", "flatten", &["g", "shape"], &["y"], vec![]);
+    b
+}
+
+/// Auto mixed precision repairs the outlier classifier: the tuning set is labeled with the float model's
+/// own predictions, per-tensor int8 loses top-1 on it, and promoting conv_b (the layer the analysis names
+/// first) to float weights brings it back within budget.
+#[test]
+fn auto_mixed_precision_promotes_the_broken_layer() {
+    let d = tmp("auto");
+    let model = d.join("m.onnx");
+    std::fs::write(&model, outlier_classifier().bytes()).unwrap();
+    let (cal, tune) = (d.join("calib"), d.join("tune"));
+    std::fs::create_dir_all(&cal).unwrap();
+    std::fs::create_dir_all(&tune).unwrap();
+    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    let mut labels = String::new();
+    for i in 0..60u32 {
+        // One input channel per sample is stronger, so the float model's predictions vary.
+        let mut v = values(256, 100 + i);
+        v[(i as usize % 4) * 64..(i as usize % 4 + 1) * 64].iter_mut().for_each(|x| *x = *x * 0.5 + 1.5);
+        let t = qcc_ir::Tensor::from_f32(&[1, 4, 8, 8], v).unwrap();
+        let (dir, name) = if i < 20 { (&cal, format!("s{i:02}.npy")) } else { (&tune, format!("t{i:02}.npy")) };
+        qcc::npy::write_npy(&dir.join(&name), &t).unwrap();
+        if i >= 20 {
+            let y = qcc_runtime::run(&g, vec![t]).unwrap().remove(0).to_f32_vec();
+            let best = (0..y.len()).max_by(|a, b| y[*a].total_cmp(&y[*b])).unwrap();
+            labels.push_str(&format!("{name},{best}\n"));
+        }
+    }
+    let classes: std::collections::BTreeSet<&str> = labels.lines().map(|l| l.split(',').nth(1).unwrap()).collect();
+    assert!(classes.len() >= 2, "the float model should not predict one class for everything: {labels}");
+    std::fs::write(tune.join("labels.csv"), &labels).unwrap();
+    let (m, c, t) = (model.display().to_string(), cal.display().to_string(), tune.display().to_string());
+    let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
+        .args([&m, "-O2", "--int8", "--weights", "sym-per-tensor", "--calib", &c, "--mixed-precision", "auto", "--tune", &t])
+        .args(["--max-drop", "0", "--analysis-samples", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let first = err.lines().find(|l| l.contains("-> float") || l.contains("-> int16")).unwrap_or_else(|| panic!("nothing promoted: {err}"));
+    assert!(first.contains("mixed precision: conv_b (qconv"), "{err}");
+    assert!(err.contains("within budget after promoting"), "{err}");
+    let ir = String::from_utf8_lossy(&o.stdout);
+    assert!(ir.lines().any(|l| l.contains("= conv ") && l.contains("loc(\"conv_b\"")), "{ir}");
+    // Without a tuning set auto mode says what it needs.
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_qcc")).args([&m, "-O2", "--int8", "--calib", &c, "--mixed-precision", "auto"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--tune DIR"));
+}
