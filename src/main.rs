@@ -634,16 +634,12 @@ fn cmd_analyze(a: AnalyzeCmd) -> Result<()> {
     if a.m.dynamic {
         bail!("qcc analyze compares a statically quantized model with its float form: use --int8, not --dynamic");
     }
-    let g = a.m.load()?;
-    let set = a.m.calib_set(&g)?;
-    let cal = a.m.calibrate(g)?;
-    let cfg = a.m.quant_config(&a.m.calib_method)?;
-    let q = cal.finish(&cfg, &a.m.instrumentation(), &mut std::io::stderr())?;
+    let (cal, set, q) = a.m.quantize(a.m.load()?)?;
     let layers = qcc::analyze::analyze(&cal, &q, &set, a.samples)?;
     let n = a.samples.min(set.samples.len());
     println!("{} quantized tensors compared with float on {n} calibration samples", layers.len());
     print!("{}", qcc::analyze::table(&layers, None));
-    println!("\nworst 5 by SQNR:");
+    println!("\nthe 5 worst by SQNR alone (the error the layer adds by itself):");
     print!("{}", qcc::analyze::table(&layers, Some(5)));
     if let Some(p) = &a.json {
         write_atomic(p, qcc::analyze::to_json(&layers, n).as_bytes())?;

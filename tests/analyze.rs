@@ -84,7 +84,7 @@ fn analysis_names_the_broken_layer_first() {
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
     assert_eq!(rows[0].0, "conv2+relu2", "{rows:?}");
     assert!(rows[0].1 < 20.0 && rows[1].1 > rows[0].1 + 20.0, "{rows:?}");
-    assert!(out.contains("worst 5") && out.lines().any(|l| l.starts_with("conv2+relu2")), "{out}");
+    assert!(out.contains("the 5 worst by SQNR alone") && out.lines().any(|l| l.starts_with("conv2+relu2")), "{out}");
     // Per-channel weights confine the damage to conv2's channel 0: conv2 gets much better, the rest stays.
     qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--json", &j]);
     let per_channel = layers(&json);
