@@ -28,7 +28,8 @@ pub struct LayerStats {
     /// included).
     pub sqnr_db: f64,
     /// The same for this op alone: its inputs are the float values quantized with their parameters, so
-    /// only the error this layer adds is measured. Sorting by it names the layers that hurt.
+    /// only the error this layer adds is measured. Sorting by it names the layers that hurt. NaN when
+    /// an input has no float counterpart to start from.
     pub alone_sqnr_db: f64,
     /// Fraction of float values outside the representable range (more than half a step beyond it).
     pub clipped: f64,
@@ -176,10 +177,12 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
             } else {
                 run_alone(quant, *qn, &all, &alone_inputs[i])
             };
-            let d = alone
-                .and_then(|t| qcc_runtime::quant::dequantize(&t, q).ok())
-                .ok_or_else(|| anyhow::anyhow!("analysis: cannot run {} alone on quantized float inputs", quant.node(*qn).name()))?;
-            acc[i].alone_err += f.iter().zip(d.iter()).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>();
+            // An op whose inputs have no float counterpart cannot be run alone: its SQNR alone is unknown
+            // (NaN, null in JSON) rather than an error, so the rest of the analysis still stands.
+            acc[i].alone_err += match alone.and_then(|t| qcc_runtime::quant::dequantize(&t, q).ok()) {
+                Some(d) => f.iter().zip(d.iter()).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>(),
+                None => f64::NAN,
+            };
         }
     }
     Ok(targets
@@ -234,7 +237,9 @@ fn weight_channels(g: &Graph, n: NodeId) -> Vec<f32> {
 }
 
 fn sqnr(sig: f64, err: f64) -> f64 {
-    if err > 0.0 {
+    if err.is_nan() {
+        f64::NAN
+    } else if err > 0.0 {
         10.0 * (sig / err).log10()
     } else {
         f64::INFINITY
