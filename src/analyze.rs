@@ -128,6 +128,7 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
         .iter()
         .map(|(qn, _, _)| quant.node(*qn).inputs.iter().map(|v| float_counterpart(quant, float, &by_loc, *v)).collect())
         .collect();
+    let needed: std::collections::HashSet<NodeId> = alone_inputs.iter().flatten().flatten().copied().collect();
     let mut acc: Vec<Acc> = targets.iter().map(|_| Acc { lo: f32::INFINITY, hi: f32::NEG_INFINITY, ..Default::default() }).collect();
     let want_f: HashMap<NodeId, usize> = targets.iter().enumerate().map(|(i, t)| (t.1, i)).collect();
     let want_q: HashMap<NodeId, usize> = targets.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
@@ -139,7 +140,9 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
             if let (Some(i), Some(a)) = (want_f.get(&n), t.as_f32()) {
                 floats[*i] = Some(a.clone());
             }
-            all.insert(n, t.clone());
+            if needed.contains(&n) {
+                all.insert(n, t.clone());
+            }
         })
         .with_context(|| format!("analysis: running the float graph on {}", set.samples[s][0].display()))?;
         let mut failed = None;

@@ -146,13 +146,7 @@ pub fn calibrate(
 impl Calibrated {
     /// The quantized graph for one scheme: assign-qparams, place-qdq, fold-qdq, canonicalize.
     pub fn finish(&self, cfg: &QuantConfig, inst: &Instrumentation, diag: &mut dyn Write) -> Result<Graph> {
-        for (flag, names) in [("--keep-float", &cfg.keep_float), ("--int16", &cfg.int16)] {
-            for name in names {
-                if !self.graph.node_ids().any(|n| self.graph.node(n).loc.iter().any(|l| l == name)) {
-                    bail!("{flag} {name:?}: the model has no node of that name");
-                }
-            }
-        }
+        cfg.check_names(&self.graph).map_err(|e| anyhow!(e))?;
         let (_, after) = quant_pipeline(self.level, false, cfg.bias_correct);
         let mut pm = PassManager::new(after, inst.clone());
         pm.first_index = self.passes_run;

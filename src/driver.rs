@@ -54,6 +54,7 @@ pub fn compile_dynamic(
 ) -> Result<()> {
     check_pass_names(inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()))?;
     let mut pm = PassManager::new(dynamic_pipeline(level, equalize), inst);
+    cfg.check_names(g).map_err(|e| anyhow!(e))?;
     let mut cx = PassContext { quant: cfg.clone(), ..Default::default() };
     pm.run(g, &mut cx, diag).map_err(|f| pass_failure(&f))?;
     Ok(())

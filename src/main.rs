@@ -327,14 +327,13 @@ impl ModelArgs {
         CalibSet::open(path, &names, self.preprocess()?, self.calib_samples)
     }
 
-    /// Runs the float passes and the calibration pass (for --int8).
-    fn calibrate(&self, g: Graph) -> Result<Calibrated> {
-        let set = self.calib_set(&g)?;
+    /// Runs the float passes and the calibration pass over `set` (for --int8).
+    fn calibrate(&self, g: Graph, set: &CalibSet) -> Result<Calibrated> {
         let ema = match qcc_runtime::observe::RangeMethod::parse(&self.calib_method) {
             Ok(qcc_runtime::observe::RangeMethod::MovingAverage(c)) => c,
             _ => 0.01,
         };
-        calibrate(g, self.level(), self.equalize, &set, &self.instrumentation(), ema, &mut std::io::stderr())
+        calibrate(g, self.level(), self.equalize, set, &self.instrumentation(), ema, &mut std::io::stderr())
     }
 
     /// An executor for `g`: compiled code, or the interpreter with --interp.
@@ -351,35 +350,35 @@ impl ModelArgs {
     /// calibrated float graph, the calibration samples and the quantized graph.
     fn quantize(&self, g: Graph) -> Result<(Calibrated, CalibSet, Graph)> {
         let set = self.calib_set(&g)?;
-        let mut float = g.clone();
-        let cal = self.calibrate(g)?;
+        let float = self.mixed_precision.is_some().then(|| g.clone());
+        let cal = self.calibrate(g, &set)?;
+        let q = self.finish_int8(&cal, &set, || {
+            let mut f = float.ok_or_else(|| anyhow!("internal: no float model for mixed precision"))?;
+            compile(&mut f, self.level(), self.instrumentation(), &mut std::io::sink())?;
+            Ok(f)
+        })?;
+        Ok((cal, set, q))
+    }
+
+    /// The int8 graph from a calibration: the configured scheme, or with --mixed-precision auto the
+    /// promoted configuration, measured against `float()` (the float model, optimized).
+    fn finish_int8(&self, cal: &Calibrated, set: &CalibSet, float: impl FnOnce() -> Result<Graph>) -> Result<Graph> {
         let cfg = self.quant_config(&self.calib_method)?;
         if self.mixed_precision.is_none() {
-            let q = cal.finish(&cfg, &self.instrumentation(), &mut std::io::stderr())?;
-            return Ok((cal, set, q));
+            return cal.finish(&cfg, &self.instrumentation(), &mut std::io::stderr());
         }
         let dir = self.tune.as_ref().ok_or_else(|| anyhow!("--mixed-precision auto needs a labeled tuning set: --tune DIR"))?;
         let tune = match self.preprocess()? {
             Some(pre) => Dataset::images(dir, &dir.join("labels.csv"), pre)?,
             None => Dataset::npy_dir(dir)?,
         };
-        compile(&mut float, self.level(), self.instrumentation(), &mut std::io::sink())?;
-        let fx = self.exec(float)?;
-        let auto = qcc::mixed::auto(
-            &cal,
-            &cfg,
-            &set,
-            &fx,
-            &tune,
-            self.tune_label_offset,
-            self.max_drop,
-            |g| self.exec(g),
-            &self.instrumentation(),
-        )?;
+        let fx = self.exec(float()?)?;
+        let auto =
+            qcc::mixed::auto(cal, &cfg, set, &fx, &tune, self.tune_label_offset, self.max_drop, |g| self.exec(g), &self.instrumentation())?;
         for line in &auto.log {
             eprintln!("mixed precision: {line}");
         }
-        Ok((cal, set, auto.graph))
+        Ok(auto.graph)
     }
 
     /// Loads the model and runs the pipeline (quantizing with --int8).
@@ -543,12 +542,16 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     // The quantized variants to compare: one, every weight scheme, or every range method.
     let mut variants: Vec<(String, Graph)> = Vec::new();
     if e.m.int8 {
-        let cal = e.m.calibrate(imported.clone())?;
+        let set = e.m.calib_set(&imported)?;
+        let cal = e.m.calibrate(imported.clone(), &set)?;
         let inst = e.m.instrumentation();
         let mut sink = std::io::sink();
         let all_methods = e.m.calib_method == "all";
         if all_methods && e.schemes.is_some() {
             bail!("--schemes all and --calib-method all are separate tables: give one");
+        }
+        if (all_methods || e.schemes.is_some()) && e.m.mixed_precision.is_some() {
+            bail!("--mixed-precision auto evaluates one configuration: drop --schemes all / --calib-method all");
         }
         if let Some(s) = &e.schemes {
             if s != "all" {
@@ -568,8 +571,8 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
                 variants.push((m.name(), cal.finish(&cfg, &inst, &mut sink)?));
             }
         } else if e.m.mixed_precision.is_some() {
-            // Auto mode calibrates again inside quantize(); the tuning set is --tune, not this data.
-            variants.push(("int8 mixed".to_string(), e.m.quantize(imported.clone())?.2));
+            // The tuning set is --tune, not the data evaluated here.
+            variants.push(("int8 mixed".to_string(), e.m.finish_int8(&cal, &set, || Ok(float.clone()))?));
         } else {
             let cfg = e.m.quant_config(&e.m.calib_method)?;
             variants.push(("int8".to_string(), cal.finish(&cfg, &inst, &mut std::io::stderr())?));

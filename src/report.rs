@@ -23,6 +23,27 @@ fn svg(w: u32, h: u32, draw: impl FnOnce(&Area) -> DrawResult) -> Result<String>
     Ok(out)
 }
 
+type Chart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+
+/// A chart with the report's layout: title, x and y ranges, axis descriptions.
+fn axes<'a, 'b>(
+    root: &'a Area<'b>,
+    title: impl AsRef<str>,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    (xd, yd): (&str, &str),
+) -> std::result::Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut c = ChartBuilder::on(root)
+        .caption(title.as_ref(), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(x, y)?;
+    c.configure_mesh().x_desc(xd).y_desc(yd).draw()?;
+    Ok(c)
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -38,13 +59,7 @@ fn finite_or(v: f64, d: f64) -> f64 {
 fn sqnr_chart(layers: &[LayerStats]) -> Result<String> {
     let top = layers.iter().flat_map(|l| [l.sqnr_db, l.alone_sqnr_db]).filter(|v| v.is_finite()).fold(10f64, f64::max) + 5.0;
     svg(900, 320, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption("SQNR per layer (dB; higher is better)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..layers.len().max(1) as f64, 0f64..top)?;
-        c.configure_mesh().x_desc("layer #").y_desc("dB").draw()?;
+        let mut c = axes(root, "SQNR per layer (dB; higher is better)", 0f64..layers.len().max(1) as f64, 0f64..top, ("layer #", "dB"))?;
         let pts = |f: fn(&LayerStats) -> f64| layers.iter().enumerate().map(move |(i, l)| (i as f64 + 0.5, finite_or(f(l), top)));
         c.draw_series(LineSeries::new(pts(|l| l.alone_sqnr_db), BLUE.stroke_width(2)))?
             .label("alone (the error this layer adds)")
@@ -62,13 +77,13 @@ fn range_chart(layers: &[LayerStats]) -> Result<String> {
     let hi = layers.iter().map(|l| l.range.1 as f64).fold(1e-6f64, f64::max);
     let pad = (hi - lo) * 0.05;
     svg(900, 320, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption("Float activation range per layer (min to max over the analysed samples)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..layers.len().max(1) as f64, (lo - pad)..(hi + pad))?;
-        c.configure_mesh().x_desc("layer #").y_desc("value").draw()?;
+        let mut c = axes(
+            root,
+            "Float activation range per layer (min to max over the analysed samples)",
+            0f64..layers.len().max(1) as f64,
+            (lo - pad)..(hi + pad),
+            ("layer #", "value"),
+        )?;
         c.draw_series(layers.iter().enumerate().map(|(i, l)| {
             Rectangle::new([(i as f64 + 0.15, l.range.0 as f64), (i as f64 + 0.85, l.range.1 as f64)], BLUE.mix(0.6).filled())
         }))?;
@@ -80,13 +95,13 @@ fn scatter_chart(layers: &[LayerStats]) -> Result<String> {
     let xmax = layers.iter().map(|l| (l.range.1 - l.range.0) as f64).fold(1e-6f64, f64::max) * 1.05;
     let ymax = layers.iter().map(|l| finite_or(l.rmse_over_scale, 0.0)).fold(0.5f64, f64::max) * 1.1;
     svg(900, 320, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption("RMSE in quantization steps vs activation range (0.29 = pure rounding)", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..xmax, 0f64..ymax)?;
-        c.configure_mesh().x_desc("range (max - min)").y_desc("RMSE / scale").draw()?;
+        let mut c = axes(
+            root,
+            "RMSE in quantization steps vs activation range (0.29 = pure rounding)",
+            0f64..xmax,
+            0f64..ymax,
+            ("range (max - min)", "RMSE / scale"),
+        )?;
         c.draw_series(LineSeries::new([(0.0, 0.2887), (xmax, 0.2887)], BLACK.mix(0.5)))?;
         c.draw_series(
             layers.iter().map(|l| Circle::new(((l.range.1 - l.range.0) as f64, finite_or(l.rmse_over_scale, 0.0)), 4, RED.filled())),
@@ -103,13 +118,13 @@ fn weight_chart(layers: &[LayerStats]) -> Result<Option<String>> {
     }
     let ymax = with.iter().flat_map(|(_, l)| l.weight_channels.iter().copied()).fold(1e-6f32, f32::max) as f64 * 1.05;
     let chart = svg(900, 320, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption("Per-channel weight range (max |w| per output channel) of each conv/gemm", ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..layers.len().max(1) as f64, 0f64..ymax)?;
-        c.configure_mesh().x_desc("layer #").y_desc("max |w|").draw()?;
+        let mut c = axes(
+            root,
+            "Per-channel weight range (max |w| per output channel) of each conv/gemm",
+            0f64..layers.len().max(1) as f64,
+            0f64..ymax,
+            ("layer #", "max |w|"),
+        )?;
         for (i, l) in &with {
             let mut v = l.weight_channels.clone();
             v.sort_by(f32::total_cmp);
@@ -135,13 +150,13 @@ fn histogram_chart(cal: &Calibrated, l: &LayerStats, levels: u32) -> Result<Opti
     let methods: Vec<(String, (f32, f32))> = RangeMethod::all().into_iter().map(|m| (m.name(), obs.range(m, levels))).collect();
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK, YELLOW];
     let chart = svg(900, 360, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption(format!("Calibration histogram of {} with each method's range", l.name), ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
-            .build_cartesian_2d(x0..x1.max(x0 + 1e-6), 0f64..ymax)?;
-        c.configure_mesh().x_desc("value").y_desc("log10(count + 1)").draw()?;
+        let mut c = axes(
+            root,
+            format!("Calibration histogram of {} with each method's range", l.name),
+            x0..x1.max(x0 + 1e-6),
+            0f64..ymax,
+            ("value", "log10(count + 1)"),
+        )?;
         c.draw_series(hist[first..=last].iter().enumerate().map(|(i, n)| {
             let a = lo + (first + i) as f64 * width;
             Rectangle::new([(a, 0.0), (a + width, (*n as f64 + 1.0).log10())], BLACK.mix(0.35).filled())

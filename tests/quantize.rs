@@ -165,6 +165,10 @@ fn dynamic_quantization_needs_no_calibration() {
     assert_eq!(text.matches("dyn_qconv").count(), 3, "{text}");
     assert_eq!(text.matches("dyn_qgemm").count(), 2, "{text}");
     assert!(!text.contains("quantize %"), "dynamic mode places no static quantize: {text}");
+    qcc(&[&model, "-O2", "--dynamic", "--keep-float", "/c2/Conv", "-o", &qir.display().to_string()]);
+    let text = std::fs::read_to_string(&qir).unwrap();
+    assert_eq!(text.matches("dyn_qconv").count(), 2, "{text}");
+    assert!(text.lines().any(|l| l.contains("= conv ") && l.contains("loc(\"/c2/Conv\"")), "{text}");
     let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
         .args([&model, "--int8", "--dynamic", "--calib", &p("examples/mnist/digits")])
         .output()

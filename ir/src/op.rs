@@ -282,6 +282,30 @@ impl Op {
         })
     }
 
+    /// For a float op with an integer form: that integer op (the inverse of `float_form`; gemm's alpha,
+    /// beta and trans_a are the caller's to check).
+    pub fn integer_form(&self) -> Option<Op> {
+        Some(match self {
+            Op::Conv { strides, pads, dilations, group, act } => {
+                Op::QConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
+            }
+            Op::Gemm { trans_b, act, .. } => Op::QGemm { trans_b: *trans_b, act: *act },
+            Op::Add => Op::QAdd { act: None },
+            Op::Mul => Op::QMul { act: None },
+            Op::Concat { axis } => Op::QConcat { axis: *axis },
+            Op::AveragePool { kernel, strides, pads, dilations, ceil_mode, count_include_pad } => Op::QAveragePool {
+                kernel: kernel.clone(),
+                strides: strides.clone(),
+                pads: pads.clone(),
+                dilations: dilations.clone(),
+                ceil_mode: *ceil_mode,
+                count_include_pad: *count_include_pad,
+            },
+            Op::GlobalAveragePool => Op::QGlobalAveragePool,
+            _ => return None,
+        })
+    }
+
     /// For an integer op: the float op it computes on dequantized inputs, and its fused activation.
     pub fn float_form(&self) -> Option<(Op, Option<Act>)> {
         Some(match self {

@@ -4,9 +4,8 @@
 //! Runs after assign-qparams (inputs read `dequantize(quantize(..))`, possibly through layout-only ops; the
 //! quantize value keys the means; a channel count that does not match the weights skips the op)
 //! and before place-qdq, which then quantizes the same weights. Border effects of zero padding are ignored.
-use crate::insert_observers::has_integer_form;
 use crate::place_qdq::quantize_weights;
-use crate::{Pass, PassContext, PassError, QuantConfig};
+use crate::{Pass, PassContext, PassError};
 use ndarray::{ArrayD, IxDyn};
 use qcc_ir::{Graph, NodeId, Op, Tensor};
 
@@ -83,10 +82,7 @@ impl Pass for BiasCorrect {
 
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
         // Nodes kept float have no weight quantization error to correct.
-        let targets: Vec<NodeId> = g
-            .node_ids()
-            .filter(|n| has_integer_form(g, &g.node(*n).op, &g.node(*n).inputs) && !QuantConfig::names_node(&cx.quant.keep_float, g, *n))
-            .collect();
+        let targets: Vec<NodeId> = g.node_ids().filter(|n| cx.quant.quantizes_weights_of(g, *n)).collect();
         let mut changed = false;
         for n in targets {
             changed |= correct(g, n, cx);

@@ -1,9 +1,8 @@
-//! dynamic-quantize: dynamic quantization (`--dynamic`). Every conv and gemm with an integer form gets
-//! int8 weights per the weight scheme, quantized once here, and becomes dyn_qconv / dyn_qgemm: its f32
-//! input is quantized to u8 at run time from that input's own range, so no calibration is needed
-//! (docs/semantics.md). Everything else stays float. Runs after the float passes, instead of the
-//! observer/calibration/QDQ passes of static quantization.
-use crate::insert_observers::has_integer_form;
+//! dynamic-quantize: dynamic quantization (`--dynamic`). Every conv and gemm with an integer form (and not
+//! kept float by `--keep-float`) gets int8 weights per the weight scheme, quantized once here, and becomes
+//! dyn_qconv / dyn_qgemm: its f32 input is quantized to u8 at run time from that input's own range, so no
+//! calibration is needed (docs/semantics.md). Everything else stays float. Runs after the float passes,
+//! instead of the observer/calibration/QDQ passes of static quantization.
 use crate::place_qdq::quantize_weights;
 use crate::{Pass, PassContext, PassError};
 use qcc_ir::{ConstData, ElemType, Graph, NodeId, Op, Type};
@@ -47,12 +46,10 @@ impl Pass for DynamicQuantize {
     }
 
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
-        let targets: Vec<NodeId> = g.node_ids().filter(|n| has_integer_form(g, &g.node(*n).op, &g.node(*n).inputs)).collect();
+        let targets: Vec<NodeId> = g.node_ids().filter(|n| cx.quant.quantizes_weights_of(g, *n)).collect();
         let mut changed = false;
         for n in targets {
-            if matches!(g.node(n).op, Op::Conv { .. } | Op::Gemm { .. }) {
-                changed |= convert(g, n, cx);
-            }
+            changed |= convert(g, n, cx);
         }
         if changed {
             g.dce();

@@ -77,17 +77,6 @@ fn quantize_bias(b: &Tensor, sx: f32, sw: &[f32]) -> Option<(Tensor, QuantType)>
     Some((t, QuantType::new(DType::I32, QParams::PerAxis { axis: 0, scales, zps: vec![0; n] })))
 }
 
-/// The integer form of a conv or gemm.
-fn integer_op(op: &Op) -> Op {
-    match op {
-        Op::Conv { strides, pads, dilations, group, act } => {
-            Op::QConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
-        }
-        Op::Gemm { trans_b, act, .. } => Op::QGemm { trans_b: *trans_b, act: *act },
-        _ => unreachable!("integer_op of conv or gemm"),
-    }
-}
-
 /// An i32 bias type whose scales are sx * sw[c] (to f32 rounding) and zero points 0.
 fn bias_fits(t: &Type, sx: f32, sw: &[f32]) -> bool {
     let Some(q) = t.quant() else { return false };
@@ -139,7 +128,7 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
                 // A bias already quantized to i32 at scale sx * sw (as QDQ exporters write it) is used as is.
                 if let Some(bq) = dq_source(g, b).filter(|bq| g.is_const(*bq) && bias_fits(g.ty(*bq), sx, &sw)) {
                     ins.push(bq);
-                    let op = integer_op(&pnode.op);
+                    let Some(op) = pnode.op.integer_form() else { return false };
                     let q = g.add_node(op, ins, out_ty, pnode.loc.clone());
                     g.replace_all_uses(qnode.output, q);
                     g.remove_node(n);
@@ -166,26 +155,14 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
                 let name = g.value(b).name.clone();
                 ins.push(g.add_const_typed(ConstData::Data(bq), Type::Tensor { elem: ElemType::Q(bqt), shape: bt.shape().to_vec() }, name));
             }
-            (integer_op(&pnode.op), ins)
+            let Some(op) = pnode.op.integer_form() else { return false };
+            (op, ins)
         }
         op @ (Op::Add | Op::Mul | Op::Concat { .. } | Op::AveragePool { .. } | Op::GlobalAveragePool) => {
             let Some(ins) = pnode.inputs.iter().map(|v| dq_source(g, *v).filter(|q| per_tensor(g.ty(*q)).is_some())).collect() else {
                 return false;
             };
-            let op = match op {
-                Op::Add => Op::QAdd { act: None },
-                Op::Mul => Op::QMul { act: None },
-                Op::Concat { axis } => Op::QConcat { axis: *axis },
-                Op::AveragePool { kernel, strides, pads, dilations, ceil_mode, count_include_pad } => Op::QAveragePool {
-                    kernel: kernel.clone(),
-                    strides: strides.clone(),
-                    pads: pads.clone(),
-                    dilations: dilations.clone(),
-                    ceil_mode: *ceil_mode,
-                    count_include_pad: *count_include_pad,
-                },
-                _ => Op::QGlobalAveragePool,
-            };
+            let Some(op) = op.integer_form() else { return false };
             (op, ins)
         }
         _ => return false,

@@ -90,6 +90,27 @@ impl QuantConfig {
     pub fn names_node(names: &[String], g: &Graph, n: qcc_ir::NodeId) -> bool {
         g.node(n).loc.iter().any(|l| names.iter().any(|k| k == l))
     }
+
+    /// An error naming the first --keep-float / --int16 name no node of `g` carries.
+    pub fn check_names(&self, g: &Graph) -> Result<(), String> {
+        for (flag, names) in [("--keep-float", &self.keep_float), ("--int16", &self.int16)] {
+            for name in names {
+                if !g.node_ids().any(|n| g.node(n).loc.iter().any(|l| l == name)) {
+                    return Err(format!("{flag} {name:?}: the model has no node of that name"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether node `n` gets int8 weights: a conv or gemm with an integer form that the configuration
+    /// does not keep float. place-qdq, bias-correct and dynamic-quantize all go by this.
+    pub fn quantizes_weights_of(&self, g: &Graph, n: qcc_ir::NodeId) -> bool {
+        let node = g.node(n);
+        matches!(node.op, qcc_ir::Op::Conv { .. } | qcc_ir::Op::Gemm { .. })
+            && insert_observers::has_integer_form(g, &node.op, &node.inputs)
+            && !Self::names_node(&self.keep_float, g, n)
+    }
 }
 
 impl Default for QuantConfig {

@@ -4,8 +4,7 @@
 //! integer-capable op now reads dequantized inputs and feeds a quantize: the QDQ form fold-qdq matches.
 //! Ops without an integer form stay float, bracketed by the explicit dequantize/quantize around them, and
 //! so do the nodes the configuration keeps float (`--keep-float`): their weights are left alone.
-use crate::insert_observers::has_integer_form;
-use crate::{Pass, PassContext, PassError, QuantConfig, WeightScheme};
+use crate::{Pass, PassContext, PassError, WeightScheme};
 use ndarray::{ArrayD, Axis};
 use qcc_ir::{ConstData, ElemType, Graph, NodeId, Op, QParams, QuantType, Tensor, Type};
 
@@ -82,12 +81,9 @@ impl Pass for PlaceQdq {
 
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<bool, PassError> {
         let Some(scheme) = cx.quant.weights else { return Ok(false) };
-        let targets: Vec<NodeId> = g.node_ids().filter(|n| has_integer_form(g, &g.node(*n).op, &g.node(*n).inputs)).collect();
+        let targets: Vec<NodeId> = g.node_ids().filter(|n| cx.quant.quantizes_weights_of(g, *n)).collect();
         let mut changed = false;
         for n in targets {
-            if QuantConfig::names_node(&cx.quant.keep_float, g, n) {
-                continue;
-            }
             changed |= place(g, n, scheme);
         }
         if changed {

@@ -20,6 +20,20 @@ pub struct DwGeom {
     pub dil: [usize; 2],
 }
 
+/// Per output row and per output column: the input positions an average-pooling window reads and the
+/// taps its count-padding divisor counts (nn::avg_pool_taps), for end pads `pe`.
+pub type PoolTaps = (Vec<(Vec<usize>, usize)>, Vec<(Vec<usize>, usize)>);
+
+impl DwGeom {
+    pub fn avg_pool_taps(&self, pe: [usize; 2]) -> PoolTaps {
+        let rows =
+            (0..self.oh).map(|o| crate::nn::avg_pool_taps(o, self.kh, self.stride[0], self.dil[0], self.pad[0], self.h, pe[0])).collect();
+        let cols =
+            (0..self.ow).map(|o| crate::nn::avg_pool_taps(o, self.kw, self.stride[1], self.dil[1], self.pad[1], self.w, pe[1])).collect();
+        (rows, cols)
+    }
+}
+
 pub struct DwConv<'a> {
     pub isa: Isa,
     pub g: DwGeom,

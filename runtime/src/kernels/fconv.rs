@@ -4,7 +4,6 @@
 use super::dwconv::DwGeom;
 use super::elementwise::Ptr;
 use super::{multiversion, pool, Isa};
-use crate::nn::avg_pool_taps;
 use qcc_ir::Act;
 
 /// Columns of one image: col[(c·kh + ky)·kw + kx][oy·ow + ox] = x[c, iy, ix] (0 outside).
@@ -149,8 +148,7 @@ pub unsafe fn gap(x: *const f32, planes: usize, hw: usize, out: *mut f32) {
 /// x holds n·c·h·w floats, out n·c·oh·ow.
 pub unsafe fn avgpool(x: *const f32, g: DwGeom, pe: [usize; 2], include_pad: bool, out: *mut f32) {
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
-    let rows: Vec<_> = (0..g.oh).map(|o| avg_pool_taps(o, g.kh, g.stride[0], g.dil[0], g.pad[0], g.h, pe[0])).collect();
-    let cols: Vec<_> = (0..g.ow).map(|o| avg_pool_taps(o, g.kw, g.stride[1], g.dil[1], g.pad[1], g.w, pe[1])).collect();
+    let (rows, cols) = g.avg_pool_taps(pe);
     pool::parallel_for(g.n * g.c, &|t| {
         // SAFETY: plane t of x and of out.
         let plane = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(t * g.h * g.w), g.h * g.w) };

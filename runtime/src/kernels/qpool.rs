@@ -3,7 +3,6 @@
 use super::dwconv::DwGeom;
 use super::elementwise::{quantize_one, IntElem, Ptr};
 use super::pool;
-use crate::nn::avg_pool_taps;
 use crate::quant::quantize_value;
 
 /// Global average pooling of NHWC integers: y[n, c] = quantize((f32(Σ (x − zx)) · sx) / f32(hw)).
@@ -120,8 +119,7 @@ pub unsafe fn qavgpool(
     (sy, zy, lo, hi): (f32, i32, i32, i32),
 ) {
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
-    let rows: Vec<_> = (0..g.oh).map(|o| avg_pool_taps(o, g.kh, g.stride[0], g.dil[0], g.pad[0], g.h, pe[0])).collect();
-    let cols: Vec<_> = (0..g.ow).map(|o| avg_pool_taps(o, g.kw, g.stride[1], g.dil[1], g.pad[1], g.w, pe[1])).collect();
+    let (rows, cols) = g.avg_pool_taps(pe);
     pool::parallel_for(g.n * g.oh, &|t| {
         let (b, oy) = (t / g.oh, t % g.oh);
         let (ry, py) = &rows[oy];
