@@ -13,8 +13,11 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 "$QCC" analyze examples/mnist/mnist_cnn.onnx -O2 --int8 --calib examples/mnist/digits --calib-samples 100 \
   --samples 4 --report "$out/report.html" > /dev/null
-chromium --headless --no-sandbox --disable-gpu --enable-logging=stderr --v=0 --window-size=1000,2600 \
-  --screenshot="$out/report.png" "file://$out/report.html" 2> "$out/browser.log" || {
+# This machine's network is closed: without the background-networking flags Chromium keeps retrying
+# connections (and a fresh profile keeps runs independent).
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+  --disable-component-update --disable-sync --user-data-dir="$out/profile" --enable-logging=stderr --v=0 \
+  --window-size=1000,2600 --screenshot="$out/report.png" "file://$out/report.html" 2> "$out/browser.log" || {
   cat "$out/browser.log" >&2
   echo "ERROR: chromium could not render the report" >&2
   exit 1

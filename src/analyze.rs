@@ -31,6 +31,10 @@ pub struct LayerStats {
     /// only the error this layer adds is measured. Sorting by it names the layers that hurt. NaN when
     /// an input has no float counterpart to start from.
     pub alone_sqnr_db: f64,
+    /// Sensitivity: SQNR (dB) of the network's outputs when only this tensor is quantized (its error
+    /// alone injected into the float network), so it counts how much the rest of the network amplifies
+    /// or hides the error. Lower is more sensitive; NaN when not measured.
+    pub sensitivity_db: f64,
     /// Fraction of float values outside the representable range (more than half a step beyond it).
     pub clipped: f64,
     /// Fraction of stored integers at the type's limits (the lower limit only when it is not the zero
@@ -50,6 +54,8 @@ struct Acc {
     sig: f64,
     err: f64,
     alone_err: f64,
+    out_sig: f64,
+    out_err: f64,
     n: u64,
     clipped: u64,
     saturated: u64,
@@ -103,8 +109,10 @@ fn run_alone(quant: &Graph, n: NodeId, floats: &HashMap<NodeId, qcc_ir::Tensor>,
     qcc_runtime::eval_op(&node.op, &refs, &tys, quant.ty(node.output)).ok()
 }
 
-/// Compares `quant` with the calibrated float graph on the first `samples` calibration samples.
-pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) -> Result<Vec<LayerStats>> {
+/// Compares `quant` with the calibrated float graph on the first `samples` calibration samples, and on the
+/// first `sensitivity_samples` of them also measures each layer's sensitivity (one partial network run
+/// per layer and sample, so it costs far more than the rest).
+pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize, sensitivity_samples: usize) -> Result<Vec<LayerStats>> {
     let float = &cal.graph;
     let observes: HashMap<String, NodeId> =
         float.node_ids().filter(|n| float.node(*n).op == Op::Observe).map(|n| (loc_key(float, n), n)).collect();
@@ -136,12 +144,23 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
         let inputs = set.load(s, float)?;
         let mut floats: Vec<Option<ndarray::ArrayD<f32>>> = vec![None; targets.len()];
         let mut all: HashMap<NodeId, qcc_ir::Tensor> = HashMap::new();
-        qcc_runtime::run_observed(float, inputs.clone(), |n, t| {
+        let sens = s < sensitivity_samples;
+        // With sensitivity, every value of the float run is kept to restart the network from any layer.
+        let mut table: Vec<Option<qcc_ir::Tensor>> = vec![None; if sens { float.num_values() } else { 0 }];
+        if sens {
+            for (&v, t) in float.inputs().iter().zip(&inputs) {
+                table[v.index()] = Some(t.clone());
+            }
+        }
+        let outputs = qcc_runtime::run_observed(float, inputs.clone(), |n, t| {
             if let (Some(i), Some(a)) = (want_f.get(&n), t.as_f32()) {
                 floats[*i] = Some(a.clone());
             }
             if needed.contains(&n) {
                 all.insert(n, t.clone());
+            }
+            if sens {
+                table[float.node(n).output.index()] = Some(t.clone());
             }
         })
         .with_context(|| format!("analysis: running the float graph on {}", set.samples[s][0].display()))?;
@@ -173,7 +192,7 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
         }
         // Quantize ops take float inputs the float graph does not hold under their loc; alone, their
         // error is their end-to-end error on exact inputs, which is what the float value quantized gives.
-        for (i, (qn, _, q)) in targets.iter().enumerate() {
+        for (i, (qn, fnode, q)) in targets.iter().enumerate() {
             let Some(f) = &floats[i] else { continue };
             let alone = if quant.node(*qn).op == Op::Quantize {
                 qcc_runtime::quant::quantize(f, q).ok()
@@ -182,10 +201,23 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
             };
             // An op whose inputs have no float counterpart cannot be run alone: its SQNR alone is unknown
             // (NaN, null in JSON) rather than an error, so the rest of the analysis still stands.
-            acc[i].alone_err += match alone.and_then(|t| qcc_runtime::quant::dequantize(&t, q).ok()) {
+            let alone = alone.and_then(|t| qcc_runtime::quant::dequantize(&t, q).ok());
+            acc[i].alone_err += match &alone {
                 Some(d) => f.iter().zip(d.iter()).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>(),
                 None => f64::NAN,
             };
+            if sens {
+                let patched = alone.and_then(|d| d.into_shape_with_order(f.shape()).ok()).map(|d| {
+                    qcc_runtime::run_patched(float, &table, float.node(*fnode).output, qcc_ir::Tensor::F32(d))
+                        .with_context(|| format!("sensitivity of {}", loc_key(quant, *qn)))
+                });
+                let (sig, err) = match patched.transpose()? {
+                    Some(p) => output_error(&outputs, &p),
+                    None => (0.0, f64::NAN),
+                };
+                acc[i].out_sig += sig;
+                acc[i].out_err += err;
+            }
         }
     }
     Ok(targets
@@ -214,6 +246,7 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
                 rmse_over_scale: rmse / scale as f64,
                 sqnr_db: sqnr(a.sig, a.err),
                 alone_sqnr_db: sqnr(a.sig, a.alone_err),
+                sensitivity_db: if a.out_sig > 0.0 || a.out_err > 0.0 { sqnr(a.out_sig, a.out_err) } else { f64::NAN },
                 clipped: a.clipped as f64 / a.n as f64,
                 saturated: a.saturated as f64 / a.n as f64,
                 weight_absmax: (!channels.is_empty())
@@ -223,6 +256,20 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize) 
             }
         })
         .collect())
+}
+
+/// Σ x² and Σ (x − y)² over the float outputs of two runs.
+fn output_error(reference: &[qcc_ir::Tensor], other: &[qcc_ir::Tensor]) -> (f64, f64) {
+    let (mut sig, mut err) = (0.0, 0.0);
+    for (a, b) in reference.iter().zip(other) {
+        if let (Some(a), Some(b)) = (a.as_f32(), b.as_f32()) {
+            for (x, y) in a.iter().zip(b.iter()) {
+                sig += (*x as f64).powi(2);
+                err += (*x as f64 - *y as f64).powi(2);
+            }
+        }
+    }
+    (sig, err)
 }
 
 /// Per output channel max |w| of a qconv/qgemm's dequantized weights (empty for other ops).
@@ -258,8 +305,8 @@ fn json_f(v: f64) -> String {
 }
 
 /// The layers as JSON: `{"samples": n, "layers": [{"name", "op", "precision", "scale", "zero_point",
-/// "range", "rmse", "rmse_over_scale", "sqnr_db", "alone_sqnr_db", "clipped", "saturated",
-/// "weight_absmax"}]}`
+/// "range", "rmse", "rmse_over_scale", "sqnr_db", "alone_sqnr_db", "sensitivity", "clipped", "saturated",
+/// "weight_absmax"}]}`; `sensitivity` is [`LayerStats::sensitivity_db`]
 /// (an infinite SQNR, i.e. no error at all, is null).
 pub fn to_json(layers: &[LayerStats], samples: usize) -> String {
     let rows: Vec<String> = layers
@@ -267,7 +314,7 @@ pub fn to_json(layers: &[LayerStats], samples: usize) -> String {
         .map(|l| {
             format!(
                 "    {{\"name\": {:?}, \"op\": {:?}, \"precision\": {:?}, \"scale\": {}, \"zero_point\": {}, \"range\": [{}, {}], \
-                 \"rmse\": {}, \"rmse_over_scale\": {}, \"sqnr_db\": {}, \"alone_sqnr_db\": {}, \"clipped\": {}, \"saturated\": {}, \"weight_absmax\": {}}}",
+                 \"rmse\": {}, \"rmse_over_scale\": {}, \"sqnr_db\": {}, \"alone_sqnr_db\": {}, \"sensitivity\": {}, \"clipped\": {}, \"saturated\": {}, \"weight_absmax\": {}}}",
                 l.name,
                 l.op,
                 l.precision,
@@ -279,6 +326,7 @@ pub fn to_json(layers: &[LayerStats], samples: usize) -> String {
                 json_f(l.rmse_over_scale),
                 json_f(l.sqnr_db),
                 json_f(l.alone_sqnr_db),
+                json_f(l.sensitivity_db),
                 json_f(l.clipped),
                 json_f(l.saturated),
                 l.weight_absmax.map_or("null".into(), |(a, b)| format!("[{}, {}]", json_f(a as f64), json_f(b as f64))),
@@ -296,18 +344,19 @@ pub fn table(layers: &[LayerStats], worst: Option<usize>) -> String {
         rows.truncate(k);
     }
     let mut s = format!(
-        "{:<44} {:<20} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7}\n",
-        "layer", "op", "type", "alone dB", "SQNR dB", "RMSE", "RMSE/s", "range", "clip%", "sat%"
+        "{:<44} {:<20} {:>6} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7}\n",
+        "layer", "op", "type", "alone dB", "sens dB", "SQNR dB", "RMSE", "RMSE/s", "range", "clip%", "sat%"
     );
     for l in rows {
         let n = l.name.chars().count();
         let name = if n > 44 { format!("…{}", l.name.chars().skip(n - 43).collect::<String>()) } else { l.name.clone() };
         s.push_str(&format!(
-            "{:<44} {:<20} {:>6} {:>8.2} {:>9.2} {:>9.4} {:>8.3} {:>8.2} {:>7.3} {:>7.3}\n",
+            "{:<44} {:<20} {:>6} {:>8.2} {:>9.2} {:>9.2} {:>9.4} {:>8.3} {:>8.2} {:>7.3} {:>7.3}\n",
             name,
             l.op,
             l.precision,
             l.alone_sqnr_db,
+            l.sensitivity_db,
             l.sqnr_db,
             l.rmse,
             l.rmse_over_scale,

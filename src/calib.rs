@@ -15,6 +15,8 @@ const IMAGE_EXTS: &[&str] = &["jpg", "jpeg", "png"];
 pub struct CalibSet {
     pub samples: Vec<Vec<PathBuf>>,
     pub preprocess: Option<Preprocess>,
+    /// Samples set aside by [`CalibSet::hold_back`]: never calibrated on, only measured with.
+    pub held_back: Vec<Vec<PathBuf>>,
 }
 
 fn sorted_files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
@@ -56,11 +58,28 @@ impl CalibSet {
         }
         let n = limit.map_or(n, |l| l.min(n));
         let samples = (0..n).map(|i| per_input.iter().map(|v| v[i].clone()).collect()).collect();
-        Ok(CalibSet { samples, preprocess })
+        Ok(CalibSet { samples, preprocess, held_back: vec![] })
+    }
+
+    /// Moves the last `k` samples out of calibration into `held_back` (at least one stays).
+    pub fn hold_back(&mut self, k: usize) -> Result<()> {
+        if k == 0 || k >= self.samples.len() {
+            bail!(
+                "cannot hold back {k} of {} calibration samples: at least one must be held back and one calibrated on",
+                self.samples.len()
+            );
+        }
+        self.held_back = self.samples.split_off(self.samples.len() - k);
+        Ok(())
     }
 
     pub fn load(&self, i: usize, g: &Graph) -> Result<Vec<Tensor>> {
-        self.samples[i]
+        self.load_paths(&self.samples[i], g)
+    }
+
+    /// One sample's files (one per graph input) as `g`'s inputs.
+    pub fn load_paths(&self, paths: &[PathBuf], g: &Graph) -> Result<Vec<Tensor>> {
+        paths
             .iter()
             .zip(g.inputs())
             .map(|(p, v)| {
@@ -86,6 +105,8 @@ pub struct Calibrated {
     pub level: OptLevel,
     /// Passes run so far (dump numbering continues from here).
     pub passes_run: usize,
+    /// With equalization, the float graph just before it (the report compares weight ranges).
+    pub before_equalize: Option<Graph>,
 }
 
 /// Runs the float passes and insert-observers, then every calibration sample through the graph.
@@ -98,10 +119,16 @@ pub fn calibrate(
     ema_c: f32,
     diag: &mut dyn Write,
 ) -> Result<Calibrated> {
-    let (before, _) = quant_pipeline(level, equalize, false);
+    let (mut before, _) = quant_pipeline(level, equalize, false);
     let n_before = before.len();
-    let mut pm = PassManager::new(before, inst.clone());
+    // Run in two parts around equalize, to keep the graph it starts from.
+    let split = before.iter().position(|p| p.name() == "equalize").unwrap_or(n_before);
+    let rest = before.split_off(split);
     let mut cx = PassContext::default();
+    PassManager::new(before, inst.clone()).run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
+    let before_equalize = (split < n_before).then(|| g.clone());
+    let mut pm = PassManager::new(rest, inst.clone());
+    pm.first_index = split;
     pm.run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
     let observed: HashMap<qcc_ir::NodeId, ValueId> =
         g.node_ids().filter(|n| g.node(*n).op == Op::Observe).map(|n| (n, g.node(n).output)).collect();
@@ -140,7 +167,7 @@ pub fn calibrate(
     }
     bar.finish_and_clear();
     let channel_means = sums.into_iter().map(|(v, (s, n))| (v, s.iter().map(|x| (x / n.max(1) as f64) as f32).collect())).collect();
-    Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before })
+    Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before, before_equalize })
 }
 
 impl Calibrated {

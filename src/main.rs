@@ -6,6 +6,7 @@ use qcc::data::{fit_input, Dataset, Preprocess};
 use qcc::driver::{compile, load_model, parse_input_shape};
 use qcc::exec::{target_isa, Exec};
 use qcc::fsutil::write_atomic;
+use qcc::mixed::Metric;
 use qcc::npy::{read_npy, write_npy};
 use qcc_frontend::ImportOptions;
 use qcc_ir::{print_graph, Graph, PrintOptions};
@@ -124,8 +125,9 @@ struct ModelArgs {
     /// Store these ONNX nodes' outputs as i16 instead of --act-type (comma-separated names).
     #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
     int16: Vec<String>,
-    /// `auto`: promote the layers that hurt most (conv/gemm to float weights, others to int16) until top-1
-    /// on --tune is within --max-drop of float.
+    /// `auto`: promote the most sensitive layers (conv/gemm to float weights, others to int16) until top-1
+    /// on --tune (or, without it, top-1 estimated on held-back calibration samples) is within --max-drop
+    /// of float.
     #[arg(long, value_name = "auto", value_parser = ["auto"])]
     mixed_precision: Option<String>,
     /// Top-1 points auto mixed precision may lose against float.
@@ -138,6 +140,10 @@ struct ModelArgs {
     /// Added to --tune's labels (1 for 1001-class models).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     tune_label_offset: i64,
+    /// Auto mixed precision without --tune: hold back the last N calibration samples (not calibrated
+    /// on) to measure with [default: a quarter of them].
+    #[arg(long, value_name = "N")]
+    holdout: Option<usize>,
     /// Activation storage type: u8 | i8 | i16.
     #[arg(long, default_value = "u8", value_name = "TYPE")]
     act_type: String,
@@ -219,6 +225,15 @@ struct BenchCmd {
     profile: bool,
 }
 
+/// A statically quantized model: the calibrated float graph, its samples, the quantized graph and what
+/// auto mixed precision decided (empty without it).
+struct Quantized {
+    cal: Calibrated,
+    set: CalibSet,
+    graph: Graph,
+    log: Vec<String>,
+}
+
 #[derive(Args)]
 struct AnalyzeCmd {
     #[command(flatten)]
@@ -226,6 +241,10 @@ struct AnalyzeCmd {
     /// Calibration samples to compare on (the first N of --calib).
     #[arg(long, default_value_t = 8)]
     samples: usize,
+    /// Of those, measure each layer's sensitivity (network-output SQNR with only that layer quantized)
+    /// on the first N: one partial network run per layer and sample (0 = skip).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    sensitivity_samples: usize,
     /// Also write the per-layer numbers as JSON.
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
@@ -324,7 +343,19 @@ impl ModelArgs {
     fn calib_set(&self, g: &Graph) -> Result<CalibSet> {
         let path = self.calib.as_ref().ok_or_else(|| anyhow!("--int8 needs calibration data: --calib PATH"))?;
         let names: Vec<String> = g.inputs().iter().map(|v| g.value(*v).name.clone().unwrap_or_default()).collect();
-        CalibSet::open(path, &names, self.preprocess()?, self.calib_samples)
+        let mut set = CalibSet::open(path, &names, self.preprocess()?, self.calib_samples)?;
+        if self.mixed_precision.is_some() && self.tune.is_none() {
+            let n = set.samples.len();
+            set.hold_back(self.holdout.unwrap_or(n / 4))?;
+            eprintln!(
+                "mixed precision: {} calibration samples held back to measure with, {} calibrated on",
+                n - set.samples.len(),
+                set.samples.len()
+            );
+        } else if self.holdout.is_some() {
+            bail!("--holdout is for --mixed-precision auto without --tune");
+        }
+        Ok(set)
     }
 
     /// Runs the float passes and the calibration pass over `set` (for --int8).
@@ -346,39 +377,67 @@ impl ModelArgs {
         Ok(x)
     }
 
-    /// Static quantization of `g` (with --mixed-precision auto, the promoted configuration): the
-    /// calibrated float graph, the calibration samples and the quantized graph.
-    fn quantize(&self, g: Graph) -> Result<(Calibrated, CalibSet, Graph)> {
+    /// Static quantization of `g` (with --mixed-precision auto, the promoted configuration).
+    fn quantize(&self, g: Graph) -> Result<Quantized> {
         let set = self.calib_set(&g)?;
-        let float = self.mixed_precision.is_some().then(|| g.clone());
+        let imported = self.mixed_precision.is_some().then(|| g.clone());
         let cal = self.calibrate(g, &set)?;
-        let q = self.finish_int8(&cal, &set, || {
-            let mut f = float.ok_or_else(|| anyhow!("internal: no float model for mixed precision"))?;
+        let imported = imported.as_ref();
+        let (graph, log, refit) = self.finish_int8(&cal, &set, imported, || {
+            let mut f = imported.cloned().ok_or_else(|| anyhow!("internal: no float model for mixed precision"))?;
             compile(&mut f, self.level(), self.instrumentation(), &mut std::io::sink())?;
             Ok(f)
         })?;
-        Ok((cal, set, q))
+        Ok(Quantized { cal: refit.unwrap_or(cal), set, graph, log })
     }
 
     /// The int8 graph from a calibration: the configured scheme, or with --mixed-precision auto the
-    /// promoted configuration, measured against `float()` (the float model, optimized).
-    fn finish_int8(&self, cal: &Calibrated, set: &CalibSet, float: impl FnOnce() -> Result<Graph>) -> Result<Graph> {
+    /// promoted configuration, measured against `float()` (the float model, optimized), with auto's log.
+    /// When auto measured on held-back samples, the chosen configuration is calibrated again on all
+    /// samples (from `imported`, the model as loaded): that calibration comes back too.
+    fn finish_int8(
+        &self,
+        cal: &Calibrated,
+        set: &CalibSet,
+        imported: Option<&Graph>,
+        float: impl FnOnce() -> Result<Graph>,
+    ) -> Result<(Graph, Vec<String>, Option<Calibrated>)> {
         let cfg = self.quant_config(&self.calib_method)?;
         if self.mixed_precision.is_none() {
-            return cal.finish(&cfg, &self.instrumentation(), &mut std::io::stderr());
+            return Ok((cal.finish(&cfg, &self.instrumentation(), &mut std::io::stderr())?, vec![], None));
         }
-        let dir = self.tune.as_ref().ok_or_else(|| anyhow!("--mixed-precision auto needs a labeled tuning set: --tune DIR"))?;
-        let tune = match self.preprocess()? {
-            Some(pre) => Dataset::images(dir, &dir.join("labels.csv"), pre)?,
-            None => Dataset::npy_dir(dir)?,
-        };
         let fx = self.exec(float()?)?;
-        let auto =
-            qcc::mixed::auto(cal, &cfg, set, &fx, &tune, self.tune_label_offset, self.max_drop, |g| self.exec(g), &self.instrumentation())?;
-        for line in &auto.log {
+        let tune;
+        let metric = match &self.tune {
+            Some(dir) => {
+                tune = match self.preprocess()? {
+                    Some(pre) => Dataset::images(dir, &dir.join("labels.csv"), pre)?,
+                    None => Dataset::npy_dir(dir)?,
+                };
+                Metric::Labeled { data: &tune, label_offset: self.tune_label_offset }
+            }
+            None => Metric::held_back(set, &fx)?,
+        };
+        let auto = qcc::mixed::auto(cal, &cfg, set, &fx, &metric, self.max_drop, |g| self.exec(g), &self.instrumentation())?;
+        let (mut graph, mut log, mut refit) = (auto.graph, auto.log, None);
+        if let (false, Some(g)) = (set.held_back.is_empty(), imported) {
+            let all = CalibSet {
+                samples: [set.samples.clone(), set.held_back.clone()].concat(),
+                preprocess: set.preprocess.clone(),
+                held_back: vec![],
+            };
+            let full = self.calibrate(g.clone(), &all)?;
+            graph = full.finish(&auto.cfg, &self.instrumentation(), &mut std::io::sink())?;
+            log.push(format!(
+                "final model: these precisions, calibrated on all {} samples (the held-back ones included)",
+                all.samples.len()
+            ));
+            refit = Some(full);
+        }
+        for line in &log {
             eprintln!("mixed precision: {line}");
         }
-        Ok(auto.graph)
+        Ok((graph, log, refit))
     }
 
     /// Loads the model and runs the pipeline (quantizing with --int8).
@@ -393,7 +452,7 @@ impl ModelArgs {
             return Ok(g);
         }
         if self.int8 {
-            return Ok(self.quantize(g)?.2);
+            return Ok(self.quantize(g)?.graph);
         }
         compile(&mut g, self.level(), self.instrumentation(), &mut std::io::stderr())?;
         Ok(g)
@@ -408,9 +467,9 @@ fn cmd_compile(c: CompileCmd) -> Result<()> {
         _ => Emit::Qir,
     };
     let g = if c.m.int8 && !c.m.dynamic && c.analysis_samples > 0 {
-        let (cal, set, q) = c.m.quantize(c.m.load()?)?;
+        let Quantized { cal, set, graph: q, .. } = c.m.quantize(c.m.load()?)?;
         // The summary is advice: a failure to compute it does not fail the compile.
-        match qcc::analyze::analyze(&cal, &q, &set, c.analysis_samples) {
+        match qcc::analyze::analyze(&cal, &q, &set, c.analysis_samples, 0) {
             Ok(layers) => {
                 let n = c.analysis_samples.min(set.samples.len());
                 eprintln!("the 5 layers with the lowest SQNR against float ({n} calibration samples; all of them: qcc analyze):");
@@ -572,7 +631,7 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
             }
         } else if e.m.mixed_precision.is_some() {
             // The tuning set is --tune, not the data evaluated here.
-            variants.push(("int8 mixed".to_string(), e.m.finish_int8(&cal, &set, || Ok(float.clone()))?));
+            variants.push(("int8 mixed".to_string(), e.m.finish_int8(&cal, &set, Some(&imported), || Ok(float.clone()))?.0));
         } else {
             let cfg = e.m.quant_config(&e.m.calib_method)?;
             variants.push(("int8".to_string(), cal.finish(&cfg, &inst, &mut std::io::stderr())?));
@@ -642,8 +701,8 @@ fn cmd_analyze(a: AnalyzeCmd) -> Result<()> {
     if a.m.dynamic {
         bail!("qcc analyze compares a statically quantized model with its float form: use --int8, not --dynamic");
     }
-    let (cal, set, q) = a.m.quantize(a.m.load()?)?;
-    let layers = qcc::analyze::analyze(&cal, &q, &set, a.samples)?;
+    let Quantized { cal, set, graph: q, log } = a.m.quantize(a.m.load()?)?;
+    let layers = qcc::analyze::analyze(&cal, &q, &set, a.samples, a.sensitivity_samples)?;
     let n = a.samples.min(set.samples.len());
     println!("{} quantized tensors compared with float on {n} calibration samples", layers.len());
     print!("{}", qcc::analyze::table(&layers, None));
@@ -655,7 +714,7 @@ fn cmd_analyze(a: AnalyzeCmd) -> Result<()> {
     if let Some(p) = &a.report {
         let model = a.m.model.as_ref().map_or(String::new(), |m| m.display().to_string());
         let scheme = format!("weights {}, activations {} {}, ranges {}", a.m.weights, a.m.activations, a.m.act_type, a.m.calib_method);
-        let html = qcc::report::html(&model, &scheme, &cal, &q, &layers, n, a.report_layer.as_deref())?;
+        let html = qcc::report::html(&model, &scheme, &cal, &q, &layers, n, a.report_layer.as_deref(), &log)?;
         write_atomic(p, html.as_bytes())?;
         eprintln!("wrote {}", p.display());
     }

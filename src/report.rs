@@ -57,7 +57,8 @@ fn finite_or(v: f64, d: f64) -> f64 {
 }
 
 fn sqnr_chart(layers: &[LayerStats]) -> Result<String> {
-    let top = layers.iter().flat_map(|l| [l.sqnr_db, l.alone_sqnr_db]).filter(|v| v.is_finite()).fold(10f64, f64::max) + 5.0;
+    let top =
+        layers.iter().flat_map(|l| [l.sqnr_db, l.alone_sqnr_db, l.sensitivity_db]).filter(|v| v.is_finite()).fold(10f64, f64::max) + 5.0;
     svg(900, 320, |root| {
         let mut c = axes(root, "SQNR per layer (dB; higher is better)", 0f64..layers.len().max(1) as f64, 0f64..top, ("layer #", "dB"))?;
         let pts = |f: fn(&LayerStats) -> f64| layers.iter().enumerate().map(move |(i, l)| (i as f64 + 0.5, finite_or(f(l), top)));
@@ -67,6 +68,16 @@ fn sqnr_chart(layers: &[LayerStats]) -> Result<String> {
         c.draw_series(LineSeries::new(pts(|l| l.sqnr_db), RED.stroke_width(2)))?
             .label("end to end")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        if layers.iter().any(|l| l.sensitivity_db.is_finite()) {
+            let sens = layers
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.sensitivity_db.is_nan())
+                .map(|(i, l)| (i as f64 + 0.5, finite_or(l.sensitivity_db, top)));
+            c.draw_series(LineSeries::new(sens, GREEN.stroke_width(2)))?
+                .label("sensitivity (network output, only this layer quantized)")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+        }
         c.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
         Ok(())
     })
@@ -126,13 +137,72 @@ fn weight_chart(layers: &[LayerStats]) -> Result<Option<String>> {
             ("layer #", "max |w|"),
         )?;
         for (i, l) in &with {
-            let mut v = l.weight_channels.clone();
-            v.sort_by(f32::total_cmp);
-            let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64;
-            let x = *i as f64 + 0.5;
-            c.draw_series(std::iter::once(PathElement::new(vec![(x, q(0.0)), (x, q(1.0))], BLACK)))?;
-            c.draw_series(std::iter::once(Rectangle::new([(x - 0.35, q(0.25)), (x + 0.35, q(0.75))], GREEN.mix(0.7).filled())))?;
-            c.draw_series(std::iter::once(PathElement::new(vec![(x - 0.35, q(0.5)), (x + 0.35, q(0.5))], BLACK.stroke_width(2))))?;
+            draw_box(&mut c, *i as f64 + 0.5, 0.35, &l.weight_channels, GREEN)?;
+        }
+        Ok(())
+    })?;
+    Ok(Some(chart))
+}
+
+/// One box plot at `x` (half width `hw`): whiskers at min and max, box from the first to the third
+/// quartile, a line at the median.
+fn draw_box(c: &mut Chart, x: f64, hw: f64, values: &[f32], color: RGBColor) -> DrawResult {
+    let mut v = values.to_vec();
+    v.sort_by(f32::total_cmp);
+    if v.is_empty() {
+        return Ok(());
+    }
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64;
+    c.draw_series(std::iter::once(PathElement::new(vec![(x, q(0.0)), (x, q(1.0))], BLACK)))?;
+    c.draw_series(std::iter::once(Rectangle::new([(x - hw, q(0.25)), (x + hw, q(0.75))], color.mix(0.7).filled())))?;
+    c.draw_series(std::iter::once(PathElement::new(vec![(x - hw, q(0.5)), (x + hw, q(0.5))], BLACK.stroke_width(2))))?;
+    Ok(())
+}
+
+/// Per output channel max |w| of a float conv/gemm's constant weights, divided by the largest: how much
+/// of one per-tensor weight range each channel uses.
+fn float_channel_use(g: &Graph, n: qcc_ir::NodeId) -> Option<Vec<f32>> {
+    let node = g.node(n);
+    let axis = match node.op {
+        Op::Conv { .. } => 0,
+        Op::Gemm { trans_b, .. } => usize::from(!trans_b),
+        _ => return None,
+    };
+    let w = g.const_tensor(*node.inputs.get(1)?)?.as_f32()?;
+    let m: Vec<f32> = w.axis_iter(ndarray::Axis(axis)).map(|c| c.iter().fold(0f32, |m, v| m.max(v.abs()))).collect();
+    let top = m.iter().copied().fold(0f32, f32::max);
+    (top > 0.0).then(|| m.iter().map(|v| v / top).collect())
+}
+
+/// Box plots of each conv/gemm's per-channel weight ranges before (red) and after (green) equalization.
+fn equalization_chart(cal: &Calibrated) -> Result<Option<String>> {
+    let Some(before) = &cal.before_equalize else { return Ok(None) };
+    let by_loc: std::collections::HashMap<&[String], qcc_ir::NodeId> =
+        before.node_ids().map(|n| (before.node(n).loc.as_slice(), n)).collect();
+    let after = &cal.graph;
+    let pairs: Vec<(Vec<f32>, Vec<f32>)> = after
+        .topo_order()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let b = *by_loc.get(after.node(n).loc.as_slice())?;
+            Some((float_channel_use(before, b)?, float_channel_use(after, n)?))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let chart = svg(900, 320, |root| {
+        let mut c = axes(
+            root,
+            "Equalization: per-channel max |w| / layer max, before (red) and after (green)",
+            0f64..pairs.len() as f64,
+            0f64..1.05,
+            ("conv/gemm #", "share of the layer's range"),
+        )?;
+        for (i, (b, a)) in pairs.iter().enumerate() {
+            draw_box(&mut c, i as f64 + 0.3, 0.18, b, RED)?;
+            draw_box(&mut c, i as f64 + 0.7, 0.18, a, GREEN)?;
         }
         Ok(())
     })?;
@@ -200,6 +270,7 @@ fn precision_table(q: &Graph) -> (String, [usize; 3]) {
 }
 
 /// The whole report.
+#[allow(clippy::too_many_arguments)]
 pub fn html(
     model: &str,
     scheme: &str,
@@ -208,6 +279,7 @@ pub fn html(
     layers: &[LayerStats],
     samples: usize,
     focus: Option<&str>,
+    auto_log: &[String],
 ) -> Result<String> {
     let worst = layers.iter().min_by(|a, b| a.alone_sqnr_db.total_cmp(&b.alone_sqnr_db));
     let chosen = match focus {
@@ -232,6 +304,13 @@ pub fn html(
         counts[1],
         counts[2]
     ));
+    if !auto_log.is_empty() {
+        body.push_str("<h2>Mixed precision decisions</h2>\n<p>Each promotion, the metric after it and its measured latency:</p>\n<pre>");
+        for line in auto_log {
+            body.push_str(&format!("{}\n", esc(line)));
+        }
+        body.push_str("</pre>\n");
+    }
     body.push_str("<h2>Worst layers</h2>\n<pre>");
     body.push_str(&esc(&crate::analyze::table(layers, Some(5))));
     body.push_str("</pre>\n");
@@ -239,7 +318,17 @@ pub fn html(
         body.push_str(&format!("<div class=\"chart\">{chart}</div>\n"));
     }
     if let Some(c) = weight_chart(layers)? {
-        body.push_str(&format!("<div class=\"chart\">{c}</div>\n<p>Equalization, when on (<code>--equalize</code>), has already evened these out; compare a run without it for the before picture.</p>\n"));
+        body.push_str(&format!("<div class=\"chart\">{c}</div>\n"));
+    }
+    match equalization_chart(cal)? {
+        Some(c) => body.push_str(&format!(
+            "<div class=\"chart\">{c}</div>\n<p>Cross-layer equalization rescales channels so that each uses more of its \
+             layer's weight range: boxes closer to 1 lose less to per-tensor weight quantization.</p>\n"
+        )),
+        None => body.push_str(
+            "<p>Equalization is off (<code>--equalize</code> turns it on; the report then shows each layer's \
+             per-channel weight ranges before and after it).</p>\n",
+        ),
     }
     if let Some(l) = chosen {
         if let Some(c) = histogram_chart(cal, l, levels)? {

@@ -17,8 +17,8 @@ fn qcc(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// (name, alone_sqnr_db, sqnr_db, rmse_over_scale) of every layer in the JSON report.
-fn layers(json: &Path) -> Vec<(String, f64, f64, f64)> {
+/// (name, alone_sqnr_db, sqnr_db, rmse_over_scale, sensitivity) of every layer in the JSON report.
+fn layers(json: &Path) -> Vec<(String, f64, f64, f64, f64)> {
     let text = std::fs::read_to_string(json).unwrap();
     let num = |row: &str, key: &str| -> f64 {
         let v = row.split(&format!("\"{key}\": ")).nth(1).unwrap().split([',', '}']).next().unwrap().trim().to_string();
@@ -32,7 +32,7 @@ fn layers(json: &Path) -> Vec<(String, f64, f64, f64)> {
         .filter(|l| l.trim_start().starts_with("{\"name\""))
         .map(|l| {
             let name = l.split("\"name\": \"").nth(1).unwrap().split('"').next().unwrap().to_string();
-            (name, num(l, "alone_sqnr_db"), num(l, "sqnr_db"), num(l, "rmse_over_scale"))
+            (name, num(l, "alone_sqnr_db"), num(l, "sqnr_db"), num(l, "rmse_over_scale"), num(l, "sensitivity"))
         })
         .collect()
 }
@@ -85,6 +85,10 @@ fn analysis_names_the_broken_layer_first() {
     assert_eq!(rows[0].0, "conv2+relu2", "{rows:?}");
     assert!(rows[0].1 < 20.0 && rows[1].1 > rows[0].1 + 20.0, "{rows:?}");
     assert!(out.contains("the 5 worst by SQNR alone") && out.lines().any(|l| l.starts_with("conv2+relu2")), "{out}");
+    // Its error also does the most damage at the network's output (sensitivity, the other layers float).
+    rows.sort_by(|a, b| a.4.total_cmp(&b.4));
+    assert_eq!(rows[0].0, "conv2+relu2", "{rows:?}");
+    assert!(rows[0].4 < 30.0 && rows[1].4 > rows[0].4 + 20.0, "{rows:?}");
     // Per-channel weights confine the damage to conv2's channel 0: conv2 gets much better, the rest stays.
     qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--json", &j]);
     let per_channel = layers(&json);
@@ -105,11 +109,30 @@ fn mnist_report_covers_every_quantized_tensor() {
     let json = tmp("mnist").join("a.json");
     let (m, c) = (root.join("examples/mnist/mnist_cnn.onnx"), root.join("examples/mnist/digits"));
     let (m, c, j) = (m.display().to_string(), c.display().to_string(), json.display().to_string());
-    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--calib-samples", "50", "--samples", "4", "--json", &j]);
+    qcc(&[
+        "analyze",
+        &m,
+        "-O2",
+        "--int8",
+        "--calib",
+        &c,
+        "--calib-samples",
+        "50",
+        "--samples",
+        "4",
+        "--sensitivity-samples",
+        "4",
+        "--json",
+        &j,
+    ]);
     let rows = layers(&json);
+    // The classifier's output is the network's: injecting its error alone gives its SQNR alone.
+    let fc2 = &rows[5];
+    assert!((fc2.4 - fc2.1).abs() < 1e-3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.4.is_finite() && r.4 > 30.0), "{rows:?}");
     let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(names, ["/Div", "/c1/Conv+/Relu", "/c2/Conv+/Relu_1", "/c3/Conv+/Relu_2", "/fc1/Gemm+/Relu_3", "/fc2/Gemm"]);
-    for (name, alone, e2e, ros) in &rows {
+    for (name, alone, e2e, ros, _) in &rows {
         // Errors near rounding noise: a few tenths of a step, SQNR above 30 dB; a layer alone never
         // does worse than the whole quantized network up to it (beyond float noise).
         assert!(*ros > 0.2 && *ros < 1.0 && *alone > 30.0 && *e2e > 30.0 && *alone >= *e2e - 0.01, "{name}: {rows:?}");
@@ -133,6 +156,12 @@ fn report_is_one_self_contained_html_file() {
     assert!(text.contains("Compute nodes: 5 int8, 0 int16, 2 float"), "{text}");
     assert!(text.contains("<tr class=\"float\"><td>/Div</td><td>div</td><td>float</td></tr>"), "{text}");
     assert!(text.contains("<td>/c1/Conv</td><td>qconv</td><td>int8</td>"), "{text}");
+    assert!(text.contains("Equalization is off"), "{text}");
+    // With equalization, a sixth chart: each layer's per-channel weight ranges before and after it.
+    qcc(&["analyze", &m, "-O2", "--int8", "--equalize", "--calib", &c, "--calib-samples", "50", "--samples", "2", "--report", &r]);
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(text.matches("<svg").count(), 6, "{text}");
+    assert!(text.contains("before (red) and after (green)"), "{text}");
     let bad = qcc_err(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--report", &r, "--report-layer", "nope"]);
     assert!(bad.contains("--report-layer \"nope\" names no quantized tensor"), "{bad}");
 }
@@ -214,8 +243,38 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
     assert!(err.contains("within budget after promoting"), "{err}");
     let ir = String::from_utf8_lossy(&o.stdout);
     assert!(ir.lines().any(|l| l.contains("= conv ") && l.contains("loc(\"conv_b\"")), "{ir}");
-    // Without a tuning set auto mode says what it needs.
-    let o =
-        Command::new(env!("CARGO_BIN_EXE_qcc")).args([&m, "-O2", "--int8", "--calib", &c, "--mixed-precision", "auto"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--tune DIR"));
+    // Without labels: the same samples as one unlabeled calibration folder, the tuning part held back
+    // (never calibrated on) and float's own probabilities standing in for labels. Same decision.
+    for f in std::fs::read_dir(&tune).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "npy") {
+            std::fs::copy(&p, cal.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
+        .args([&m, "-O2", "--int8", "--weights", "sym-per-tensor", "--calib", &c, "--mixed-precision", "auto", "--holdout", "40"])
+        .args(["--max-drop", "0", "--analysis-samples", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("40 calibration samples held back") && err.contains("on 40 held-back calibration samples (no labels)"), "{err}");
+    let first = err.lines().find(|l| l.contains("-> float") || l.contains("-> int16")).unwrap_or_else(|| panic!("nothing promoted: {err}"));
+    assert!(first.contains("mixed precision: conv_b (qconv"), "{err}");
+    assert!(err.contains("within budget after promoting 1 layer(s)"), "{err}");
+    // The report explains the decisions.
+    let html = d.join("auto.html");
+    let r = html.display().to_string();
+    qcc(&["analyze", &m, "-O2", "--int8", "--weights", "sym-per-tensor", "--calib", &c, "--mixed-precision", "auto", "--holdout", "40"]
+        .into_iter()
+        .chain(["--max-drop", "0", "--samples", "2", "--report", &r])
+        .collect::<Vec<_>>());
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert!(text.contains("Mixed precision decisions") && text.contains("conv_b (qconv, sensitivity"), "{text}");
+    assert!(text.contains("<td>conv_b</td><td>conv</td><td>float</td>"), "{text}");
+    // Holding back everything leaves nothing to calibrate on; --holdout belongs to label-free auto.
+    let bad = qcc_err(&[&m, "-O2", "--int8", "--calib", &c, "--mixed-precision", "auto", "--holdout", "60"]);
+    assert!(bad.contains("cannot hold back 60 of 60 calibration samples"), "{bad}");
+    let bad = qcc_err(&[&m, "-O2", "--int8", "--calib", &c, "--holdout", "5"]);
+    assert!(bad.contains("--holdout is for --mixed-precision auto without --tune"), "{bad}");
 }

@@ -83,6 +83,11 @@ fn input(h: usize, seed: u32) -> Tensor {
 
 /// Quantized variants of `net` for each scheme (weights, activations, act type).
 fn quantized(h: usize, configs: &[(&str, &str, &str)]) -> Vec<(String, Graph)> {
+    quantized_with(h, configs, &[])
+}
+
+/// The same with the outputs of the `int16` nodes stored as i16 (mixed precision).
+fn quantized_with(h: usize, configs: &[(&str, &str, &str)], int16: &[&str]) -> Vec<(String, Graph)> {
     let d = tmp(&format!("net{h}"));
     let model = d.join("net.onnx");
     std::fs::write(&model, net(h).bytes()).unwrap();
@@ -100,7 +105,11 @@ fn quantized(h: usize, configs: &[(&str, &str, &str)]) -> Vec<(String, Graph)> {
         .map(|(w, a, t)| {
             let mut cfg = quant_config(w, a, t, "minmax").unwrap();
             cfg.bias_correct = true;
-            (format!("{w}/{a}/{t}"), c.finish(&cfg, &inst, &mut std::io::sink()).unwrap())
+            cfg.int16 = int16.iter().map(|n| n.to_string()).collect();
+            (
+                format!("{w}/{a}/{t}{}", if int16.is_empty() { String::new() } else { format!("+i16:{int16:?}") }),
+                c.finish(&cfg, &inst, &mut std::io::sink()).unwrap(),
+            )
         })
         .collect()
 }
@@ -123,8 +132,12 @@ fn compiled_networks_equal_the_interpreter_byte_for_byte() {
         ("sym-per-tensor", "asym", "i8"),
         ("sym-per-channel", "asym", "i16"),
     ];
+    // 8-bit layers next to 16-bit ones: a conv reading i16, a depthwise conv and the classifier writing
+    // i16, an add and a concatenation in between.
+    let mixed = ["dw1", "add3", "conv4", "dw5", "fc"];
     for h in [17, 32] {
-        for (name, g) in quantized(h, &configs) {
+        let nets = quantized(h, &configs).into_iter().chain(quantized_with(h, &configs[..2], &mixed));
+        for (name, g) in nets {
             let ops: Vec<&str> = g.node_ids().map(|n| g.node(n).op.name()).collect();
             for op in ["qconv", "qgemm", "qadd", "qmul", "qconcat", "qaverage_pool", "qglobal_average_pool", "max_pool"] {
                 assert!(ops.contains(&op), "{name}: no {op} in {ops:?}");
@@ -132,10 +145,11 @@ fn compiled_networks_equal_the_interpreter_byte_for_byte() {
             let want: Vec<Vec<Tensor>> = (0..3).map(|s| qcc_runtime::run(&g, vec![input(h, s)]).unwrap()).collect();
             for isa in isas() {
                 let c = Compiled::new(&g, isa).unwrap();
+                // Every node has a kernel: the comparison tests kernels, not the interpreter.
                 let hosts = c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count();
-                if !name.ends_with("i16") {
-                    // Every node has a kernel: the comparison tests kernels, not the interpreter.
-                    assert_eq!(hosts, 0, "{name}: {}", c.plan.summary());
+                assert_eq!(hosts, 0, "{name}: {}", c.plan.summary());
+                if name.contains("i16") {
+                    assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::WideConv), "{name}: {}", c.plan.summary());
                 }
                 for threads in [1, 3] {
                     qcc_runtime::kernels::pool::set_threads(threads);

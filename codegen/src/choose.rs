@@ -19,6 +19,8 @@ pub(crate) enum Choice {
         implicit: bool,
     },
     DwConv,
+    /// qconv or qgemm with a 16-bit input or output.
+    WideConv,
     QGemm,
     QAdd,
     QGap,
@@ -128,7 +130,7 @@ impl Ctx<'_> {
             },
             Op::QConv { strides, pads, dilations, group, .. } => {
                 if let Err(why) = self.conv_ok(n) {
-                    return Choice::Host(why);
+                    return if self.wide_ok(n) { Choice::WideConv } else { Choice::Host(why) };
                 }
                 let xs = g.ty(ins[0]).shape().unwrap_or(&[]);
                 let ws = g.ty(ins[1]).shape().unwrap_or(&[]);
@@ -151,6 +153,9 @@ impl Ctx<'_> {
                 host("grouped convolution that is not depthwise")
             }
             Op::QGemm { .. } => {
+                if self.wide_ok(n) {
+                    return Choice::WideConv;
+                }
                 let (Some((_, _, xq)), Some((_, _, oq))) = (per_tensor(g.ty(ins[0])), per_tensor(oty)) else {
                     return host("input or output is not per-tensor quantized");
                 };
@@ -306,7 +311,17 @@ impl Ctx<'_> {
         ok.then_some([dq, u, q])
     }
 
+    /// Weights an 8-bit kernel takes: constant int8 (with a constant i32 bias) whose sums stay in i32.
     pub(crate) fn is_weights_ok(&self, n: NodeId) -> Result<(), String> {
+        self.constant_weights(n)?;
+        if self.weights(n).is_none() {
+            return Err("products could exceed 2^30 in an accumulator".into());
+        }
+        Ok(())
+    }
+
+    /// Constant int8 weights and, if any, a constant i32 bias.
+    pub(crate) fn constant_weights(&self, n: NodeId) -> Result<(), String> {
         let g = self.g;
         let ins = &g.node(n).inputs;
         let w = ins[1];
@@ -319,10 +334,29 @@ impl Ctx<'_> {
                 return Err("bias must be a constant i32".into());
             }
         }
-        if self.weights(n).is_none() {
-            return Err("products could exceed 2^30 in an accumulator".into());
-        }
         Ok(())
+    }
+
+    /// A qconv (2-D, NHWC) or qgemm (2-D input) with a 16-bit input or output, which the 8-bit kernels
+    /// do not take: the wide kernel computes it.
+    pub(crate) fn wide_ok(&self, n: NodeId) -> bool {
+        let g = self.g;
+        let node = g.node(n);
+        let (x, out) = (node.inputs[0], node.output);
+        let (Some((_, _, xq)), Some((_, _, oq))) = (per_tensor(g.ty(x)), per_tensor(g.ty(out))) else { return false };
+        // Its sums are i64: no accumulator bound (weights()) applies.
+        if (is_8bit(xq) && is_8bit(oq)) || g.is_const(x) || self.constant_weights(n).is_err() {
+            return false;
+        }
+        let (xs, ws) = (g.ty(x).shape().unwrap_or(&[]), g.ty(node.inputs[1]).shape().unwrap_or(&[]));
+        match &node.op {
+            Op::QConv { group, .. } => {
+                let groups = *group as usize;
+                self.nhwc(x) && self.nhwc(out) && ws.len() == 4 && groups > 0 && ws[1] * groups == xs[1] && ws[0] % groups == 0
+            }
+            Op::QGemm { .. } => xs.len() == 2 && ws.len() == 2,
+            _ => false,
+        }
     }
 
     pub(crate) fn conv_ok(&self, n: NodeId) -> Result<(), String> {

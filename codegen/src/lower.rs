@@ -246,6 +246,53 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 };
                 push(Kernel::DwConv, h.encode(), (os[0] * os[2] * os[3] * c * kh * kw) as u64, &mut blob);
             }
+            Choice::WideConv => {
+                let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
+                let (sx, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
+                let ex = int_elem(xq.storage).ok_or_else(|| internal(&name))?;
+                let eo = int_elem(g.ty(out).quant().ok_or_else(|| internal(&name))?.storage).ok_or_else(|| internal(&name))?;
+                let wv = g.const_tensor(ins[1]).and_then(|t| t.to_i64_vec()).ok_or_else(|| internal(&name))?;
+                // Weights in [m][kh][kw][c / groups] order; a GEMM is a 1×1 convolution over [rows, 1, 1, k].
+                let (geo, m, groups, act, ordered) = match &node.op {
+                    Op::QConv { strides, pads, dilations, group, act } => {
+                        let (m, cg, taps) = (ws[0], ws[1], ws[2] * ws[3]);
+                        let w: Vec<i64> = (0..m * taps * cg).map(|i| wv[(i / (taps * cg) * cg + i % cg) * taps + i / cg % taps]).collect();
+                        (geom(&xs, &os, ws[2], ws[3], strides, pads, dilations), m, *group as usize, *act, w)
+                    }
+                    Op::QGemm { trans_b, act } => {
+                        let (rows, k) = (xs[0], xs[1]);
+                        let m = if *trans_b { ws[0] } else { ws[1] };
+                        let w: Vec<i64> = (0..m * k).map(|i| if *trans_b { wv[i] } else { wv[i % k * m + i / k] }).collect();
+                        (geom(&[rows, k, 1, 1], &[rows, m, 1, 1], 1, 1, &[], &[], &[]), m, 1, *act, w)
+                    }
+                    _ => return Err(internal(&name)),
+                };
+                let wq = g.ty(ins[1]).quant().ok_or_else(|| internal(&name))?;
+                let (sw, zw) = qcc_runtime::qops::per_channel(wq, m).map_err(|e| node_err(&name, e))?;
+                let (taps, cg) = (geo.kh * geo.kw, geo.c / groups);
+                let w: Vec<i32> =
+                    ordered.chunks(taps * cg).zip(&zw).flat_map(|(ch, z)| ch.iter().map(move |v| (v - *z as i64) as i32)).collect();
+                let bias: Vec<i32> = match ins.get(2) {
+                    Some(b) => {
+                        g.const_tensor(*b).and_then(|t| t.to_i64_vec()).ok_or_else(|| internal(&name))?.iter().map(|v| *v as i32).collect()
+                    }
+                    None => vec![0; m],
+                };
+                let h = WideConvHdr {
+                    g: geo,
+                    m,
+                    groups,
+                    x: off(ins[0]),
+                    ex,
+                    zx,
+                    w: Arr { off: blob.push_i32(&w), len: w.len() },
+                    bias: Arr { off: blob.push_i32(&bias), len: m },
+                    epi: epi_hdr(&mut blob, sx, &sw, g.ty(out), act, m).map_err(|e| node_err(&name, e))?,
+                    out: off(out),
+                    eo,
+                };
+                push(Kernel::WideConv, h.encode(), (os.iter().product::<usize>() * taps * cg) as u64, &mut blob);
+            }
             Choice::QAdd => {
                 let (Op::QAdd { act } | Op::QMul { act }) = &node.op else { return Err(internal(&name)) };
                 // Operands broadcast in storage order (both layouts are the output's), padded to 4 dims.

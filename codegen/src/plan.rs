@@ -13,6 +13,8 @@ pub enum Kernel {
     Gemm,
     Im2col,
     DwConv,
+    /// Convolution or GEMM with 16-bit activations.
+    WideConv,
     QAdd,
     QGap,
     MaxPool,
@@ -40,6 +42,7 @@ impl Kernel {
             Kernel::Gemm => "qcc_k_gemm",
             Kernel::Im2col => "qcc_k_im2col",
             Kernel::DwConv => "qcc_k_dwconv",
+            Kernel::WideConv => "qcc_k_wideconv",
             Kernel::QAdd => "qcc_k_qadd",
             Kernel::QGap => "qcc_k_qgap",
             Kernel::MaxPool => "qcc_k_maxpool",

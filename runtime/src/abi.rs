@@ -278,6 +278,11 @@ header!(QGapHdr {
     lo: i32,
     hi: i32
 });
+header!(
+    /// Convolution (or GEMM as 1×1 over [rows, 1, 1, k]) with 16-bit activations: `w` is
+    /// [m][kh][kw][c / groups] of weights minus zero point, as i32.
+    WideConvHdr { g: DwGeom, m: usize, groups: usize, x: usize, ex: IntElem, zx: i32, w: Arr, bias: Arr, epi: EpiHdr, out: usize, eo: IntElem }
+);
 header!(MaxPoolHdr { elem: IntElem, g: DwGeom, x: usize, out: usize });
 header!(
     /// Integer average pooling; `pe` = end pads.

@@ -10,6 +10,7 @@ use crate::kernels::fgemm::FGemm;
 use crate::kernels::float::{self, BinOp, Binary, UnOp};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::qpool::{self, RequantRows};
+use crate::kernels::wideconv::WideConv;
 use crate::kernels::Isa;
 
 /// Reads a header: `hdr` points at its words inside the blob.
@@ -147,6 +148,29 @@ pub unsafe extern "C" fn qcc_k_dwconv(hdr: *const u64, blob: *const u8, arena: *
             out: arena.add(h.out),
         };
         d.run();
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_wideconv(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = WideConvHdr::decode(words(hdr));
+        WideConv {
+            g: h.g,
+            m: h.m,
+            groups: h.groups,
+            x: arena.add(h.x),
+            ex: h.ex,
+            zx: h.zx,
+            w: h.w.slice(blob),
+            bias: h.bias.slice(blob),
+            epi: h.epi.epilogue(blob),
+            out: arena.add(h.out),
+            eo: h.eo,
+        }
+        .run();
     }
 }
 
@@ -389,6 +413,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_gemm", qcc_k_gemm as *const u8),
         ("qcc_k_im2col", qcc_k_im2col as *const u8),
         ("qcc_k_dwconv", qcc_k_dwconv as *const u8),
+        ("qcc_k_wideconv", qcc_k_wideconv as *const u8),
         ("qcc_k_qadd", qcc_k_qadd as *const u8),
         ("qcc_k_qgap", qcc_k_qgap as *const u8),
         ("qcc_k_maxpool", qcc_k_maxpool as *const u8),

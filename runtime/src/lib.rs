@@ -12,7 +12,7 @@ pub mod quant;
 mod resize;
 
 pub use eval::eval_op;
-pub use interp::{run, run_observed};
+pub use interp::{run, run_all, run_observed, run_patched};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunError {

@@ -62,11 +62,24 @@ impl Epilogue<'_> {
                     *o = v as u8;
                 }
             }
-            Some(f) => {
+            Some(_) => {
                 for (i, (o, &a)) in out[..n].iter_mut().zip(acc).enumerate() {
-                    let v = f.act.apply(a as f32 * f.acc_scale[c0 + i]);
-                    *o = quantize_value(v, f.out_scale, self.zy, self.qlo as i64, self.qhi as i64) as u8;
+                    *o = self.value(a, c0 + i) as u8;
                 }
+            }
+        }
+    }
+
+    /// One accumulator of channel `c` requantized (what `row` computes for each, for any storage).
+    #[inline(always)]
+    pub fn value(&self, a: i32, c: usize) -> i32 {
+        match self.float_act {
+            None => {
+                let (lo, hi) = self.bounds();
+                clamp_to_int(((a as f32) * self.mult[c]).round_ties_even(), lo, hi) + self.zy
+            }
+            Some(f) => {
+                quantize_value(f.act.apply(a as f32 * f.acc_scale[c]), f.out_scale, self.zy, self.qlo as i64, self.qhi as i64) as i32
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod float;
 pub mod gemm;
 pub mod pool;
 pub mod qpool;
+pub mod wideconv;
 
 /// Which instruction-set variant of the kernels a compiled model uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
