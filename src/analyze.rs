@@ -5,6 +5,7 @@
 use crate::calib::{CalibSet, Calibrated};
 use anyhow::{Context, Result};
 use qcc_ir::{Graph, NodeId, Op, QParams, QuantType};
+use qcc_runtime::observe::RangeMethod;
 use std::collections::HashMap;
 
 /// What one quantized tensor loses against its float counterpart, over all analysed samples.
@@ -18,6 +19,8 @@ pub struct LayerStats {
     pub precision: String,
     pub scale: f32,
     pub zero_point: i32,
+    /// The calibration range method that chose scale and zero point (auto's pick resolved).
+    pub method: String,
     /// The float tensor's observed range over the analysed samples.
     pub range: (f32, f32),
     pub rmse: f64,
@@ -61,6 +64,21 @@ struct Acc {
     saturated: u64,
     lo: f32,
     hi: f32,
+}
+
+impl Acc {
+    fn merge(&mut self, o: &Acc) {
+        self.sig += o.sig;
+        self.err += o.err;
+        self.alone_err += o.alone_err;
+        self.out_sig += o.out_sig;
+        self.out_err += o.out_err;
+        self.n += o.n;
+        self.clipped += o.clipped;
+        self.saturated += o.saturated;
+        self.lo = self.lo.min(o.lo);
+        self.hi = self.hi.max(o.hi);
+    }
 }
 
 fn per_tensor(q: &QuantType) -> Option<(f32, i32)> {
@@ -112,7 +130,14 @@ fn run_alone(quant: &Graph, n: NodeId, floats: &HashMap<NodeId, qcc_ir::Tensor>,
 /// Compares `quant` with the calibrated float graph on the first `samples` calibration samples, and on the
 /// first `sensitivity_samples` of them also measures each layer's sensitivity (one partial network run
 /// per layer and sample, so it costs far more than the rest).
-pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize, sensitivity_samples: usize) -> Result<Vec<LayerStats>> {
+pub fn analyze(
+    cal: &Calibrated,
+    quant: &Graph,
+    set: &CalibSet,
+    method: RangeMethod,
+    samples: usize,
+    sensitivity_samples: usize,
+) -> Result<Vec<LayerStats>> {
     let float = &cal.graph;
     let observes: HashMap<String, NodeId> =
         float.node_ids().filter(|n| float.node(*n).op == Op::Observe).map(|n| (loc_key(float, n), n)).collect();
@@ -137,10 +162,10 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize, 
         .map(|(qn, _, _)| quant.node(*qn).inputs.iter().map(|v| float_counterpart(quant, float, &by_loc, *v)).collect())
         .collect();
     let needed: std::collections::HashSet<NodeId> = alone_inputs.iter().flatten().flatten().copied().collect();
-    let mut acc: Vec<Acc> = targets.iter().map(|_| Acc { lo: f32::INFINITY, hi: f32::NEG_INFINITY, ..Default::default() }).collect();
+    let fresh = || -> Vec<Acc> { targets.iter().map(|_| Acc { lo: f32::INFINITY, hi: f32::NEG_INFINITY, ..Default::default() }).collect() };
     let want_f: HashMap<NodeId, usize> = targets.iter().enumerate().map(|(i, t)| (t.1, i)).collect();
     let want_q: HashMap<NodeId, usize> = targets.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
-    for s in 0..samples.min(set.samples.len()) {
+    let one = |s: usize, acc: &mut [Acc]| -> Result<()> {
         let inputs = set.load(s, float)?;
         let mut floats: Vec<Option<ndarray::ArrayD<f32>>> = vec![None; targets.len()];
         let mut all: HashMap<NodeId, qcc_ir::Tensor> = HashMap::new();
@@ -219,6 +244,31 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize, 
                 acc[i].out_err += err;
             }
         }
+        Ok(())
+    };
+    // Samples are independent: one worker per core, each with its own sums, merged at the end.
+    let n = samples.min(set.samples.len());
+    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n).max(1);
+    let parts: Vec<Result<Vec<Acc>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (one, fresh) = (&one, &fresh);
+                scope.spawn(move || -> Result<Vec<Acc>> {
+                    let mut acc = fresh();
+                    for s in (w..n).step_by(workers) {
+                        one(s, &mut acc)?;
+                    }
+                    Ok(acc)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("analysis: a worker thread panicked")))).collect()
+    });
+    let mut acc = fresh();
+    for part in parts {
+        for (a, b) in acc.iter_mut().zip(part?) {
+            a.merge(&b);
+        }
     }
     Ok(targets
         .iter()
@@ -229,6 +279,11 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize, 
             let channels = weight_channels(quant, *qn);
             let (scale, zero_point) = per_tensor(q).unwrap_or((1.0, 0));
             let rmse = (a.err / a.n as f64).sqrt();
+            let levels = if q.storage == qcc_ir::DType::I16 { 65536 } else { 256 };
+            let method = cal
+                .observers
+                .get(&float.node(*fnode).output)
+                .map_or(method, |o| o.resolve(qcc_passes::range_method(float, *fnode, method), levels));
             LayerStats {
                 name: loc_key(quant, *qn),
                 op: node.op.name().to_string(),
@@ -241,6 +296,7 @@ pub fn analyze(cal: &Calibrated, quant: &Graph, set: &CalibSet, samples: usize, 
                 .into(),
                 scale,
                 zero_point,
+                method: method.name(),
                 range: (a.lo, a.hi),
                 rmse,
                 rmse_over_scale: rmse / scale as f64,
@@ -305,7 +361,7 @@ fn json_f(v: f64) -> String {
 }
 
 /// The layers as JSON: `{"samples": n, "layers": [{"name", "op", "precision", "scale", "zero_point",
-/// "range", "rmse", "rmse_over_scale", "sqnr_db", "alone_sqnr_db", "sensitivity", "clipped", "saturated",
+/// "method", "range", "rmse", "rmse_over_scale", "sqnr_db", "alone_sqnr_db", "sensitivity", "clipped", "saturated",
 /// "weight_absmax"}]}`; `sensitivity` is [`LayerStats::sensitivity_db`]
 /// (an infinite SQNR, i.e. no error at all, is null).
 pub fn to_json(layers: &[LayerStats], samples: usize) -> String {
@@ -313,13 +369,14 @@ pub fn to_json(layers: &[LayerStats], samples: usize) -> String {
         .iter()
         .map(|l| {
             format!(
-                "    {{\"name\": {:?}, \"op\": {:?}, \"precision\": {:?}, \"scale\": {}, \"zero_point\": {}, \"range\": [{}, {}], \
+                "    {{\"name\": {:?}, \"op\": {:?}, \"precision\": {:?}, \"scale\": {}, \"zero_point\": {}, \"method\": {:?}, \"range\": [{}, {}], \
                  \"rmse\": {}, \"rmse_over_scale\": {}, \"sqnr_db\": {}, \"alone_sqnr_db\": {}, \"sensitivity\": {}, \"clipped\": {}, \"saturated\": {}, \"weight_absmax\": {}}}",
                 l.name,
                 l.op,
                 l.precision,
                 l.scale,
                 l.zero_point,
+                l.method,
                 json_f(l.range.0 as f64),
                 json_f(l.range.1 as f64),
                 json_f(l.rmse),
@@ -344,14 +401,14 @@ pub fn table(layers: &[LayerStats], worst: Option<usize>) -> String {
         rows.truncate(k);
     }
     let mut s = format!(
-        "{:<44} {:<20} {:>6} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7}\n",
-        "layer", "op", "type", "alone dB", "sens dB", "SQNR dB", "RMSE", "RMSE/s", "range", "clip%", "sat%"
+        "{:<44} {:<20} {:>6} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7}  {}\n",
+        "layer", "op", "type", "alone dB", "sens dB", "SQNR dB", "RMSE", "RMSE/s", "range", "clip%", "sat%", "method"
     );
     for l in rows {
         let n = l.name.chars().count();
         let name = if n > 44 { format!("…{}", l.name.chars().skip(n - 43).collect::<String>()) } else { l.name.clone() };
         s.push_str(&format!(
-            "{:<44} {:<20} {:>6} {:>8.2} {:>9.2} {:>9.2} {:>9.4} {:>8.3} {:>8.2} {:>7.3} {:>7.3}\n",
+            "{:<44} {:<20} {:>6} {:>8.2} {:>9.2} {:>9.2} {:>9.4} {:>8.3} {:>8.2} {:>7.3} {:>7.3}  {}\n",
             name,
             l.op,
             l.precision,
@@ -362,7 +419,8 @@ pub fn table(layers: &[LayerStats], worst: Option<usize>) -> String {
             l.rmse_over_scale,
             l.range.1 - l.range.0,
             100.0 * l.clipped,
-            100.0 * l.saturated
+            100.0 * l.saturated,
+            l.method
         ));
     }
     s

@@ -109,6 +109,33 @@ pub struct Calibrated {
     pub before_equalize: Option<Graph>,
 }
 
+/// Calibration samples equalize's per-channel activation ranges come from.
+const RANGE_SAMPLES: usize = 32;
+
+/// Per conv output of `g`, each channel's (min, max) over the first `samples` calibration samples.
+fn channel_ranges(g: &Graph, set: &CalibSet, samples: usize) -> Result<HashMap<ValueId, Vec<(f32, f32)>>> {
+    let convs: HashMap<qcc_ir::NodeId, ValueId> =
+        g.node_ids().filter(|n| matches!(g.node(*n).op, Op::Conv { .. })).map(|n| (n, g.node(n).output)).collect();
+    let mut ranges: HashMap<ValueId, Vec<(f32, f32)>> = HashMap::new();
+    for i in 0..samples.min(set.samples.len()) {
+        let inputs = set.load(i, g)?;
+        qcc_runtime::run_observed(g, inputs, |n, t| {
+            let (Some(v), Some(a)) = (convs.get(&n), t.as_f32()) else { return };
+            if a.ndim() < 2 {
+                return;
+            }
+            let r = ranges.entry(*v).or_insert_with(|| vec![(f32::INFINITY, f32::NEG_INFINITY); a.shape()[1]]);
+            for (ch, lane) in a.axis_iter(ndarray::Axis(1)).enumerate() {
+                for x in lane.iter() {
+                    r[ch] = (r[ch].0.min(*x), r[ch].1.max(*x));
+                }
+            }
+        })
+        .with_context(|| format!("gathering activation ranges on {}", set.samples[i][0].display()))?;
+    }
+    Ok(ranges)
+}
+
 /// Runs the float passes and insert-observers, then every calibration sample through the graph.
 pub fn calibrate(
     mut g: Graph,
@@ -127,6 +154,9 @@ pub fn calibrate(
     let mut cx = PassContext::default();
     PassManager::new(before, inst.clone()).run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
     let before_equalize = (split < n_before).then(|| g.clone());
+    if before_equalize.is_some() {
+        cx.channel_ranges = channel_ranges(&g, set, RANGE_SAMPLES)?;
+    }
     let mut pm = PassManager::new(rest, inst.clone());
     pm.first_index = split;
     pm.run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;

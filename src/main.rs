@@ -154,8 +154,8 @@ struct ModelArgs {
     /// Do not run bias correction at -O2.
     #[arg(long)]
     no_bias_correction: bool,
-    /// Cross-layer equalization before calibration (with --int8 at -O2). Off by default: without
-    /// high-bias absorption it can inflate activation ranges (see README).
+    /// Cross-layer equalization with high-bias absorption before calibration (with --int8 at -O2). Off by
+    /// default: on the measured models it does not pay consistently (see README).
     #[arg(long)]
     equalize: bool,
     /// Image preprocessing for --calib and --images, e.g.
@@ -339,6 +339,11 @@ impl ModelArgs {
         Ok(cfg)
     }
 
+    /// The --calib-method range method.
+    fn range_method(&self) -> Result<qcc_runtime::observe::RangeMethod> {
+        qcc_runtime::observe::RangeMethod::parse(&self.calib_method).map_err(|e| anyhow!(e))
+    }
+
     /// The calibration samples for `g`'s inputs.
     fn calib_set(&self, g: &Graph) -> Result<CalibSet> {
         let path = self.calib.as_ref().ok_or_else(|| anyhow!("--int8 needs calibration data: --calib PATH"))?;
@@ -469,7 +474,7 @@ fn cmd_compile(c: CompileCmd) -> Result<()> {
     let g = if c.m.int8 && !c.m.dynamic && c.analysis_samples > 0 {
         let Quantized { cal, set, graph: q, .. } = c.m.quantize(c.m.load()?)?;
         // The summary is advice: a failure to compute it does not fail the compile.
-        match qcc::analyze::analyze(&cal, &q, &set, c.analysis_samples, 0) {
+        match qcc::analyze::analyze(&cal, &q, &set, c.m.range_method()?, c.analysis_samples, 0) {
             Ok(layers) => {
                 let n = c.analysis_samples.min(set.samples.len());
                 eprintln!("the 5 layers with the lowest SQNR against float ({n} calibration samples; all of them: qcc analyze):");
@@ -702,7 +707,7 @@ fn cmd_analyze(a: AnalyzeCmd) -> Result<()> {
         bail!("qcc analyze compares a statically quantized model with its float form: use --int8, not --dynamic");
     }
     let Quantized { cal, set, graph: q, log } = a.m.quantize(a.m.load()?)?;
-    let layers = qcc::analyze::analyze(&cal, &q, &set, a.samples, a.sensitivity_samples)?;
+    let layers = qcc::analyze::analyze(&cal, &q, &set, a.m.range_method()?, a.samples, a.sensitivity_samples)?;
     let n = a.samples.min(set.samples.len());
     println!("{} quantized tensors compared with float on {n} calibration samples", layers.len());
     print!("{}", qcc::analyze::table(&layers, None));

@@ -169,7 +169,7 @@ pub fn auto(
         log.push("within budget: nothing promoted".into());
         return Ok(Auto { cfg, graph, log });
     }
-    let mut layers = analyze(cal, &graph, set, 4, 2)?;
+    let mut layers = analyze(cal, &graph, set, cfg.method, 4, 2)?;
     layers.sort_by(|a, b| a.sensitivity_db.total_cmp(&b.sensitivity_db));
     let (mut lat, mut lat_base) = (lat_int8, lat_int8);
     for l in layers.iter().filter(|l| l.op != "quantize").take(MAX_PROMOTIONS) {

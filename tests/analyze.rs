@@ -137,7 +137,14 @@ fn mnist_report_covers_every_quantized_tensor() {
         // does worse than the whole quantized network up to it (beyond float noise).
         assert!(*ros > 0.2 && *ros < 1.0 && *alone > 30.0 && *e2e > 30.0 && *alone >= *e2e - 0.01, "{name}: {rows:?}");
     }
-    assert!(std::fs::read_to_string(&json).unwrap().starts_with("{\n  \"samples\": 4,"));
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert!(text.starts_with("{\n  \"samples\": 4,"));
+    // The range method of each tensor: the default, except min/max for the network's output.
+    assert_eq!(text.matches("\"method\": \"percentile:99.999\"").count(), 5, "{text}");
+    assert!(
+        text.contains("\"name\": \"/fc2/Gemm\", \"op\": \"qgemm\", \"precision\": \"uint8\"") && text.contains("\"method\": \"minmax\""),
+        "{text}"
+    );
 }
 
 #[test]

@@ -6,6 +6,19 @@ use qcc_ir::{DType, ElemType, Graph, NodeId, Op, QParams, QuantType, Type};
 
 pub struct AssignQparams;
 
+/// The range method for the value the observe `n` watches: `method`, except that the network's outputs
+/// keep their whole range (min/max): clipping them (logits above all) is never wanted.
+pub fn range_method(g: &Graph, n: NodeId, method: qcc_runtime::observe::RangeMethod) -> qcc_runtime::observe::RangeMethod {
+    let out = g.node(n).output;
+    let feeds_output =
+        g.uses(out).iter().any(|(u, _)| g.node(*u).op == Op::Dequantize && g.is_output(g.node(*u).output)) || g.is_output(out);
+    if feeds_output {
+        qcc_runtime::observe::RangeMethod::MinMax
+    } else {
+        method
+    }
+}
+
 /// The activation type for a calibrated range [a, b]: the range is widened to contain 0 (so zero pads and
 /// ReLU outputs are exact); asymmetric types map it onto the whole storage range, symmetric ones use
 /// max(|a|, |b|) with zero point 0.
@@ -43,10 +56,7 @@ fn assign(g: &mut Graph, n: NodeId, cx: &PassContext) -> Result<(), PassError> {
         DType::I16 => 65536,
         _ => 256,
     };
-    // The network's outputs keep their whole range: clipping them (logits above all) is never wanted.
-    let feeds_output =
-        g.uses(out).iter().any(|(u, _)| g.node(*u).op == Op::Dequantize && g.is_output(g.node(*u).output)) || g.is_output(out);
-    let method = if feeds_output { qcc_runtime::observe::RangeMethod::MinMax } else { cfg.method };
+    let method = range_method(g, n, cfg.method);
     let (a, b) = obs.range(method, levels);
     if std::env::var_os("QCC_DEBUG_RANGES").is_some() {
         eprintln!("{:<40} min {:>10.4} max {:>10.4} -> {:>10.4}..{:<10.4} ({})", g.node(n).name(), obs.min, obs.max, a, b, method.name());

@@ -13,7 +13,7 @@ mod manager;
 mod pipeline;
 mod place_qdq;
 
-pub use assign_qparams::{act_qtype, AssignQparams};
+pub use assign_qparams::{act_qtype, range_method, AssignQparams};
 pub use bias_correct::BiasCorrect;
 pub use canonicalize::Canonicalize;
 pub use dynamic_quantize::DynamicQuantize;
@@ -38,6 +38,9 @@ pub struct PassContext {
     pub calib: std::collections::HashMap<qcc_ir::ValueId, qcc_runtime::observe::Observer>,
     /// Per observed value, the mean of each channel (axis 1) over the calibration data (bias-correct).
     pub channel_means: std::collections::HashMap<qcc_ir::ValueId, Vec<f32>>,
+    /// Per conv output, each channel's (min, max) over a few calibration samples, gathered before
+    /// equalize (which keeps activation ranges from growing and absorbs high biases with them).
+    pub channel_ranges: std::collections::HashMap<qcc_ir::ValueId, Vec<(f32, f32)>>,
 }
 
 /// How weights are quantized.

@@ -358,19 +358,26 @@ impl Observer {
                 }
                 best.1
             }
-            RangeMethod::Auto => {
-                let candidates = [RangeMethod::MinMax, RangeMethod::Percentile(99.999), RangeMethod::Entropy, RangeMethod::Mse];
-                let mut best = (f64::INFINITY, (self.min, self.max));
-                for m in candidates {
-                    let (a, b) = self.range(m, levels);
-                    let e = self.quant_mse(a, b, levels);
-                    if e < best.0 {
-                        best = (e, (a, b));
-                    }
-                }
-                best.1
+            RangeMethod::Auto => self.range(self.resolve(RangeMethod::Auto, levels), levels),
+        }
+    }
+
+    /// The method `range` uses for `method`: itself, or for `auto` the candidate (min/max,
+    /// percentile:99.999, entropy, mse) whose range quantizes this tensor with the least error.
+    pub fn resolve(&self, method: RangeMethod, levels: u32) -> RangeMethod {
+        if method != RangeMethod::Auto {
+            return method;
+        }
+        let candidates = [RangeMethod::MinMax, RangeMethod::Percentile(99.999), RangeMethod::Entropy, RangeMethod::Mse];
+        let mut best = (f64::INFINITY, RangeMethod::MinMax);
+        for m in candidates {
+            let (a, b) = self.range(m, levels);
+            let e = self.quant_mse(a, b, levels);
+            if e < best.0 {
+                best = (e, m);
             }
         }
+        best.1
     }
 }
 
