@@ -285,3 +285,41 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
     let bad = qcc_err(&[&m, "-O2", "--int8", "--calib", &c, "--holdout", "5"]);
     assert!(bad.contains("--holdout is for --mixed-precision auto without --tune"), "{bad}");
 }
+
+/// Numbers in `json` to 3 significant digits, so the snapshot holds across summation orders (the
+/// analysis merges per-worker sums) and platforms.
+fn rounded(json: &str) -> String {
+    let mut out = String::new();
+    let mut in_str = false;
+    let mut num = String::new();
+    let flush = |num: &mut String, out: &mut String| {
+        if !num.is_empty() {
+            out.push_str(&num.parse::<f64>().map_or(num.clone(), |v| format!("{v:.2e}")));
+            num.clear();
+        }
+    };
+    for ch in json.chars() {
+        if !in_str && (ch.is_ascii_digit() || ch == '.' || ch == 'e' && !num.is_empty() || ch == '-' || ch == '+' && !num.is_empty()) {
+            num.push(ch);
+            continue;
+        }
+        flush(&mut num, &mut out);
+        if ch == '"' {
+            in_str = !in_str;
+        }
+        out.push(ch);
+    }
+    flush(&mut num, &mut out);
+    out
+}
+
+/// The JSON report of the bundled MNIST CNN, every field of every layer (numbers to 3 digits).
+#[test]
+fn mnist_json_snapshot() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let json = tmp("snapshot").join("a.json");
+    let (m, c) = (root.join("examples/mnist/mnist_cnn.onnx"), root.join("examples/mnist/digits"));
+    let (m, c, j) = (m.display().to_string(), c.display().to_string(), json.display().to_string());
+    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--calib-samples", "50", "--samples", "4", "--json", &j]);
+    insta::assert_snapshot!("mnist_analysis_json", rounded(&std::fs::read_to_string(&json).unwrap()));
+}
