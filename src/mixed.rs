@@ -1,6 +1,6 @@
 //! Automatic mixed precision (`--mixed-precision auto`): starting from plain int8, the most sensitive layers
-//! (analyze's sensitivity: network-output SQNR with only that layer quantized) are promoted one at a time
-//! — conv and gemm to float weights, other ops to int16 outputs — until the tuning metric is within the
+//! (analyze's sensitivity: network-output SQNR with only that layer quantized) are promoted one rung at a
+//! time — int16 outputs, then for conv and gemm float weights too — until the tuning metric is within the
 //! budget of float. The metric is top-1 on the user's labeled tuning set, or without one an estimate of
 //! top-1 on calibration samples held back from calibration; never the set being evaluated.
 use crate::analyze::analyze;
@@ -172,36 +172,50 @@ pub fn auto(
     let mut layers = analyze(cal, &graph, set, cfg.method, 4, 2)?;
     layers.sort_by(|a, b| a.sensitivity_db.total_cmp(&b.sensitivity_db));
     let (mut lat, mut lat_base) = (lat_int8, lat_int8);
-    for l in layers.iter().filter(|l| l.op != "quantize").take(MAX_PROMOTIONS) {
+    let mut promoted: Vec<String> = Vec::new();
+    'layers: for l in layers.iter().filter(|l| l.op != "quantize").take(MAX_PROMOTIONS) {
         // The first ONNX name is the op itself (the others are activations fused into it).
         let name = l.name.split('+').next().unwrap_or(&l.name).to_string();
-        let to_float = matches!(l.op.as_str(), "qconv" | "qgemm");
-        if to_float {
-            cfg.keep_float.push(name.clone());
-        } else {
-            cfg.int16.push(name.clone());
-        }
-        graph = cal.finish(&cfg, inst, &mut sink)?;
-        let e = exec(graph.clone())?;
-        q = metric.top1(&[&e])?[0];
-        (lat_base, lat) = latency_ms(&first, &e, &probe)?;
-        log.push(format!(
-            "{name} ({}, sensitivity {:.1} dB, {:.1} dB alone) -> {}: {q:.2}, latency {lat:.2} ms (int8 {lat_base:.2} ms)",
-            l.op,
-            l.sensitivity_db,
-            l.alone_sqnr_db,
-            if to_float { "float" } else { "int16" }
-        ));
-        if f - q <= max_drop {
-            break;
+        // The ladder: int16 output first; a conv or gemm then also gets float weights. A rung that does not
+        // raise the metric is undone: it would only cost time.
+        let rungs: &[&str] = if matches!(l.op.as_str(), "qconv" | "qgemm") { &["int16", "float"] } else { &["int16"] };
+        for rung in rungs {
+            let mut next = cfg.clone();
+            if *rung == "int16" {
+                next.int16.push(name.clone());
+            } else {
+                next.keep_float.push(name.clone());
+            }
+            let g = cal.finish(&next, inst, &mut sink)?;
+            let e = exec(g.clone())?;
+            let q2 = metric.top1(&[&e])?[0];
+            let (lb, l2) = latency_ms(&first, &e, &probe)?;
+            let keep = q2 > q;
+            log.push(format!(
+                "{name} ({}, sensitivity {:.1} dB, {:.1} dB alone) -> {rung}: {q2:.2}, latency {l2:.2} ms (int8 {lb:.2} ms){}",
+                l.op,
+                l.sensitivity_db,
+                l.alone_sqnr_db,
+                if keep { "" } else { "; no gain, undone" }
+            ));
+            if keep {
+                (cfg, graph, q, lat, lat_base) = (next, g, q2, l2, lb);
+                if !promoted.contains(&name) {
+                    promoted.push(name.clone());
+                }
+            }
+            if f - q <= max_drop {
+                break 'layers;
+            }
         }
     }
-    let n = cfg.keep_float.len() + cfg.int16.len();
+    let count = |v: &[String]| promoted.iter().filter(|p| v.contains(p)).count();
+    let (n, nf, n16) = (promoted.len(), count(&cfg.keep_float), count(&cfg.int16));
     let cost = format!("latency {lat:.2} ms vs int8 {lat_base:.2} ms ({:+.0}%)", 100.0 * (lat / lat_base - 1.0));
     log.push(if f - q <= max_drop {
-        format!("within budget after promoting {n} layer(s): {} to float, {} to int16; {cost}", cfg.keep_float.len(), cfg.int16.len())
+        format!("within budget after promoting {n} layer(s): {nf} with float weights, {n16} with int16 outputs; {cost}")
     } else {
-        format!("budget not reached after {n} promotions (drop {:.2}); keeping them; {cost}", f - q)
+        format!("budget not reached after promoting {n} layer(s) (drop {:.2}); keeping them; {cost}", f - q)
     });
     Ok(Auto { cfg, graph, log })
 }
