@@ -279,6 +279,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     None => vec![0; m],
                 };
                 let h = WideConvHdr {
+                    isa,
                     g: geo,
                     m,
                     groups,

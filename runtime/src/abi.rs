@@ -281,7 +281,7 @@ header!(QGapHdr {
 header!(
     /// Convolution (or GEMM as 1×1 over [rows, 1, 1, k]) with 16-bit activations: `w` is
     /// [m][kh][kw][c / groups] of weights minus zero point, as i32.
-    WideConvHdr { g: DwGeom, m: usize, groups: usize, x: usize, ex: IntElem, zx: i32, w: Arr, bias: Arr, epi: EpiHdr, out: usize, eo: IntElem }
+    WideConvHdr { isa: Isa, g: DwGeom, m: usize, groups: usize, x: usize, ex: IntElem, zx: i32, w: Arr, bias: Arr, epi: EpiHdr, out: usize, eo: IntElem }
 );
 header!(MaxPoolHdr { elem: IntElem, g: DwGeom, x: usize, out: usize });
 header!(

@@ -158,6 +158,7 @@ pub unsafe extern "C" fn qcc_k_wideconv(hdr: *const u64, blob: *const u8, arena:
     unsafe {
         let h = WideConvHdr::decode(words(hdr));
         WideConv {
+            isa: h.isa,
             g: h.g,
             m: h.m,
             groups: h.groups,

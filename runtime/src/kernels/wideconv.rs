@@ -6,9 +6,10 @@
 use super::dwconv::DwGeom;
 use super::elementwise::IntElem;
 use super::epilogue::Epilogue;
-use super::pool;
+use super::{multiversion, pool, Isa};
 
 pub struct WideConv<'a> {
+    pub isa: Isa,
     /// NHWC geometry; `c` is the input channels.
     pub g: DwGeom,
     /// Output channels.
@@ -34,17 +35,30 @@ impl WideConv<'_> {
     /// m·kh·kw·(c / groups) values and `bias` m.
     pub unsafe fn run(&self) {
         let g = self.g;
+        let taps = g.kh * g.kw;
+        // Depthwise with fewer than 128 taps: each product is below 2^16 · 2^8 in magnitude, so a sum of
+        // fewer than 128 of them fits i32 exactly and the channel loop vectorizes. Weights go [tap][c].
+        let dw = (self.groups == g.c && self.m == g.c && taps < 128).then(|| {
+            let mut t = vec![0i32; taps * g.c];
+            for c in 0..g.c {
+                for tap in 0..taps {
+                    t[tap * g.c + c] = self.w[c * taps + tap];
+                }
+            }
+            t
+        });
         pool::parallel_for(g.n * g.oh, &|t| {
             // SAFETY: row t of the output and the input rows it reads are inside the buffers.
-            unsafe { self.row(t / g.oh, t % g.oh) }
+            unsafe { self.row(t / g.oh, t % g.oh, dw.as_deref()) }
         });
     }
 
-    unsafe fn row(&self, b: usize, oy: usize) {
+    unsafe fn row(&self, b: usize, oy: usize, dw: Option<&[i32]>) {
         let g = self.g;
         let (cg, mg) = (g.c / self.groups, self.m / self.groups);
         let taps = g.kh * g.kw;
         let mut patch = vec![0i32; taps * g.c];
+        let (mut acc, mut sat, mut vals) = (vec![0i64; self.m], vec![0i32; self.m], vec![0i32; self.m]);
         for ox in 0..g.ow {
             // Taps outside the input hold the zero point: 0 after subtracting it.
             for ky in 0..g.kh {
@@ -57,25 +71,107 @@ impl WideConv<'_> {
                         continue;
                     }
                     let base = ((b * g.h + iy as usize) * g.w + ix as usize) * g.c;
-                    for (ci, v) in row.iter_mut().enumerate() {
-                        // SAFETY: base + ci < n·h·w·c (run()'s contract).
-                        *v = unsafe { self.ex.read(self.x, base + ci) } - self.zx;
-                    }
+                    // SAFETY: elements base..base + c lie inside x (run()'s contract).
+                    unsafe { gather(self.ex, self.x, base, self.zx, row) };
                 }
             }
-            let obase = ((b * g.oh + oy) * g.ow + ox) * self.m;
-            for o in 0..self.m {
-                let c0 = (o / mg) * cg;
-                let w = &self.w[o * taps * cg..][..taps * cg];
-                let mut s = self.bias[o] as i64;
-                for tap in 0..taps {
-                    let xs = &patch[tap * g.c + c0..][..cg];
-                    s += xs.iter().zip(&w[tap * cg..][..cg]).map(|(a, b)| *a as i64 * *b as i64).sum::<i64>();
-                }
-                let a = s.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-                // SAFETY: obase + o < n·oh·ow·m.
-                unsafe { self.eo.write(self.out, obase + o, self.epi.value(a, o)) };
+            match dw {
+                Some(wt) => dw_sums(self.isa, &patch, wt, self.bias, &mut acc),
+                None => conv_sums(self.isa, &patch, self.w, self.bias, taps, cg, mg, &mut acc),
+            }
+            for (a, s) in sat.iter_mut().zip(&acc) {
+                *a = (*s).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+            }
+            requant(self.isa, &sat, &self.epi, &mut vals);
+            // SAFETY: the pixel's m outputs lie inside out.
+            unsafe { scatter(self.eo, self.out, ((b * g.oh + oy) * g.ow + ox) * self.m, &vals) };
+        }
+    }
+}
+
+// Every channel's accumulator requantized (Epilogue::value; the clamp path vectorizes).
+multiversion!(
+    fn requant(acc: &[i32], epi: &Epilogue, out: &mut [i32]) {
+        for (c, (o, a)) in out.iter_mut().zip(acc).enumerate() {
+            *o = epi.value(*a, c);
+        }
+    }
+);
+
+/// Stores one pixel's values (already inside the storage range) from `base` on.
+///
+/// # Safety
+/// Out holds base + v.len() elements of `e`.
+unsafe fn scatter(e: IntElem, out: *mut u8, base: usize, v: &[i32]) {
+    // SAFETY: caller's contract.
+    unsafe {
+        match e {
+            IntElem::U8 | IntElem::I8 => {
+                std::slice::from_raw_parts_mut(out.add(base), v.len()).iter_mut().zip(v).for_each(|(o, x)| *o = *x as u8)
+            }
+            IntElem::I16 => {
+                let p = (out as *mut i16).add(base);
+                v.iter().enumerate().for_each(|(i, x)| p.add(i).write_unaligned(*x as i16))
             }
         }
     }
 }
+
+/// `out[i] = x[base + i] − zx` for the elements of one pixel.
+///
+/// # Safety
+/// X holds base + out.len() elements of `e`.
+unsafe fn gather(e: IntElem, x: *const u8, base: usize, zx: i32, out: &mut [i32]) {
+    // SAFETY: caller's contract; the match is outside the loops so each one vectorizes.
+    unsafe {
+        match e {
+            IntElem::U8 => std::slice::from_raw_parts(x.add(base), out.len()).iter().zip(out).for_each(|(v, o)| *o = *v as i32 - zx),
+            IntElem::I8 => {
+                std::slice::from_raw_parts(x.add(base) as *const i8, out.len()).iter().zip(out).for_each(|(v, o)| *o = *v as i32 - zx)
+            }
+            IntElem::I16 => {
+                let p = (x as *const i16).add(base);
+                out.iter_mut().enumerate().for_each(|(i, o)| *o = p.add(i).read_unaligned() as i32 - zx)
+            }
+        }
+    }
+}
+
+// Depthwise: acc[c] = bias[c] + Σ_tap patch[tap][c] · wt[tap][c], summed in i32 (exact: fewer than 128
+// taps, see run()).
+multiversion!(
+    fn dw_sums(patch: &[i32], wt: &[i32], bias: &[i32], acc: &mut [i64]) {
+        let c = acc.len();
+        let mut part = vec![0i32; c];
+        for (xs, ws) in patch.chunks_exact(c).zip(wt.chunks_exact(c)) {
+            for ((a, x), w) in part.iter_mut().zip(xs).zip(ws) {
+                *a += x * w;
+            }
+        }
+        for ((a, p), b) in acc.iter_mut().zip(&part).zip(bias) {
+            *a = *p as i64 + *b as i64;
+        }
+    }
+);
+
+/// Products summed in i32 this many at a time: each is below 2^24 in magnitude, so 64 stay below 2^31.
+const BLOCK: usize = 64;
+
+// acc[o] = bias[o] + Σ_(tap, ci) patch[tap][group's c0 + ci] · w[o][tap][ci], exact.
+multiversion!(
+    fn conv_sums(patch: &[i32], w: &[i32], bias: &[i32], taps: usize, cg: usize, mg: usize, acc: &mut [i64]) {
+        let c = patch.len() / taps.max(1);
+        for (o, a) in acc.iter_mut().enumerate() {
+            let c0 = (o / mg) * cg;
+            let wo = &w[o * taps * cg..][..taps * cg];
+            let mut s = bias[o] as i64;
+            for tap in 0..taps {
+                let (xs, ws) = (&patch[tap * c + c0..][..cg], &wo[tap * cg..][..cg]);
+                for (xb, wb) in xs.chunks(BLOCK).zip(ws.chunks(BLOCK)) {
+                    s += xb.iter().zip(wb).map(|(x, w)| x * w).sum::<i32>() as i64;
+                }
+            }
+            *a = s;
+        }
+    }
+);
