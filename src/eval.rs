@@ -26,6 +26,11 @@ pub fn rank_of(scores: &[f32], label: usize) -> usize {
     scores.iter().enumerate().filter(|(i, v)| *i != label && (**v > s || (**v == s && *i < label))).count()
 }
 
+/// Index of the largest score (the first on ties).
+pub fn argmax(s: &[f32]) -> usize {
+    (0..s.len()).max_by(|a, b| s[*a].total_cmp(&s[*b]).then(b.cmp(a))).unwrap_or(0)
+}
+
 pub fn scores(out: &Tensor) -> Result<Vec<f32>> {
     match out {
         Tensor::F32(a) => Ok(a.iter().copied().collect()),
@@ -86,7 +91,7 @@ pub fn evaluate_many(graphs: &[&Exec], data: &Dataset, label_offset: i64, mut pr
             let r = rank_of(&s, l as usize);
             c.top1[j] += (r == 0) as usize;
             c.top5[j] += (r < 5) as usize;
-            let top = (0..s.len()).max_by(|a, b| s[*a].total_cmp(&s[*b]).then(b.cmp(a))).unwrap_or(0);
+            let top = argmax(&s);
             if j == 0 {
                 ref_top = top;
             }

@@ -125,9 +125,9 @@ struct ModelArgs {
     /// Store these ONNX nodes' outputs as i16 instead of --act-type (comma-separated names).
     #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
     int16: Vec<String>,
-    /// `auto`: promote the most sensitive layers (conv/gemm to float weights, others to int16) until top-1
-    /// on --tune (or, without it, top-1 estimated on held-back calibration samples) is within --max-drop
-    /// of float.
+    /// `auto`: promote the most sensitive layers up a ladder (int16 output, then float weights for conv and
+    /// gemm) until top-1 on --tune (or, without it, top-1 estimated on held-back calibration samples) is
+    /// within --max-drop of float.
     #[arg(long, value_name = "auto", value_parser = ["auto"])]
     mixed_precision: Option<String>,
     /// Top-1 points auto mixed precision may lose against float.

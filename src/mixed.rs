@@ -6,7 +6,7 @@
 use crate::analyze::analyze;
 use crate::calib::{CalibSet, Calibrated};
 use crate::data::Dataset;
-use crate::eval::{evaluate_many, scores};
+use crate::eval::{argmax, evaluate_many, scores};
 use crate::exec::Exec;
 use anyhow::{bail, Context, Result};
 use qcc_ir::{Graph, Tensor};
@@ -29,11 +29,6 @@ pub enum Metric<'a> {
         inputs: Vec<Vec<Tensor>>,
         float_probs: Vec<Vec<f32>>,
     },
-}
-
-/// Index of the largest score (the first on ties).
-fn argmax(s: &[f32]) -> usize {
-    (0..s.len()).max_by(|a, b| s[*a].total_cmp(&s[*b]).then(b.cmp(a))).unwrap_or(0)
 }
 
 /// Class probabilities from a classifier output: kept if it already is a distribution, else softmax.

@@ -169,6 +169,21 @@ fn dynamic_quantization_needs_no_calibration() {
     let text = std::fs::read_to_string(&qir).unwrap();
     assert_eq!(text.matches("dyn_qconv").count(), 2, "{text}");
     assert!(text.lines().any(|l| l.contains("= conv ") && l.contains("loc(\"/c2/Conv\"")), "{text}");
+    // Exported as DynamicQuantizeLinear -> DequantizeLinear -> Conv/Gemm and imported again: the same
+    // dynamic ops (a standalone pair imports as dynamic_qdq) and the same bytes out.
+    let (onnx, back) = (d.join("dyn.onnx"), d.join("back.qir"));
+    qcc(&[&model, "-O2", "--dynamic", "-o", &onnx.display().to_string()]);
+    qcc(&[&onnx.display().to_string(), "-O1", "-o", &back.display().to_string()]);
+    let text = std::fs::read_to_string(&back).unwrap();
+    assert_eq!((text.matches("dyn_qconv").count(), text.matches("dyn_qgemm").count()), (3, 2), "{text}");
+    assert!(!text.contains("dynamic_qdq") && !text.contains("= conv "), "{text}");
+    for i in [5, 42] {
+        let x = p(&format!("examples/mnist/digits/digit_{i:03}.npy"));
+        let (y1, y2) = (d.join("y1.npy"), d.join("y2.npy"));
+        qcc(&["run", &model, "-O2", "--dynamic", "--input", &x, "--output", &y1.display().to_string()]);
+        qcc(&["run", &onnx.display().to_string(), "--input", &x, "--output", &y2.display().to_string()]);
+        assert_eq!(std::fs::read(&y1).unwrap(), std::fs::read(&y2).unwrap(), "digit {i}: the dynamic round trip changed the result");
+    }
     let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
         .args([&model, "--int8", "--dynamic", "--calib", &p("examples/mnist/digits")])
         .output()

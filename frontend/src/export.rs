@@ -177,6 +177,20 @@ impl<'g> Ex<'g> {
         self.init(hint, &Tensor::from_i64(&[v.len()], v.to_vec()).expect("vector"))
     }
 
+    /// DynamicQuantizeLinear of `x` and DequantizeLinear of its three outputs into `out`.
+    fn dynamic_qdq(&mut self, x: String, loc: &str, out: String) {
+        let (q, s, z) = (self.fresh("xq"), self.fresh("xq_scale"), self.fresh("xq_zp"));
+        let name = self.fresh("dynq");
+        self.nodes.push(NodeProto {
+            op_type: Some("DynamicQuantizeLinear".into()),
+            name: Some(name),
+            input: vec![x],
+            output: vec![q.clone(), s.clone(), z.clone()],
+            ..Default::default()
+        });
+        self.node("DequantizeLinear", loc, vec![q, s, z], out, vec![]);
+    }
+
     fn export_node(&mut self, n: NodeId) -> Result<(), String> {
         let node = self.g.node(n).clone();
         let out_name = self.name_of(node.output);
@@ -201,6 +215,11 @@ impl<'g> Ex<'g> {
                 self.node("DequantizeLinear", &loc, vec![src, s, z], out_name, attrs);
                 return Ok(());
             }
+            Op::DynamicQdq => {
+                let x = self.name_of(node.inputs[0]);
+                self.dynamic_qdq(x, &loc, out_name);
+                return Ok(());
+            }
             _ => {}
         }
         // Everything else maps to one ONNX op (plus a fused activation), on the values as they are; an
@@ -213,16 +232,8 @@ impl<'g> Ex<'g> {
             // A dynamic op reads its input through DynamicQuantizeLinear and DequantizeLinear.
             (None, Some(f)) => {
                 let x = self.name_of(node.inputs[0]);
-                let (q, s, z, xd) = (self.fresh("xq"), self.fresh("xq_scale"), self.fresh("xq_zp"), self.fresh("xq_dq"));
-                let name = self.fresh("dynq");
-                self.nodes.push(NodeProto {
-                    op_type: Some("DynamicQuantizeLinear".into()),
-                    name: Some(name),
-                    input: vec![x],
-                    output: vec![q.clone(), s.clone(), z.clone()],
-                    ..Default::default()
-                });
-                self.node("DequantizeLinear", &loc, vec![q, s, z], xd.clone(), vec![]);
+                let xd = self.fresh("xq_dq");
+                self.dynamic_qdq(x, &loc, xd.clone());
                 let mut ins = vec![xd, self.float_of(node.inputs[1])?];
                 ins.extend(node.inputs.get(2).map(|b| self.name_of(*b)));
                 (f, ins, out_name.clone(), None)
@@ -396,6 +407,7 @@ impl<'g> Ex<'g> {
             | Op::QGlobalAveragePool
             | Op::DynQConv { .. }
             | Op::DynQGemm { .. }
+            | Op::DynamicQdq
             | Op::Quantize
             | Op::Dequantize => unreachable!(),
         };

@@ -18,6 +18,8 @@ pub(crate) struct Ctx {
     known: HashMap<ValueId, Tensor>,
     opset: i64,
     allow_unsupported: bool,
+    /// DynamicQuantizeLinear nodes seen: their first output's name -> (input, scale and zero point names).
+    dynamic: HashMap<String, (ValueId, String, String)>,
 }
 
 /// Results larger than this are not evaluated at import (shape arithmetic is tiny; weights are folded
@@ -32,6 +34,7 @@ impl Ctx {
             known: HashMap::new(),
             opset,
             allow_unsupported,
+            dynamic: HashMap::new(),
         }
     }
 
@@ -87,6 +90,9 @@ fn input(ctx: &Ctx, n: &N, i: usize) -> R<Option<ValueId>> {
         None => Ok(None),
         Some(s) => match ctx.env.get(s) {
             Some(v) => Ok(Some(*v)),
+            None if ctx.dynamic.iter().any(|(y, (_, sc, zp))| [y, sc, zp].contains(&s)) => n.err(format!(
+                "reads \"{s}\", an output of DynamicQuantizeLinear: qcc imports those only as the inputs of one DequantizeLinear"
+            )),
             None => Err(ImportError::Undefined { node: n.name.to_string(), input: s.clone() }),
         },
     }
@@ -233,6 +239,17 @@ pub(crate) fn lower_node(ctx: &mut Ctx, np: &NodeProto, name: &str, used: &HashS
         if let Some(a) = known_attrs(op_type).and_then(|known| np.attribute.iter().find(|a| !known.contains(&a.name()))) {
             return n.err(format!("attribute {} is not supported", a.name()));
         }
+    }
+    if (domain.is_empty() || domain == "ai.onnx") && op_type == "DynamicQuantizeLinear" {
+        // Its three outputs (u8 values, scale, zero point) only mean something together: the consumer qcc
+        // supports is a DequantizeLinear of all three, which becomes dynamic_qdq (see lower_qdq).
+        let x = req(ctx, &n, 0)?;
+        if ctx.g.ty(x).dtype() != Some(DType::F32) {
+            return n.err(format!("input must be f32, is {}", ctx.g.ty(x)));
+        }
+        let [y, s, z] = np.output.as_slice() else { return n.err("needs three outputs") };
+        ctx.dynamic.insert(y.clone(), (x, s.clone(), z.clone()));
+        return Ok(());
     }
     let lowered = if domain.is_empty() || domain == "ai.onnx" { lower_op(ctx, &n, op_type)? } else { None };
     let lowered = match lowered {
@@ -717,6 +734,12 @@ fn lower_resize(ctx: &mut Ctx, n: &N) -> R<Lowered> {
 
 /// QuantizeLinear and DequantizeLinear: scale and zero point must be constants; they move into types.
 fn lower_qdq(ctx: &mut Ctx, n: &N, quantize: bool) -> R<Lowered> {
+    if let Some((x, s, z)) = n.n.input.first().and_then(|y| ctx.dynamic.get(y)).cloned() {
+        if quantize || n.n.input.get(1) != Some(&s) || n.n.input.get(2) != Some(&z) {
+            return n.err("reads a DynamicQuantizeLinear output other than as DequantizeLinear with its own scale and zero point");
+        }
+        return Ok(Lowered::Node(Op::DynamicQdq, vec![x]));
+    }
     let xv = req(ctx, n, 0)?;
     let xs = shape(ctx, n, xv)?;
     if n.int("block_size", 0) != 0 {

@@ -439,7 +439,7 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             }
             Ok(inputs[0].clone())
         }
-        Observe => {
+        Observe | DynamicQdq => {
             want_inputs(inputs, 1, 1)?;
             want_float(inputs[0], "input")?;
             Ok(inputs[0].clone())

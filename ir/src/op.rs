@@ -245,6 +245,10 @@ define_ops! {
     DynQConv { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, act: Option<Act> } = "dyn_qconv",
     /// Dynamically quantized y = x @ op(w) + bias, as dyn_qconv. inputs: x [M,K], w, [bias f32 [N]].
     DynQGemm { trans_b: bool, act: Option<Act> } = "dyn_qgemm",
+    /// f32 -> f32: quantized to u8 with its own range (DynamicQuantizeLinear's rule) and dequantized, what
+    /// an imported DynamicQuantizeLinear -> DequantizeLinear pair computes. fold-qdq makes the pair in
+    /// front of a conv or gemm with integer weights that op's dyn_qconv/dyn_qgemm.
+    DynamicQdq = "dynamic_qdq",
     /// f32 -> integer; the output type holds the quantization parameters.
     Quantize = "quantize",
     /// integer -> f32; the input type holds the quantization parameters.

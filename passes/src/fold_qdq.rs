@@ -3,7 +3,9 @@
 //! mul → qmul, concat → qconcat, average pool → qaverage_pool, global average pool →
 //! qglobal_average_pool. Layout-only ops (reshape, flatten, transpose, max pool, ...)
 //! move behind `dequantize` so they work on the integers, and `quantize(dequantize(q))` with unchanged
-//! parameters disappears. Needs assign-qparams and place-qdq before it; canonicalize after it removes the
+//! parameters disappears. A conv or gemm reading `dynamic_qdq(x)` with dequantized constant weights and a
+//! constant f32 bias (an imported DynamicQuantizeLinear model) becomes `dyn_qconv`/`dyn_qgemm x, w, b`.
+//! Needs assign-qparams and place-qdq before it; canonicalize after it removes the
 //! dequantize nodes nothing reads any more. Whatever does not match stays float between explicit
 //! dequantize and quantize.
 use crate::insert_observers::is_layout_only;
@@ -23,6 +25,38 @@ fn per_tensor(t: &Type) -> Option<(f32, i32)> {
         QParams::PerTensor { scale, zp } => Some((scale, zp)),
         _ => None,
     }
+}
+
+/// conv/gemm(dynamic_qdq(x), dequantize(w const), [b const f32]) → dyn_qconv/dyn_qgemm(x, w, [b]).
+fn fold_dynamic(g: &mut Graph, n: NodeId) -> bool {
+    let node = g.node(n).clone();
+    let op = match &node.op {
+        Op::Conv { strides, pads, dilations, group, act } => {
+            Op::DynQConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
+        }
+        Op::Gemm { alpha, beta, trans_a: false, trans_b, act } if *alpha == 1.0 && *beta == 1.0 => {
+            Op::DynQGemm { trans_b: *trans_b, act: *act }
+        }
+        _ => return false,
+    };
+    let Some(p) = g.producer(node.inputs[0]).filter(|p| g.node(*p).op == Op::DynamicQdq) else { return false };
+    let Some(w) = dq_source(g, node.inputs[1]).filter(|w| g.is_const(*w) && g.ty(*w).quant().is_some()) else {
+        return false;
+    };
+    // The bias is added in f32 after the integer sum, one value per output channel.
+    let channels = g.ty(node.output).shape().map_or(0, |s| s[1]);
+    if let Some(b) = node.inputs.get(2) {
+        if g.const_tensor(*b).and_then(|t| t.as_f32()).is_none_or(|t| t.shape() != [channels]) {
+            return false;
+        }
+    }
+    let mut ins = vec![g.node(p).inputs[0], w];
+    ins.extend(node.inputs.get(2));
+    let ty = g.ty(node.output).clone();
+    let d = g.add_node(op, ins, ty, node.loc.clone());
+    g.replace_all_uses(node.output, d);
+    g.remove_node(n);
+    true
 }
 
 /// Moves a layout-only op from the dequantized value onto the integers.
@@ -186,7 +220,7 @@ impl Pass for FoldQdq {
             let mut round = false;
             for n in order {
                 if g.contains_node(n) {
-                    round |= sink_layout(g, n) || drop_requantize(g, n) || fold_compute(g, n);
+                    round |= sink_layout(g, n) || drop_requantize(g, n) || fold_compute(g, n) || fold_dynamic(g, n);
                 }
             }
             if !round {

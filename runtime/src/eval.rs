@@ -512,6 +512,7 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
             .map(Tensor::F32)
         }
         Op::Observe => Ok(ins[0].clone()),
+        Op::DynamicQdq => qops::dynamic_qdq(ins[0]),
         Op::QConv { strides, pads, dilations, group, act } => {
             need(2)?;
             qops::qconv(ins, in_tys, strides, pads, dilations, *group as usize, *act, out_ty)

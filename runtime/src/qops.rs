@@ -194,6 +194,13 @@ fn dynamic_input(t: &Tensor) -> R<(Tensor, f32, i32)> {
     Ok((crate::quant::quantize(x, &q)?, sx, zx))
 }
 
+/// dynamic_qdq: x quantized with its own parameters and dequantized.
+pub fn dynamic_qdq(x: &Tensor) -> R<Tensor> {
+    let (q, sx, zx) = dynamic_input(x)?;
+    let qt = QuantType::new(DType::U8, QParams::PerTensor { scale: sx, zp: zx });
+    Ok(Tensor::F32(crate::quant::dequantize(&q, &qt)?))
+}
+
 /// y = act(f32(acc) · f32(sx · sw[c]) + bias[c]) for dynamic ops, the accumulator clamped to i32.
 fn dynamic_output(acc: f64, sx: f32, sw: f32, bias: f32, act: Option<Act>) -> f32 {
     let v = acc.clamp(i32::MIN as f64, i32::MAX as f64) as f32 * (sx * sw) + bias;
