@@ -109,6 +109,9 @@ pub struct Calibrated {
     pub before_equalize: Option<Graph>,
 }
 
+/// One sample's observed tensors, by the value each observe watches.
+type Observed = Vec<(ValueId, ndarray::ArrayD<f32>)>;
+
 /// Calibration samples equalize's per-channel activation ranges come from.
 const RANGE_SAMPLES: usize = 32;
 
@@ -173,28 +176,63 @@ pub fn calibrate(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    for i in 0..set.samples.len() {
-        let inputs = set.load(i, &g)?;
-        qcc_runtime::run_observed(&g, inputs, |n, t| {
-            if let (Some(v), Some(a)) = (observed.get(&n), t.as_f32()) {
-                if a.ndim() >= 2 {
-                    let c = a.shape()[1];
-                    let (s, n) = sums.entry(*v).or_insert_with(|| (vec![0.0; c], 0));
-                    for (ch, lane) in a.axis_iter(ndarray::Axis(1)).enumerate() {
-                        s[ch] += lane.iter().map(|x| *x as f64).sum::<f64>();
+    // Samples run through the graph on every core; their observed tensors reach the observers in sample
+    // order, so the statistics (the moving average above all) equal those of one sequential pass.
+    let n = set.samples.len();
+    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n).max(1);
+    let (gr, obs_nodes) = (&g, &observed);
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Observed>)>(workers);
+        for w in 0..workers {
+            let tx = tx.clone();
+            scope.spawn(move || {
+                for i in (w..n).step_by(workers) {
+                    let r = set.load(i, gr).and_then(|inputs| {
+                        let mut seen = Vec::new();
+                        qcc_runtime::run_observed(gr, inputs, |node, t| {
+                            if let (Some(v), Some(a)) = (obs_nodes.get(&node), t.as_f32()) {
+                                seen.push((*v, a.clone()));
+                            }
+                        })
+                        .with_context(|| format!("calibrating on {}", set.samples[i][0].display()))?;
+                        Ok(seen)
+                    });
+                    let failed = r.is_err();
+                    // A closed channel means the caller stopped (another sample failed).
+                    if tx.send((i, r)).is_err() || failed {
+                        break;
                     }
-                    *n += (a.len() / c.max(1)) as u64;
                 }
-                let o = observers.get_mut(v).expect("observer per observed value");
-                match a.as_slice() {
-                    Some(s) => o.observe(s),
-                    None => o.observe(&a.iter().copied().collect::<Vec<_>>()),
+            });
+        }
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next = 0;
+        for (i, r) in rx {
+            pending.insert(i, r);
+            while let Some(r) = pending.remove(&next) {
+                for (v, a) in r? {
+                    if a.ndim() >= 2 {
+                        let c = a.shape()[1];
+                        let (s, k) = sums.entry(v).or_insert_with(|| (vec![0.0; c], 0));
+                        for (ch, lane) in a.axis_iter(ndarray::Axis(1)).enumerate() {
+                            s[ch] += lane.iter().map(|x| *x as f64).sum::<f64>();
+                        }
+                        *k += (a.len() / c.max(1)) as u64;
+                    }
+                    if let Some(o) = observers.get_mut(&v) {
+                        match a.as_slice() {
+                            Some(s) => o.observe(s),
+                            None => o.observe(&a.iter().copied().collect::<Vec<_>>()),
+                        }
+                    }
                 }
+                bar.inc(1);
+                next += 1;
             }
-        })
-        .with_context(|| format!("calibrating on {}", set.samples[i][0].display()))?;
-        bar.inc(1);
-    }
+        }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let channel_means = sums.into_iter().map(|(v, (s, n))| (v, s.iter().map(|x| (x / n.max(1) as f64) as f32).collect())).collect();
     Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before, before_equalize })
