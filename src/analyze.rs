@@ -248,7 +248,7 @@ pub fn analyze(
     };
     // Samples are independent: one worker per core, each with its own sums, merged at the end.
     let n = samples.min(set.samples.len());
-    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n).max(1);
+    let workers = crate::workers(n);
     let parts: Vec<Result<Vec<Acc>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {

@@ -179,7 +179,7 @@ pub fn calibrate(
     // Samples run through the graph on every core; their observed tensors reach the observers in sample
     // order, so the statistics (the moving average above all) equal those of one sequential pass.
     let n = set.samples.len();
-    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n).max(1);
+    let workers = crate::workers(n);
     let (gr, obs_nodes) = (&g, &observed);
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Observed>)>(workers);
