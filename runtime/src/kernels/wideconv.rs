@@ -1,8 +1,9 @@
 //! Convolution and GEMM with 16-bit activations (the int16 layers of mixed precision; any mix of
 //! u8/i8/i16 input and output storage): per output pixel, the input window minus its zero point is
-//! gathered once as i32, then every output channel's exact i64 dot product is saturated to i32 and
-//! requantized as docs/semantics.md defines. A GEMM is the 1×1 case over [rows, 1, 1, k]. Few layers
-//! run here, so this favours one simple exact loop over speed; rows are spread over the thread pool.
+//! gathered once as i32, then every output channel's exact dot product (i32 blocks, summed in i64) is
+//! saturated to i32 and requantized as docs/semantics.md defines. A GEMM is the 1×1 case over
+//! [rows, 1, 1, k]. Few layers run here, so this favours simple exact loops (vectorized by the compiler)
+//! over hand-tuned speed; rows are spread over the thread pool.
 use super::dwconv::DwGeom;
 use super::elementwise::IntElem;
 use super::epilogue::Epilogue;
