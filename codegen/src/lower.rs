@@ -237,6 +237,13 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     zx: zx + if xor { 128 } else { 0 },
                     xor,
                     wts: Arr { off: blob.push_i32(&wts), len: wts.len() },
+                    pairs: if isa == Isa::Avx512Vnni {
+                        let w16: Vec<i16> = wts.iter().map(|v| *v as i16).collect();
+                        let p = qcc_runtime::kernels::dwconv::pair_weights(&w16, kh * kw, c);
+                        Arr { off: blob.push_i32(&p), len: p.len() }
+                    } else {
+                        Arr::default()
+                    },
                     bias: Arr { off: blob.push_i32(&bias32), len: c },
                     bias_full: Arr { off: blob.push_i32(&bias_full), len: c },
                     sat: sat.as_ref().map_or(Arr::default(), |s| Arr { off: blob.push_i32(s), len: c }),

@@ -246,6 +246,7 @@ header!(DwConvHdr {
     zx: i32,
     xor: bool,
     wts: Arr,
+    pairs: Arr,
     bias: Arr,
     bias_full: Arr,
     sat: Arr,

@@ -141,6 +141,7 @@ pub unsafe extern "C" fn qcc_k_dwconv(hdr: *const u64, blob: *const u8, arena: *
             zx: h.zx,
             xor: h.xor,
             wts: h.wts.slice(blob),
+            pairs: h.pairs.slice(blob),
             bias: h.bias.slice(blob),
             bias_full: h.bias_full.slice(blob),
             sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),

@@ -43,6 +43,10 @@ pub struct DwConv<'a> {
     pub xor: bool,
     /// [kh * kw][c]: weights minus their zero point, as i16 in the low half of each i32 (high half 0).
     pub wts: &'a [i32],
+    /// The AVX-512 interior path's weights: per block of 32 channels and pair of taps (2k, 2k + 1; the
+    /// last alone with 0), 16 i32 for the low and 16 for the high unpack halves, each i32 holding the two
+    /// taps' weights as i16 (see `pair_weights`). Empty for other ISAs.
+    pub pairs: &'a [i32],
     pub bias: &'a [i32],
     /// bias[c] − zx · Σ_taps w[tap][c]: the bias of a pixel whose taps all lie inside the image, so its
     /// loop multiplies raw bytes.
@@ -130,6 +134,7 @@ impl DwConv<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::avx512_pairs::paired;
     use super::{DwConv, BLOCK};
     use std::arch::x86_64::*;
 
@@ -169,11 +174,17 @@ mod avx512 {
             let full = taps.len() == g.kh * g.kw;
             // SAFETY: the taps lie inside the image for these pixels (interior when `four`).
             unsafe {
+                // Interior pixels: whole blocks of 32 channels with two taps per vpmaddwd, the rest below.
+                let done = match (four && full && !d.pairs.is_empty(), d.xor) {
+                    (true, false) => paired::<false>(x, out, d, &taps, ox),
+                    (true, true) => paired::<true>(x, out, d, &taps, ox),
+                    _ => 0,
+                };
                 match (four && full, d.xor) {
-                    (true, false) => pixels::<4, true, false>(x, out, d, &taps, ox),
-                    (true, true) => pixels::<4, true, true>(x, out, d, &taps, ox),
-                    (false, false) => pixels::<1, false, false>(x, out, d, &taps, ox),
-                    (false, true) => pixels::<1, false, true>(x, out, d, &taps, ox),
+                    (true, false) => pixels::<4, true, false>(x, out, d, &taps, ox, done),
+                    (true, true) => pixels::<4, true, true>(x, out, d, &taps, ox, done),
+                    (false, false) => pixels::<1, false, false>(x, out, d, &taps, ox, 0),
+                    (false, true) => pixels::<1, false, true>(x, out, d, &taps, ox, 0),
                 }
             }
             ox += if four && full { 4 } else { 1 };
@@ -188,6 +199,7 @@ mod avx512 {
         d: &DwConv,
         taps: &[(usize, usize)],
         ox: usize,
+        cb0: usize,
     ) {
         let g = d.g;
         let step = g.stride[1] * g.c;
@@ -195,7 +207,7 @@ mod avx512 {
         let (lo, hi, zy) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), _mm512_set1_epi32(d.epi.zy));
         let zx = _mm512_set1_epi32(d.zx);
         let flip = _mm_set1_epi8(if d.xor { 0x80u8 as i8 } else { 0 });
-        let mut cb = 0;
+        let mut cb = cb0;
         while cb < g.c {
             let n = BLOCK.min(g.c - cb);
             let m16: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
@@ -239,6 +251,77 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512_pairs {
+    use super::DwConv;
+    use std::arch::x86_64::*;
+
+    const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+    /// Four interior pixels (every tap inside the image) over the whole blocks of 32 channels, two taps
+    /// per vpmaddwd: the two taps' bytes widened to i16 and interleaved by unpacklo/hi, against `pairs`
+    /// (see pair_weights), so each instruction does 32 exact multiply-adds (bytes 0..255 times weights in
+    /// −255..255, pair sums far inside i32). The sums come back in channel order through one
+    /// permutex2var per 16 channels. Returns the channels done.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn paired<const FLIP: bool>(x: &[u8], out: &mut [u8], d: &DwConv, taps: &[(usize, usize)], ox: usize) -> usize {
+        let g = d.g;
+        let step = g.stride[1] * g.c;
+        let npairs = taps.len().div_ceil(2);
+        let (lo, hi) = d.epi.bounds();
+        let (lo, hi, zy) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), _mm512_set1_epi32(d.epi.zy));
+        let flip = _mm256_set1_epi8(0x80u8 as i8);
+        // Output channels 0..15 are the low half's lanes 0 and 1 interleaved with the high half's, per
+        // 128-bit lane; channels 16..31 likewise from lanes 2 and 3.
+        let idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+        let idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+        let blocks = g.c / 32;
+        for b in 0..blocks {
+            let cb = 32 * b;
+            // SAFETY: pixels ox..ox+4 and their taps lie inside the image (the caller's interior test),
+            // each load reads 32 channels of a full block, pairs holds blocks · npairs · 32 values, and
+            // the stores write 16 channels inside the row.
+            unsafe {
+                let mut acc_lo = [_mm512_setzero_si512(); 4];
+                let mut acc_hi = [_mm512_setzero_si512(); 4];
+                for k in 0..npairs {
+                    let w = d.pairs.as_ptr().add((b * npairs + k) * 32);
+                    let (wl, wh) = (_mm512_loadu_si512(w as *const _), _mm512_loadu_si512(w.add(16) as *const _));
+                    let (xo0, xo1) = (taps[2 * k].1, taps.get(2 * k + 1).map(|t| t.1));
+                    for p in 0..4 {
+                        let load = |xo: usize| {
+                            let v = _mm256_loadu_si256(x.as_ptr().add(xo + p * step + cb) as *const _);
+                            _mm512_cvtepu8_epi16(if FLIP { _mm256_xor_si256(v, flip) } else { v })
+                        };
+                        let x0 = load(xo0);
+                        let x1 = xo1.map_or(_mm512_setzero_si512(), load);
+                        acc_lo[p] = _mm512_add_epi32(acc_lo[p], _mm512_madd_epi16(_mm512_unpacklo_epi16(x0, x1), wl));
+                        acc_hi[p] = _mm512_add_epi32(acc_hi[p], _mm512_madd_epi16(_mm512_unpackhi_epi16(x0, x1), wh));
+                    }
+                }
+                for half in 0..2 {
+                    let c0 = cb + 16 * half;
+                    let bias = _mm512_loadu_si512(d.bias_full.as_ptr().add(c0) as *const _);
+                    let m = _mm512_loadu_ps(d.epi.mult.as_ptr().add(c0));
+                    let idx = if half == 0 { idx0 } else { idx1 };
+                    for p in 0..4 {
+                        let mut a = _mm512_add_epi32(_mm512_permutex2var_epi32(acc_lo[p], idx, acc_hi[p]), bias);
+                        if let Some(sat) = d.sat {
+                            a = crate::kernels::gemm::saturate16(a, _mm512_loadu_si512(sat.as_ptr().add(c0) as *const _));
+                        }
+                        let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(a), m);
+                        let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+                        let q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RNE>(f), zy);
+                        _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add((ox + p) * g.c + c0) as *mut _, 0xffff, q);
+                    }
+                }
+            }
+        }
+        blocks * 32
+    }
+}
+
 /// Applies epilogue::saturate to channels c0.. of a block.
 #[inline(always)]
 fn fix_saturation(a: &mut [i32], sat: Option<&[i32]>, c0: usize) {
@@ -247,6 +330,29 @@ fn fix_saturation(a: &mut [i32], sat: Option<&[i32]>, c0: usize) {
             *v = saturate(*v, s[c0 + j]);
         }
     }
+}
+
+/// The `pairs` layout for weights `w` ([tap][c], w − zw as i16) of `taps` taps and `c` channels: per
+/// block of 32 channels b and tap pair k, 32 i32: for the low unpack half, element i holds channel
+/// 32b + 8(i / 4) + i % 4, for the high half channel 32b + 8(i / 4) + 4 + i % 4 (the order
+/// `_mm512_unpacklo/hi_epi16` leave 32 channels of two taps in), each as tap 2k's weight in the low i16
+/// and tap 2k + 1's (or 0) in the high i16. Channels past the last full block of 32 are not included.
+pub fn pair_weights(w: &[i16], taps: usize, c: usize) -> Vec<i32> {
+    let pairs = taps.div_ceil(2);
+    let mut out = Vec::with_capacity(c / 32 * pairs * 32);
+    for b in 0..c / 32 {
+        for k in 0..pairs {
+            for half in 0..2 {
+                for i in 0..16 {
+                    let ch = 32 * b + 8 * (i / 4) + 4 * half + i % 4;
+                    let lo = w[2 * k * c + ch] as u16 as u32;
+                    let hi = if 2 * k + 1 < taps { w[(2 * k + 1) * c + ch] as u16 as u32 } else { 0 };
+                    out.push((lo | hi << 16) as i32);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Channels per register block.
