@@ -165,7 +165,9 @@ pub fn analyze(
     let fresh = || -> Vec<Acc> { targets.iter().map(|_| Acc { lo: f32::INFINITY, hi: f32::NEG_INFINITY, ..Default::default() }).collect() };
     let want_f: HashMap<NodeId, usize> = targets.iter().enumerate().map(|(i, t)| (t.1, i)).collect();
     let want_q: HashMap<NodeId, usize> = targets.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
-    let one = |s: usize, acc: &mut [Acc]| -> Result<()> {
+    // One sample's sums.
+    let one = |s: usize| -> Result<Vec<Acc>> {
+        let mut acc = fresh();
         let inputs = set.load(s, float)?;
         let mut floats: Vec<Option<ndarray::ArrayD<f32>>> = vec![None; targets.len()];
         let mut all: HashMap<NodeId, qcc_ir::Tensor> = HashMap::new();
@@ -244,32 +246,16 @@ pub fn analyze(
                 acc[i].out_err += err;
             }
         }
-        Ok(())
+        Ok(acc)
     };
-    // Samples are independent: one worker per core, each with its own sums, merged at the end.
-    let n = samples.min(set.samples.len());
-    let workers = crate::workers(n);
-    let parts: Vec<Result<Vec<Acc>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let (one, fresh) = (&one, &fresh);
-                scope.spawn(move || -> Result<Vec<Acc>> {
-                    let mut acc = fresh();
-                    for s in (w..n).step_by(workers) {
-                        one(s, &mut acc)?;
-                    }
-                    Ok(acc)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("analysis: a worker thread panicked")))).collect()
-    });
+    // Samples run on every core; their sums are merged in sample order (the same for any core count).
     let mut acc = fresh();
-    for part in parts {
-        for (a, b) in acc.iter_mut().zip(part?) {
-            a.merge(&b);
+    crate::in_order(samples.min(set.samples.len()), one, |_, part| {
+        for (a, b) in acc.iter_mut().zip(&part) {
+            a.merge(b);
         }
-    }
+        Ok(())
+    })?;
     Ok(targets
         .iter()
         .zip(acc)

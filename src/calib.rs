@@ -120,22 +120,30 @@ fn channel_ranges(g: &Graph, set: &CalibSet, samples: usize) -> Result<HashMap<V
     let convs: HashMap<qcc_ir::NodeId, ValueId> =
         g.node_ids().filter(|n| matches!(g.node(*n).op, Op::Conv { .. })).map(|n| (n, g.node(n).output)).collect();
     let mut ranges: HashMap<ValueId, Vec<(f32, f32)>> = HashMap::new();
-    for i in 0..samples.min(set.samples.len()) {
-        let inputs = set.load(i, g)?;
-        qcc_runtime::run_observed(g, inputs, |n, t| {
+    // Per sample, each conv output's channel ranges; merged in sample order.
+    let sample = |i: usize| -> Result<Vec<(ValueId, Vec<(f32, f32)>)>> {
+        let mut seen = Vec::new();
+        qcc_runtime::run_observed(g, set.load(i, g)?, |n, t| {
             let (Some(v), Some(a)) = (convs.get(&n), t.as_f32()) else { return };
-            if a.ndim() < 2 {
-                return;
-            }
-            let r = ranges.entry(*v).or_insert_with(|| vec![(f32::INFINITY, f32::NEG_INFINITY); a.shape()[1]]);
-            for (ch, lane) in a.axis_iter(ndarray::Axis(1)).enumerate() {
-                for x in lane.iter() {
-                    r[ch] = (r[ch].0.min(*x), r[ch].1.max(*x));
-                }
+            if a.ndim() >= 2 {
+                let r = a
+                    .axis_iter(ndarray::Axis(1))
+                    .map(|lane| lane.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x))));
+                seen.push((*v, r.collect()));
             }
         })
         .with_context(|| format!("gathering activation ranges on {}", set.samples[i][0].display()))?;
-    }
+        Ok(seen)
+    };
+    crate::in_order(samples.min(set.samples.len()), sample, |_, seen| {
+        for (v, r) in seen {
+            let e = ranges.entry(v).or_insert_with(|| vec![(f32::INFINITY, f32::NEG_INFINITY); r.len()]);
+            for (a, b) in e.iter_mut().zip(r) {
+                *a = (a.0.min(b.0), a.1.max(b.1));
+            }
+        }
+        Ok(())
+    })?;
     Ok(ranges)
 }
 
@@ -178,59 +186,34 @@ pub fn calibrate(
     };
     // Samples run through the graph on every core; their observed tensors reach the observers in sample
     // order, so the statistics (the moving average above all) equal those of one sequential pass.
-    let n = set.samples.len();
-    let workers = crate::workers(n);
-    let (gr, obs_nodes) = (&g, &observed);
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Observed>)>(workers);
-        for w in 0..workers {
-            let tx = tx.clone();
-            scope.spawn(move || {
-                for i in (w..n).step_by(workers) {
-                    let r = set.load(i, gr).and_then(|inputs| {
-                        let mut seen = Vec::new();
-                        qcc_runtime::run_observed(gr, inputs, |node, t| {
-                            if let (Some(v), Some(a)) = (obs_nodes.get(&node), t.as_f32()) {
-                                seen.push((*v, a.clone()));
-                            }
-                        })
-                        .with_context(|| format!("calibrating on {}", set.samples[i][0].display()))?;
-                        Ok(seen)
-                    });
-                    let failed = r.is_err();
-                    // A closed channel means the caller stopped (another sample failed).
-                    if tx.send((i, r)).is_err() || failed {
-                        break;
-                    }
+    let sample = |i: usize| -> Result<Observed> {
+        let mut seen = Vec::new();
+        qcc_runtime::run_observed(&g, set.load(i, &g)?, |node, t| {
+            if let (Some(v), Some(a)) = (observed.get(&node), t.as_f32()) {
+                seen.push((*v, a.clone()));
+            }
+        })
+        .with_context(|| format!("calibrating on {}", set.samples[i][0].display()))?;
+        Ok(seen)
+    };
+    crate::in_order(set.samples.len(), sample, |_, seen| {
+        for (v, a) in seen {
+            if a.ndim() >= 2 {
+                let c = a.shape()[1];
+                let (s, k) = sums.entry(v).or_insert_with(|| (vec![0.0; c], 0));
+                for (ch, lane) in a.axis_iter(ndarray::Axis(1)).enumerate() {
+                    s[ch] += lane.iter().map(|x| *x as f64).sum::<f64>();
                 }
-            });
-        }
-        drop(tx);
-        let mut pending = std::collections::BTreeMap::new();
-        let mut next = 0;
-        for (i, r) in rx {
-            pending.insert(i, r);
-            while let Some(r) = pending.remove(&next) {
-                for (v, a) in r? {
-                    if a.ndim() >= 2 {
-                        let c = a.shape()[1];
-                        let (s, k) = sums.entry(v).or_insert_with(|| (vec![0.0; c], 0));
-                        for (ch, lane) in a.axis_iter(ndarray::Axis(1)).enumerate() {
-                            s[ch] += lane.iter().map(|x| *x as f64).sum::<f64>();
-                        }
-                        *k += (a.len() / c.max(1)) as u64;
-                    }
-                    if let Some(o) = observers.get_mut(&v) {
-                        match a.as_slice() {
-                            Some(s) => o.observe(s),
-                            None => o.observe(&a.iter().copied().collect::<Vec<_>>()),
-                        }
-                    }
+                *k += (a.len() / c.max(1)) as u64;
+            }
+            if let Some(o) = observers.get_mut(&v) {
+                match a.as_slice() {
+                    Some(s) => o.observe(s),
+                    None => o.observe(&a.iter().copied().collect::<Vec<_>>()),
                 }
-                bar.inc(1);
-                next += 1;
             }
         }
+        bar.inc(1);
         Ok(())
     })?;
     bar.finish_and_clear();

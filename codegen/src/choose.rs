@@ -344,7 +344,7 @@ impl Ctx<'_> {
         let node = g.node(n);
         let (x, out) = (node.inputs[0], node.output);
         let (Some((_, _, xq)), Some((_, _, oq))) = (per_tensor(g.ty(x)), per_tensor(g.ty(out))) else { return false };
-        // Its sums are i64: no accumulator bound (weights()) applies.
+        // Its sums are exact at any size (i32 blocks summed in i64): no accumulator bound (weights()) applies.
         if (is_8bit(xq) && is_8bit(oq)) || g.is_const(x) || self.constant_weights(n).is_err() {
             return false;
         }

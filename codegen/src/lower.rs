@@ -238,8 +238,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     xor,
                     wts: Arr { off: blob.push_i32(&wts), len: wts.len() },
                     pairs: if isa == Isa::Avx512Vnni {
-                        let w16: Vec<i16> = wts.iter().map(|v| *v as i16).collect();
-                        let p = qcc_runtime::kernels::dwconv::pair_weights(&w16, kh * kw, c);
+                        let p = qcc_runtime::kernels::dwconv::pair_weights(&wts, kh * kw, c);
                         Arr { off: blob.push_i32(&p), len: p.len() }
                     } else {
                         Arr::default()

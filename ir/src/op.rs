@@ -286,6 +286,18 @@ impl Op {
         })
     }
 
+    /// For a conv or gemm: its dynamically quantized op (the inverse of `dynamic_form`; gemm's alpha, beta
+    /// and trans_a are the caller's to check).
+    pub fn dynamic_integer_form(&self) -> Option<Op> {
+        Some(match self {
+            Op::Conv { strides, pads, dilations, group, act } => {
+                Op::DynQConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
+            }
+            Op::Gemm { trans_b, act, .. } => Op::DynQGemm { trans_b: *trans_b, act: *act },
+            _ => return None,
+        })
+    }
+
     /// For a float op with an integer form: that integer op (the inverse of `float_form`; gemm's alpha,
     /// beta and trans_a are the caller's to check).
     pub fn integer_form(&self) -> Option<Op> {

@@ -12,12 +12,11 @@ pub struct DynamicQuantize;
 fn convert(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
     let node = g.node(n).clone();
     let Some(scheme) = cx.quant.weights else { return false };
-    let (op, axis) = match &node.op {
-        Op::Conv { strides, pads, dilations, group, act } => {
-            (Op::DynQConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }, 0)
-        }
-        Op::Gemm { trans_b, act, .. } => (Op::DynQGemm { trans_b: *trans_b, act: *act }, usize::from(!trans_b)),
-        _ => return false,
+    let Some(op) = node.op.dynamic_integer_form() else { return false };
+    // The output channels' axis of the weights.
+    let axis = match node.op {
+        Op::Gemm { trans_b, .. } => usize::from(!trans_b),
+        _ => 0,
     };
     let Some(w) = g.const_tensor(node.inputs[1]).and_then(|t| t.as_f32()).cloned() else { return false };
     // The bias must be a constant f32 vector (gemm's C may broadcast otherwise).

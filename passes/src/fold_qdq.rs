@@ -30,15 +30,10 @@ fn per_tensor(t: &Type) -> Option<(f32, i32)> {
 /// conv/gemm(dynamic_qdq(x), dequantize(w const), [b const f32]) → dyn_qconv/dyn_qgemm(x, w, [b]).
 fn fold_dynamic(g: &mut Graph, n: NodeId) -> bool {
     let node = g.node(n).clone();
-    let op = match &node.op {
-        Op::Conv { strides, pads, dilations, group, act } => {
-            Op::DynQConv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, act: *act }
-        }
-        Op::Gemm { alpha, beta, trans_a: false, trans_b, act } if *alpha == 1.0 && *beta == 1.0 => {
-            Op::DynQGemm { trans_b: *trans_b, act: *act }
-        }
-        _ => return false,
-    };
+    if matches!(node.op, Op::Gemm { alpha, beta, trans_a, .. } if alpha != 1.0 || beta != 1.0 || trans_a) {
+        return false;
+    }
+    let Some(op) = node.op.dynamic_integer_form() else { return false };
     let Some(p) = g.producer(node.inputs[0]).filter(|p| g.node(*p).op == Op::DynamicQdq) else { return false };
     let Some(w) = dq_source(g, node.inputs[1]).filter(|w| g.is_const(*w) && g.ty(*w).quant().is_some()) else {
         return false;

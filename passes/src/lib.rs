@@ -98,7 +98,7 @@ impl QuantConfig {
     pub fn check_names(&self, g: &Graph) -> Result<(), String> {
         for (flag, names) in [("--keep-float", &self.keep_float), ("--int16", &self.int16)] {
             for name in names {
-                if !g.node_ids().any(|n| g.node(n).loc.iter().any(|l| l == name)) {
+                if !g.node_ids().any(|n| Self::names_node(std::slice::from_ref(name), g, n)) {
                     return Err(format!("{flag} {name:?}: the model has no node of that name"));
                 }
             }

@@ -358,7 +358,7 @@ impl Observer {
                 }
                 best.1
             }
-            RangeMethod::Auto => self.range(self.resolve(RangeMethod::Auto, levels), levels),
+            RangeMethod::Auto => self.auto_pick(levels).1,
         }
     }
 
@@ -368,16 +368,21 @@ impl Observer {
         if method != RangeMethod::Auto {
             return method;
         }
+        self.auto_pick(levels).0
+    }
+
+    /// Auto's candidate with the least quantization error, and its range.
+    fn auto_pick(&self, levels: u32) -> (RangeMethod, (f32, f32)) {
         let candidates = [RangeMethod::MinMax, RangeMethod::Percentile(99.999), RangeMethod::Entropy, RangeMethod::Mse];
-        let mut best = (f64::INFINITY, RangeMethod::MinMax);
+        let mut best = (f64::INFINITY, RangeMethod::MinMax, (self.min, self.max));
         for m in candidates {
             let (a, b) = self.range(m, levels);
             let e = self.quant_mse(a, b, levels);
             if e < best.0 {
-                best = (e, m);
+                best = (e, m, (a, b));
             }
         }
-        best.1
+        (best.1, best.2)
     }
 }
 

@@ -332,12 +332,13 @@ fn fix_saturation(a: &mut [i32], sat: Option<&[i32]>, c0: usize) {
     }
 }
 
-/// The `pairs` layout for weights `w` ([tap][c], w − zw as i16) of `taps` taps and `c` channels: per
+/// The `pairs` layout for weights `w` ([tap][c], w − zw as i16 in the low half, as `wts`) of `taps` taps and
+/// `c` channels: per
 /// block of 32 channels b and tap pair k, 32 i32: for the low unpack half, element i holds channel
 /// 32b + 8(i / 4) + i % 4, for the high half channel 32b + 8(i / 4) + 4 + i % 4 (the order
 /// `_mm512_unpacklo/hi_epi16` leave 32 channels of two taps in), each as tap 2k's weight in the low i16
 /// and tap 2k + 1's (or 0) in the high i16. Channels past the last full block of 32 are not included.
-pub fn pair_weights(w: &[i16], taps: usize, c: usize) -> Vec<i32> {
+pub fn pair_weights(w: &[i32], taps: usize, c: usize) -> Vec<i32> {
     let pairs = taps.div_ceil(2);
     let mut out = Vec::with_capacity(c / 32 * pairs * 32);
     for b in 0..c / 32 {
@@ -347,6 +348,7 @@ pub fn pair_weights(w: &[i16], taps: usize, c: usize) -> Vec<i32> {
                     let ch = 32 * b + 8 * (i / 4) + 4 * half + i % 4;
                     let lo = w[2 * k * c + ch] as u16 as u32;
                     let hi = if 2 * k + 1 < taps { w[(2 * k + 1) * c + ch] as u16 as u32 } else { 0 };
+                    // (`as u16` keeps each weight's low half: its i16 value.)
                     out.push((lo | hi << 16) as i32);
                 }
             }
