@@ -120,8 +120,9 @@ fn instrumentation_flags() {
             "01-canonicalize.qir",
             "02-fold-batchnorm.qir",
             "03-fuse-activation.qir",
-            "04-fold-qdq.qir",
-            "05-canonicalize.qir"
+            "04-fuse-residual.qir",
+            "05-fold-qdq.qir",
+            "06-canonicalize.qir"
         ]
     );
     let e = stderr(&o);

@@ -1,6 +1,6 @@
 //! Compiled code equals the reference interpreter byte for byte: generated quantized networks covering
 //! every kernel (strided and dilated convolutions through im2col, pointwise GEMMs, depthwise convolutions,
-//! channel counts that are not multiples of 16, residual adds, multiplies with and without broadcasting,
+//! channel counts that are not multiples of 16, residuals fused into convolutions, residual adds, multiplies with and without broadcasting,
 //! concatenation, pooling, the classifier GEMM) under every
 //! weight scheme and activation type, for every instruction-set variant this CPU runs and several thread
 //! counts; and the bundled MNIST model.
@@ -30,6 +30,7 @@ fn net(h: usize) -> Builder {
     b.init("wdw", &[c1 as i64, 1, 3, 3], w(c1 * 9, 3, 0.8)).init("bdw", &[c1 as i64], w(c1, 4, 0.2));
     b.init("wpw", &[c1 as i64, c1 as i64, 1, 1], w(c1 * c1, 5, 0.3));
     b.init("w4", &[c2 as i64, 2 * c1 as i64, 3, 3], w(c2 * 2 * c1 * 9, 6, 0.15)).init("b4", &[c2 as i64], w(c2, 7, 0.1));
+    b.init("w4b", &[c2 as i64, c2 as i64, 3, 3], w(c2 * c2 * 9, 12, 0.1)).init("b4b", &[c2 as i64], w(c2, 13, 0.1));
     b.init("wdw5", &[c2 as i64, 1, 5, 5], w(c2 * 25, 8, 0.3)).init("bdw5", &[c2 as i64], w(c2, 9, 0.1));
     b.init("wfc", &[10, c2 as i64], w(10 * c2, 10, 0.4)).init("bfc", &[10], w(10, 11, 0.1));
     b.init("lo", &[], vec![0.0]).init("hi", &[], vec![6.0]);
@@ -45,14 +46,20 @@ fn net(h: usize) -> Builder {
     b.node("GlobalAveragePool", "se_gap", &["rs3"], &["se0"], vec![]);
     b.node("Sigmoid", "se_sig", &["se0"], &["se1"], vec![]);
     b.node("Mul", "se_mul", &["rs3", "se1"], &["m3"], vec![]);
-    b.node("Mul", "mul3", &["m3", "r1"], &["mm3"], vec![]);
+    // An add of two computed values that no conv absorbs (pw2's add becomes its residual).
+    b.node("Add", "addm3", &["m3", "r1"], &["am3"], vec![]);
+    b.node("Mul", "mul3", &["am3", "r1"], &["mm3"], vec![]);
     b.node("Concat", "cat3", &["mm3", "r1"], &["cat3"], vec![int("axis", 1)]);
     b.node("Conv", "conv4", &["cat3", "w4", "b4"], &["c4"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])]);
     b.node("Relu", "relu4", &["c4"], &["r4"], vec![]);
+    // A 3x3 conv (im2col) taking r4 as its residual, with an activation requantized on the float path.
+    b.node("Conv", "conv4b", &["r4", "w4b", "b4b"], &["c4b"], vec![ints("pads", &[1, 1, 1, 1])]);
+    b.node("Add", "add4b", &["r4", "c4b"], &["s4b"], vec![]);
+    b.node("LeakyRelu", "leaky4b", &["s4b"], &["r4b"], vec![]);
     b.node(
         "Conv",
         "dw5",
-        &["r4", "wdw5", "bdw5"],
+        &["r4b", "wdw5", "bdw5"],
         &["c5"],
         vec![ints("pads", &[2, 2, 2, 2]), ints("strides", &[2, 2]), int("group", c2 as i64)],
     );
@@ -133,8 +140,8 @@ fn compiled_networks_equal_the_interpreter_byte_for_byte() {
         ("sym-per-channel", "asym", "i16"),
     ];
     // 8-bit layers next to 16-bit ones: a conv reading i16, a depthwise conv and the classifier writing
-    // i16, an add and a concatenation in between.
-    let mixed = ["dw1", "add3", "conv4", "dw5", "fc"];
+    // i16, an add, pw2 with its residual (named by its fused add3) and a concatenation in between.
+    let mixed = ["dw1", "add3", "addm3", "conv4", "dw5", "fc"];
     for h in [17, 32] {
         let nets = quantized(h, &configs).into_iter().chain(quantized_with(h, &configs[..2], &mixed));
         for (name, g) in nets {
@@ -142,6 +149,9 @@ fn compiled_networks_equal_the_interpreter_byte_for_byte() {
             for op in ["qconv", "qgemm", "qadd", "qmul", "qconcat", "qaverage_pool", "qglobal_average_pool", "max_pool"] {
                 assert!(ops.contains(&op), "{name}: no {op} in {ops:?}");
             }
+            // fuse-residual gave pw2 (pointwise, relu) and conv4b (3x3, leaky relu) their residuals.
+            let residuals = g.node_ids().filter(|n| matches!(g.node(*n).op, qcc_ir::Op::QConv { .. }) && g.node(*n).inputs.len() == 4);
+            assert_eq!(residuals.count(), 2, "{name}");
             let want: Vec<Vec<Tensor>> = (0..3).map(|s| qcc_runtime::run(&g, vec![input(h, s)]).unwrap()).collect();
             for isa in isas() {
                 let c = Compiled::new(&g, isa).unwrap();
@@ -196,8 +206,8 @@ fn wrong_inputs_are_errors() {
 fn saturating_accumulators_match_the_interpreter() {
     for (name, mut g) in quantized(17, &[("sym-per-channel", "asym", "u8"), ("asym-per-tensor", "asym", "i8")]) {
         let convs: Vec<_> =
-            g.node_ids().filter(|n| matches!(g.node(*n).op, qcc_ir::Op::QConv { .. }) && g.node(*n).inputs.len() == 3).collect();
-        assert!(convs.len() >= 3, "{name}");
+            g.node_ids().filter(|n| matches!(g.node(*n).op, qcc_ir::Op::QConv { .. }) && g.node(*n).inputs.len() >= 3).collect();
+        assert!(convs.len() >= 5, "{name}");
         for n in convs {
             let b = g.node(n).inputs[2];
             let mut v: Vec<i64> = g.const_tensor(b).unwrap().to_i64_vec().unwrap();

@@ -129,12 +129,23 @@ impl Ctx<'_> {
                 _ => host("dequantize of a constant or per-axis value"),
             },
             Op::QConv { strides, pads, dilations, group, .. } => {
+                // A residual is read in the output's layout: channels-last, per tensor.
+                let residual = ins.get(3).map(|r| (self.nhwc(*r), per_tensor(g.ty(*r)).is_some_and(|(_, _, q)| is_8bit(q))));
+                if residual.is_some_and(|(nhwc, _)| !nhwc) {
+                    return host("residual that is not a channels-last quantized value");
+                }
+                if *group != 1 && residual.is_some() {
+                    return host("grouped convolution with a residual");
+                }
                 if let Err(why) = self.conv_ok(n) {
                     return if self.wide_ok(n) { Choice::WideConv } else { Choice::Host(why) };
                 }
                 let xs = g.ty(ins[0]).shape().unwrap_or(&[]);
                 let ws = g.ty(ins[1]).shape().unwrap_or(&[]);
                 let (cin, m) = (xs[1], ws[0]);
+                if residual.is_some_and(|(_, eight)| !eight) {
+                    return if self.wide_ok(n) { Choice::WideConv } else { host("8-bit convolution with a 16-bit residual") };
+                }
                 if *group == 1 {
                     let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
                     if pointwise {
@@ -276,6 +287,10 @@ impl Ctx<'_> {
         if g.is_const(ins[0]) || !self.f32_value(ins[0]) || xs.len() != 4 || ws.len() != 4 || xs[0] != 1 || !consts {
             return Err("float convolution other than 2-D, batch 1, constant weights".into());
         }
+        // A residual is read in the output's (logical NCHW) layout.
+        if ins.get(3).is_some_and(|r| g.is_const(*r) || !self.f32_value(*r)) {
+            return Err("float convolution with a constant or non-f32 residual".into());
+        }
         if group == 1 {
             if ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0) {
                 return Ok(Choice::FConv { im2col: None });
@@ -283,7 +298,7 @@ impl Ctx<'_> {
             let os = g.ty(g.node(n).output).shape().unwrap_or(&[]);
             return Ok(Choice::FConv { im2col: Some(ws[1] * ws[2] * ws[3] * os[2] * os[3] * 4) });
         }
-        if group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 {
+        if group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 && ins.len() < 4 {
             return Ok(Choice::FDwConv);
         }
         Err("grouped float convolution that is not depthwise".into())

@@ -1,11 +1,12 @@
 //! Building kernel headers: geometry, per-channel requantization arrays, packed GEMM weights with the
 //! zero-point terms folded into the bias, broadcast strides, constant vectors in the blob.
-use crate::choose::per_tensor;
+use crate::choose::{int_elem, per_tensor};
 use crate::plan::Blob;
 use crate::CodegenError;
 use qcc_ir::{DType, Graph, Type, ValueId};
 use qcc_runtime::abi::*;
 use qcc_runtime::kernels::dwconv::DwGeom;
+use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::gemm::{pack_b, packed_dims};
 use qcc_runtime::kernels::Isa;
 use qcc_runtime::qops::Requant;
@@ -95,7 +96,27 @@ pub(crate) fn epi_hdr(blob: &mut Blob, sx: f32, sw: &[f32], out: &Type, act: Opt
         act,
         acc_scale: Arr { off: blob.push_f32(&acc_scale), len: np },
         out_scale: rq.out_scale,
+        res_on: false,
+        res: 0,
+        res_elem: IntElem::U8,
+        res_ld: 0,
+        res_zp: 0,
+        res_mult: 0.0,
+        res_scale: 0.0,
     })
+}
+
+/// Adds a qconv's residual `r` (per-tensor quantized, channels-last at arena offset `off`, `ld` elements
+/// per row) to its epilogue.
+pub(crate) fn with_residual(h: &mut EpiHdr, g: &Graph, r: ValueId, off: usize, ld: usize) -> Result<(), String> {
+    let (sr, zr, q) = per_tensor(g.ty(r)).ok_or("the residual is not quantized per tensor")?;
+    let elem = int_elem(q.storage).ok_or("the residual is not 8- or 16-bit")?;
+    let res = qcc_runtime::qops::Residual::new(sr, zr, h.out_scale);
+    if !res.mult.is_finite() {
+        return Err("residual multiplier overflows f32".into());
+    }
+    (h.res_on, h.res, h.res_elem, h.res_ld, h.res_zp, h.res_mult, h.res_scale) = (true, off, elem, ld, zr, res.mult, res.scale);
+    Ok(())
 }
 
 /// Packs a GEMM's weights and folds the zero-point terms into its bias (see kernels/gemm.rs).

@@ -180,6 +180,9 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     None => (off(ins[0]), cin),
                 };
                 let mut h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out)), (rows, k, m), a, &at, (&sw, &zw, &bias, &sat), *act)?;
+                if let Some(&r) = ins.get(3) {
+                    with_residual(&mut h.epi, g, r, off(r), m).map_err(|e| node_err(&name, e))?;
+                }
                 if *implicit {
                     let (_, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
                     let raw = if xq.storage == DType::I8 { zx as i8 as u8 } else { zx as u8 };
@@ -284,7 +287,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     }
                     None => vec![0; m],
                 };
-                let h = WideConvHdr {
+                let mut h = WideConvHdr {
                     isa,
                     g: geo,
                     m,
@@ -298,6 +301,9 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     out: off(out),
                     eo,
                 };
+                if let Some(&r) = ins.get(3) {
+                    with_residual(&mut h.epi, g, r, off(r), m).map_err(|e| node_err(&name, e))?;
+                }
                 push(Kernel::WideConv, h.encode(), (os.iter().product::<usize>() * taps * cg) as u64, &mut blob);
             }
             Choice::QAdd => {
@@ -434,7 +440,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 };
                 let bias = f32_arr(g, ins.get(2), &mut blob);
                 let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
-                let h = FGemmHdr { isa, m, k, p, a, b, ldb: p, bias, act: *act, out: off(out), rs: p, cs: 1 };
+                let (res_on, res) = ins.get(3).map_or((false, 0), |r| (true, off(*r)));
+                let h = FGemmHdr { isa, m, k, p, a, b, ldb: p, bias, act: *act, res_on, res, out: off(out), rs: p, cs: 1 };
                 push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
             }
             Choice::FDwConv => {
@@ -463,7 +470,22 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let bias = f32_arr(g, ins.get(2), &mut blob);
                 let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
                 // One input row: column p = 0 of b is the row itself (k at stride 1), out[n] at stride 1.
-                let h = FGemmHdr { isa, m: nn, k, p: 1, a, b: off(ins[0]), ldb: 1, bias, act: *act, out: off(out), rs: 1, cs: nn };
+                let h = FGemmHdr {
+                    isa,
+                    m: nn,
+                    k,
+                    p: 1,
+                    a,
+                    b: off(ins[0]),
+                    ldb: 1,
+                    bias,
+                    act: *act,
+                    res_on: false,
+                    res: 0,
+                    out: off(out),
+                    rs: 1,
+                    cs: nn,
+                };
                 push(Kernel::FGemm, h.encode(), (nn * k) as u64, &mut blob);
             }
             Choice::FGap => {

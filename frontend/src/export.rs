@@ -411,14 +411,25 @@ impl<'g> Ex<'g> {
             | Op::Quantize
             | Op::Dequantize => unreachable!(),
         };
+        // A conv's residual (fuse-residual) is an Add after it, before the activation.
+        let residual = if matches!(this_op, Op::Conv { .. }) && ins.len() == 4 { ins.pop() } else { None };
+        let add_residual = |ex: &mut Ex, y: String| match &residual {
+            Some(r) => {
+                let sum = ex.fresh("residual_add");
+                ex.node("Add", &loc, vec![y, r.clone()], sum, vec![])
+            }
+            None => y,
+        };
         if let Some(qact) = quantized {
             let y = self.node(op, &loc, ins, target, attrs);
+            let y = add_residual(self, y);
             let y = self.act(y, qact);
             return quantize_to(self, y);
         }
-        if act.is_some() {
+        if act.is_some() || residual.is_some() {
             let y = self.fresh(op);
             let y = self.node(op, &loc, ins, y, attrs);
+            let y = add_residual(self, y);
             let out = self.act(y, act);
             self.node("Identity", &loc, vec![out], out_name, vec![]);
         } else {

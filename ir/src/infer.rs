@@ -108,7 +108,7 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
     match op {
         Opaque(_) => Ok(current.clone()),
         Conv { strides, pads, dilations, group, .. } => {
-            want_inputs(inputs, 2, 3)?;
+            want_inputs(inputs, 2, 4)?;
             let (x, w) = (in_shape(0)?, in_shape(1)?);
             want_float(inputs[0], "input")?;
             let nsp = x.len().checked_sub(2).filter(|n| *n >= 1).ok_or("input must have rank >= 3")?;
@@ -122,12 +122,19 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             if g == 0 || x[1] != w[1] * g || w[0] % g != 0 {
                 return Err(format!("channels: input {} weight {:?} group {group} do not fit", x[1], w));
             }
-            if inputs.len() == 3 && in_shape(2)? != [w[0]] {
+            if inputs.len() >= 3 && in_shape(2)? != [w[0]] {
                 return Err(format!("bias shape {:?} must be [{}]", in_shape(2)?, w[0]));
             }
             let mut out = vec![x[0], w[0]];
             for i in 0..nsp {
                 out.push(window_out(x[2 + i], w[2 + i] as i64, strides[i], dilations[i], pads[i], pads[nsp + i], false)?);
+            }
+            // fuse-residual's form: the residual is added before the activation.
+            if inputs.len() == 4 {
+                want_float(inputs[3], "residual")?;
+            }
+            if inputs.len() == 4 && in_shape(3)? != out {
+                return Err(format!("residual shape {:?} must be the output's {:?}", in_shape(3)?, out));
             }
             f32_of(out)
         }
@@ -464,9 +471,10 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
                     return Err(format!("input {i} must be quantized, is {t}"));
                 }
             }
-            // Weights may be per channel; every activation input is per tensor.
-            let activations = if matches!(op, QConv { .. } | QGemm { .. }) { 1 } else { inputs.len() };
-            for (i, t) in inputs.iter().enumerate().take(activations) {
+            // Weights and bias may be per channel; every activation input (a qconv's residual too) is
+            // per tensor.
+            let activation = |i: usize| !matches!(op, QConv { .. } | QGemm { .. }) || i == 0 || i == 3;
+            for (i, t) in inputs.iter().enumerate().filter(|(i, _)| activation(*i)) {
                 if !matches!(t.quant().map(|q| &q.params), Some(crate::QParams::PerTensor { .. })) {
                     return Err(format!("input {i} must be quantized per tensor"));
                 }

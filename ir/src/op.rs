@@ -164,7 +164,8 @@ macro_rules! define_ops {
 }
 
 define_ops! {
-    /// inputs: x, w, [bias]. pads: all begins then all ends.
+    /// inputs: x, w, [bias], [residual]. pads: all begins then all ends. A residual (fuse-residual; it
+    /// needs the bias slot filled) has the output's shape and is added before the activation.
     Conv { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, act: Option<Act> } = "conv",
     /// inputs: x, w, [bias]. pads are the ones actually cropped from the full output.
     ConvTranspose { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, output_padding: Vec<i64> } = "conv_transpose",
@@ -226,7 +227,8 @@ define_ops! {
     /// Identity that marks a value for calibration (insert-observers); gone after assign-qparams.
     Observe = "observe",
     /// Integer convolution. inputs: x (quantized per tensor), w (quantized per tensor or per output
-    /// channel), [bias (i32, scale = sx * sw)]. Output quantized; see docs/semantics.md.
+    /// channel), [bias (i32, scale = sx * sw)], [residual (quantized per tensor, the output's shape)].
+    /// Output quantized; see docs/semantics.md.
     QConv { strides: Vec<i64>, pads: Vec<i64>, dilations: Vec<i64>, group: i64, act: Option<Act> } = "qconv",
     /// Integer y = x @ op(w) + bias. inputs: x [M,K], w (trans_b: [N,K] else [K,N]), [bias i32 [N]].
     QGemm { trans_b: bool, act: Option<Act> } = "qgemm",

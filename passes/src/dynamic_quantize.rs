@@ -13,6 +13,10 @@ fn convert(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
     let node = g.node(n).clone();
     let Some(scheme) = cx.quant.weights else { return false };
     let Some(op) = node.op.dynamic_integer_form() else { return false };
+    // Dynamic ops take no residual (fuse-residual does not run in the dynamic pipeline).
+    if node.inputs.len() > 3 {
+        return false;
+    }
     // The output channels' axis of the weights.
     let axis = match node.op {
         Op::Gemm { trans_b, .. } => usize::from(!trans_b),

@@ -36,7 +36,8 @@ fn weights(g: &Graph, v: qcc_ir::ValueId) -> Option<ArrayD<f32>> {
 fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId, ranges: &mut HashMap<ValueId, Vec<(f32, f32)>>) -> bool {
     let (na, nb) = (g.node(a).clone(), g.node(b).clone());
     let (Op::Conv { act: act_a, group: ga, .. }, Op::Conv { group: gb, pads: pads_b, .. }) = (&na.op, &nb.op) else { return false };
-    if !matches!(act_a, None | Some(Act::Relu)) || *ga != 1 && g.ty(na.inputs[1]).shape().map(|s| s[1]) != Some(1) {
+    // Scaling a's output channels would scale a residual added to them as well.
+    if na.inputs.len() > 3 || !matches!(act_a, None | Some(Act::Relu)) || *ga != 1 && g.ty(na.inputs[1]).shape().map(|s| s[1]) != Some(1) {
         return false;
     }
     let (Some(mut w1), Some(mut w2)) = (weights(g, na.inputs[1]), weights(g, nb.inputs[1])) else { return false };

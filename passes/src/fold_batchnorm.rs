@@ -36,7 +36,8 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
     let pnode = g.node(p).clone();
     let channels = k.len();
     let (new_w, new_b, new_op) = match &pnode.op {
-        Op::Conv { act: None, .. } => {
+        // A residual input (fuse-residual) would need scaling too.
+        Op::Conv { act: None, .. } if pnode.inputs.len() <= 3 => {
             let Some(mut w) = f32c(g, pnode.inputs[1]) else {
                 return false;
             };

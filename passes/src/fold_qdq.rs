@@ -1,7 +1,7 @@
-//! fold-qdq: turns QDQ patterns into integer ops. `quantize(conv(dequantize(x), dequantize(w), b))` becomes
-//! `qconv x, w, b_i32` (the bias quantized with scale sx * sw), and likewise gemm → qgemm, add → qadd,
-//! mul → qmul, concat → qconcat, average pool → qaverage_pool, global average pool →
-//! qglobal_average_pool. Layout-only ops (reshape, flatten, transpose, max pool, ...)
+//! fold-qdq: turns QDQ patterns into integer ops. `quantize(conv(dequantize(x), dequantize(w), b,
+//! [dequantize(r)]))` becomes `qconv x, w, b_i32, [r]` (the bias quantized with scale sx * sw), and
+//! likewise gemm → qgemm, add → qadd, mul → qmul, concat → qconcat, average pool → qaverage_pool, global
+//! average pool → qglobal_average_pool. Layout-only ops (reshape, flatten, transpose, max pool, ...)
 //! move behind `dequantize` so they work on the integers, and `quantize(dequantize(q))` with unchanged
 //! parameters disappears. A conv or gemm reading `dynamic_qdq(x)` with dequantized constant weights and a
 //! constant f32 bias (an imported DynamicQuantizeLinear model) becomes `dyn_qconv`/`dyn_qgemm x, w, b`.
@@ -34,6 +34,9 @@ fn fold_dynamic(g: &mut Graph, n: NodeId) -> bool {
         return false;
     }
     let Some(op) = node.op.dynamic_integer_form() else { return false };
+    if node.inputs.len() > 3 {
+        return false;
+    }
     let Some(p) = g.producer(node.inputs[0]).filter(|p| g.node(*p).op == Op::DynamicQdq) else { return false };
     let Some(w) = dq_source(g, node.inputs[1]).filter(|w| g.is_const(*w) && g.ty(*w).quant().is_some()) else {
         return false;
@@ -152,11 +155,20 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
                 QParams::PerAxis { scales, .. } => scales.clone(),
                 QParams::Calibrated { .. } => return false,
             };
+            // A residual (fuse-residual) reads a per-tensor quantized value like the input.
+            let residual = match pnode.inputs.get(3) {
+                Some(r) => match dq_source(g, *r).filter(|q| per_tensor(g.ty(*q)).is_some()) {
+                    Some(q) => Some(q),
+                    None => return false,
+                },
+                None => None,
+            };
             let mut ins = vec![x, w];
             if let Some(&b) = pnode.inputs.get(2) {
                 // A bias already quantized to i32 at scale sx * sw (as QDQ exporters write it) is used as is.
                 if let Some(bq) = dq_source(g, b).filter(|bq| g.is_const(*bq) && bias_fits(g.ty(*bq), sx, &sw)) {
                     ins.push(bq);
+                    ins.extend(residual);
                     let Some(op) = pnode.op.integer_form() else { return false };
                     let q = g.add_node(op, ins, out_ty, pnode.loc.clone());
                     g.replace_all_uses(qnode.output, q);
@@ -183,6 +195,7 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
                 let Some((bq, bqt)) = quantize_bias(&bt, sx, &sw) else { return false };
                 let name = g.value(b).name.clone();
                 ins.push(g.add_const_typed(ConstData::Data(bq), Type::Tensor { elem: ElemType::Q(bqt), shape: bt.shape().to_vec() }, name));
+                ins.extend(residual);
             }
             let Some(op) = pnode.op.integer_form() else { return false };
             (op, ins)

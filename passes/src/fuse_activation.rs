@@ -18,7 +18,8 @@ fn with_act(op: &Op, a: qcc_ir::Act) -> Option<Op> {
     }
 }
 
-fn fuse_one(g: &mut Graph, n: NodeId) -> bool {
+/// Fuses activation node `n` into its producer, if legal.
+pub(crate) fn fuse_one(g: &mut Graph, n: NodeId) -> bool {
     let Some(act) = g.node(n).op.as_act() else {
         return false;
     };

@@ -1,6 +1,6 @@
 //! insert-observers: puts an `observe` node on every float value whose range quantization will need —
 //! the outputs of ops with integer forms (conv, gemm, add, mul, concat, average pools) and the values they
-//! read.
+//! read (a conv's input and residual, not its constants).
 //! Reads through layout-only ops (reshape, flatten, transpose, max pool, ...) to the value that produces
 //! the data, so one observer serves a whole chain. Runs after the float passes; the driver then calibrates
 //! and assign-qparams turns each observe into quantize + dequantize.
@@ -68,8 +68,12 @@ impl Pass for InsertObservers {
                 continue;
             }
             wanted.insert(node.output);
-            let data_inputs = if matches!(node.op, Op::Add | Op::Mul | Op::Concat { .. }) { &node.inputs[..] } else { &node.inputs[..1] };
-            for &i in data_inputs {
+            let data_inputs: Vec<ValueId> = match node.op {
+                Op::Add | Op::Mul | Op::Concat { .. } => node.inputs.clone(),
+                // A conv's residual (fuse-residual) is quantized like its input.
+                _ => node.inputs.iter().enumerate().filter(|(i, _)| *i == 0 || *i == 3).map(|(_, v)| *v).collect(),
+            };
+            for i in data_inputs {
                 wanted.insert(data_source(g, i));
             }
         }

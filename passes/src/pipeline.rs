@@ -1,7 +1,7 @@
 //! The optimization pipelines, as data: one list per level, read top to bottom.
 use crate::{
-    AssignQparams, BiasCorrect, Canonicalize, DynamicQuantize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, InsertObservers, Pass,
-    PlaceQdq,
+    AssignQparams, BiasCorrect, Canonicalize, DynamicQuantize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, FuseResidual,
+    InsertObservers, Pass, PlaceQdq,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,6 +17,7 @@ pub const PASS_NAMES: &[&str] = &[
     "fold-batchnorm",
     "fuse-activation",
     "equalize",
+    "fuse-residual",
     "insert-observers",
     "assign-qparams",
     "bias-correct",
@@ -31,6 +32,7 @@ pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
         "fold-batchnorm" => Box::new(FoldBatchnorm),
         "fuse-activation" => Box::new(FuseActivation),
         "equalize" => Box::new(Equalize),
+        "fuse-residual" => Box::new(FuseResidual),
         "insert-observers" => Box::new(InsertObservers),
         "assign-qparams" => Box::new(AssignQparams),
         "place-qdq" => Box::new(PlaceQdq),
@@ -50,7 +52,9 @@ fn passes(names: &[&str]) -> Vec<Box<dyn Pass>> {
 pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
     match level {
         OptLevel::O0 => passes(&[]),
-        OptLevel::O1 | OptLevel::O2 => passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "fold-qdq", "canonicalize"]),
+        OptLevel::O1 | OptLevel::O2 => {
+            passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "fuse-residual", "fold-qdq", "canonicalize"])
+        }
     }
 }
 
@@ -73,7 +77,7 @@ pub fn quant_pipeline(level: OptLevel, equalize: bool, bias_correct: bool) -> (V
     if level == OptLevel::O2 && equalize {
         before.extend(passes(&["equalize"]));
     }
-    before.extend(passes(&["canonicalize", "insert-observers"]));
+    before.extend(passes(&["fuse-residual", "canonicalize", "insert-observers"]));
     let mut after = passes(&["assign-qparams"]);
     if bias_correct {
         after.extend(passes(&["bias-correct"]));

@@ -7,7 +7,7 @@
 //! for this plan; the kernels trust it as they trust their own code.
 use crate::kernels::dwconv::DwGeom;
 use crate::kernels::elementwise::IntElem;
-use crate::kernels::epilogue::{Epilogue, FloatAct};
+use crate::kernels::epilogue::{Epilogue, FloatAct, ResidualIn};
 use crate::kernels::float::UnOp;
 use crate::kernels::Isa;
 use qcc_ir::Act;
@@ -170,18 +170,30 @@ macro_rules! header {
 }
 
 header!(
-    /// Requantization parameters shared by gemm and dwconv (per-channel arrays padded like the weights).
-    EpiHdr { mult: Arr, zy: i32, qlo: i32, qhi: i32, act: Option<Act>, acc_scale: Arr, out_scale: f32 }
+    /// Requantization parameters shared by gemm, dwconv and wideconv (per-channel arrays padded like the
+    /// weights); with `res_on`, a residual at arena offset `res` (see epilogue::ResidualIn).
+    EpiHdr {
+        mult: Arr, zy: i32, qlo: i32, qhi: i32, act: Option<Act>, acc_scale: Arr, out_scale: f32,
+        res_on: bool, res: usize, res_elem: IntElem, res_ld: usize, res_zp: i32, res_mult: f32, res_scale: f32,
+    }
 );
 impl EpiHdr {
-    pub(crate) unsafe fn epilogue<'a>(&self, blob: *const u8) -> Epilogue<'a> {
-        // SAFETY: the arrays were laid out by the compiler.
+    pub(crate) unsafe fn epilogue<'a>(&self, blob: *const u8, arena: *const u8) -> Epilogue<'a> {
+        // SAFETY: the arrays were laid out by the compiler, and so was the residual in the arena.
         unsafe {
             let float_act = match self.act {
                 Some(Act::Relu) | Some(Act::Clip { .. }) | None => None,
                 Some(act) => Some(FloatAct { act, acc_scale: self.acc_scale.slice(blob), out_scale: self.out_scale }),
             };
-            Epilogue { mult: self.mult.slice(blob), zy: self.zy, qlo: self.qlo, qhi: self.qhi, float_act }
+            let residual = self.res_on.then(|| ResidualIn {
+                ptr: arena.add(self.res),
+                elem: self.res_elem,
+                ld: self.res_ld,
+                zp: self.res_zp,
+                mult: self.res_mult,
+                scale: self.res_scale,
+            });
+            Epilogue { mult: self.mult.slice(blob), zy: self.zy, qlo: self.qlo, qhi: self.qhi, float_act, residual }
         }
     }
 }
@@ -302,7 +314,11 @@ header!(
 );
 header!(
     /// f32 product out[m, p] (at out + m·rs + p·cs) = act(Σ_k a[m, k]·b[k·ldb + p] + bias[m]).
-    FGemmHdr { isa: Isa, m: usize, k: usize, p: usize, a: Arr, b: usize, ldb: usize, bias: Arr, act: Option<Act>, out: usize, rs: usize, cs: usize }
+    /// With `res_on`, plus a residual at arena offset `res` laid out like out, before the activation.
+    FGemmHdr {
+        isa: Isa, m: usize, k: usize, p: usize, a: Arr, b: usize, ldb: usize, bias: Arr, act: Option<Act>, res_on: bool, res: usize,
+        out: usize, rs: usize, cs: usize,
+    }
 );
 header!(Im2colF32Hdr { g: DwGeom, x: usize, out: usize });
 header!(FDwConvHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, out: usize });

@@ -63,7 +63,7 @@ pub unsafe extern "C" fn qcc_k_gemm(hdr: *const u64, blob: *const u8, arena: *mu
             zw: (h.zw.len > 0).then(|| h.zw.slice(blob)),
             sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),
             conv: h.implicit.then(|| (h.conv, blob.add(h.pad.off))),
-            epi: h.epi.epilogue(blob),
+            epi: h.epi.epilogue(blob, arena),
             out: arena.add(h.out),
             ldo: h.ldo,
         };
@@ -145,7 +145,7 @@ pub unsafe extern "C" fn qcc_k_dwconv(hdr: *const u64, blob: *const u8, arena: *
             bias: h.bias.slice(blob),
             bias_full: h.bias_full.slice(blob),
             sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),
-            epi: h.epi.epilogue(blob),
+            epi: h.epi.epilogue(blob, arena),
             out: arena.add(h.out),
         };
         d.run();
@@ -168,7 +168,7 @@ pub unsafe extern "C" fn qcc_k_wideconv(hdr: *const u64, blob: *const u8, arena:
             zx: h.zx,
             w: h.w.slice(blob),
             bias: h.bias.slice(blob),
-            epi: h.epi.epilogue(blob),
+            epi: h.epi.epilogue(blob, arena),
             out: arena.add(h.out),
             eo: h.eo,
         }
@@ -312,6 +312,7 @@ pub unsafe extern "C" fn qcc_k_fgemm(hdr: *const u64, blob: *const u8, arena: *m
             ldb: h.ldb,
             bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),
             act: h.act,
+            res: h.res_on.then(|| arena.add(h.res) as *const f32),
             out: arena.add(h.out) as *mut f32,
             rs: h.rs,
             cs: h.cs,

@@ -387,6 +387,7 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
                 dilations,
                 *group as usize,
                 *act,
+                ins.get(3).map(|r| f32_in(r, "residual")).transpose()?,
                 &out_shape()?,
             )
             .map(Tensor::F32)

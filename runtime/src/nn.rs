@@ -175,6 +175,7 @@ pub fn conv(
     dil: &[i64],
     group: usize,
     act: Option<Act>,
+    residual: Option<&ArrayD<f32>>,
     out_shape: &[usize],
 ) -> R<ArrayD<f32>> {
     let x = x.as_standard_layout();
@@ -198,6 +199,12 @@ pub fn conv(
             let bv = bs[i % m];
             chunk.iter_mut().for_each(|v| *v += bv);
         }
+    }
+    if let Some(r) = residual {
+        if r.shape() != out_shape {
+            return Err(format!("residual shape {:?} is not the output's {:?}", r.shape(), out_shape));
+        }
+        out.iter_mut().zip(r.iter()).for_each(|(v, r)| *v += r);
     }
     apply_act(&mut out, act);
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())

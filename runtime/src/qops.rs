@@ -53,6 +53,24 @@ pub struct Requant {
     pub lo: i64,
     pub hi: i64,
     pub float_act: Option<Act>,
+    /// A qconv's residual input (sr, zr): its term f32(r − zr) · f32(sr / sy) joins the product before
+    /// rounding (f32(r − zr) · sr on the float path).
+    pub residual: Option<Residual>,
+}
+
+/// The residual's parameters as the requantization uses them.
+#[derive(Clone, Copy, Debug)]
+pub struct Residual {
+    /// f32(sr / sy), computed in f64.
+    pub mult: f32,
+    pub scale: f32,
+    pub zp: i32,
+}
+
+impl Residual {
+    pub fn new(sr: f32, zr: i32, sy: f32) -> Residual {
+        Residual { mult: (sr as f64 / sy as f64) as f32, scale: sr, zp: zr }
+    }
 }
 
 impl Requant {
@@ -72,7 +90,7 @@ impl Requant {
             }
             Some(a) => float_act = Some(a),
         }
-        Ok(Requant { mult, acc_scale, out_scale: sy, zp: zy as i64, lo, hi, float_act })
+        Ok(Requant { mult, acc_scale, out_scale: sy, zp: zy as i64, lo, hi, float_act, residual: None })
     }
 
     /// The output integer for accumulator `acc` of channel `c`.
@@ -82,6 +100,19 @@ impl Requant {
         match self.float_act {
             None => (((a * self.mult[c]).round_ties_even() as i64) + self.zp).clamp(self.lo, self.hi),
             Some(act) => quantize_value(act.apply(a * self.acc_scale[c]), self.out_scale, self.zp as i32, self.lo, self.hi),
+        }
+    }
+
+    /// The output integer for accumulator `acc` of channel `c` plus the stored residual `r`.
+    #[inline]
+    pub fn apply_residual(&self, acc: i64, c: usize, r: i64) -> i64 {
+        let Some(res) = self.residual else { return self.apply(acc, c) };
+        let a = acc.clamp(i32::MIN as i64, i32::MAX as i64) as f32;
+        // r − zr fits 17 bits, so its f32 is exact.
+        let d = (r - res.zp as i64) as f32;
+        match self.float_act {
+            None => (((a * self.mult[c] + d * res.mult).round_ties_even() as i64) + self.zp).clamp(self.lo, self.hi),
+            Some(act) => quantize_value(act.apply(a * self.acc_scale[c] + d * res.scale), self.out_scale, self.zp as i32, self.lo, self.hi),
         }
     }
 }
@@ -146,14 +177,29 @@ pub fn qconv(
         Some(b) => ints(b)?,
         None => vec![0; m],
     };
-    let rq = Requant::new(sx, &sw, oq, act)?;
+    let mut rq = Requant::new(sx, &sw, oq, act)?;
+    let residual = match ins.get(3) {
+        Some(r) => {
+            let (sr, zr) = per_tensor(quant_of(tys[3], "residual")?)?;
+            rq.residual = Some(Residual::new(sr, zr, rq.out_scale));
+            let rv = ints(r)?;
+            if rv.len() != acc.len() {
+                return Err(format!("residual has {} elements, the output {}", rv.len(), acc.len()));
+            }
+            Some(rv)
+        }
+        None => None,
+    };
     let sp: usize = out_shape[2..].iter().product();
     let v: Vec<i64> = acc
         .iter()
         .enumerate()
         .map(|(i, a)| {
             let c = (i / sp.max(1)) % m;
-            rq.apply(*a as i64 + bias[c], c)
+            match &residual {
+                Some(r) => rq.apply_residual(*a as i64 + bias[c], c, r[i]),
+                None => rq.apply(*a as i64 + bias[c], c),
+            }
         })
         .collect();
     store(v, oq, out_shape)

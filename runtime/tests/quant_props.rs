@@ -1,11 +1,11 @@
 //! Property tests of the integer semantics in docs/semantics.md: quantize rounding and saturation,
-//! dequantize round trips, dynamic quantization parameters, requantization with fused activations, and
-//! qconv against its QDQ form.
+//! dequantize round trips, dynamic quantization parameters, requantization with fused activations and
+//! residuals, and qconv (with and without a residual) against its QDQ form.
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use qcc_ir::{Act, DType, ElemType, Op, QParams, QuantType, Tensor, Type};
 use qcc_runtime::eval_op;
-use qcc_runtime::qops::Requant;
+use qcc_runtime::qops::{Requant, Residual};
 use qcc_runtime::quant::{dequantize, quantize, quantize_value};
 
 fn qt(storage: DType, scale: f32, zp: i32) -> QuantType {
@@ -70,7 +70,22 @@ proptest! {
     }
 
     #[test]
-    fn qconv_is_within_two_steps_of_its_qdq_form(seed in 0u64..10_000, zx in 0i32..=255, stride in 1i64..=2, group_dw in proptest::bool::ANY) {
+    fn a_residual_adds_its_real_value_before_the_one_rounding(acc in -100000i64..100000, r in 0i64..=255, zr in 0i32..=255, sr in 1e-3f32..0.1, sx in 1e-3f32..0.1, sw in 1e-3f32..0.1, sy in 1e-2f32..0.5, zy in 0i32..=255, relu in proptest::bool::ANY) {
+        let out = qt(DType::U8, sy, zy);
+        let act = relu.then_some(Act::Relu);
+        let mut rq = Requant::new(sx, &[sw], &out, act).unwrap();
+        rq.residual = Some(Residual::new(sr, zr, sy));
+        // At its zero point the residual is a real 0: exactly the plain requantization.
+        prop_assert_eq!(rq.apply_residual(acc, 0, zr as i64), rq.apply(acc, 0));
+        // Otherwise within one step of rounding the exact real sum once.
+        let real = acc as f64 * sx as f64 * sw as f64 + (r - zr as i64) as f64 * sr as f64;
+        let lo = if relu { zy as f64 } else { 0.0 };
+        let exact = ((real / sy as f64).round() + zy as f64).clamp(lo, 255.0) as i64;
+        prop_assert!((rq.apply_residual(acc, 0, r) - exact).abs() <= 1);
+    }
+
+    #[test]
+    fn qconv_is_within_two_steps_of_its_qdq_form(seed in 0u64..10_000, zx in 0i32..=255, stride in 1i64..=2, group_dw in proptest::bool::ANY, residual in proptest::bool::ANY) {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let mut next = move || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
         let (c, m) = if group_dw { (4, 4) } else { (3, 5) };
@@ -92,15 +107,28 @@ proptest! {
         let ty = |q: &QuantType, shape: &[usize]| Type::Tensor { elem: ElemType::Q(q.clone()), shape: shape.to_vec() };
         let (tx, tw, tb) = (ty(&xq, &[1, c, 6, 6]), ty(&wq, &[m, c / group, 3, 3]), ty(&bq, &[m]));
         let tyy = ty(&yq, &[1, m, o, o]);
+        // A residual (the output's shape, its own parameters) on half the cases.
+        let rq = qt(DType::U8, 0.03, 100);
+        let rt = Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[1, m, o, o]), (0..m * o * o).map(|_| next() as u8).collect()).unwrap());
+        let tr = ty(&rq, &[1, m, o, o]);
         let qop = Op::QConv { strides: vec![stride, stride], pads: vec![1; 4], dilations: vec![1, 1], group: group as i64, act: Some(Act::Relu) };
-        let got = eval_op(&qop, &[&xt, &wt, &bt], &[&tx, &tw, &tb], &tyy).unwrap();
-        // The QDQ form: dequantize, float conv, quantize.
-        let xf = dequantize(&xt, &xq).unwrap();
-        let wf = dequantize(&wt, &wq).unwrap();
-        let bf = dequantize(&bt, &bq).unwrap();
+        let (mut qins, mut qtys) = (vec![&xt, &wt, &bt], vec![&tx, &tw, &tb]);
+        if residual {
+            qins.push(&rt);
+            qtys.push(&tr);
+        }
+        let got = eval_op(&qop, &qins, &qtys, &tyy).unwrap();
+        // The QDQ form: dequantize, float conv (plus the dequantized residual), quantize.
+        let xf = Tensor::F32(dequantize(&xt, &xq).unwrap());
+        let wf = Tensor::F32(dequantize(&wt, &wq).unwrap());
+        let bf = Tensor::F32(dequantize(&bt, &bq).unwrap());
+        let rf = Tensor::F32(dequantize(&rt, &rq).unwrap());
         let fop = Op::Conv { strides: vec![stride, stride], pads: vec![1; 4], dilations: vec![1, 1], group: group as i64, act: Some(Act::Relu) };
         let f32t = |s: &[usize]| Type::f32(s.to_vec());
-        let yf = eval_op(&fop, &[&Tensor::F32(xf), &Tensor::F32(wf), &Tensor::F32(bf)], &[&f32t(&[1, c, 6, 6]), &f32t(&[m, c / group, 3, 3]), &f32t(&[m])], &f32t(&[1, m, o, o])).unwrap();
+        let ftys = [f32t(&[1, c, 6, 6]), f32t(&[m, c / group, 3, 3]), f32t(&[m]), f32t(&[1, m, o, o])];
+        let n = if residual { 4 } else { 3 };
+        let fins = [&xf, &wf, &bf, &rf];
+        let yf = eval_op(&fop, &fins[..n], &ftys.iter().take(n).collect::<Vec<_>>(), &f32t(&[1, m, o, o])).unwrap();
         let want = quantize(yf.as_f32().unwrap(), &yq).unwrap();
         let (g, w) = (got.to_i64_vec().unwrap(), want.to_i64_vec().unwrap());
         for (a, b) in g.iter().zip(&w) {

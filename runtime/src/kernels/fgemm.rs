@@ -1,5 +1,5 @@
-//! f32 matrix product with bias and activation fused, for float convolutions (NCHW: out[m, p] =
-//! Σ_k w[m, k] · col[k, p] + bias[m]) and float Gemm layers. Weights are packed once into blocks of MR rows
+//! f32 matrix product with bias, residual and activation fused, for float convolutions (NCHW: out[m, p] =
+//! Σ_k w[m, k] · col[k, p] + bias[m] (+ res[m, p])) and float Gemm layers. Weights are packed once into blocks of MR rows
 //! ([K][MR] each), so the AVX-512 microkernel broadcasts MR weights and multiplies them with 32 columns of
 //! `col` per k (12 FMA accumulators). Float results need not equal the interpreter bit for bit (the
 //! summation order differs; tests compare within a relative tolerance).
@@ -40,6 +40,8 @@ pub struct FGemm<'a> {
     pub ldb: usize,
     pub bias: Option<&'a [f32]>,
     pub act: Option<Act>,
+    /// A residual laid out like `out`, added after the bias and before the activation.
+    pub res: Option<*const f32>,
     pub out: *mut f32,
     pub rs: usize,
     pub cs: usize,
@@ -95,7 +97,11 @@ impl FGemm<'_> {
                     let m = blk * MR + r;
                     let bias = g.bias.map_or(0.0, |b| b[m]);
                     for j in 0..w {
-                        let v = acc[r * w + j] + bias;
+                        let mut v = acc[r * w + j] + bias;
+                        if let Some(res) = g.res {
+                            // SAFETY: the residual has out's layout.
+                            v += unsafe { *res.add(m * g.rs + (p0 + j) * g.cs) };
+                        }
                         // SAFETY: (m, p0 + j) is inside out.
                         unsafe { *g.out.add(m * g.rs + (p0 + j) * g.cs) = g.act.map_or(v, |f| f.apply(v)) };
                     }
@@ -150,6 +156,20 @@ mod avx512 {
                     let m = blk * MR + r;
                     let bias = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[m]));
                     let mut v = [_mm512_add_ps(a[0], bias), _mm512_add_ps(a[1], bias)];
+                    if let Some(res) = g.res {
+                        let src = res.add(m * g.rs + p * g.cs);
+                        if g.cs == 1 {
+                            v[0] = _mm512_add_ps(v[0], _mm512_maskz_loadu_ps(m0, src));
+                            v[1] = _mm512_add_ps(v[1], _mm512_maskz_loadu_ps(m1, src.add(16)));
+                        } else {
+                            let mut tmp = [0f32; NR];
+                            for (j, t) in tmp.iter_mut().enumerate().take(n) {
+                                *t = *src.add(j * g.cs);
+                            }
+                            v[0] = _mm512_add_ps(v[0], _mm512_loadu_ps(tmp.as_ptr()));
+                            v[1] = _mm512_add_ps(v[1], _mm512_loadu_ps(tmp.as_ptr().add(16)));
+                        }
+                    }
                     if let Some((lo, hi)) = clamp {
                         for x in v.iter_mut() {
                             *x = _mm512_min_ps(_mm512_max_ps(*x, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));

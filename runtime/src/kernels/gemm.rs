@@ -181,7 +181,8 @@ impl Gemm<'_> {
                 }
                 acc[j] = self.sat.map_or(v, |s| saturate(v, s[c0 + j]));
             }
-            self.epi.row(&acc[..cols], c0, &mut bytes[..cols]);
+            // SAFETY: a residual has the output's rows and columns (the compiler's layout).
+            unsafe { self.epi.row_at(&acc[..cols], r, c0, &mut bytes[..cols]) };
             // SAFETY: the output row segment lies inside out.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.out.add(r * self.ldo + c0), cols) };
         }
@@ -195,6 +196,7 @@ pub(crate) use vnni::saturate16;
 #[allow(clippy::needless_range_loop)] // register tiles are indexed by (row, block) on purpose
 mod vnni {
     use super::{packed_dims, saturate, Gemm, NBLK};
+    use crate::kernels::elementwise::IntElem;
     use std::arch::x86_64::*;
 
     const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -310,7 +312,7 @@ mod vnni {
                         }
                         *t = g.sat.map_or(v, |s| saturate(v, s[c0 + j]));
                     }
-                    g.epi.row(&tmp[..cols], c0, &mut bytes[..cols]);
+                    g.epi.row_at(&tmp[..cols], r, c0, &mut bytes[..cols]);
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), g.out.add(r * g.ldo + c0), cols);
                 }
                 return;
@@ -318,6 +320,8 @@ mod vnni {
             let (lo, hi) = g.epi.bounds();
             let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
             let zy = _mm512_set1_epi32(g.epi.zy);
+            // The residual (8-bit storage only here: the compiler sends 16-bit ones elsewhere).
+            let res = g.epi.residual.map(|r| (r, _mm512_set1_epi32(r.zp), _mm512_set1_ps(r.mult)));
             for i in 0..MR {
                 let r = r0 + i;
                 let rs = if g.zw.is_some() { Some(_mm512_set1_epi32(g.row_sum(r))) } else { None };
@@ -331,11 +335,18 @@ mod vnni {
                         v = saturate16(v, _mm512_loadu_si512(sat.as_ptr().add(c) as *const _));
                     }
                     let m = _mm512_loadu_ps(g.epi.mult.as_ptr().add(c));
-                    let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v), m);
-                    let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
-                    let q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RNE>(f), zy);
+                    let mut f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v), m);
                     let left = cols - j * NBLK;
                     let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                    if let Some((rp, rz, rm)) = res {
+                        let bytes = _mm_maskz_loadu_epi8(mask, rp.ptr.add(r * rp.ld + c) as *const _);
+                        let wide = if rp.elem == IntElem::I8 { _mm512_cvtepi8_epi32(bytes) } else { _mm512_cvtepu8_epi32(bytes) };
+                        // r − zr is exact in f32; one product, then one sum, each rounded (as the interpreter).
+                        let d = _mm512_cvt_roundepi32_ps::<RNE>(_mm512_sub_epi32(wide, rz));
+                        f = _mm512_add_round_ps::<RNE>(f, _mm512_mul_round_ps::<RNE>(d, rm));
+                    }
+                    let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+                    let q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RNE>(f), zy);
                     _mm512_mask_cvtepi32_storeu_epi8(g.out.add(r * g.ldo + c) as *mut _, mask, q);
                 }
             }

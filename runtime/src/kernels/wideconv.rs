@@ -83,9 +83,18 @@ impl WideConv<'_> {
             for (a, s) in sat.iter_mut().zip(&acc) {
                 *a = (*s).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
             }
-            requant(self.isa, &sat, &self.epi, &mut vals);
+            let pixel = (b * g.oh + oy) * g.ow + ox;
+            match self.epi.residual {
+                Some(res) => {
+                    for (c, (o, a)) in vals.iter_mut().zip(&sat).enumerate() {
+                        // SAFETY: the residual has the output's pixels and channels (the compiler's layout).
+                        *o = self.epi.value_with(*a, c, unsafe { res.diff(pixel, c) });
+                    }
+                }
+                None => requant(self.isa, &sat, &self.epi, &mut vals),
+            }
             // SAFETY: the pixel's m outputs lie inside out.
-            unsafe { scatter(self.eo, self.out, ((b * g.oh + oy) * g.ow + ox) * self.m, &vals) };
+            unsafe { scatter(self.eo, self.out, pixel * self.m, &vals) };
         }
     }
 }
