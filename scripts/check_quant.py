@@ -105,14 +105,15 @@ def compare(tmp, label, model_for_ort, qcc_model, spec, step):
     uses ONNX Runtime's own consistency as the baseline: its optimized run (fused integer kernels) against
     its unoptimized run (the QDQ reference, op by op). Rounding differences compound through deep networks,
     so on MobileNetV2 even those two agree within one step on well under 99% of outputs. The run fails if
-    top-1 differs from ONNX Runtime on any image, or if qcc agrees with ONNX Runtime (within one step) on
-    fewer outputs than ONNX Runtime agrees with itself, less 5 points."""
+    qcc's top-1 differs from both of ONNX Runtime's runs on any image (where those two differ, the image is
+    a tie at ONNX Runtime's own precision; such images are counted and printed), or if qcc agrees with ONNX
+    Runtime (within one step) on fewer outputs than ONNX Runtime agrees with itself, less 5 points."""
     sess = ort.InferenceSession(model_for_ort, providers=["CPUExecutionProvider"])
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     plain = ort.InferenceSession(model_for_ort, so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    within, baseline, total, top1_same = 0, 0, 0, 0
+    within, baseline, total, top1_same, top1_either, ort_split = 0, 0, 0, 0, 0, 0
     for img, _ in dev_images(100, N_COMPARE):
         x = preprocess(img, spec)
         xin, yout = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
@@ -123,10 +124,13 @@ def compare(tmp, label, model_for_ort, qcc_model, spec, step):
         baseline += int((np.abs(ref_plain - ref) <= step * 1.001).sum())
         total += ref.size
         top1_same += int(got.argmax() == ref.argmax())
+        top1_either += int(got.argmax() in (ref.argmax(), ref_plain.argmax()))
+        ort_split += int(ref.argmax() != ref_plain.argmax())
     f, b = 100.0 * within / total, 100.0 * baseline / total
     met = f >= 99.0 and top1_same == N_COMPARE
-    ok = top1_same == N_COMPARE and f >= b - 5.0
-    print(f"{'ok  ' if ok else 'FAIL'} {label}: {N_COMPARE} images, top-1 equal on {top1_same}; outputs within one step "
+    ok = top1_either == N_COMPARE and f >= b - 5.0
+    print(f"{'ok  ' if ok else 'FAIL'} {label}: {N_COMPARE} images, top-1 equal on {top1_same} (equal to one of ORT's two runs "
+          f"on {top1_either}; ORT optimized and reference differ on {ort_split}); outputs within one step "
           f"({step:.4g}): qcc vs ORT {f:.2f}%, ORT optimized vs ORT reference {b:.2f}% -- issue criterion {'met' if met else 'NOT MET'}")
     return 0 if ok else 1
 

@@ -157,7 +157,10 @@ pub fn calibrate(
     ema_c: f32,
     diag: &mut dyn Write,
 ) -> Result<Calibrated> {
+    crate::driver::check_pass_names(inst)?;
     let (mut before, _) = quant_pipeline(level, equalize, false);
+    // Disabled passes leave now, so the dump numbering counts the passes that run.
+    before.retain(|p| !inst.disable.contains(p.name()));
     let n_before = before.len();
     // Run in two parts around equalize, to keep the graph it starts from.
     let split = before.iter().position(|p| p.name() == "equalize").unwrap_or(n_before);

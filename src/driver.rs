@@ -24,8 +24,10 @@ pub fn load_model(path: &Path, opts: &ImportOptions) -> Result<Loaded> {
     Ok(Loaded { graph: imp.graph, warnings: imp.warnings })
 }
 
-pub fn check_pass_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<()> {
-    for n in names {
+/// Every pass the instrumentation names (--print-after, --print-before, --stop-after, --disable-pass)
+/// must exist.
+pub fn check_pass_names(inst: &Instrumentation) -> Result<()> {
+    for n in inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()).chain(&inst.disable) {
         if !PASS_NAMES.contains(&n.as_str()) {
             bail!("unknown pass `{n}` (passes: {})", PASS_NAMES.join(", "));
         }
@@ -35,7 +37,7 @@ pub fn check_pass_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Resu
 
 /// Runs the pipeline of `level`. On a pass failure the error carries the last good IR.
 pub fn compile(g: &mut Graph, level: OptLevel, inst: Instrumentation, diag: &mut dyn Write) -> Result<()> {
-    check_pass_names(inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()))?;
+    check_pass_names(&inst)?;
     let mut pm = PassManager::new(pipeline(level), inst);
     let mut cx = PassContext::default();
     pm.run(g, &mut cx, diag).map_err(|f| pass_failure(&f))?;
@@ -52,7 +54,7 @@ pub fn compile_dynamic(
     inst: Instrumentation,
     diag: &mut dyn Write,
 ) -> Result<()> {
-    check_pass_names(inst.print_after.iter().chain(&inst.print_before).chain(inst.stop_after.iter()))?;
+    check_pass_names(&inst)?;
     let mut pm = PassManager::new(dynamic_pipeline(level, equalize), inst);
     cfg.check_names(g).map_err(|e| anyhow!(e))?;
     let mut cx = PassContext { quant: cfg.clone(), ..Default::default() };

@@ -89,6 +89,10 @@ struct ModelArgs {
     /// Stop the pipeline after this pass.
     #[arg(long, value_name = "PASS")]
     stop_after: Option<String>,
+    /// Leave these passes out of the pipeline (e.g. --disable-pass fuse-residual,bias-correct), to see
+    /// what each contributes.
+    #[arg(long, value_delimiter = ',', value_name = "PASS")]
+    disable_pass: Vec<String>,
     /// Print how long each pass took.
     #[arg(long)]
     time_passes: bool,
@@ -306,6 +310,7 @@ impl ModelArgs {
             stop_after: self.stop_after.clone(),
             time_passes: self.time_passes,
             verify: self.verify_each || cfg!(debug_assertions),
+            disable: self.disable_pass.iter().cloned().collect(),
         }
     }
 

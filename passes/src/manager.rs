@@ -19,6 +19,8 @@ pub struct Instrumentation {
     pub time_passes: bool,
     /// Verify after every pass (always on in tests and debug builds).
     pub verify: bool,
+    /// Passes left out of every pipeline (`--disable-pass`), to find which one hurts.
+    pub disable: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +53,7 @@ fn dump_opts() -> PrintOptions {
 
 impl PassManager {
     pub fn new(passes: Vec<Box<dyn Pass>>, inst: Instrumentation) -> PassManager {
+        let passes = passes.into_iter().filter(|p| !inst.disable.contains(p.name())).collect();
         PassManager { passes, inst, first_index: 0, stopped: false }
     }
 
