@@ -61,7 +61,17 @@ impl FDwConv<'_> {
             let x = unsafe { std::slice::from_raw_parts(self.x.add(t * g.h * g.w), g.h * g.w) };
             let out = unsafe { std::slice::from_raw_parts_mut(self.out.add(t * g.oh * g.ow), g.oh * g.ow) };
             let w = &self.w[c * g.kh * g.kw..(c + 1) * g.kh * g.kw];
-            plane(self.isa, x, out, w, self.bias.map_or(0.0, |b| b[c]), self.act, g);
+            let bias = self.bias.map_or(0.0, |b| b[c]);
+            #[cfg(target_arch = "x86_64")]
+            if self.isa == Isa::Avx512Vnni && avx512::fits(&g) {
+                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the planes are whole.
+                let clamped = unsafe { avx512::plane(x, out, w, bias, self.act, g) };
+                if !clamped {
+                    apply_act(out, self.act);
+                }
+                return;
+            }
+            plane(self.isa, x, out, w, bias, self.act, g);
         });
         multiversion!(
             fn plane(x: &[f32], out: &mut [f32], w: &[f32], bias: f32, act: Option<Act>, g: DwGeom) {
@@ -114,6 +124,105 @@ impl FDwConv<'_> {
                 }
             }
         );
+    }
+}
+
+/// Depthwise planes with 16 output columns in one register: every tap is a (masked) load and a
+/// multiply-add, where the portable loop streams each tap over the whole output row (memory-bound on the
+/// short rows of MobileNets). Stride 2 loads 32 columns and keeps the even ones.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::DwGeom;
+    use qcc_ir::Act;
+    use std::arch::x86_64::*;
+
+    /// Strides 1 and 2, no dilation, windows of at most 7×7.
+    pub fn fits(g: &DwGeom) -> bool {
+        matches!(g.stride[1], 1 | 2) && g.dil == [1, 1] && g.kw <= 7 && g.kh <= 7
+    }
+
+    /// Lanes l (of `n`) whose column ix0 + l·step lies in 0..w, as a mask.
+    #[inline(always)]
+    fn lanes(ix0: isize, step: isize, n: isize, w: isize) -> u32 {
+        // First and one-past-last lane inside the row.
+        let lo = if ix0 >= 0 { 0 } else { (-ix0 + step - 1) / step };
+        let hi = if ix0 >= w { 0 } else { ((w - ix0 + step - 1) / step).min(n) };
+        if hi <= lo {
+            0
+        } else {
+            (((1u64 << hi) - 1) & !((1u64 << lo) - 1)) as u32
+        }
+    }
+
+    /// Returns whether the activation was applied (ReLU and clips are, in registers; others are the
+    /// caller's).
+    ///
+    /// # Safety
+    /// AVX-512F present; x is one h·w plane, out one oh·ow plane, w kh·kw taps; `fits(g)`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn plane(x: &[f32], out: &mut [f32], w: &[f32], bias: f32, act: Option<Act>, g: DwGeom) -> bool {
+        let (lo, hi, clamped) = match act {
+            None => (f32::NEG_INFINITY, f32::INFINITY, true),
+            Some(Act::Relu) => (0.0, f32::INFINITY, true),
+            Some(Act::Clip { min, max }) => (min, max, true),
+            Some(_) => (f32::NEG_INFINITY, f32::INFINITY, false),
+        };
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let (s, pad) = (g.stride[1] as isize, g.pad[1] as isize);
+        let (wd, xp) = (g.w as isize, x.as_ptr());
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        // Per column block and kx: the first input column and which of the (16, or 32 for stride 2)
+        // columns from there lie inside the row — the same for every row.
+        let blocks = g.ow.div_ceil(16);
+        let span = if s == 1 { 16 } else { 32 };
+        let cols: Vec<(isize, u32)> = (0..blocks * g.kw)
+            .map(|i| {
+                let ix0 = (i / g.kw * 16) as isize * s + (i % g.kw) as isize - pad;
+                (ix0, lanes(ix0, 1, span, wd))
+            })
+            .collect();
+        let mut taps = [_mm512_setzero_ps(); 49];
+        for (t, v) in taps.iter_mut().zip(w) {
+            *t = _mm512_set1_ps(*v);
+        }
+        for oy in 0..g.oh {
+            let orow = &mut out[oy * g.ow..(oy + 1) * g.ow];
+            // The window rows inside the image: (ky, offset of input row iy).
+            let mut rows = [(0usize, 0isize); 7];
+            let mut nrows = 0;
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride[0] + ky) as isize - g.pad[0] as isize;
+                if iy >= 0 && iy < g.h as isize {
+                    rows[nrows] = (ky, iy * wd);
+                    nrows += 1;
+                }
+            }
+            for blk in 0..blocks {
+                let ox0 = blk * 16;
+                let n = (g.ow - ox0).min(16);
+                let mut acc = _mm512_set1_ps(bias);
+                for &(ky, row) in &rows[..nrows] {
+                    for (kx, &(ix0, m)) in cols[blk * g.kw..(blk + 1) * g.kw].iter().enumerate() {
+                        // SAFETY: masked-off lanes are not read (their addresses may lie outside the plane,
+                        // hence wrapping_offset); every read lane is a column of row iy.
+                        let v = unsafe {
+                            if s == 1 {
+                                _mm512_maskz_loadu_ps(m as __mmask16, xp.wrapping_offset(row + ix0))
+                            } else {
+                                let a = _mm512_maskz_loadu_ps(m as __mmask16, xp.wrapping_offset(row + ix0));
+                                let b = _mm512_maskz_loadu_ps((m >> 16) as __mmask16, xp.wrapping_offset(row + ix0 + 16));
+                                _mm512_permutex2var_ps(a, evens, b)
+                            }
+                        };
+                        acc = _mm512_fmadd_ps(taps[ky * g.kw + kx], v, acc);
+                    }
+                }
+                let acc = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
+                // SAFETY: n columns from ox0 are inside the output row.
+                unsafe { _mm512_mask_storeu_ps(orow.as_mut_ptr().add(ox0), ((1u32 << n) - 1) as __mmask16, acc) };
+            }
+        }
+        clamped
     }
 }
 
