@@ -54,6 +54,12 @@ impl FGemm<'_> {
     /// # Safety
     /// b must hold k rows of ldb floats (p used), out every addressed element.
     pub unsafe fn run(&self) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni && self.p == 1 && self.res.is_none() {
+            // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; b holds k rows of one column.
+            unsafe { self.gemv() };
+            return;
+        }
         let blocks = self.m.div_ceil(MR);
         let cols = (TILE_BYTES / (4 * self.k.max(1)) / NR * NR).clamp(NR, 8 * NR);
         let col_tiles = self.p.div_ceil(cols);
@@ -66,6 +72,36 @@ impl FGemm<'_> {
             for blk in rt * rows_per..((rt + 1) * rows_per).min(blocks) {
                 // SAFETY: the tile is inside the matrices run()'s caller described.
                 unsafe { self.tile(blk, p0, p1) };
+            }
+        });
+    }
+
+    /// One column (a Gemm with one input row): each block's packed weights [K][MR] are read as a flat
+    /// stream against b with every value repeated MR times, 48 products (8 k × 6 rows) per three
+    /// registers, then summed per row. The tile kernel would spend 12 FMAs on 6 products.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn gemv(&self) {
+        const _: () = assert!(MR == 6, "gemv's lanes assume 6 rows per block");
+        let blocks = self.m.div_ceil(MR);
+        let k8 = self.k.div_ceil(8) * 8;
+        let mut xr = vec![0f32; k8 * MR];
+        for kk in 0..self.k {
+            // SAFETY: b holds k rows of ldb floats; column 0 is read.
+            let v = unsafe { *self.b.add(kk * self.ldb) };
+            xr[kk * MR..(kk + 1) * MR].fill(v);
+        }
+        let per = blocks.div_ceil(4 * pool::threads()).max(1);
+        pool::parallel_for(blocks.div_ceil(per), &|t| {
+            for blk in t * per..((t + 1) * per).min(blocks) {
+                let a = &self.a[blk * self.k * MR..(blk + 1) * self.k * MR];
+                // SAFETY: AVX-512 is present (run()'s check).
+                let sums = unsafe { avx512::gemv_block(a, &xr) };
+                for (r, v) in sums.iter().enumerate().take(MR.min(self.m - blk * MR)) {
+                    let m = blk * MR + r;
+                    let v = v + self.bias.map_or(0.0, |b| b[m]);
+                    // SAFETY: (m, 0) is inside out.
+                    unsafe { *self.out.add(m * self.rs) = self.act.map_or(v, |f| f.apply(v)) };
+                }
             }
         });
     }
@@ -117,6 +153,38 @@ mod avx512 {
     use super::{FGemm, MR, NR};
     use qcc_ir::Act;
     use std::arch::x86_64::*;
+
+    /// Σ_k a[k][r] · x[k] for the MR rows r of one packed block (`xr` holds each x[k] MR times, zero
+    /// padded to a multiple of 8 k).
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub unsafe fn gemv_block(a: &[f32], xr: &[f32]) -> [f32; MR] {
+        let n = a.len();
+        let mut acc = [_mm512_setzero_ps(); 3];
+        let mut i = 0;
+        // SAFETY: every load lies inside a and xr (xr is at least as long as a, rounded up to 48).
+        unsafe {
+            while i + 48 <= n {
+                for (j, s) in acc.iter_mut().enumerate() {
+                    *s = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i + 16 * j)), _mm512_loadu_ps(xr.as_ptr().add(i + 16 * j)), *s);
+                }
+                i += 48;
+            }
+        }
+        let mut lanes = [0f32; 48];
+        for (j, s) in acc.iter().enumerate() {
+            // SAFETY: 16 floats at 16·j of 48.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(16 * j), *s) };
+        }
+        let mut out = [0f32; MR];
+        // Lane l of the 48 is row l % 6 (48 is a multiple of 6), as is element i of a; the tail adds on.
+        for (l, v) in lanes.iter().enumerate() {
+            out[l % MR] += v;
+        }
+        for (l, (av, xv)) in a[i..].iter().zip(&xr[i..]).enumerate() {
+            out[l % MR] += av * xv;
+        }
+        out
+    }
 
     #[target_feature(enable = "avx512f,avx512vl,fma")]
     pub unsafe fn tile(g: &FGemm, blk: usize, p0: usize, p1: usize) {
