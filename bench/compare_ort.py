@@ -91,7 +91,7 @@ class Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
-def ort_latency(path, threads, iters, x):
+def ort_session(path, threads, x):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -100,12 +100,32 @@ def ort_latency(path, threads, iters, x):
     name = s.get_inputs()[0].name
     for _ in range(5):
         s.run(None, {name: x})
+    return s, name
+
+
+def ort_latency(sess, iters, x):
+    s, name = sess
     t = []
     for _ in range(iters):
         t0 = time.perf_counter()
         s.run(None, {name: x})
         t.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(t))
+
+
+def paired(ort_path, qcc_model, qcc_extra, threads, iters, x, rounds=5):
+    """ONNX Runtime and qcc in alternating chunks of iters/rounds runs: this machine's speed drifts by 2x
+    within a minute, so the ratio is the median of the per-round ratios (each round's two chunks run back
+    to back) and each latency the median of its chunk medians."""
+    sess = ort_session(ort_path, threads, x)
+    chunk = max(iters // rounds, 5)
+    o, q, macs = [], [], 0
+    for _ in range(rounds):
+        o.append(ort_latency(sess, chunk, x))
+        qq, macs = qcc_latency(qcc_model, threads, chunk, qcc_extra)
+        q.append(qq)
+    ratio = float(np.median([b / a for a, b in zip(o, q)]))
+    return float(np.median(o)), float(np.median(q)), ratio, macs
 
 
 def qcc_latency(model, threads, iters, extra=()):
@@ -163,16 +183,15 @@ def main():
         qir = os.path.join(work, f"{m}-qcc-int8.qir")
         subprocess.run([QCC, path, "-O2", "--int8", "--calib", cal, "-o", qir], check=True, stderr=subprocess.DEVNULL)
         for threads in (1, 2):
-            of = ort_latency(path, threads, args.iters, x)
-            qf, _ = qcc_latency(path, threads, args.iters, ["-O2"])
-            oq = ort_latency(ort_q, threads, args.iters, x)
-            qq, macs = qcc_latency(qir, threads, args.iters)
-            rows.append((m, threads, of, qf, oq, qq, 2 * macs / (qq * 1e6)))
+            of, qf, rf, _ = paired(path, path, ["-O2"], threads, args.iters, x)
+            oq, qq, rq, macs = paired(ort_q, qir, [], threads, args.iters, x)
+            rows.append((m, threads, of, qf, rf, oq, qq, rq, 2 * macs / (qq * 1e6)))
     print(f"\n{'model':<20}{'thr':>4}{'ORT fp32':>10}{'qcc fp32':>10}{'ratio':>7}{'ORT int8':>10}{'qcc int8':>10}{'ratio':>7}{'GOPS':>7}{'% VNNI':>8}")
-    for m, t, of, qf, oq, qq, gops in rows:
-        print(f"{m:<20}{t:>4}{of:>9.2f}ms{qf:>8.2f}ms{qf / of:>7.2f}{oq:>8.2f}ms{qq:>8.2f}ms{qq / oq:>7.2f}{gops:>7.1f}{100 * gops / (VNNI_PEAK_GOPS * t):>7.1f}%")
-    print("\nratio = qcc / ONNX Runtime latency (below 1 = qcc faster); GOPS = 2·MACs of qcc's GEMM/conv steps per second "
-          "of the whole int8 model (a lower bound on kernel throughput); % VNNI = of the vpdpbusd peak of the threads used.")
+    for m, t, of, qf, rf, oq, qq, rq, gops in rows:
+        print(f"{m:<20}{t:>4}{of:>9.2f}ms{qf:>8.2f}ms{rf:>7.2f}{oq:>8.2f}ms{qq:>8.2f}ms{rq:>7.2f}{gops:>7.1f}{100 * gops / (VNNI_PEAK_GOPS * t):>7.1f}%")
+    print("\nratio = qcc / ONNX Runtime latency, the median of 5 rounds that each run both tools back to back (below 1 = qcc "
+          "faster); GOPS = 2·MACs of qcc's GEMM/conv steps per second of the whole int8 model (a lower bound on kernel "
+          "throughput); % VNNI = of the vpdpbusd peak of the threads used.")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Calibrates on dev images 0-99 and evaluates on 100-499 (top-1, label + 1):
   1. ONNX Runtime's quantize_static with per-tensor weights (QDQ, s8 symmetric weights, u8 activations,
      MinMax), run by ONNX Runtime;
-  2. qcc with the same scheme (--weights sym-per-tensor --calib-method minmax --no-bias-correction);
+  2. qcc with the same scheme (--weights sym-per-tensor --calib-method minmax --no-bias-correction, and
+     --disable-pass fuse-residual: ONNX Runtime quantizes a conv's output before the residual add);
   3. qcc's per-tensor default (--weights asym-per-tensor: the grid the QAT weights were trained on) and its
      overall default (sym-per-channel);
 then names the layers that cause the collapse with `qcc analyze` (sensitivity: network-output SQNR with
@@ -55,7 +56,8 @@ def qcc_eval(tmp, *flags):
 def main():
     require_shared()
     calib, evaluate = dev_images(0, 100), dev_images(100, 400)
-    ort_like = ["--weights", "sym-per-tensor", "--calib-method", "minmax", "--no-bias-correction"]
+    # ONNX Runtime also quantizes each conv's output before a residual add: no fuse-residual.
+    ort_like = ["--weights", "sym-per-tensor", "--calib-method", "minmax", "--no-bias-correction", "--disable-pass", "fuse-residual"]
     with tempfile.TemporaryDirectory() as tmp:
         q = os.path.join(tmp, "ort_per_tensor.onnx")
         name = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"]).get_inputs()[0].name
