@@ -122,7 +122,8 @@ fn instrumentation_flags() {
             "03-fuse-activation.qir",
             "04-fuse-residual.qir",
             "05-fold-qdq.qir",
-            "06-canonicalize.qir"
+            "06-fuse-epilogue.qir",
+            "07-canonicalize.qir"
         ]
     );
     let e = stderr(&o);

@@ -46,10 +46,13 @@ fn net(h: usize) -> Builder {
     b.node("GlobalAveragePool", "se_gap", &["rs3"], &["se0"], vec![]);
     b.node("Sigmoid", "se_sig", &["se0"], &["se1"], vec![]);
     b.node("Mul", "se_mul", &["rs3", "se1"], &["m3"], vec![]);
-    // An add of two computed values that no conv absorbs (pw2's add becomes its residual).
+    // An add of two computed values that no conv absorbs (pw2's add becomes its residual), and a
+    // multiply, each followed by an activation that fuse-epilogue makes theirs (a clamp, a float one).
     b.node("Add", "addm3", &["m3", "r1"], &["am3"], vec![]);
-    b.node("Mul", "mul3", &["am3", "r1"], &["mm3"], vec![]);
-    b.node("Concat", "cat3", &["mm3", "r1"], &["cat3"], vec![int("axis", 1)]);
+    b.node("Relu", "reluam3", &["am3"], &["ram3"], vec![]);
+    b.node("Mul", "mul3", &["ram3", "r1"], &["mm3"], vec![]);
+    b.node("LeakyRelu", "leakymm3", &["mm3"], &["lmm3"], vec![]);
+    b.node("Concat", "cat3", &["lmm3", "r1"], &["cat3"], vec![int("axis", 1)]);
     b.node("Conv", "conv4", &["cat3", "w4", "b4"], &["c4"], vec![ints("pads", &[2, 2, 2, 2]), ints("dilations", &[2, 2])]);
     b.node("Relu", "relu4", &["c4"], &["r4"], vec![]);
     // A 3x3 conv (im2col) taking r4 as its residual, with an activation requantized on the float path.
@@ -149,6 +152,13 @@ fn compiled_networks_equal_the_interpreter_byte_for_byte() {
             for op in ["qconv", "qgemm", "qadd", "qmul", "qconcat", "qaverage_pool", "qglobal_average_pool", "max_pool"] {
                 assert!(ops.contains(&op), "{name}: no {op} in {ops:?}");
             }
+            // fuse-epilogue gave the add and the multiply their activations.
+            use qcc_ir::{Act, Op};
+            assert!(g.node_ids().any(|n| matches!(g.node(n).op, Op::QAdd { act: Some(Act::Relu) })), "{name}: no qadd with relu");
+            assert!(
+                g.node_ids().any(|n| matches!(g.node(n).op, Op::QMul { act: Some(Act::LeakyRelu { .. }) })),
+                "{name}: no qmul with leaky"
+            );
             // fuse-residual gave pw2 (pointwise, relu) and conv4b (3x3, leaky relu) their residuals.
             let residuals = g.node_ids().filter(|n| matches!(g.node(*n).op, qcc_ir::Op::QConv { .. }) && g.node(*n).inputs.len() == 4);
             assert_eq!(residuals.count(), 2, "{name}");

@@ -1,6 +1,7 @@
 //! insert-observers: puts an `observe` node on every float value whose range quantization will need —
 //! the outputs of ops with integer forms (conv, gemm, add, mul, concat, average pools) and the values they
-//! read (a conv's input and residual, not its constants).
+//! read (a conv's input and residual, not its constants); for an add or multiply read only by an
+//! activation, the activation's output instead of the sum.
 //! Reads through layout-only ops (reshape, flatten, transpose, max pool, ...) to the value that produces
 //! the data, so one observer serves a whole chain. Runs after the float passes; the driver then calibrates
 //! and assign-qparams turns each observe into quantize + dequantize.
@@ -67,7 +68,13 @@ impl Pass for InsertObservers {
             if !has_integer_form(g, &node.op, &node.inputs) {
                 continue;
             }
-            wanted.insert(node.output);
+            // An add or multiply read only by an activation is quantized after the activation: fuse-epilogue
+            // then makes the three one qadd/qmul with the activation (one rounding, not two).
+            let act_after = match (&node.op, g.uses(node.output).as_slice()) {
+                (Op::Add | Op::Mul, [(u, 0)]) if !g.is_output(node.output) && g.node(*u).op.as_act().is_some() => Some(g.node(*u).output),
+                _ => None,
+            };
+            wanted.insert(act_after.unwrap_or(node.output));
             let data_inputs: Vec<ValueId> = match node.op {
                 Op::Add | Op::Mul | Op::Concat { .. } => node.inputs.clone(),
                 // A conv's residual (fuse-residual) is quantized like its input.

@@ -1,7 +1,7 @@
 //! The optimization pipelines, as data: one list per level, read top to bottom.
 use crate::{
-    AssignQparams, BiasCorrect, Canonicalize, DynamicQuantize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, FuseResidual,
-    InsertObservers, Pass, PlaceQdq,
+    AssignQparams, BiasCorrect, Canonicalize, DynamicQuantize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, FuseEpilogue,
+    FuseResidual, InsertObservers, Pass, PlaceQdq,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +23,7 @@ pub const PASS_NAMES: &[&str] = &[
     "bias-correct",
     "place-qdq",
     "fold-qdq",
+    "fuse-epilogue",
     "dynamic-quantize",
 ];
 
@@ -38,6 +39,7 @@ pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
         "place-qdq" => Box::new(PlaceQdq),
         "bias-correct" => Box::new(BiasCorrect),
         "fold-qdq" => Box::new(FoldQdq),
+        "fuse-epilogue" => Box::new(FuseEpilogue),
         "dynamic-quantize" => Box::new(DynamicQuantize),
         _ => return None,
     })
@@ -53,7 +55,7 @@ pub fn pipeline(level: OptLevel) -> Vec<Box<dyn Pass>> {
     match level {
         OptLevel::O0 => passes(&[]),
         OptLevel::O1 | OptLevel::O2 => {
-            passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "fuse-residual", "fold-qdq", "canonicalize"])
+            passes(&["canonicalize", "fold-batchnorm", "fuse-activation", "fuse-residual", "fold-qdq", "fuse-epilogue", "canonicalize"])
         }
     }
 }
@@ -84,7 +86,7 @@ pub fn quant_pipeline(level: OptLevel, equalize: bool, bias_correct: bool) -> (V
     }
     after.extend(passes(&["place-qdq"]));
     if level != OptLevel::O0 {
-        after.extend(passes(&["fold-qdq", "canonicalize"]));
+        after.extend(passes(&["fold-qdq", "fuse-epilogue", "canonicalize"]));
     }
     (before, after)
 }
