@@ -7,7 +7,7 @@
 //! and assign-qparams turns each observe into quantize + dequantize.
 use crate::{Pass, PassContext, PassError};
 use qcc_ir::{DType, Graph, Op, ValueId};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 pub struct InsertObservers;
 
@@ -63,6 +63,8 @@ impl Pass for InsertObservers {
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
         let order = g.topo_order().map_err(|_| PassError::Failed { pass: "insert-observers", msg: "graph has a cycle".into() })?;
         let mut wanted: BTreeSet<ValueId> = BTreeSet::new();
+        // Observers that stand for an add or multiply as well carry its locations too (--int16 names it).
+        let mut also: HashMap<ValueId, Vec<String>> = HashMap::new();
         for n in order {
             let node = g.node(n);
             if !has_integer_form(g, &node.op, &node.inputs) {
@@ -74,6 +76,9 @@ impl Pass for InsertObservers {
                 (Op::Add | Op::Mul, [(u, 0)]) if !g.is_output(node.output) && g.node(*u).op.as_act().is_some() => Some(g.node(*u).output),
                 _ => None,
             };
+            if let Some(a) = act_after {
+                also.insert(a, node.loc.clone());
+            }
             wanted.insert(act_after.unwrap_or(node.output));
             let data_inputs: Vec<ValueId> = match node.op {
                 Op::Add | Op::Mul | Op::Concat { .. } => node.inputs.clone(),
@@ -90,7 +95,7 @@ impl Pass for InsertObservers {
                 continue;
             }
             let loc = match g.producer(v) {
-                Some(p) => g.node(p).loc.clone(),
+                Some(p) => [also.remove(&v).unwrap_or_default(), g.node(p).loc.clone()].concat(),
                 None => vec![g.value(v).name.clone().unwrap_or_else(|| "input".into())],
             };
             let ty = g.ty(v).clone();
