@@ -217,7 +217,9 @@ mod avx512 {
                         acc = _mm512_fmadd_ps(taps[ky * g.kw + kx], v, acc);
                     }
                 }
-                let acc = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
+                // The bound first: vmaxps/vminps return their second operand when either is NaN, so a NaN
+                // comes through (unclamped, as without an activation) instead of becoming a bound.
+                let acc = _mm512_min_ps(hi, _mm512_max_ps(lo, acc));
                 // SAFETY: n columns from ox0 are inside the output row.
                 unsafe { _mm512_mask_storeu_ps(orow.as_mut_ptr().add(ox0), ((1u32 << n) - 1) as __mmask16, acc) };
             }

@@ -240,7 +240,8 @@ mod avx512 {
                     }
                     if let Some((lo, hi)) = clamp {
                         for x in v.iter_mut() {
-                            *x = _mm512_min_ps(_mm512_max_ps(*x, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+                            // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
+                            *x = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), *x));
                         }
                     }
                     let dst = g.out.add(m * g.rs + p * g.cs);
