@@ -15,7 +15,7 @@ use qcc_ir::{ConstData, DType, ElemType, Graph, NodeId, Op, QParams, QuantType, 
 pub struct FoldQdq;
 
 /// The quantized value `v` dequantizes, if `v` is a dequantize's output.
-fn dq_source(g: &Graph, v: ValueId) -> Option<ValueId> {
+pub(crate) fn dq_source(g: &Graph, v: ValueId) -> Option<ValueId> {
     let p = g.producer(v)?;
     (g.node(p).op == Op::Dequantize).then(|| g.node(p).inputs[0])
 }

@@ -12,16 +12,11 @@
 //!
 //! Runs after fold-qdq. An activation between two different quantizations stays as it is: fusing it
 //! would drop one rounding, which changes results.
+use crate::fold_qdq::dq_source;
 use crate::{Pass, PassContext, PassError};
 use qcc_ir::{Act, Graph, NodeId, Op, QParams, ValueId};
 
 pub struct FuseEpilogue;
-
-/// The quantized value `v` dequantizes, if `v` is a dequantize's output.
-fn dq_source(g: &Graph, v: ValueId) -> Option<ValueId> {
-    let p = g.producer(v)?;
-    (g.node(p).op == Op::Dequantize).then(|| g.node(p).inputs[0])
-}
 
 /// The single-use producer of `v`.
 fn only_producer(g: &Graph, v: ValueId) -> Option<NodeId> {
