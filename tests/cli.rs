@@ -278,4 +278,8 @@ fn object_files_headers_and_bench() {
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("median"), "{}", stderr(&o));
     let j = std::fs::read_to_string(&json).unwrap();
     assert!(j.contains("\"median_ms\"") && j.contains("\"p90_ms\"") && j.contains("\"threads\""), "{j}");
+    // --profile: every step timed, grouped by kernel, then per node.
+    let o = qcc(&["bench", &example(), "-O2", "--iters", "3", "--profile"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("(all)") && out.contains("fgemm") && out.contains("median"), "{out}{}", stderr(&o));
 }
