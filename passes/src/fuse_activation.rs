@@ -46,13 +46,6 @@ impl Pass for FuseActivation {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        let order = g.topo_order().map_err(|_| PassError::Failed { pass: "fuse-activation", msg: "graph has a cycle".into() })?;
-        let mut changed = false;
-        for n in order {
-            if g.contains_node(n) {
-                changed |= fuse_one(g, n);
-            }
-        }
-        Ok(changed)
+        crate::rewrite_in_order(g, "fuse-activation", fuse_one)
     }
 }

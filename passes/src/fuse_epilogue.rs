@@ -6,7 +6,7 @@
 //!   followed by any activation, as insert-observers leaves it (it quantizes the activation's output, not
 //!   the sum's), becomes `qadd|qmul{act} a, b` — by definition quantize(act(dq(a) ∘ dq(b))).
 //! - `quantize(relu|clip(dequantize(op)))` after a qconv, qgemm, qadd or qmul without an activation,
-//!   where the quantize has the op's own type (as QDQ models often write a ReLU between two identical
+//!   where the quantize has the op's own type (a QDQ model may put a ReLU between two identical
 //!   quantize/dequantize pairs): a clamp of values already on the grid, so the op takes the activation
 //!   and the pair disappears.
 //!
@@ -87,13 +87,7 @@ impl Pass for FuseEpilogue {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        let order = g.topo_order().map_err(|_| PassError::Failed { pass: "fuse-epilogue", msg: "graph has a cycle".into() })?;
-        let mut changed = false;
-        for n in order {
-            if g.contains_node(n) {
-                changed |= fuse_one(g, n);
-            }
-        }
+        let changed = crate::rewrite_in_order(g, "fuse-epilogue", fuse_one)?;
         if changed {
             g.dce();
         }

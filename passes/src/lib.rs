@@ -149,3 +149,20 @@ pub enum PassError {
     #[error("the IR is invalid after pass {pass}: {errors}")]
     Verify { pass: String, errors: qcc_ir::VerifierErrors },
 }
+
+/// Applies a local rewrite to every node still in the graph, in topological order (the loop of the fuse
+/// passes); returns whether any call changed the graph.
+pub(crate) fn rewrite_in_order(
+    g: &mut Graph,
+    pass: &'static str,
+    mut rewrite: impl FnMut(&mut Graph, qcc_ir::NodeId) -> bool,
+) -> Result<bool, PassError> {
+    let order = g.topo_order().map_err(|_| PassError::Failed { pass, msg: "graph has a cycle".into() })?;
+    let mut changed = false;
+    for n in order {
+        if g.contains_node(n) {
+            changed |= rewrite(g, n);
+        }
+    }
+    Ok(changed)
+}
