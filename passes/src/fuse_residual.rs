@@ -36,7 +36,6 @@ fn fuse_one(g: &mut Graph, n: NodeId) -> bool {
     }
     let (a, b) = (node.inputs[0], node.inputs[1]);
     let Some((conv, r)) = candidate(g, a, b).or_else(|| candidate(g, b, a)) else { return false };
-    let Op::Conv { strides, pads, dilations, group, .. } = g.node(conv).op.clone() else { return false };
     let mut ins = g.node(conv).inputs.clone();
     if ins.len() == 2 {
         let m = g.ty(ins[1]).shape().map_or(0, |s| s[0]);
@@ -45,7 +44,6 @@ fn fuse_one(g: &mut Graph, n: NodeId) -> bool {
     }
     ins.push(r);
     g.set_inputs(conv, ins);
-    g.set_op(conv, Op::Conv { strides, pads, dilations, group, act: None });
     let loc = g.node(n).loc.clone();
     g.loc_mut(conv).extend(loc);
     let out = g.node(n).output;
