@@ -114,8 +114,8 @@ def ort_latency(sess, iters, x):
 
 
 def paired(ort_path, qcc_model, qcc_extra, threads, iters, x, rounds=5):
-    """ONNX Runtime and qcc in alternating chunks of iters/rounds runs: this machine's speed drifts by 2x
-    within a minute, so the ratio is the median of the per-round ratios (each round's two chunks run back
+    """ONNX Runtime and qcc in alternating chunks of iters/rounds runs: this machine's speed drifts by up to 2x
+    within minutes, so the ratio is the median of the per-round ratios (each round's two chunks run back
     to back) and each latency the median of its chunk medians."""
     sess = ort_session(ort_path, threads, x)
     chunk = max(iters // rounds, 5)
