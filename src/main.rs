@@ -800,12 +800,21 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         if b.m.interp { "interpreter".to_string() } else { format!("jit {}", target_isa(&b.m.target_cpu)?.name()) },
         if macs > 0 { format!(", {:.1} int8 GOPS in GEMM/conv", gops) } else { String::new() }
     );
+    // Measured here, so GOPS figures compare with this CPU's limit, not another's.
+    let peak = qcc_runtime::kernels::gemm::vnni_peak_gops();
+    if let Some(p) = peak {
+        println!(
+            "vpdpbusd peak of one core (measured): {p:.1} GOPS; this model's GEMM/conv at {:.0}% of the peak of its threads",
+            100.0 * gops / (p * threads as f64)
+        );
+    }
     if let Some(p) = &b.json {
         let json = format!(
-            "{{\"median_ms\": {:.4}, \"p10_ms\": {:.4}, \"p90_ms\": {:.4}, \"threads\": {threads}, \"macs\": {macs}}}\n",
+            "{{\"median_ms\": {:.4}, \"p10_ms\": {:.4}, \"p90_ms\": {:.4}, \"threads\": {threads}, \"macs\": {macs}, \"vnni_peak_gops\": {}}}\n",
             q(0.5),
             q(0.1),
-            q(0.9)
+            q(0.9),
+            peak.map_or("null".to_string(), |p| format!("{p:.1}"))
         );
         write_atomic(p, json.as_bytes())?;
     }

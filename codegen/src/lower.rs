@@ -234,15 +234,23 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     .map(|ch| (bias[ch] - zxu * (0..kh * kw).map(|t| wv[ch * kh * kw + t] - zw[ch] as i64).sum::<i64>()) as i32)
                     .collect();
                 let epi = epi_hdr(&mut blob, sx, &sw, g.ty(out), *act, c).map_err(|e| node_err(&name, e))?;
+                let geo = geom(&xs, &os, kh, kw, strides, pads, dilations);
                 let h = DwConvHdr {
                     isa,
-                    g: geom(&xs, &os, kh, kw, strides, pads, dilations),
+                    g: geo,
                     zx: zx + if xor { 128 } else { 0 },
                     xor,
                     wts: Arr { off: blob.push_i32(&wts), len: wts.len() },
                     pairs: if isa == Isa::Avx512Vnni {
                         let p = qcc_runtime::kernels::dwconv::pair_weights(&wts, kh * kw, c);
                         Arr { off: blob.push_i32(&p), len: p.len() }
+                    } else {
+                        Arr::default()
+                    },
+                    vnni: if isa == Isa::Avx512Vnni {
+                        let mult = blob.f32s(epi.mult);
+                        qcc_runtime::kernels::dwvnni::table(&wts, &geo, &bias_full, &mult, sat.as_deref())
+                            .map_or(Arr::default(), |t| Arr { off: blob.push_i32(&t), len: t.len() })
                     } else {
                         Arr::default()
                     },

@@ -159,6 +159,10 @@ impl Blob {
         let b: Vec<u8> = v.iter().map(|v| *v as u8).collect();
         self.push_bytes(&b)
     }
+    /// The f32 values of an array pushed before.
+    pub fn f32s(&self, a: qcc_runtime::abi::Arr) -> Vec<f32> {
+        self.bytes[a.off..a.off + 4 * a.len].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
     /// Overwrites words at `at` (headers of host steps get their pointer once it exists).
     pub fn patch_words(&mut self, at: usize, w: &[u64]) {
         for (i, v) in w.iter().enumerate() {

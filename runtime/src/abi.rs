@@ -259,6 +259,7 @@ header!(DwConvHdr {
     xor: bool,
     wts: Arr,
     pairs: Arr,
+    vnni: Arr,
     bias: Arr,
     bias_full: Arr,
     sat: Arr,

@@ -3,7 +3,7 @@
 //! `qcc_set_threads` for applications. libqcc_runtime.a exports these symbols to object files; the JIT
 //! resolves them through `symbols()`.
 use crate::abi::*;
-use crate::kernels::dwconv::DwConv;
+use crate::kernels::dwconv::{DwConv, DwGeom};
 use crate::kernels::elementwise::{self, QAdd};
 use crate::kernels::fconv;
 use crate::kernels::fgemm::FGemm;
@@ -77,54 +77,8 @@ pub unsafe extern "C" fn qcc_k_gemm(hdr: *const u64, blob: *const u8, arena: *mu
 pub unsafe extern "C" fn qcc_k_im2col(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = Im2colHdr::decode(words(hdr));
-        let (g, c) = (h.g, h.cin);
-        let x = elementwise::Ptr(arena.add(h.x));
-        let out = elementwise::Ptr(arena.add(h.out));
-        crate::kernels::pool::parallel_for(g.n * g.oh, &|t| {
-            let (b, oy) = (t / g.oh, t % g.oh);
-            for ox in 0..g.ow {
-                let row = out.get().add(((b * g.oh + oy) * g.ow + ox) * h.kp);
-                for ky in 0..g.kh {
-                    let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                    let ix0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
-                    let dst = row.add(ky * g.kw * c);
-                    let inside_row = iy >= 0 && iy < g.h as isize;
-                    let last = ix0 + ((g.kw - 1) * g.dil[1]) as isize;
-                    if inside_row && g.dil[1] == 1 && ix0 >= 0 && last < g.w as isize {
-                        // The whole window row is inside: kw·c contiguous bytes.
-                        let src = x.get().add(((b * g.h + iy as usize) * g.w + ix0 as usize) * c);
-                        copy_small(src, dst, g.kw * c);
-                        continue;
-                    }
-                    for kx in 0..g.kw {
-                        let ix = ix0 + (kx * g.dil[1]) as isize;
-                        let dst = dst.add(kx * c);
-                        if !inside_row || ix < 0 || ix >= g.w as isize {
-                            std::ptr::write_bytes(dst, h.pad_byte as u8, c);
-                        } else {
-                            copy_small(x.get().add(((b * g.h + iy as usize) * g.w + ix as usize) * c), dst, c);
-                        }
-                    }
-                }
-                // Bytes kh·kw·c..kp meet zero weights; keep them defined.
-                let used = g.kh * g.kw * c;
-                std::ptr::write_bytes(row.add(used), 0, h.kp - used);
-            }
-        });
-    }
-}
-
-/// Copies n bytes; a byte loop beats a memcpy call for the few bytes of early layers (RGB windows).
-unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
-    // SAFETY: caller's contract: both valid for n bytes, not overlapping.
-    unsafe {
-        if n < 32 {
-            for j in 0..n {
-                *dst.add(j) = *src.add(j);
-            }
-        } else {
-            std::ptr::copy_nonoverlapping(src, dst, n);
-        }
+        let g = DwGeom { c: h.cin, ..h.g };
+        crate::kernels::im2col::im2col_u8(arena.add(h.x), g, h.pad_byte as u8, h.kp, arena.add(h.out));
     }
 }
 
@@ -142,6 +96,7 @@ pub unsafe extern "C" fn qcc_k_dwconv(hdr: *const u64, blob: *const u8, arena: *
             xor: h.xor,
             wts: h.wts.slice(blob),
             pairs: h.pairs.slice(blob),
+            vnni: h.vnni.slice(blob),
             bias: h.bias.slice(blob),
             bias_full: h.bias_full.slice(blob),
             sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),

@@ -47,6 +47,9 @@ pub struct DwConv<'a> {
     /// last alone with 0), 16 i32 for the low and 16 for the high unpack halves, each i32 holding the two
     /// taps' weights as i16 (see `pair_weights`). Empty for other ISAs.
     pub pairs: &'a [i32],
+    /// The VNNI kernel's table (dwvnni::table), or empty when the weights do not fit i8 or the ISA is
+    /// not AVX-512 VNNI.
+    pub vnni: &'a [i32],
     pub bias: &'a [i32],
     /// bias[c] − zx · Σ_taps w[tap][c]: the bias of a pixel whose taps all lie inside the image, so its
     /// loop multiplies raw bytes.
@@ -124,8 +127,15 @@ impl DwConv<'_> {
         );
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni && self.epi.float_act.is_none() {
-            // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has AVX-512.
-            unsafe { avx512::row(x, out, self, oy) };
+            // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has AVX-512 VNNI; the compiler built
+            // `vnni` with dwvnni::table for this convolution.
+            unsafe {
+                if self.vnni.is_empty() {
+                    avx512::row(x, out, self, oy)
+                } else {
+                    super::dwvnni::row(x, out, self, oy)
+                }
+            };
             return;
         }
         dw_row(self.isa, x, out, self, oy);

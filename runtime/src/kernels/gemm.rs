@@ -6,6 +6,7 @@
 use super::dwconv::DwGeom;
 use super::epilogue::{saturate, Epilogue};
 use super::{multiversion, pool, Isa};
+use std::mem::MaybeUninit;
 
 /// Columns per block of packed weights (one zmm of i32 lanes).
 pub const NBLK: usize = 16;
@@ -108,11 +109,14 @@ impl Gemm<'_> {
     unsafe fn row_sum(&self, r: usize) -> i32 {
         let x = if self.xor { 0x80u8 } else { 0 };
         if let Some((g, _)) = self.conv {
-            let mut taps = [std::ptr::null(); 64];
-            // SAFETY: every tap pointer addresses cin bytes (run()'s contract).
+            let mut taps = [MaybeUninit::uninit(); 64];
+            // SAFETY: tap_ptrs set the first kh·kw entries, each addressing cin bytes (run()'s contract).
             return unsafe {
                 self.tap_ptrs(r, &mut taps);
-                taps[..g.kh * g.kw].iter().map(|p| std::slice::from_raw_parts(*p, g.c).iter().map(|v| (v ^ x) as i32).sum::<i32>()).sum()
+                taps[..g.kh * g.kw]
+                    .iter()
+                    .map(|p| std::slice::from_raw_parts(p.assume_init(), g.c).iter().map(|v| (v ^ x) as i32).sum::<i32>())
+                    .sum()
             };
         }
         // SAFETY: row r is inside a (run()'s contract).
@@ -120,9 +124,10 @@ impl Gemm<'_> {
         row.iter().map(|v| (v ^ x) as i32).sum()
     }
 
-    /// For implicit convolutions: the address of each tap's cin bytes for output pixel r.
+    /// For implicit convolutions: the address of each tap's cin bytes for output pixel r, in the first
+    /// kh·kw entries of `out` (left uninitialised by callers: zeroing 64 per micro-tile cost a memset).
     #[inline(always)]
-    unsafe fn tap_ptrs(&self, r: usize, out: &mut [*const u8; 64]) {
+    unsafe fn tap_ptrs(&self, r: usize, out: &mut [MaybeUninit<*const u8>; 64]) {
         let Some((g, pad)) = self.conv else { return };
         let (b, p) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
         let (oy, ox) = (p / g.ow, p % g.ow);
@@ -130,12 +135,12 @@ impl Gemm<'_> {
             let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
             for kx in 0..g.kw {
                 let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                out[ky * g.kw + kx] = if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
+                out[ky * g.kw + kx].write(if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
                     pad
                 } else {
                     // SAFETY: inside the input image.
                     unsafe { self.a.add(((b * g.h + iy as usize) * g.w + ix as usize) * g.c) }
-                };
+                });
             }
         }
     }
@@ -198,6 +203,7 @@ mod vnni {
     use super::{packed_dims, saturate, Gemm, NBLK};
     use crate::kernels::elementwise::IntElem;
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
@@ -263,7 +269,8 @@ mod vnni {
         let flip = _mm512_set1_epi32(if g.xor { 0x8080_8080u32 as i32 } else { 0 });
         let blk0 = c0 / NBLK;
         // SAFETY: every pointer below stays inside `a` rows r0..r0+MR (kp bytes each, the arena's
-        // slack covers kp > k) and the packed weight blocks blk0..blk0+NB.
+        // slack covers kp > k) and the packed weight blocks blk0..blk0+NB; with a convolution,
+        // tap_ptrs set the taps' entries 0..kh·kw, the segments read.
         unsafe {
             let bbase = g.b.as_ptr().add(blk0 * kp * NBLK);
             // Each segment is a run of k-groups read from one pointer per row: the whole row for a plain
@@ -272,7 +279,7 @@ mod vnni {
                 Some((cg, _)) => (cg.kh * cg.kw, cg.c / 4),
                 None => (1, kp / 4),
             };
-            let mut taps = [[std::ptr::null::<u8>(); 64]; MR];
+            let mut taps = [[MaybeUninit::<*const u8>::uninit(); 64]; MR];
             if g.conv.is_some() {
                 for (i, t) in taps.iter_mut().enumerate() {
                     g.tap_ptrs(r0 + i, t);
@@ -280,7 +287,7 @@ mod vnni {
             }
             for seg in 0..segments {
                 let arows: [*const u8; MR] =
-                    std::array::from_fn(|i| if g.conv.is_some() { taps[i][seg] } else { g.a.add((r0 + i) * g.lda) });
+                    std::array::from_fn(|i| if g.conv.is_some() { taps[i][seg].assume_init() } else { g.a.add((r0 + i) * g.lda) });
                 for sg in 0..seg_groups {
                     let kg = seg * seg_groups + sg;
                     let mut bv = [_mm512_setzero_si512(); NB];
@@ -351,5 +358,46 @@ mod vnni {
                 }
             }
         }
+    }
+}
+
+/// The vpdpbusd throughput of the calling core in GOPS (2 ops per multiply-add), measured on
+/// independent accumulator chains (the limit no GEMM passes), or None without AVX-512 VNNI. Benchmarks
+/// report kernel throughput against this rather than a figure measured on another CPU.
+pub fn vnni_peak_gops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni {
+        const ITERS: usize = 1 << 18;
+        let best = (0..7)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                // SAFETY: the CPU has AVX-512 VNNI (checked above).
+                std::hint::black_box(unsafe { peak::chains(std::hint::black_box(ITERS)) });
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        return Some((ITERS * peak::CHAINS * 64 * 2) as f64 / best / 1e9);
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulators: more than latency × throughput of vpdpbusd on current cores.
+    pub const CHAINS: usize = 16;
+
+    /// `iters` rounds of one vpdpbusd per chain; returns a sum so nothing is optimised away.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub fn chains(iters: usize) -> i32 {
+        let (a, b) = (_mm512_set1_epi32(0x0102_0304), _mm512_set1_epi32(0x0101_0101));
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, a, b);
+            }
+        }
+        acc.iter().fold(0, |s, v| s.wrapping_add(_mm512_reduce_add_epi32(*v)))
     }
 }

@@ -3,12 +3,14 @@
 //! docs/semantics.md defines, so its bytes equal the reference interpreter's; the property tests in
 //! tests/kernels.rs hold each ISA variant to the portable one.
 pub mod dwconv;
+pub mod dwvnni;
 pub mod elementwise;
 pub mod epilogue;
 pub mod fconv;
 pub mod fgemm;
 pub mod float;
 pub mod gemm;
+pub mod im2col;
 pub mod pool;
 pub mod qpool;
 pub mod wideconv;
