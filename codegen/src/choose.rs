@@ -4,7 +4,7 @@
 use qcc_ir::{DType, Graph, NodeId, Op, QParams, QuantType, Type, ValueId};
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::float::{BinOp, UnOp};
-use qcc_runtime::kernels::gemm::packed_dims;
+use qcc_runtime::kernels::gemm::{packed_dims, ROW_SEGS};
 use qcc_runtime::kernels::Isa;
 use qcc_runtime::qops::per_channel;
 
@@ -13,10 +13,12 @@ pub(crate) enum Choice {
     Quantize,
     Dequantize,
     /// qconv as a GEMM; `im2col` = gather windows first (into a temporary of that many bytes);
-    /// `implicit` = the VNNI kernel reads the windows straight from the input.
+    /// `implicit` = the VNNI kernel reads the windows straight from the input, per tap or, with
+    /// `rows`, per kernel row (channels not a multiple of 4).
     ConvGemm {
         im2col: Option<usize>,
         implicit: bool,
+        rows: bool,
     },
     DwConv,
     /// qconv or qgemm with a 16-bit input or output.
@@ -149,14 +151,22 @@ impl Ctx<'_> {
                 if *group == 1 {
                     let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
                     if pointwise {
-                        return Choice::ConvGemm { im2col: None, implicit: false };
+                        return Choice::ConvGemm { im2col: None, implicit: false, rows: false };
                     }
                     if self.isa == Isa::Avx512Vnni && cin % 4 == 0 && ws[2] * ws[3] <= 64 {
-                        return Choice::ConvGemm { im2col: None, implicit: true };
+                        return Choice::ConvGemm { im2col: None, implicit: true, rows: false };
+                    }
+                    // Row segments need no row sums: symmetric weights only (the zero-point term would
+                    // count the padding bytes).
+                    let symmetric =
+                        g.ty(ins[1]).quant().and_then(|q| per_channel(q, m).ok()).is_some_and(|(_, zw)| zw.iter().all(|z| *z == 0));
+                    let row_ok = ws[3] * cin <= 64 && ws[2] <= ROW_SEGS && dilations.get(1).is_none_or(|d| *d == 1);
+                    if self.isa == Isa::Avx512Vnni && symmetric && row_ok {
+                        return Choice::ConvGemm { im2col: None, implicit: true, rows: true };
                     }
                     let os = oty.shape().unwrap_or(&[]);
                     let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m);
-                    return Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false };
+                    return Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false, rows: false };
                 }
                 if *group as usize == cin && m == cin && ws[1] == 1 && dilations.len() == 2 {
                     return Choice::DwConv;

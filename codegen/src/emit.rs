@@ -170,6 +170,7 @@ pub(crate) fn gemm_hdr(
         out: out_off,
         ldo: m,
         implicit: false,
+        conv_rows: false,
         conv: DwGeom { n: 0, h: 0, w: 0, c: 0, oh: 0, ow: 0, kh: 0, kw: 0, stride: [1, 1], pad: [0, 0], dil: [1, 1] },
         pad: Arr::default(),
     })

@@ -149,18 +149,25 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 };
                 push(Kernel::Dequantize, h.encode(), 0, &mut blob);
             }
-            Choice::ConvGemm { im2col, implicit } => {
+            Choice::ConvGemm { im2col, implicit, rows: row_segs } => {
                 let Op::QConv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
                 let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
                 let (cin, m, kh, kw) = (xs[1], ws[0], ws[2], ws[3]);
-                let k = cin * kh * kw;
+                // Row segments: each kernel row's kw·cin bytes padded to a multiple of 4 (zero weights).
+                let seg = (kw * cin).div_ceil(4) * 4;
+                let k = if *row_segs { kh * seg } else { cin * kh * kw };
                 let (kp, _) = packed_dims(k, m);
                 let rows = os[0] * os[2] * os[3];
                 let (wv, sw, zw, bias, sat) = cx.weights(n).ok_or_else(|| internal(&name))?;
-                // Row k of the GEMM is (ky, kx, c), the order im2col writes.
+                // Row k of the GEMM is (ky, kx, c), the order im2col writes (with row segments, each
+                // kernel row padded).
                 let at = |kk: usize, nn: usize| {
-                    let (tap, c) = (kk / cin, kk % cin);
-                    wv[((nn * cin + c) * kh + tap / kw) * kw + tap % kw] as i8
+                    let (ky, j) = if *row_segs { (kk / seg, kk % seg) } else { (kk / (kw * cin), kk % (kw * cin)) };
+                    if j >= kw * cin {
+                        return 0;
+                    }
+                    let (kx, c) = (j / cin, j % cin);
+                    wv[((nn * cin + c) * kh + ky) * kw + kx] as i8
                 };
                 let a = match im2col {
                     Some(_) => {
@@ -187,8 +194,10 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     let (_, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
                     let raw = if xq.storage == DType::I8 { zx as i8 as u8 } else { zx as u8 };
                     h.implicit = true;
+                    h.conv_rows = *row_segs;
                     h.conv = geom(&xs, &os, kh, kw, strides, pads, dilations);
-                    h.pad = Arr { off: blob.push_bytes(&vec![raw; cin]), len: cin };
+                    let pad_len = if *row_segs { seg } else { cin };
+                    h.pad = Arr { off: blob.push_bytes(&vec![raw; pad_len]), len: pad_len };
                 }
                 push(Kernel::Gemm, h.encode(), (rows * k * m) as u64, &mut blob);
             }

@@ -244,6 +244,7 @@ header!(GemmHdr {
     out: usize,
     ldo: usize,
     implicit: bool,
+    conv_rows: bool,
     conv: DwGeom,
     pad: Arr
 });

@@ -63,6 +63,7 @@ pub unsafe extern "C" fn qcc_k_gemm(hdr: *const u64, blob: *const u8, arena: *mu
             zw: (h.zw.len > 0).then(|| h.zw.slice(blob)),
             sat: (h.sat.len > 0).then(|| h.sat.slice(blob)),
             conv: h.implicit.then(|| (h.conv, blob.add(h.pad.off))),
+            conv_rows: h.conv_rows,
             epi: h.epi.epilogue(blob, arena),
             out: arena.add(h.out),
             ldo: h.ldo,

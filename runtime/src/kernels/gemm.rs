@@ -74,7 +74,17 @@ pub struct Gemm<'a> {
     /// straight from the NHWC input `a` (K = taps × cin, cin a multiple of 4, so no group of 4 k
     /// straddles two taps); taps outside the image read `pad` (cin bytes of the zero point).
     pub conv: Option<(DwGeom, *const u8)>,
+    /// With `conv`: the segments read from one pointer are kernel rows (kw·c bytes, padded to a multiple
+    /// of 4 with bytes that meet zero weights) instead of taps, for inputs whose channels are not a
+    /// multiple of 4 (RGB); windows crossing the left or right edge are assembled in a scratch row, and
+    /// `pad` covers a whole row segment.
+    pub conv_rows: bool,
 }
+
+/// Kernel rows a row-segment convolution may have (one scratch row each per micro-tile row).
+pub const ROW_SEGS: usize = 16;
+/// A scratch row for a window crossing the image's edge.
+type EdgeRows = [MaybeUninit<[u8; 64]>; ROW_SEGS];
 
 // SAFETY: the raw pointers address the arena; tasks write disjoint tiles of `out` and only read `a`.
 unsafe impl Sync for Gemm<'_> {}
@@ -109,13 +119,14 @@ impl Gemm<'_> {
     unsafe fn row_sum(&self, r: usize) -> i32 {
         let x = if self.xor { 0x80u8 } else { 0 };
         if let Some((g, _)) = self.conv {
-            let mut taps = [MaybeUninit::uninit(); 64];
-            // SAFETY: tap_ptrs set the first kh·kw entries, each addressing cin bytes (run()'s contract).
+            let (mut taps, mut edge) = ([MaybeUninit::uninit(); 64], [MaybeUninit::uninit(); ROW_SEGS]);
+            let (segs, len) = if self.conv_rows { (g.kh, g.kw * g.c) } else { (g.kh * g.kw, g.c) };
+            // SAFETY: tap_ptrs set the first `segs` entries, each addressing `len` bytes (run()'s contract).
             return unsafe {
-                self.tap_ptrs(r, &mut taps);
-                taps[..g.kh * g.kw]
+                self.tap_ptrs(self.pixel(r), &mut taps, &mut edge);
+                taps[..segs]
                     .iter()
-                    .map(|p| std::slice::from_raw_parts(p.assume_init(), g.c).iter().map(|v| (v ^ x) as i32).sum::<i32>())
+                    .map(|p| std::slice::from_raw_parts(p.assume_init(), len).iter().map(|v| (v ^ x) as i32).sum::<i32>())
                     .sum()
             };
         }
@@ -124,13 +135,63 @@ impl Gemm<'_> {
         row.iter().map(|v| (v ^ x) as i32).sum()
     }
 
-    /// For implicit convolutions: the address of each tap's cin bytes for output pixel r, in the first
-    /// kh·kw entries of `out` (left uninitialised by callers: zeroing 64 per micro-tile cost a memset).
+    /// Image, output row and column of GEMM row r of an implicit convolution.
     #[inline(always)]
-    unsafe fn tap_ptrs(&self, r: usize, out: &mut [MaybeUninit<*const u8>; 64]) {
-        let Some((g, pad)) = self.conv else { return };
+    fn pixel(&self, r: usize) -> (usize, usize, usize) {
+        let Some((g, _)) = self.conv else { return (0, 0, 0) };
         let (b, p) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
-        let (oy, ox) = (p / g.ow, p % g.ow);
+        (b, p / g.ow, p % g.ow)
+    }
+
+    /// The pixel after `p` in row order.
+    #[inline(always)]
+    fn next_pixel(&self, (b, oy, ox): (usize, usize, usize)) -> (usize, usize, usize) {
+        let Some((g, _)) = self.conv else { return (0, 0, 0) };
+        match (ox + 1 < g.ow, oy + 1 < g.oh) {
+            (true, _) => (b, oy, ox + 1),
+            (false, true) => (b, oy + 1, 0),
+            (false, false) => (b + 1, 0, 0),
+        }
+    }
+
+    /// For implicit convolutions: the address of each tap's cin bytes for output pixel r, in the first
+    /// kh·kw entries of `out` (left uninitialised by callers: zeroing 64 per micro-tile cost a memset);
+    /// with `conv_rows`, of each kernel row's segment in the first kh, edge windows built in `edge`.
+    #[inline(always)]
+    unsafe fn tap_ptrs(&self, (b, oy, ox): (usize, usize, usize), out: &mut [MaybeUninit<*const u8>; 64], edge: &mut EdgeRows) {
+        let Some((g, pad)) = self.conv else { return };
+        if self.conv_rows {
+            let (ix0, len) = ((ox * g.stride[1]) as isize - g.pad[1] as isize, g.kw * g.c);
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                // Dereferenced only when the row is inside the image.
+                let row = self.a.wrapping_add((b * g.h + iy.max(0) as usize) * g.w * g.c);
+                out[ky].write(if iy < 0 || iy >= g.h as isize {
+                    pad
+                } else if ix0 >= 0 && ix0 as usize + g.kw <= g.w {
+                    // SAFETY: columns ix0..ix0 + kw of row iy are inside the image.
+                    unsafe { row.add(ix0 as usize * g.c) }
+                } else {
+                    let e = edge[ky].as_mut_ptr() as *mut u8;
+                    for kx in 0..g.kw {
+                        let ix = ix0 + kx as isize;
+                        for ch in 0..g.c {
+                            // SAFETY: e has 64 bytes ≥ the padded segment; taps inside read the row.
+                            unsafe {
+                                *e.add(kx * g.c + ch) =
+                                    if ix < 0 || ix >= g.w as isize { *pad.add(ch) } else { *row.add(ix as usize * g.c + ch) };
+                            }
+                        }
+                    }
+                    // The padding up to a multiple of 4 meets zero weights; it only needs to be defined.
+                    for j in len..len.div_ceil(4) * 4 {
+                        unsafe { *e.add(j) = 0 };
+                    }
+                    e
+                });
+            }
+            return;
+        }
         for ky in 0..g.kh {
             let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
             for kx in 0..g.kw {
@@ -200,7 +261,7 @@ pub(crate) use vnni::saturate16;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // register tiles are indexed by (row, block) on purpose
 mod vnni {
-    use super::{packed_dims, saturate, Gemm, NBLK};
+    use super::{packed_dims, saturate, Gemm, NBLK, ROW_SEGS};
     use crate::kernels::elementwise::IntElem;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
@@ -216,6 +277,34 @@ mod vnni {
         let down = _mm512_cmplt_epi32_mask(sat, zero) & _mm512_cmpgt_epi32_mask(v, zero);
         let v = _mm512_mask_mov_epi32(v, up, _mm512_set1_epi32(i32::MAX));
         _mm512_mask_mov_epi32(v, down, _mm512_set1_epi32(i32::MIN))
+    }
+
+    /// Requantizes 64 consecutive outputs (four vectors of 16 accumulators, multipliers `m`) into their
+    /// bytes: y = clamp(rne(f32(acc) · m) + zy, qlo, qhi), as the scalar epilogue. Packing first and
+    /// clamping bytes afterwards costs fewer vector operations than clamping each vector in f32, and is
+    /// exact: only the upper f32 clamp is needed before conversion (a sum below i32's range converts to
+    /// i32::MIN, which the saturating packs keep below every bound), and the packs' saturation (i32 → i16,
+    /// then i16 + zy → 8 bits) is monotonic with bounds far outside qlo..qhi.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub fn requant64(v: [__m512i; 4], m: [__m512; 4], zy: i32, qlo: i32, qhi: i32) -> __m512i {
+        let hi = _mm512_set1_ps((qhi - zy) as f32);
+        let q: [__m512i; 4] = std::array::from_fn(|j| {
+            let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v[j]), m[j]);
+            _mm512_cvt_roundps_epi32::<RNE>(_mm512_min_ps(f, hi))
+        });
+        let zy16 = _mm512_set1_epi16(zy as i16);
+        let q01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), zy16);
+        let q23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), zy16);
+        // The packs interleave 128-bit lanes: dword 4L + k holds outputs 16k + 4L..; put them back in order.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        if qlo < 0 {
+            let b = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(q01, q23));
+            _mm512_min_epi8(_mm512_max_epi8(b, _mm512_set1_epi8(qlo as i8)), _mm512_set1_epi8(qhi as i8))
+        } else {
+            let b = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(q01, q23));
+            _mm512_min_epu8(_mm512_max_epu8(b, _mm512_set1_epi8(qlo as u8 as i8)), _mm512_set1_epi8(qhi as u8 as i8))
+        }
     }
 
     /// Computes rows r0..r0+rows, columns c0..c0+cols in 4-row micro-tiles of up to 4 column blocks.
@@ -265,7 +354,10 @@ mod vnni {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn micro<const MR: usize, const NB: usize, const FLIP: bool>(g: &Gemm, r0: usize, c0: usize, cols: usize) {
         let (kp, _) = packed_dims(g.k, g.n);
-        let mut acc = [[_mm512_setzero_si512(); NB]; MR];
+        // SAFETY: bias has np entries, so every block of 16 from c0 is inside it.
+        let bias: [__m512i; NB] = std::array::from_fn(|j| unsafe { _mm512_loadu_si512(g.bias.as_ptr().add(c0 + j * NBLK) as *const _) });
+        // Accumulators start from the bias: one add fewer per 16 outputs in the epilogue.
+        let mut acc = [bias; MR];
         let flip = _mm512_set1_epi32(if g.xor { 0x8080_8080u32 as i32 } else { 0 });
         let blk0 = c0 / NBLK;
         // SAFETY: every pointer below stays inside `a` rows r0..r0+MR (kp bytes each, the arena's
@@ -276,13 +368,18 @@ mod vnni {
             // Each segment is a run of k-groups read from one pointer per row: the whole row for a plain
             // GEMM, one tap's cin bytes for an implicit convolution.
             let (segments, seg_groups) = match g.conv {
+                Some((cg, _)) if g.conv_rows => (cg.kh, (cg.kw * cg.c).div_ceil(4)),
                 Some((cg, _)) => (cg.kh * cg.kw, cg.c / 4),
                 None => (1, kp / 4),
             };
             let mut taps = [[MaybeUninit::<*const u8>::uninit(); 64]; MR];
+            let mut edge = [[MaybeUninit::<[u8; 64]>::uninit(); ROW_SEGS]; MR];
             if g.conv.is_some() {
-                for (i, t) in taps.iter_mut().enumerate() {
-                    g.tap_ptrs(r0 + i, t);
+                // One division for the tile; the rows after it are the next pixels.
+                let mut px = g.pixel(r0);
+                for (t, e) in taps.iter_mut().zip(edge.iter_mut()) {
+                    g.tap_ptrs(px, t, e);
+                    px = g.next_pixel(px);
                 }
             }
             for seg in 0..segments {
@@ -313,7 +410,7 @@ mod vnni {
                         _mm512_storeu_si512(tmp.as_mut_ptr().add(j * NBLK) as *mut _, acc[i][j]);
                     }
                     for (j, t) in tmp[..NB * NBLK].iter_mut().enumerate() {
-                        let mut v = t.wrapping_add(g.bias[c0 + j]);
+                        let mut v = *t;
                         if let Some(zw) = g.zw {
                             v = v.wrapping_sub(zw[c0 + j].wrapping_mul(rs));
                         }
@@ -332,9 +429,18 @@ mod vnni {
             for i in 0..MR {
                 let r = r0 + i;
                 let rs = if g.zw.is_some() { Some(_mm512_set1_epi32(g.row_sum(r))) } else { None };
+                if NB == 4 && cols == 4 * NBLK && res.is_none() && rs.is_none() {
+                    let v: [__m512i; 4] = std::array::from_fn(|j| match g.sat {
+                        Some(sat) => saturate16(acc[i][j], _mm512_loadu_si512(sat.as_ptr().add(c0 + j * NBLK) as *const _)),
+                        None => acc[i][j],
+                    });
+                    let m: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(g.epi.mult.as_ptr().add(c0 + j * NBLK)));
+                    _mm512_storeu_si512(g.out.add(r * g.ldo + c0) as *mut _, requant64(v, m, g.epi.zy, g.epi.qlo, g.epi.qhi));
+                    continue;
+                }
                 for j in 0..NB {
                     let c = c0 + j * NBLK;
-                    let mut v = _mm512_add_epi32(acc[i][j], _mm512_loadu_si512(g.bias.as_ptr().add(c) as *const _));
+                    let mut v = acc[i][j];
                     if let (Some(rs), Some(zw)) = (rs, g.zw) {
                         v = _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(zw.as_ptr().add(c) as *const _), rs));
                     }
