@@ -133,3 +133,175 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+struct GemmCase {
+    /// Rows (output pixels when `conv`), K, N.
+    m: usize,
+    k: usize,
+    n: usize,
+    /// An implicit convolution (VNNI): geometry, and whether segments are kernel rows (else taps).
+    conv: Option<(DwGeom, bool)>,
+    zx: i32,
+    xor: bool,
+    asym: bool,
+    /// Multiplier scale: large ones drive sums past the clamp bounds and past i32 after scaling.
+    mscale: f32,
+    qlo: i32,
+    qhi: i32,
+    zy: i32,
+    seed: u64,
+}
+
+fn gemm_case() -> impl Strategy<Value = GemmCase> {
+    let conv = prop_oneof![
+        Just(None),
+        (1usize..=4, 1usize..=3, 1usize..=9, 1usize..=9, 1usize..=3, 1usize..=2, 0usize..=1, any::<bool>()).prop_map(
+            |(c, k, h, w, s, dil, pad, rows)| {
+                // Taps need channels in groups of 4; row segments take any count.
+                let c = if rows { c } else { 4 * c };
+                let (ek, dil) = (if rows { k } else { (k - 1) * dil + 1 }, if rows { 1 } else { dil });
+                let (hp, wp) = ((h + 2 * pad).max(ek), (w + 2 * pad).max(ek));
+                let (h, w) = (hp - 2 * pad, wp - 2 * pad);
+                let g = DwGeom {
+                    n: 1,
+                    h,
+                    w,
+                    c,
+                    oh: (hp - ek) / s + 1,
+                    ow: (wp - ek) / s + 1,
+                    kh: k,
+                    kw: k,
+                    stride: [s, s],
+                    pad: [pad, pad],
+                    dil: [dil, dil],
+                };
+                Some((g, rows))
+            }
+        ),
+    ];
+    let quant = (
+        0i32..=255,
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(1e-4f32), Just(3e-3), Just(10.0), Just(1e4)],
+        any::<bool>(),
+        0i32..=255,
+        0i32..=255,
+        0i32..=255,
+    );
+    (1usize..=40, 1usize..=70, 1usize..=140, conv, quant, any::<u64>()).prop_map(
+        |(m, k, n, conv, (zx, xor, asym, mscale, signed, a, b, zy), seed)| {
+            let off = if signed { -128 } else { 0 };
+            let (m, k) = match conv {
+                Some((g, _)) => (g.oh * g.ow, g.kh * g.kw * g.c),
+                None => (m, k),
+            };
+            // Row segments are for symmetric weights only (the compiler's rule).
+            let asym = asym && !conv.is_some_and(|(_, rows)| rows);
+            GemmCase { m, k, n, conv, zx, xor, asym, mscale, qlo: a.min(b) + off, qhi: a.max(b) + off, zy: zy + off, seed }
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+    #[test]
+    fn gemm_kernels_equal_the_reference(t in gemm_case()) {
+        use qcc_runtime::kernels::gemm::{pack_b, packed_dims, Gemm};
+        let mut r = Lcg(t.seed);
+        let flip = if t.xor { 0x80u8 } else { 0 };
+        // The logical operands: a as rows of K bytes (im2col order (ky, kx, c) for a convolution, padding
+        // taps at the zero point), w as K × N.
+        let (x, a): (Vec<u8>, Vec<u8>) = match t.conv {
+            Some((g, _)) => {
+                let x: Vec<u8> = (0..g.h * g.w * g.c).map(|_| r.next() as u8).collect();
+                let mut a = Vec::with_capacity(t.m * t.k);
+                for p in 0..t.m {
+                    let (oy, ox) = (p / g.ow, p % g.ow);
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                            let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                            let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
+                            for ch in 0..g.c {
+                                a.push(if inside { x[(iy as usize * g.w + ix as usize) * g.c + ch] } else { t.zx as u8 ^ flip });
+                            }
+                        }
+                    }
+                }
+                (x, a)
+            }
+            None => {
+                let a: Vec<u8> = (0..t.m * t.k).map(|_| r.next() as u8).collect();
+                (a.clone(), a)
+            }
+        };
+        let w: Vec<i8> = (0..t.k * t.n).map(|_| r.range(-127, 127) as i8).collect();
+        let zw: Vec<i32> = (0..t.n).map(|_| if t.asym { r.range(-20, 20) } else { 0 }).collect();
+        let bias: Vec<i32> = (0..t.n).map(|_| r.range(-30000, 30000)).collect();
+        let mult: Vec<f32> = (0..t.n).map(|_| t.mscale * (0.5 + (r.next() % 1000) as f32 / 1000.0)).collect();
+        let epi = Epilogue { mult: &mult, zy: t.zy, qlo: t.qlo, qhi: t.qhi, float_act: None, residual: None };
+        let mut want = vec![0u8; t.m * t.n];
+        for i in 0..t.m {
+            let row = &a[i * t.k..(i + 1) * t.k];
+            let sum: i64 = row.iter().map(|v| (v ^ flip) as i64).sum();
+            for j in 0..t.n {
+                let dot: i64 = row.iter().enumerate().map(|(kk, v)| (v ^ flip) as i64 * w[kk * t.n + j] as i64).sum();
+                want[i * t.n + j] = epi.value((bias[j] as i64 + dot - zw[j] as i64 * sum) as i32, j) as u8;
+            }
+        }
+        // The kernels' layout of K: row segments pad each kernel row to a multiple of 4 with zero weights.
+        let (kl, at): (usize, Box<dyn Fn(usize, usize) -> i8>) = match t.conv {
+            Some((g, true)) => {
+                let seg = (g.kw * g.c).div_ceil(4) * 4;
+                let w = w.clone();
+                (g.kh * seg, Box::new(move |kk, j| if kk % seg < g.kw * g.c { w[(kk / seg * g.kw * g.c + kk % seg) * t.n + j] } else { 0 }))
+            }
+            _ => {
+                let w = w.clone();
+                (t.k, Box::new(move |kk, j| w[kk * t.n + j]))
+            }
+        };
+        let (_, np) = packed_dims(kl, t.n);
+        let pad = vec![t.zx as u8 ^ flip; 64];
+        for isa in isas() {
+            if t.conv.is_some() && isa != Isa::Avx512Vnni {
+                continue;
+            }
+            let b = pack_b(isa, kl, t.n, &*at);
+            let mut biasp = bias.clone();
+            biasp.resize(np, 0);
+            let mut zwp = zw.clone();
+            zwp.resize(np, 0);
+            let mut multp = mult.clone();
+            multp.resize(np, 0.0);
+            // Inputs with slack: the kernels read up to 3 bytes past a row, as the arena allows.
+            let mut xs = x.clone();
+            xs.resize(x.len() + 64, 0);
+            let mut out = vec![0xa5u8; want.len() + 64];
+            let g = Gemm {
+                isa,
+                m: t.m,
+                k: kl,
+                n: t.n,
+                a: xs.as_ptr(),
+                lda: if t.conv.is_some() { 0 } else { t.k },
+                xor: t.xor,
+                b: &b,
+                bias: &biasp,
+                zw: t.asym.then_some(&zwp[..]),
+                sat: None,
+                epi: Epilogue { mult: &multp, ..epi },
+                out: out.as_mut_ptr(),
+                ldo: t.n,
+                conv: t.conv.map(|(g, _)| (g, pad.as_ptr())),
+                conv_rows: t.conv.is_some_and(|(_, rows)| rows),
+            };
+            // SAFETY: a, out and the tables are sized for m, k, n (with slack) as run() requires.
+            unsafe { g.run() };
+            prop_assert_eq!(&out[..want.len()], &want[..], "{:?}", isa);
+            prop_assert!(out[want.len()..].iter().all(|&v| v == 0xa5), "{:?} wrote past the output", isa);
+        }
+    }
+}

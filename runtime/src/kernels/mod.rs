@@ -1,7 +1,8 @@
 //! Kernels of compiled models: the hot loops generated code calls (int8 GEMM with fused requantization,
 //! depthwise convolution, elementwise and pooling ops, layout changes). Every kernel computes exactly what
-//! docs/semantics.md defines, so its bytes equal the reference interpreter's; the property tests in
-//! tests/kernels.rs hold each ISA variant to the portable one.
+//! docs/semantics.md defines, so its bytes equal the reference interpreter's: runtime/tests/kernels.rs
+//! holds every ISA variant of the GEMM (plain and implicit convolutions) and depthwise kernels to scalar
+//! references on random shapes, and tests/codegen.rs every kernel to the interpreter on whole networks.
 pub mod dwconv;
 pub mod dwvnni;
 pub mod elementwise;
