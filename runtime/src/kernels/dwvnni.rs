@@ -25,7 +25,7 @@ fn lane_channel(k: usize, j: usize) -> usize {
 /// Output pixels that share one 64-byte vector: a channel count that divides 64, at stride 1, puts
 /// adjacent pixels side by side (they are contiguous in NHWC), so no lane is padding.
 pub fn fold(g: &DwGeom) -> usize {
-    if g.c < CB && CB % g.c == 0 && g.stride[1] == 1 {
+    if g.c < CB && CB.is_multiple_of(g.c) && g.stride[1] == 1 {
         CB / g.c
     } else {
         1
