@@ -185,6 +185,7 @@ impl Gemm<'_> {
                     }
                     // The padding up to a multiple of 4 meets zero weights; it only needs to be defined.
                     for j in len..len.div_ceil(4) * 4 {
+                        // SAFETY: j < 64 (kw·c ≤ 64, the compiler's condition for row segments).
                         unsafe { *e.add(j) = 0 };
                     }
                     e
