@@ -1,7 +1,7 @@
 //! f32 matrix product with bias, residual and activation fused, for float convolutions (NCHW: out[m, p] =
 //! Σ_k w[m, k] · col[k, p] + bias[m] (+ res[m, p])) and float Gemm layers. Weights are packed once into blocks of MR rows
-//! ([K][MR] each), so the AVX-512 microkernel broadcasts MR weights and multiplies them with 32 columns of
-//! `col` per k (12 FMA accumulators). Float results need not equal the interpreter bit for bit (the
+//! ([K][MR] each), so the AVX-512 microkernel broadcasts the weights of two blocks (12 rows) and
+//! multiplies them with 32 columns of `col` per k (24 FMA accumulators). Float results need not equal the interpreter bit for bit (the
 //! summation order differs; tests compare within a relative tolerance).
 use super::{multiversion, pool, Isa};
 use qcc_ir::Act;
@@ -69,9 +69,20 @@ impl FGemm<'_> {
         pool::parallel_for(row_tasks * col_tiles, &|t| {
             let (rt, ct) = (t / col_tiles, t % col_tiles);
             let (p0, p1) = (ct * cols, ((ct + 1) * cols).min(self.p));
-            for blk in rt * rows_per..((rt + 1) * rows_per).min(blocks) {
+            let (mut blk, end) = (rt * rows_per, ((rt + 1) * rows_per).min(blocks));
+            while blk < end {
+                #[cfg(target_arch = "x86_64")]
+                if self.isa == Isa::Avx512Vnni && blk + 1 < end {
+                    // Two blocks at once: twice the rows per load of b.
+                    // SAFETY: AVX-512 is present; blocks blk and blk + 1 exist and the tile is inside the
+                    // matrices run()'s caller described.
+                    unsafe { avx512::tile::<{ 2 * MR }>(self, blk, p0, p1) };
+                    blk += 2;
+                    continue;
+                }
                 // SAFETY: the tile is inside the matrices run()'s caller described.
                 unsafe { self.tile(blk, p0, p1) };
+                blk += 1;
             }
         });
     }
@@ -110,7 +121,7 @@ impl FGemm<'_> {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen.
-            unsafe { avx512::tile(self, blk, p0, p1) };
+            unsafe { avx512::tile::<MR>(self, blk, p0, p1) };
             return;
         }
         multiversion!(
@@ -186,10 +197,13 @@ mod avx512 {
         out
     }
 
+    /// Rows blk·MR.. of R (MR: one packed block; 2·MR: blocks blk and blk + 1, both present).
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    pub unsafe fn tile(g: &FGemm, blk: usize, p0: usize, p1: usize) {
-        let rows = MR.min(g.m - blk * MR);
+    pub unsafe fn tile<const R: usize>(g: &FGemm, blk: usize, p0: usize, p1: usize) {
+        let rows = R.min(g.m - blk * MR);
         let pa = g.a.as_ptr().add(blk * g.k * MR);
+        // Row r's weight for k: in block r / MR, at k·MR + r % MR.
+        let wat = |kk: usize, r: usize| pa.add((r / MR) * g.k * MR + kk * MR + r % MR);
         let mut p = p0;
         while p < p1 {
             let n = NR.min(p1 - p);
@@ -201,15 +215,16 @@ mod avx512 {
             } else {
                 0
             };
-            // SAFETY: loads are masked to the n columns left, inside row kk of b; pa holds K·MR floats.
+            // SAFETY: loads are masked to the n columns left, inside row kk of b; each of the R rows' blocks
+            // holds K·MR floats.
             unsafe {
-                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+                let mut acc = [[_mm512_setzero_ps(); 2]; R];
                 for kk in 0..g.k {
                     let brow = g.b.add(kk * g.ldb + p);
                     let b0 = _mm512_maskz_loadu_ps(m0, brow);
                     let b1 = _mm512_maskz_loadu_ps(m1, brow.add(16));
                     for (r, a) in acc.iter_mut().enumerate() {
-                        let av = _mm512_set1_ps(*pa.add(kk * MR + r));
+                        let av = _mm512_set1_ps(*wat(kk, r));
                         a[0] = _mm512_fmadd_ps(av, b0, a[0]);
                         a[1] = _mm512_fmadd_ps(av, b1, a[1]);
                     }
