@@ -27,9 +27,22 @@ pub unsafe fn im2col(x: *const f32, g: DwGeom, col: *mut f32) {
                     continue;
                 }
                 let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                for (ox, d) in dst.iter_mut().enumerate() {
-                    let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                    *d = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+                // Output columns lo..hi read inside the row (the same for every row): zeros around a
+                // copy, contiguous at stride 1.
+                let (s, off) = (g.stride[1] as isize, (kx * g.dil[1]) as isize - g.pad[1] as isize);
+                let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize }.min(g.ow);
+                let hi = (((g.w as isize - 1 - off).div_euclid(s)) + 1).clamp(lo as isize, g.ow as isize) as usize;
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                let first = (lo as isize * s + off) as usize;
+                if hi > lo {
+                    if s == 1 {
+                        dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                    } else {
+                        for (d, v) in dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(s as usize)) {
+                            *d = *v;
+                        }
+                    }
                 }
             }
         }
@@ -102,7 +115,8 @@ impl FDwConv<'_> {
                         let off = (kx * g.dil[1]) as isize - g.pad[1] as isize;
                         let si = s as isize;
                         let lo = if off >= 0 { 0 } else { ((-off + si - 1) / si) as usize };
-                        let hi = (((g.w as isize - 1 - off) / si) + 1).clamp(0, g.ow as isize) as usize;
+                        // Euclidean: a window starting past the row (w − 1 − off < 0) covers no column.
+                        let hi = ((g.w as isize - 1 - off).div_euclid(si) + 1).clamp(0, g.ow as isize) as usize;
                         let first = (lo as isize * si + off).max(0) as usize;
                         let start = if s == 1 { first } else { (first % s) * plen + first / s };
                         (lo, hi, start)
@@ -401,25 +415,27 @@ pub unsafe fn avgpool(x: *const f32, g: DwGeom, pe: [usize; 2], include_pad: boo
 /// x holds n·c·h·w floats, out n·c·oh·ow.
 pub unsafe fn maxpool(x: *const f32, g: DwGeom, out: *mut f32) {
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
+    // The input rows and columns inside the image of each output row and column, found once.
+    let inside = |o: usize, k: usize, s: usize, d: usize, p: usize, n: usize| -> Vec<usize> {
+        (0..k).filter_map(|t| ((o * s + t * d) as isize - p as isize).try_into().ok().filter(|i: &usize| *i < n)).collect()
+    };
+    let taps: (Vec<Vec<usize>>, Vec<Vec<usize>>) = (
+        (0..g.oh).map(|o| inside(o, g.kh, g.stride[0], g.dil[0], g.pad[0], g.h)).collect(),
+        (0..g.ow).map(|o| inside(o, g.kw, g.stride[1], g.dil[1], g.pad[1], g.w)).collect(),
+    );
     pool::parallel_for(g.n * g.c, &|t| {
         // SAFETY: plane t of x and of out.
         let x = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(t * g.h * g.w), g.h * g.w) };
         let out = unsafe { std::slice::from_raw_parts_mut((op.get() as *mut f32).add(t * g.oh * g.ow), g.oh * g.ow) };
         for oy in 0..g.oh {
-            for ox in 0..g.ow {
+            let rows = &taps.0[oy];
+            for (ox, cols) in taps.1.iter().enumerate() {
                 let mut best = f32::NEG_INFINITY;
-                for ky in 0..g.kh {
-                    let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    for kx in 0..g.kw {
-                        let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            let v = x[iy as usize * g.w + ix as usize];
-                            if v > best {
-                                best = v;
-                            }
+                for &iy in rows {
+                    for &ix in cols {
+                        let v = x[iy * g.w + ix];
+                        if v > best {
+                            best = v;
                         }
                     }
                 }
