@@ -55,7 +55,7 @@ impl Preprocess {
                 _ => bail!("--preprocess: unknown key `{k}` (resize, crop, scale, mean, std, layout)"),
             }
         }
-        if p.std.iter().any(|s| *s == 0.0) {
+        if p.std.contains(&0.0) {
             bail!("--preprocess: std must not be 0");
         }
         Ok(p)
