@@ -244,25 +244,28 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     .collect();
                 let epi = epi_hdr(&mut blob, sx, &sw, g.ty(out), *act, c).map_err(|e| node_err(&name, e))?;
                 let geo = geom(&xs, &os, kh, kw, strides, pads, dilations);
+                // AVX-512: the VNNI kernel's table, or (weights beyond i8) the vpmaddwd kernel's pairs.
+                let (vnni, pairs) = match isa {
+                    Isa::Avx512Vnni => {
+                        let mult = blob.f32s(epi.mult);
+                        match qcc_runtime::kernels::dwvnni::table(&wts, &geo, &bias_full, &mult, sat.as_deref()) {
+                            Some(t) => (Arr { off: blob.push_i32(&t), len: t.len() }, Arr::default()),
+                            None => {
+                                let p = qcc_runtime::kernels::dwconv::pair_weights(&wts, kh * kw, c);
+                                (Arr::default(), Arr { off: blob.push_i32(&p), len: p.len() })
+                            }
+                        }
+                    }
+                    _ => (Arr::default(), Arr::default()),
+                };
                 let h = DwConvHdr {
                     isa,
                     g: geo,
                     zx: zx + if xor { 128 } else { 0 },
                     xor,
                     wts: Arr { off: blob.push_i32(&wts), len: wts.len() },
-                    pairs: if isa == Isa::Avx512Vnni {
-                        let p = qcc_runtime::kernels::dwconv::pair_weights(&wts, kh * kw, c);
-                        Arr { off: blob.push_i32(&p), len: p.len() }
-                    } else {
-                        Arr::default()
-                    },
-                    vnni: if isa == Isa::Avx512Vnni {
-                        let mult = blob.f32s(epi.mult);
-                        qcc_runtime::kernels::dwvnni::table(&wts, &geo, &bias_full, &mult, sat.as_deref())
-                            .map_or(Arr::default(), |t| Arr { off: blob.push_i32(&t), len: t.len() })
-                    } else {
-                        Arr::default()
-                    },
+                    pairs,
+                    vnni,
                     bias: Arr { off: blob.push_i32(&bias32), len: c },
                     bias_full: Arr { off: blob.push_i32(&bias_full), len: c },
                     sat: sat.as_ref().map_or(Arr::default(), |s| Arr { off: blob.push_i32(s), len: c }),

@@ -46,6 +46,6 @@ impl Pass for FuseActivation {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        crate::rewrite_in_order(g, "fuse-activation", fuse_one)
+        crate::rewrite_in_order(g, self.name(), fuse_one)
     }
 }

@@ -87,7 +87,7 @@ impl Pass for FuseEpilogue {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        let changed = crate::rewrite_in_order(g, "fuse-epilogue", fuse_one)?;
+        let changed = crate::rewrite_in_order(g, self.name(), fuse_one)?;
         if changed {
             g.dce();
         }

@@ -63,6 +63,6 @@ impl Pass for FuseResidual {
     }
 
     fn run(&mut self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool, PassError> {
-        crate::rewrite_in_order(g, "fuse-residual", fuse_one)
+        crate::rewrite_in_order(g, self.name(), fuse_one)
     }
 }

@@ -45,7 +45,8 @@ pub struct DwConv<'a> {
     pub wts: &'a [i32],
     /// The AVX-512 interior path's weights: per block of 32 channels and pair of taps (2k, 2k + 1; the
     /// last alone with 0), 16 i32 for the low and 16 for the high unpack halves, each i32 holding the two
-    /// taps' weights as i16 (see `pair_weights`). Empty for other ISAs.
+    /// taps' weights as i16 (see `pair_weights`). Empty for other ISAs and when `vnni` is set
+    /// (the compiler builds one or the other).
     pub pairs: &'a [i32],
     /// The VNNI kernel's table (dwvnni::table), or empty when the weights do not fit i8 or the ISA is
     /// not AVX-512 VNNI.
