@@ -37,9 +37,9 @@ pub(crate) enum Choice {
     Binary(BinOp),
     Unary(UnOp),
     Host(String),
-    /// Float convolution as fgemm, after an f32 im2col into a temporary of that many bytes unless 1x1.
+    /// Float convolution as fgemm; `gather`: its columns are the windows of the input (unless pointwise).
     FConv {
-        im2col: Option<usize>,
+        gather: bool,
     },
     FDwConv,
     /// Float Gemm with one row (the classifier of batch-1 models).
@@ -303,10 +303,9 @@ impl Ctx<'_> {
         }
         if group == 1 {
             if ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0) {
-                return Ok(Choice::FConv { im2col: None });
+                return Ok(Choice::FConv { gather: false });
             }
-            let os = g.ty(g.node(n).output).shape().unwrap_or(&[]);
-            return Ok(Choice::FConv { im2col: Some(ws[1] * ws[2] * ws[3] * os[2] * os[3] * 4) });
+            return Ok(Choice::FConv { gather: true });
         }
         if group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 && ins.len() < 4 {
             return Ok(Choice::FDwConv);

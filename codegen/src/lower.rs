@@ -12,6 +12,7 @@ use crate::plan::{Blob, Io, Kernel, Plan, Step};
 use crate::CodegenError;
 use qcc_ir::{DType, Graph, NodeId, Op, QuantType, ValueDef, ValueId};
 use qcc_runtime::abi::*;
+use qcc_runtime::kernels::dwconv::DwGeom;
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::fgemm::pack_a;
 use qcc_runtime::kernels::float::UnOp;
@@ -82,7 +83,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
-        if let Choice::ConvGemm { im2col: Some(b), .. } | Choice::FConv { im2col: Some(b) } = choices[i] {
+        if let Choice::ConvGemm { im2col: Some(b), .. } = choices[i] {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: b, first: i + 1, last: i + 1 });
         }
@@ -443,25 +444,33 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::Unary, h.encode(), 0, &mut blob);
             }
             Choice::Absorbed => {}
-            Choice::FConv { im2col } => {
+            Choice::FConv { gather } => {
                 let Op::Conv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
                 let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
                 let (m, k, p) = (ws[0], ws[1] * ws[2] * ws[3], os[2] * os[3]);
                 let w = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
                 let packed = pack_a(m, k, |r, kk| w[r * k + kk]);
-                let b = match im2col {
-                    Some(_) => {
-                        let temp = offsets[temp_of[&i]];
-                        let h = Im2colF32Hdr { g: geom(&xs, &os, ws[2], ws[3], strides, pads, dilations), x: off(ins[0]), out: temp };
-                        push(Kernel::Im2colF32, h.encode(), 0, &mut blob);
-                        temp
-                    }
-                    None => off(ins[0]),
-                };
                 let bias = f32_arr(g, ins.get(2), &mut blob);
                 let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
                 let (res_on, res) = ins.get(3).map_or((false, 0), |r| (true, off(*r)));
-                let h = FGemmHdr { isa, m, k, p, a, b, ldb: p, bias, act: *act, res_on, res, out: off(out), rs: p, cs: 1 };
+                let h = FGemmHdr {
+                    isa,
+                    m,
+                    k,
+                    p,
+                    a,
+                    b: off(ins[0]),
+                    ldb: p,
+                    conv_on: *gather,
+                    g: if *gather { geom(&xs, &os, ws[2], ws[3], strides, pads, dilations) } else { DwGeom::default() },
+                    bias,
+                    act: *act,
+                    res_on,
+                    res,
+                    out: off(out),
+                    rs: p,
+                    cs: 1,
+                };
                 push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
             }
             Choice::FDwConv => {
@@ -498,6 +507,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     a,
                     b: off(ins[0]),
                     ldb: 1,
+                    conv_on: false,
+                    g: DwGeom::default(),
                     bias,
                     act: *act,
                     res_on: false,

@@ -317,12 +317,13 @@ header!(
 header!(
     /// f32 product out[m, p] (at out + m·rs + p·cs) = act(Σ_k a[m, k]·b[k·ldb + p] + bias[m]).
     /// With `res_on`, plus a residual at arena offset `res` laid out like out, before the activation.
+    /// With `conv_on`, b is an NCHW image whose convolution windows (geometry g) are the columns; else a
+    /// matrix of rows ldb floats apart.
     FGemmHdr {
-        isa: Isa, m: usize, k: usize, p: usize, a: Arr, b: usize, ldb: usize, bias: Arr, act: Option<Act>, res_on: bool, res: usize,
-        out: usize, rs: usize, cs: usize,
+        isa: Isa, m: usize, k: usize, p: usize, a: Arr, b: usize, ldb: usize, conv_on: bool, g: DwGeom, bias: Arr, act: Option<Act>,
+        res_on: bool, res: usize, out: usize, rs: usize, cs: usize,
     }
 );
-header!(Im2colF32Hdr { g: DwGeom, x: usize, out: usize });
 header!(FDwConvHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, out: usize });
 header!(FGapHdr { x: usize, planes: usize, hw: usize, out: usize });
 header!(FMaxPoolHdr { g: DwGeom, x: usize, out: usize });

@@ -6,7 +6,7 @@ use crate::abi::*;
 use crate::kernels::dwconv::{DwConv, DwGeom};
 use crate::kernels::elementwise::{self, QAdd};
 use crate::kernels::fconv;
-use crate::kernels::fgemm::FGemm;
+use crate::kernels::fgemm::{FGemm, FSrc};
 use crate::kernels::float::{self, BinOp, Binary, UnOp};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::qpool::{self, RequantRows};
@@ -264,8 +264,11 @@ pub unsafe extern "C" fn qcc_k_fgemm(hdr: *const u64, blob: *const u8, arena: *m
             k: h.k,
             p: h.p,
             a: h.a.slice(blob),
-            b: arena.add(h.b) as *const f32,
-            ldb: h.ldb,
+            src: if h.conv_on {
+                FSrc::Conv { x: arena.add(h.b) as *const f32, g: h.g }
+            } else {
+                FSrc::Matrix { b: arena.add(h.b) as *const f32, ldb: h.ldb }
+            },
             bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),
             act: h.act,
             res: h.res_on.then(|| arena.add(h.res) as *const f32),
@@ -274,16 +277,6 @@ pub unsafe extern "C" fn qcc_k_fgemm(hdr: *const u64, blob: *const u8, arena: *m
             cs: h.cs,
         }
         .run();
-    }
-}
-
-/// # Safety
-/// As qcc_k_quantize.
-#[no_mangle]
-pub unsafe extern "C" fn qcc_k_im2col_f32(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
-    unsafe {
-        let h = Im2colF32Hdr::decode(words(hdr));
-        fconv::im2col(arena.add(h.x) as *const f32, h.g, arena.add(h.out) as *mut f32);
     }
 }
 
@@ -382,7 +375,6 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_binary", qcc_k_binary as *const u8),
         ("qcc_k_unary", qcc_k_unary as *const u8),
         ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
-        ("qcc_k_im2col_f32", qcc_k_im2col_f32 as *const u8),
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),
         ("qcc_k_fmaxpool", qcc_k_fmaxpool as *const u8),

@@ -355,3 +355,111 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+    /// The f32 GEMM (packed panels, K in chunks of 512 with partial sums in the output) agrees with a
+    /// direct sum within float rounding, on convolutions whose windows it gathers itself (strides 1–3,
+    /// dilations, asymmetric padding, a residual) and on plain matrices with a row pitch.
+    #[test]
+    fn float_gemm_matches_the_direct_sum(
+        (c, h, w, m, k, s, d) in (1usize..=70, 1usize..=20, 1usize..=20, 1usize..=40, prop_oneof![Just(1usize), Just(3), Just(5)], 1usize..=3, 1usize..=2),
+        (pt, pl, pb, pr) in (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
+        act in prop_oneof![Just(None), Just(Some(qcc_ir::Act::Relu)), Just(Some(qcc_ir::Act::Clip { min: -0.5, max: 0.5 })), Just(Some(qcc_ir::Act::LeakyRelu { alpha: 0.1 }))],
+        residual in any::<bool>(),
+        matrix in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        use qcc_runtime::kernels::fgemm::{pack_a, FGemm, FSrc};
+        let ke = (k - 1) * d + 1;
+        prop_assume!(h + pt + pb >= ke && w + pl + pr >= ke);
+        let (oh, ow) = ((h + pt + pb - ke) / s + 1, (w + pl + pr - ke) / s + 1);
+        let g = DwGeom { n: 1, h, w, c, oh, ow, kh: k, kw: k, stride: [s, s], pad: [pt, pl], dil: [d, d] };
+        let mut r = Lcg(seed);
+        let f = |r: &mut Lcg| (r.next() % 2001) as f32 / 1000.0 - 1.0;
+        // The matrix case reads a (c·k·k) x (oh·ow) matrix with a row pitch of ldb floats.
+        let (kk, p) = (c * k * k, oh * ow);
+        let ldb = p + (seed % 5) as usize;
+        let x: Vec<f32> = (0..if matrix { kk * ldb } else { c * h * w }).map(|_| f(&mut r)).collect();
+        let wt: Vec<f32> = (0..m * kk).map(|_| f(&mut r)).collect();
+        let bias: Vec<f32> = (0..m).map(|_| f(&mut r)).collect();
+        let res: Vec<f32> = (0..m * p).map(|_| f(&mut r)).collect();
+        let col = |row: usize, q: usize| -> f64 {
+            if matrix {
+                return x[row * ldb + q] as f64;
+            }
+            let (ch, ky, kx, oy, ox) = (row / (k * k), row / k % k, row % k, q / ow, q % ow);
+            let (iy, ix) = ((oy * s + ky * d) as isize - pt as isize, (ox * s + kx * d) as isize - pl as isize);
+            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w { x[(ch * h + iy as usize) * w + ix as usize] as f64 } else { 0.0 }
+        };
+        let mut want = vec![0f32; m * p];
+        for mm in 0..m {
+            for q in 0..p {
+                let mut sum = bias[mm] as f64 + if residual { res[mm * p + q] as f64 } else { 0.0 };
+                for row in 0..kk {
+                    sum += wt[mm * kk + row] as f64 * col(row, q);
+                }
+                want[mm * p + q] = act.map_or(sum as f32, |a| a.apply(sum as f32));
+            }
+        }
+        let a = pack_a(m, kk, |row, q| wt[row * kk + q]);
+        for isa in isas() {
+            let mut out = vec![f32::NAN; want.len() + 16];
+            let src = if matrix { FSrc::Matrix { b: x.as_ptr(), ldb } } else { FSrc::Conv { x: x.as_ptr(), g } };
+            let gm = FGemm {
+                isa, m, k: kk, p, a: &a, src, bias: Some(&bias), act,
+                res: residual.then(|| res.as_ptr()), out: out.as_mut_ptr(), rs: p, cs: 1,
+            };
+            // SAFETY: x holds what src says, out m·p floats (with slack the kernel must not touch).
+            unsafe { gm.run() };
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()) * (kk as f32).sqrt(), "{:?}: output {} is {} not {}", isa, i, a, b);
+            }
+            prop_assert!(out[want.len()..].iter().all(|v| v.is_nan()), "{:?} wrote past the output", isa);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+    /// f32 max pooling equals the direct window maximum exactly (NaN never wins, padding never wins).
+    #[test]
+    fn float_max_pooling_equals_the_window_maximum(
+        (c, h, w, k, s, d) in (1usize..=4, 1usize..=30, 1usize..=30, 1usize..=4, 1usize..=3, 1usize..=2),
+        (pt, pl, pb, pr) in (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
+        nan in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let ke = (k - 1) * d + 1;
+        let (pt, pl, pb, pr) = (pt.min(k - 1), pl.min(k - 1), pb.min(k - 1), pr.min(k - 1));
+        prop_assume!(h + pt + pb >= ke && w + pl + pr >= ke);
+        let (oh, ow) = ((h + pt + pb - ke) / s + 1, (w + pl + pr - ke) / s + 1);
+        let g = DwGeom { n: 1, h, w, c, oh, ow, kh: k, kw: k, stride: [s, s], pad: [pt, pl], dil: [d, d] };
+        let mut r = Lcg(seed);
+        let x: Vec<f32> = (0..c * h * w).map(|_| if nan && r.next() % 7 == 0 { f32::NAN } else { (r.next() % 2001) as f32 / 1000.0 - 1.0 }).collect();
+        let mut want = vec![f32::NEG_INFINITY; c * oh * ow];
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = ((oy * s + ky * d) as isize - pt as isize, (ox * s + kx * d) as isize - pl as isize);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                let v = x[(ch * h + iy as usize) * w + ix as usize];
+                                let o = &mut want[(ch * oh + oy) * ow + ox];
+                                if v > *o {
+                                    *o = v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = vec![7.0f32; want.len() + 16];
+        // SAFETY: x and out are sized for g (out with slack the kernel must not touch).
+        unsafe { qcc_runtime::kernels::fconv::maxpool(x.as_ptr(), g, out.as_mut_ptr()) };
+        prop_assert_eq!(&out[..want.len()], &want[..]);
+        prop_assert!(out[want.len()..].iter().all(|&v| v == 7.0), "wrote past the output");
+    }
+}

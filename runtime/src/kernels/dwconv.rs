@@ -5,7 +5,7 @@ use super::epilogue::{saturate, Epilogue};
 use super::{multiversion, pool, Isa};
 
 /// Geometry of one depthwise convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DwGeom {
     pub n: usize,
     pub h: usize,

@@ -1,53 +1,10 @@
-//! Float convolution helpers on NCHW f32 (the layout float values keep): im2col into [K][P] columns for
-//! fgemm, depthwise convolution, global average pooling and max pooling. Results agree with the
+//! Float convolution helpers on NCHW f32 (the layout float values keep): depthwise convolution, global
+//! average pooling, average and max pooling (fgemm gathers the other convolutions' windows itself). Results agree with the
 //! interpreter within float rounding (summation order differs).
 use super::dwconv::DwGeom;
 use super::elementwise::Ptr;
 use super::{multiversion, pool, Isa};
 use qcc_ir::Act;
-
-/// Columns of one image: col[(c·kh + ky)·kw + kx][oy·ow + ox] = x[c, iy, ix] (0 outside).
-///
-/// # Safety
-/// x holds c·h·w floats, col (c·kh·kw)·(oh·ow).
-pub unsafe fn im2col(x: *const f32, g: DwGeom, col: *mut f32) {
-    let (xp, cp) = (Ptr(x as *mut u8), Ptr(col as *mut u8));
-    let p = g.oh * g.ow;
-    pool::parallel_for(g.c * g.kh, &|t| {
-        let (c, ky) = (t / g.kh, t % g.kh);
-        for kx in 0..g.kw {
-            // SAFETY: row (c, ky, kx) of col and plane c of x are inside their buffers.
-            let row = unsafe { std::slice::from_raw_parts_mut((cp.get() as *mut f32).add(((c * g.kh + ky) * g.kw + kx) * p), p) };
-            let plane = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(c * g.h * g.w), g.h * g.w) };
-            for oy in 0..g.oh {
-                let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                if iy < 0 || iy >= g.h as isize {
-                    dst.fill(0.0);
-                    continue;
-                }
-                let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                // Output columns lo..hi read inside the row (the same for every row): zeros around a
-                // copy, contiguous at stride 1.
-                let (s, off) = (g.stride[1] as isize, (kx * g.dil[1]) as isize - g.pad[1] as isize);
-                let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize }.min(g.ow);
-                let hi = (((g.w as isize - 1 - off).div_euclid(s)) + 1).clamp(lo as isize, g.ow as isize) as usize;
-                dst[..lo].fill(0.0);
-                dst[hi..].fill(0.0);
-                let first = (lo as isize * s + off) as usize;
-                if hi > lo {
-                    if s == 1 {
-                        dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
-                    } else {
-                        for (d, v) in dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(s as usize)) {
-                            *d = *v;
-                        }
-                    }
-                }
-            }
-        }
-    });
-}
 
 /// Depthwise convolution of NCHW f32 (one filter per channel; w is [c][kh·kw]) with bias and activation.
 pub struct FDwConv<'a> {
@@ -108,20 +65,7 @@ impl FDwConv<'_> {
                 // multiply-add over output columns.
                 let plen = g.w.div_ceil(s);
                 let mut phases = vec![0f32; s * plen];
-                // Per kx, the output columns lo..hi whose input column ox·s + off lies inside the row, and
-                // where the first of them starts in the row (or in its phase array): the same for every row.
-                let spans: Vec<(usize, usize, usize)> = (0..g.kw)
-                    .map(|kx| {
-                        let off = (kx * g.dil[1]) as isize - g.pad[1] as isize;
-                        let si = s as isize;
-                        let lo = if off >= 0 { 0 } else { ((-off + si - 1) / si) as usize };
-                        // Euclidean: a window starting past the row (w − 1 − off < 0) covers no column.
-                        let hi = ((g.w as isize - 1 - off).div_euclid(si) + 1).clamp(0, g.ow as isize) as usize;
-                        let first = (lo as isize * si + off).max(0) as usize;
-                        let start = if s == 1 { first } else { (first % s) * plen + first / s };
-                        (lo, hi, start)
-                    })
-                    .collect();
+                let spans = row_spans(&g);
                 for oy in 0..g.oh {
                     let o = &mut out[oy * g.ow..(oy + 1) * g.ow];
                     o.fill(bias);
@@ -132,11 +76,7 @@ impl FDwConv<'_> {
                         }
                         let src = &x[iy as usize * g.w..(iy as usize + 1) * g.w];
                         if s > 1 {
-                            for q in 0..s {
-                                for (d, v) in phases[q * plen..(q + 1) * plen].iter_mut().zip(src[q..].iter().step_by(s)) {
-                                    *d = *v;
-                                }
-                            }
+                            split_phases(src, s, &mut phases);
                         }
                         for (kx, &(lo, hi, start)) in spans.iter().enumerate() {
                             let wv = w[ky * g.kw + kx];
@@ -409,38 +349,79 @@ pub unsafe fn avgpool(x: *const f32, g: DwGeom, pe: [usize; 2], include_pad: boo
     });
 }
 
+/// Per kx, the output columns lo..hi whose input column ox·s + off lies inside the row, and where the
+/// first of them starts in the row (stride 1) or in its phase array (`split_phases`): the same for every
+/// row.
+fn row_spans(g: &DwGeom) -> Vec<(usize, usize, usize)> {
+    let s = g.stride[1];
+    let plen = g.w.div_ceil(s);
+    (0..g.kw)
+        .map(|kx| {
+            let off = (kx * g.dil[1]) as isize - g.pad[1] as isize;
+            let si = s as isize;
+            let lo = (if off >= 0 { 0 } else { ((-off + si - 1) / si) as usize }).min(g.ow);
+            // Euclidean: a window starting past the row (w − 1 − off < 0) covers no column.
+            let hi = ((g.w as isize - 1 - off).div_euclid(si) + 1).clamp(0, g.ow as isize) as usize;
+            let first = (lo as isize * si + off).max(0) as usize;
+            let start = if s == 1 { first } else { (first % s) * plen + first / s };
+            (lo, hi, start)
+        })
+        .collect()
+}
+
+/// Splits a row into its s phases (every s-th element from 0, 1, ..., s − 1), each w.div_ceil(s) long.
+#[inline(always)]
+fn split_phases(src: &[f32], s: usize, phases: &mut [f32]) {
+    let plen = src.len().div_ceil(s);
+    for q in 0..s {
+        for (d, v) in phases[q * plen..(q + 1) * plen].iter_mut().zip(src[q..].iter().step_by(s)) {
+            *d = *v;
+        }
+    }
+}
+
 /// Max pooling of NCHW f32 (padding never wins).
 ///
 /// # Safety
 /// x holds n·c·h·w floats, out n·c·oh·ow.
 pub unsafe fn maxpool(x: *const f32, g: DwGeom, out: *mut f32) {
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
-    // The input rows and columns inside the image of each output row and column, found once.
-    let inside = |o: usize, k: usize, s: usize, d: usize, p: usize, n: usize| -> Vec<usize> {
-        (0..k).filter_map(|t| ((o * s + t * d) as isize - p as isize).try_into().ok().filter(|i: &usize| *i < n)).collect()
-    };
-    let taps: (Vec<Vec<usize>>, Vec<Vec<usize>>) = (
-        (0..g.oh).map(|o| inside(o, g.kh, g.stride[0], g.dil[0], g.pad[0], g.h)).collect(),
-        (0..g.ow).map(|o| inside(o, g.kw, g.stride[1], g.dil[1], g.pad[1], g.w)).collect(),
-    );
     pool::parallel_for(g.n * g.c, &|t| {
         // SAFETY: plane t of x and of out.
         let x = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(t * g.h * g.w), g.h * g.w) };
         let out = unsafe { std::slice::from_raw_parts_mut((op.get() as *mut f32).add(t * g.oh * g.ow), g.oh * g.ow) };
-        for oy in 0..g.oh {
-            let rows = &taps.0[oy];
-            for (ox, cols) in taps.1.iter().enumerate() {
-                let mut best = f32::NEG_INFINITY;
-                for &iy in rows {
-                    for &ix in cols {
-                        let v = x[iy * g.w + ix];
-                        if v > best {
-                            best = v;
+        plane(Isa::detect(), x, out, g);
+    });
+    multiversion!(
+        fn plane(x: &[f32], out: &mut [f32], g: DwGeom) {
+            // As the portable depthwise plane: each tap is a running maximum over a contiguous span of
+            // output columns (f32::max keeps the other operand when one is NaN: a NaN never wins, as in the
+            // interpreter).
+            let s = g.stride[1];
+            let mut phases = vec![0f32; s * g.w.div_ceil(s)];
+            let spans = row_spans(&g);
+            for oy in 0..g.oh {
+                let o = &mut out[oy * g.ow..(oy + 1) * g.ow];
+                o.fill(f32::NEG_INFINITY);
+                for ky in 0..g.kh {
+                    let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &x[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if s > 1 {
+                        split_phases(src, s, &mut phases);
+                    }
+                    for &(lo, hi, start) in &spans {
+                        if hi > lo {
+                            let row = if s == 1 { &src[start..] } else { &phases[start..] };
+                            for (d, v) in o[lo..hi].iter_mut().zip(row) {
+                                *d = d.max(*v);
+                            }
                         }
                     }
                 }
-                out[oy * g.ow + ox] = best;
             }
         }
-    });
+    );
 }

@@ -1,16 +1,22 @@
 //! f32 matrix product with bias, residual and activation fused, for float convolutions (NCHW: out[m, p] =
-//! Σ_k w[m, k] · col[k, p] + bias[m] (+ res[m, p])) and float Gemm layers. Weights are packed once into blocks of MR rows
-//! ([K][MR] each), so the AVX-512 microkernel broadcasts the weights of two blocks (12 rows) and
-//! multiplies them with 32 columns of `col` per k (24 FMA accumulators). Float results need not equal the interpreter bit for bit (the
-//! summation order differs; tests compare within a relative tolerance).
+//! Σ_k w[m, k] · col[k, p] + bias[m] (+ res[m, p])) and float Gemm layers. Weights are packed once into
+//! blocks of MR rows ([K][MR] each). Each task packs its columns of `col` into panels of NR columns
+//! ([K][NR], contiguous), gathering convolution windows straight from the NCHW input (an implicit
+//! im2col: no column matrix is ever written to memory), and runs every row block over them: the AVX-512
+//! microkernel broadcasts the weights of two blocks (12 rows) against the panel's 32 columns per k (24 FMA
+//! accumulators), reading both operands as sequential streams. Float results need not equal the
+//! interpreter bit for bit (the summation order differs; tests compare within a relative tolerance).
+use super::dwconv::DwGeom;
 use super::{multiversion, pool, Isa};
 use qcc_ir::Act;
 
 pub const MR: usize = 6;
 const NR: usize = 32;
-/// Bytes of `b` one task works on: its columns stay in L2 while every row block of the task passes over
-/// them.
-const TILE_BYTES: usize = 256 << 10;
+/// Bytes of packed panels one task keeps: they stay in L2 while every row block passes over them.
+const PANEL_BYTES: usize = 1 << 20;
+/// Rows of K taken at once (GotoBLAS's kc): a row pair's weights for them (24 KB) stay in L1 across the
+/// panels, and the panels in L2 however large K is. Partial sums wait in the output between chunks.
+const KC: usize = 512;
 
 /// Packs w (M x K, element (m, k) given by `at`) into blocks of MR rows, [M/MR][K][MR], zero padded.
 pub fn pack_a(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
@@ -29,15 +35,24 @@ pub fn pack_a(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> 
     out
 }
 
-/// One product: out[m, p] (address out + m·rs + p·cs) = act(Σ_k a[m, k] · b[k·ldb + p] + bias[m]).
+/// Where the K x P right-hand matrix comes from.
+#[derive(Clone, Copy)]
+pub enum FSrc {
+    /// Element (k, p) at b[k·ldb + p].
+    Matrix { b: *const f32, ldb: usize },
+    /// The windows of a convolution over the NCHW image x (one image, c·h·w floats): row k = (c, ky, kx)
+    /// in that order, column p = (oy, ox), zero where a window reaches into the padding.
+    Conv { x: *const f32, g: DwGeom },
+}
+
+/// One product: out[m, p] (address out + m·rs + p·cs) = act(Σ_k a[m, k] · B[k, p] + bias[m]).
 pub struct FGemm<'a> {
     pub isa: Isa,
     pub m: usize,
     pub k: usize,
     pub p: usize,
     pub a: &'a [f32],
-    pub b: *const f32,
-    pub ldb: usize,
+    pub src: FSrc,
     pub bias: Option<&'a [f32]>,
     pub act: Option<Act>,
     /// A residual laid out like `out`, added after the bias and before the activation.
@@ -47,58 +62,146 @@ pub struct FGemm<'a> {
     pub cs: usize,
 }
 
-// SAFETY: tasks read a and b and write disjoint tiles of out.
+// SAFETY: tasks read a and the source and write disjoint tiles of out.
 unsafe impl Sync for FGemm<'_> {}
+
+thread_local! {
+    /// Each thread's packed panels, kept between calls (taken out while a task runs).
+    static PANELS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 impl FGemm<'_> {
     /// # Safety
-    /// b must hold k rows of ldb floats (p used), out every addressed element.
+    /// The source must hold what FSrc says (Matrix: k rows of ldb floats, p used), out every addressed
+    /// element.
     pub unsafe fn run(&self) {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512Vnni && self.p == 1 && self.res.is_none() {
-            // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; b holds k rows of one column.
-            unsafe { self.gemv() };
-            return;
+        if let FSrc::Matrix { b, ldb } = self.src {
+            if self.isa == Isa::Avx512Vnni && self.p == 1 && self.res.is_none() {
+                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; b holds k rows of one column.
+                unsafe { self.gemv(b, ldb) };
+                return;
+            }
         }
         let blocks = self.m.div_ceil(MR);
-        let cols = (TILE_BYTES / (4 * self.k.max(1)) / NR * NR).clamp(NR, 8 * NR);
-        let col_tiles = self.p.div_ceil(cols);
-        // Enough row groups that both threads get work on narrow layers.
-        let rows_per = blocks.div_ceil((4 * pool::threads()).div_ceil(col_tiles).max(1)).max(1);
-        let row_tasks = blocks.div_ceil(rows_per);
-        pool::parallel_for(row_tasks * col_tiles, &|t| {
-            let (rt, ct) = (t / col_tiles, t % col_tiles);
-            let (p0, p1) = (ct * cols, ((ct + 1) * cols).min(self.p));
-            let (mut blk, end) = (rt * rows_per, ((rt + 1) * rows_per).min(blocks));
-            while blk < end {
-                #[cfg(target_arch = "x86_64")]
-                if self.isa == Isa::Avx512Vnni && blk + 1 < end {
-                    // Two blocks at once: twice the rows per load of b.
-                    // SAFETY: AVX-512 is present; blocks blk and blk + 1 exist and the tile is inside the
-                    // matrices run()'s caller described.
-                    unsafe { avx512::tile::<{ 2 * MR }>(self, blk, p0, p1) };
-                    blk += 2;
-                    continue;
+        let panels = self.p.div_ceil(NR);
+        let threads = pool::threads();
+        // Panels per task: as many as stay in L2 (the weights are read once per column task), all of them
+        // when there are only two (the 7x7 layers of ImageNet models, where the weights are the larger
+        // operand); a multiple of the threads when there are few tasks, so they share the work evenly.
+        let chunks = self.k.div_ceil(KC).max(1);
+        let kc = self.k.div_ceil(chunks);
+        let fit = (PANEL_BYTES / (4 * NR * kc.max(1))).clamp(1, 16);
+        let mut col_tasks = if panels <= 2 { 1 } else { panels.div_ceil(fit) };
+        if col_tasks < 4 * threads && col_tasks % threads != 0 {
+            col_tasks = col_tasks.next_multiple_of(threads).min(panels);
+        }
+        let per = panels.div_ceil(col_tasks);
+        let col_tasks = panels.div_ceil(per);
+        // Rows are split (in pairs of blocks) only when there are fewer column tasks than threads; each row
+        // task packs its panels again.
+        let pairs = blocks.div_ceil(2);
+        let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(pairs) };
+        let pairs_per = pairs.div_ceil(row_tasks);
+        let row_tasks = pairs.div_ceil(pairs_per);
+        pool::parallel_for(row_tasks * col_tasks, &|t| {
+            let (rt, ct) = (t / col_tasks, t % col_tasks);
+            let (j0, j1) = (ct * per, ((ct + 1) * per).min(panels));
+            let mut buf = PANELS.take();
+            for chunk in 0..chunks {
+                let (k0, k1) = (chunk * kc, ((chunk + 1) * kc).min(self.k));
+                let size = (k1 - k0) * NR;
+                let len = (j1 - j0) * size;
+                // 64-byte aligned panels: every vector load of the microkernel is one cache line.
+                buf.resize(len + 16, 0.0);
+                let skip = buf.as_ptr().align_offset(64).min(15);
+                let panel = &mut buf[skip..skip + len];
+                for j in j0..j1 {
+                    let p0 = j * NR;
+                    // SAFETY: the source holds what run()'s caller promised; the panel has (k1 − k0)·NR floats.
+                    unsafe { self.pack(p0, NR.min(self.p - p0), k0, &mut panel[(j - j0) * size..(j - j0 + 1) * size]) };
                 }
-                // SAFETY: the tile is inside the matrices run()'s caller described.
-                unsafe { self.tile(blk, p0, p1) };
-                blk += 1;
+                let (mut blk, end) = (rt * pairs_per * 2, ((rt + 1) * pairs_per * 2).min(blocks));
+                while blk < end {
+                    let two = blk + 1 < end;
+                    for j in j0..j1 {
+                        let p0 = j * NR;
+                        let pb = &panel[(j - j0) * size..(j - j0 + 1) * size];
+                        // SAFETY: blocks blk (and blk + 1 when `two`) exist; columns p0.. are inside out.
+                        unsafe { self.tile(blk, two, pb, p0, NR.min(self.p - p0), k0) };
+                    }
+                    blk += if two { 2 } else { 1 };
+                }
             }
+            PANELS.set(buf);
         });
+    }
+
+    /// Columns p0..p0 + n of B's rows k0.. into `dst` ([rows][NR], zeros past n). A convolution's panel
+    /// row k = (c, ky, kx) copies the same pieces of every input plane c, so the pieces are found once per
+    /// tap.
+    unsafe fn pack(&self, p0: usize, n: usize, k0: usize, dst: &mut [f32]) {
+        match self.src {
+            FSrc::Matrix { b, ldb } => {
+                for (kk, row) in (k0..).zip(dst.chunks_exact_mut(NR)) {
+                    row[n..].fill(0.0);
+                    // SAFETY: row kk of b holds columns p0..p0 + n.
+                    unsafe { copy_row(self.isa, b.add(kk * ldb + p0), 1, row, 0, n) };
+                }
+            }
+            FSrc::Conv { x, g } => {
+                let (s, taps) = (g.stride[1], g.kh * g.kw);
+                // Per tap, the pieces (offset in the plane, offset in the panel row, length) read inside the
+                // image; everything else in the row is zero.
+                let mut pieces: Vec<(usize, usize, usize)> = Vec::with_capacity(taps * 4);
+                let mut ends = Vec::with_capacity(taps);
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let off = (kx * g.dil[1]) as isize - g.pad[1] as isize;
+                        // Output columns whose input column ox·s + off lies inside the row.
+                        let lo = if off >= 0 { 0 } else { ((-off + s as isize - 1) / s as isize) as usize };
+                        let hi = ((g.w as isize - 1 - off).div_euclid(s as isize) + 1).max(0) as usize;
+                        let mut p = p0;
+                        while p < p0 + n {
+                            let (oy, ox) = (p / g.ow, p % g.ow);
+                            let len = (g.ow - ox).min(p0 + n - p);
+                            let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                            let (a, b) = (lo.clamp(ox, ox + len), hi.clamp(ox, ox + len));
+                            if iy >= 0 && iy < g.h as isize && a < b {
+                                let first = (a as isize * s as isize + off) as usize;
+                                pieces.push((iy as usize * g.w + first, p - p0 + a - ox, b - a));
+                            }
+                            p += len;
+                        }
+                        ends.push(pieces.len());
+                    }
+                }
+                let plane = g.h * g.w;
+                for (kk, row) in (k0..).zip(dst.chunks_exact_mut(NR)) {
+                    let (c, t) = (kk / taps, kk % taps);
+                    let start = if t == 0 { 0 } else { ends[t - 1] };
+                    row.fill(0.0);
+                    for &(src, at, len) in &pieces[start..ends[t]] {
+                        // SAFETY: the piece lies inside input plane c (found above) and inside the row.
+                        unsafe { copy_row(self.isa, x.add(c * plane + src), s, row, at, len) };
+                    }
+                }
+            }
+        }
     }
 
     /// One column (a Gemm with one input row): each block's packed weights [K][MR] are read as a flat
     /// stream against b with every value repeated MR times, 48 products (8 k × 6 rows) per three
     /// registers, then summed per row. The tile kernel would spend 12 FMAs on 6 products.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn gemv(&self) {
+    unsafe fn gemv(&self, b: *const f32, ldb: usize) {
         const _: () = assert!(MR == 6, "gemv's lanes assume 6 rows per block");
         let blocks = self.m.div_ceil(MR);
         let k8 = self.k.div_ceil(8) * 8;
         let mut xr = vec![0f32; k8 * MR];
         for kk in 0..self.k {
             // SAFETY: b holds k rows of ldb floats; column 0 is read.
-            let v = unsafe { *self.b.add(kk * self.ldb) };
+            let v = unsafe { *b.add(kk * ldb) };
             xr[kk * MR..(kk + 1) * MR].fill(v);
         }
         let per = blocks.div_ceil(4 * pool::threads()).max(1);
@@ -117,34 +220,54 @@ impl FGemm<'_> {
         });
     }
 
-    unsafe fn tile(&self, blk: usize, p0: usize, p1: usize) {
+    /// Rows of block blk (and blk + 1 when `two`) against one packed panel of rows k0.. of K: columns
+    /// p0..p0 + n. Sums start from the output's partial sums unless k0 = 0; the epilogue runs on the last
+    /// rows of K, before it the partial sums are stored.
+    unsafe fn tile(&self, blk: usize, two: bool, panel: &[f32], p0: usize, n: usize, k0: usize) {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen.
-            unsafe { avx512::tile::<MR>(self, blk, p0, p1) };
+            unsafe {
+                if two {
+                    avx512::tile::<{ 2 * MR }>(self, blk, panel, p0, n, k0)
+                } else {
+                    avx512::tile::<MR>(self, blk, panel, p0, n, k0)
+                }
+            };
             return;
         }
         multiversion!(
-            fn portable(g: &FGemm, blk: usize, p0: usize, p1: usize) {
+            fn portable(g: &FGemm, blk: usize, panel: &[f32], p0: usize, w: usize, k0: usize) {
                 let rows = MR.min(g.m - blk * MR);
                 let pa = &g.a[blk * g.k * MR..(blk + 1) * g.k * MR];
-                let mut acc = vec![0f32; MR * (p1 - p0)];
-                let w = p1 - p0;
-                for kk in 0..g.k {
-                    // SAFETY: row kk of b holds columns p0..p1.
-                    let brow = unsafe { std::slice::from_raw_parts(g.b.add(kk * g.ldb + p0), w) };
-                    for r in 0..MR {
+                let k1 = k0 + panel.len() / NR;
+                let mut acc = [[0f32; NR]; MR];
+                if k0 > 0 {
+                    for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+                        for (j, a) in acc.iter_mut().enumerate().take(w) {
+                            // SAFETY: (blk·MR + r, p0 + j) is inside out and holds the partial sum.
+                            *a = unsafe { *g.out.add((blk * MR + r) * g.rs + (p0 + j) * g.cs) };
+                        }
+                    }
+                }
+                for (kk, brow) in (k0..).zip(panel.chunks_exact(NR)) {
+                    for (r, acc) in acc.iter_mut().enumerate() {
                         let av = pa[kk * MR + r];
-                        for (o, bv) in acc[r * w..(r + 1) * w].iter_mut().zip(brow) {
+                        for (o, bv) in acc.iter_mut().zip(brow) {
                             *o += av * bv;
                         }
                     }
                 }
-                for r in 0..rows {
+                for (r, acc) in acc.iter().enumerate().take(rows) {
                     let m = blk * MR + r;
                     let bias = g.bias.map_or(0.0, |b| b[m]);
-                    for j in 0..w {
-                        let mut v = acc[r * w + j] + bias;
+                    for (j, a) in acc.iter().enumerate().take(w) {
+                        if k1 < g.k {
+                            // SAFETY: (m, p0 + j) is inside out.
+                            unsafe { *g.out.add(m * g.rs + (p0 + j) * g.cs) = *a };
+                            continue;
+                        }
+                        let mut v = a + bias;
                         if let Some(res) = g.res {
                             // SAFETY: the residual has out's layout.
                             v += unsafe { *res.add(m * g.rs + (p0 + j) * g.cs) };
@@ -155,7 +278,29 @@ impl FGemm<'_> {
                 }
             }
         );
-        portable(self.isa, self, blk, p0, p1);
+        portable(self.isa, self, blk, panel, p0, n, k0);
+        if two {
+            portable(self.isa, self, blk + 1, panel, p0, n, k0);
+        }
+    }
+}
+
+/// row[at..at + len] = src[0], src[s], src[2s], ... (len ≤ NR − at); the rest of the row is left alone.
+///
+/// # Safety
+/// src must hold (len − 1)·s + 1 floats.
+#[inline(always)]
+unsafe fn copy_row(isa: Isa, src: *const f32, s: usize, row: &mut [f32], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && s <= 2 {
+        // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the caller's bounds.
+        unsafe { avx512::copy_row(src, s, row[at..at + len].as_mut_ptr(), len) };
+        return;
+    }
+    let _ = isa;
+    for (i, d) in row[at..at + len].iter_mut().enumerate() {
+        // SAFETY: the caller's bounds.
+        *d = unsafe { *src.add(i * s) };
     }
 }
 
@@ -164,6 +309,43 @@ mod avx512 {
     use super::{FGemm, MR, NR};
     use qcc_ir::Act;
     use std::arch::x86_64::*;
+
+    /// dst[i] = src[i·s] for i < len ≤ 32, s = 1 or 2, with masked loads (nothing past the last element
+    /// read is touched) and stores.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn copy_row(src: *const f32, s: usize, dst: *mut f32, len: usize) {
+        let mask = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                ((1u32 << n) - 1) as __mmask16
+            }
+        };
+        // SAFETY: masked-off lanes are neither read nor written; the caller's bounds cover the rest.
+        unsafe {
+            if s == 1 {
+                let (m0, m1) = (mask(len), mask(len.saturating_sub(16)));
+                _mm512_mask_storeu_ps(dst, m0, _mm512_maskz_loadu_ps(m0, src));
+                if len > 16 {
+                    _mm512_mask_storeu_ps(dst.add(16), m1, _mm512_maskz_loadu_ps(m1, src.add(16)));
+                }
+                return;
+            }
+            let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            // Inputs read: 2·len − 1 from src.
+            let read = 2 * len - 1;
+            let mut i = 0;
+            while i < len {
+                let base = 2 * i;
+                let (ma, mb) = (mask(read.saturating_sub(base)), mask(read.saturating_sub(base + 16)));
+                let a = _mm512_maskz_loadu_ps(ma, src.add(base));
+                let b = if mb != 0 { _mm512_maskz_loadu_ps(mb, src.add(base + 16)) } else { _mm512_setzero_ps() };
+                _mm512_mask_storeu_ps(dst.add(i), mask(len - i), _mm512_permutex2var_ps(a, evens, b));
+                i += 16;
+            }
+        }
+    }
 
     /// Σ_k a[k][r] · x[k] for the MR rows r of one packed block (`xr` holds each x[k] MR times, zero
     /// padded to a multiple of 8 k).
@@ -197,83 +379,119 @@ mod avx512 {
         out
     }
 
-    /// Rows blk·MR.. of R (MR: one packed block; 2·MR: blocks blk and blk + 1, both present).
+    /// n ≤ NR floats at src, cs apart, as two registers (zeros past n).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_row(src: *const f32, cs: usize, m0: __mmask16, m1: __mmask16, n: usize) -> [__m512; 2] {
+        // SAFETY: the n addressed floats are inside the caller's buffer; masked-off lanes are not read.
+        unsafe {
+            if cs == 1 {
+                return [_mm512_maskz_loadu_ps(m0, src), _mm512_maskz_loadu_ps(m1, src.add(16))];
+            }
+            let mut tmp = [0f32; NR];
+            for (j, t) in tmp.iter_mut().enumerate().take(n) {
+                *t = *src.add(j * cs);
+            }
+            [_mm512_loadu_ps(tmp.as_ptr()), _mm512_loadu_ps(tmp.as_ptr().add(16))]
+        }
+    }
+
+    /// Stores the first n ≤ NR lanes of v at dst, cs apart.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_row(dst: *mut f32, cs: usize, m0: __mmask16, m1: __mmask16, n: usize, v: [__m512; 2]) {
+        // SAFETY: the n addressed floats are inside the caller's buffer; masked-off lanes are not written.
+        unsafe {
+            if cs == 1 {
+                _mm512_mask_storeu_ps(dst, m0, v[0]);
+                _mm512_mask_storeu_ps(dst.add(16), m1, v[1]);
+                return;
+            }
+            let mut tmp = [0f32; NR];
+            _mm512_storeu_ps(tmp.as_mut_ptr(), v[0]);
+            _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v[1]);
+            for (j, t) in tmp.iter().enumerate().take(n) {
+                *dst.add(j * cs) = *t;
+            }
+        }
+    }
+
+    /// Rows blk·MR.. of R (MR: one packed block; 2·MR: blocks blk and blk + 1, both present) against one
+    /// packed panel ([K][NR]) of columns p..p + n.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    pub unsafe fn tile<const R: usize>(g: &FGemm, blk: usize, p0: usize, p1: usize) {
+    pub unsafe fn tile<const R: usize>(g: &FGemm, blk: usize, panel: &[f32], p: usize, n: usize, k0: usize) {
         let rows = R.min(g.m - blk * MR);
         let pa = g.a.as_ptr().add(blk * g.k * MR);
         // Row r's weight for k: in block r / MR, at k·MR + r % MR.
         let wat = |kk: usize, r: usize| pa.add((r / MR) * g.k * MR + kk * MR + r % MR);
-        let mut p = p0;
-        while p < p1 {
-            let n = NR.min(p1 - p);
-            let m0: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
-            let m1: __mmask16 = if n >= 32 {
-                0xffff
-            } else if n > 16 {
-                (1u16 << (n - 16)) - 1
-            } else {
-                0
+        let m0: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+        let m1: __mmask16 = if n >= 32 {
+            0xffff
+        } else if n > 16 {
+            (1u16 << (n - 16)) - 1
+        } else {
+            0
+        };
+        // SAFETY: the panel holds K rows of NR floats; each of the R rows' blocks holds K·MR floats.
+        unsafe {
+            let k1 = k0 + panel.len() / NR;
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            let mut brow = panel.as_ptr();
+            for kk in k0..k1 {
+                let b0 = _mm512_loadu_ps(brow);
+                let b1 = _mm512_loadu_ps(brow.add(16));
+                brow = brow.add(NR);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*wat(kk, r));
+                    a[0] = _mm512_fmadd_ps(av, b0, a[0]);
+                    a[1] = _mm512_fmadd_ps(av, b1, a[1]);
+                }
+            }
+            let clamp = match g.act {
+                None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+                Some(Act::Relu) => Some((0.0, f32::INFINITY)),
+                Some(Act::Clip { min, max }) => Some((min, max)),
+                Some(_) => None,
             };
-            // SAFETY: loads are masked to the n columns left, inside row kk of b; each of the R rows' blocks
-            // holds K·MR floats.
-            unsafe {
-                let mut acc = [[_mm512_setzero_ps(); 2]; R];
-                for kk in 0..g.k {
-                    let brow = g.b.add(kk * g.ldb + p);
-                    let b0 = _mm512_maskz_loadu_ps(m0, brow);
-                    let b1 = _mm512_maskz_loadu_ps(m1, brow.add(16));
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let av = _mm512_set1_ps(*wat(kk, r));
-                        a[0] = _mm512_fmadd_ps(av, b0, a[0]);
-                        a[1] = _mm512_fmadd_ps(av, b1, a[1]);
+            // The accumulators are only read after the loop (writing them in a loop of dynamic length makes
+            // LLVM keep them in memory, also inside the k loop).
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                let m = blk * MR + r;
+                let mut a = *a;
+                if k0 > 0 {
+                    // The partial sums of the earlier rows of K.
+                    let s = load_row(g.out.add(m * g.rs + p * g.cs), g.cs, m0, m1, n);
+                    a = [_mm512_add_ps(a[0], s[0]), _mm512_add_ps(a[1], s[1])];
+                }
+                if k1 < g.k {
+                    store_row(g.out.add(m * g.rs + p * g.cs), g.cs, m0, m1, n, a);
+                    continue;
+                }
+                let bias = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[m]));
+                let mut v = [_mm512_add_ps(a[0], bias), _mm512_add_ps(a[1], bias)];
+                if let Some(res) = g.res {
+                    let r = load_row(res.add(m * g.rs + p * g.cs), g.cs, m0, m1, n);
+                    v = [_mm512_add_ps(v[0], r[0]), _mm512_add_ps(v[1], r[1])];
+                }
+                if let Some((lo, hi)) = clamp {
+                    for x in v.iter_mut() {
+                        // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
+                        *x = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), *x));
                     }
                 }
-                let clamp = match g.act {
-                    None => Some((f32::NEG_INFINITY, f32::INFINITY)),
-                    Some(Act::Relu) => Some((0.0, f32::INFINITY)),
-                    Some(Act::Clip { min, max }) => Some((min, max)),
-                    Some(_) => None,
-                };
-                for (r, a) in acc.iter().enumerate().take(rows) {
-                    let m = blk * MR + r;
-                    let bias = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[m]));
-                    let mut v = [_mm512_add_ps(a[0], bias), _mm512_add_ps(a[1], bias)];
-                    if let Some(res) = g.res {
-                        let src = res.add(m * g.rs + p * g.cs);
-                        if g.cs == 1 {
-                            v[0] = _mm512_add_ps(v[0], _mm512_maskz_loadu_ps(m0, src));
-                            v[1] = _mm512_add_ps(v[1], _mm512_maskz_loadu_ps(m1, src.add(16)));
-                        } else {
-                            let mut tmp = [0f32; NR];
-                            for (j, t) in tmp.iter_mut().enumerate().take(n) {
-                                *t = *src.add(j * g.cs);
-                            }
-                            v[0] = _mm512_add_ps(v[0], _mm512_loadu_ps(tmp.as_ptr()));
-                            v[1] = _mm512_add_ps(v[1], _mm512_loadu_ps(tmp.as_ptr().add(16)));
-                        }
-                    }
-                    if let Some((lo, hi)) = clamp {
-                        for x in v.iter_mut() {
-                            // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
-                            *x = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), *x));
-                        }
-                    }
-                    let dst = g.out.add(m * g.rs + p * g.cs);
-                    if g.cs == 1 && clamp.is_some() {
-                        _mm512_mask_storeu_ps(dst, m0, v[0]);
-                        _mm512_mask_storeu_ps(dst.add(16), m1, v[1]);
-                    } else {
-                        let mut tmp = [0f32; NR];
-                        _mm512_storeu_ps(tmp.as_mut_ptr(), v[0]);
-                        _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v[1]);
-                        for (j, t) in tmp.iter().enumerate().take(n) {
-                            *dst.add(j * g.cs) = g.act.filter(|_| clamp.is_none()).map_or(*t, |f| f.apply(*t));
-                        }
+                let dst = g.out.add(m * g.rs + p * g.cs);
+                if g.cs == 1 && clamp.is_some() {
+                    _mm512_mask_storeu_ps(dst, m0, v[0]);
+                    _mm512_mask_storeu_ps(dst.add(16), m1, v[1]);
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm512_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                    _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v[1]);
+                    for (j, t) in tmp.iter().enumerate().take(n) {
+                        *dst.add(j * g.cs) = g.act.filter(|_| clamp.is_none()).map_or(*t, |f| f.apply(*t));
                     }
                 }
             }
-            p += NR;
         }
     }
 }
