@@ -374,7 +374,8 @@ fn row_spans(g: &DwGeom) -> Vec<(usize, usize, usize)> {
 fn split_phases(src: &[f32], s: usize, phases: &mut [f32]) {
     let plen = src.len().div_ceil(s);
     for q in 0..s {
-        for (d, v) in phases[q * plen..(q + 1) * plen].iter_mut().zip(src[q..].iter().step_by(s)) {
+        // skip, not src[q..]: a row may be shorter than the stride.
+        for (d, v) in phases[q * plen..(q + 1) * plen].iter_mut().zip(src.iter().skip(q).step_by(s)) {
             *d = *v;
         }
     }
@@ -394,30 +395,36 @@ pub unsafe fn maxpool(x: *const f32, g: DwGeom, out: *mut f32) {
     });
     multiversion!(
         fn plane(x: &[f32], out: &mut [f32], g: DwGeom) {
-            // As the portable depthwise plane: each tap is a running maximum over a contiguous span of
-            // output columns (f32::max keeps the other operand when one is NaN: a NaN never wins, as in the
-            // interpreter).
+            // Separable: each input row's horizontal window maxima once (a running maximum per tap over a
+            // contiguous span of output columns, as the portable depthwise plane), then each output row
+            // the maximum of its window's rows. f32::max keeps the other operand when one is NaN: a NaN
+            // never wins, as in the interpreter; padding is −∞.
             let s = g.stride[1];
             let mut phases = vec![0f32; s * g.w.div_ceil(s)];
+            let mut hmax = vec![f32::NEG_INFINITY; g.h * g.ow];
             let spans = row_spans(&g);
+            for (iy, h) in hmax.chunks_exact_mut(g.ow).enumerate() {
+                let src = &x[iy * g.w..(iy + 1) * g.w];
+                if s > 1 {
+                    split_phases(src, s, &mut phases);
+                }
+                for &(lo, hi, start) in &spans {
+                    if hi > lo {
+                        let row = if s == 1 { &src[start..] } else { &phases[start..] };
+                        for (d, v) in h[lo..hi].iter_mut().zip(row) {
+                            *d = d.max(*v);
+                        }
+                    }
+                }
+            }
             for oy in 0..g.oh {
                 let o = &mut out[oy * g.ow..(oy + 1) * g.ow];
                 o.fill(f32::NEG_INFINITY);
                 for ky in 0..g.kh {
                     let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let src = &x[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    if s > 1 {
-                        split_phases(src, s, &mut phases);
-                    }
-                    for &(lo, hi, start) in &spans {
-                        if hi > lo {
-                            let row = if s == 1 { &src[start..] } else { &phases[start..] };
-                            for (d, v) in o[lo..hi].iter_mut().zip(row) {
-                                *d = d.max(*v);
-                            }
+                    if iy >= 0 && iy < g.h as isize {
+                        for (d, v) in o.iter_mut().zip(&hmax[iy as usize * g.ow..]) {
+                            *d = d.max(*v);
                         }
                     }
                 }

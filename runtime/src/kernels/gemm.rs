@@ -20,15 +20,16 @@ pub fn packed_dims(k: usize, n: usize) -> (usize, usize) {
     (k.div_ceil(4) * 4, n.div_ceil(NBLK) * NBLK)
 }
 
-/// Packs b (K x N, element (k, n) given by `at`) for `isa`: AVX-512 VNNI takes blocks of 16 columns, each
-/// [K/4][16][4] (four consecutive k of a column are one vpdpbusd lane); the portable kernels take K rows of
-/// N. Padding is zero, so over-read activation bytes multiply by 0.
+/// Packs b (K x N, element (k, n) given by `at`) for `isa`: AVX-512 VNNI and AVX2 take blocks of 16
+/// columns, each [K/4][16][4] (four consecutive k of a column are one vpdpbusd lane, or two vpmaddwd
+/// pairs); the portable kernel takes K rows of N. Padding is zero, so over-read activation bytes
+/// multiply by 0.
 pub fn pack_b(isa: Isa, k: usize, n: usize, at: impl Fn(usize, usize) -> i8) -> Vec<i8> {
     let (kp, np) = packed_dims(k, n);
     let mut out = vec![0i8; kp * np];
     let get = |kk: usize, nn: usize| if kk < k && nn < n { at(kk, nn) } else { 0 };
     match isa {
-        Isa::Avx512Vnni => {
+        Isa::Avx512Vnni | Isa::Avx2 => {
             for blk in 0..np / NBLK {
                 for g in 0..kp / 4 {
                     for j in 0..NBLK {
@@ -39,7 +40,7 @@ pub fn pack_b(isa: Isa, k: usize, n: usize, at: impl Fn(usize, usize) -> i8) -> 
                 }
             }
         }
-        Isa::Scalar | Isa::Avx2 => {
+        Isa::Scalar => {
             for kk in 0..kp {
                 for nn in 0..np {
                     out[kk * np + nn] = get(kk, nn);
@@ -116,7 +117,7 @@ impl Gemm<'_> {
     }
 
     /// Σ_k a[r, k] (as u8 after the optional xor), for the weight zero-point term.
-    unsafe fn row_sum(&self, r: usize) -> i32 {
+    pub(crate) unsafe fn row_sum(&self, r: usize) -> i32 {
         let x = if self.xor { 0x80u8 } else { 0 };
         if let Some((g, _)) = self.conv {
             let (mut taps, mut edge) = ([MaybeUninit::uninit(); 64], [MaybeUninit::uninit(); ROW_SEGS]);
@@ -212,6 +213,13 @@ impl Gemm<'_> {
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has it; bounds as in run().
             unsafe { vnni::tile(self, r0, rows, c0, cols) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2 {
+            // SAFETY: Isa::Avx2 is only chosen when the CPU has AVX2 and FMA; bounds as in run(); the
+            // compiler chooses implicit convolutions only for VNNI.
+            unsafe { super::gemm_avx2::tile(self, r0, rows, c0, cols) };
             return;
         }
         unsafe { self.tile_portable(r0, rows, c0, cols) }

@@ -11,6 +11,8 @@ pub mod fconv;
 pub mod fgemm;
 pub mod float;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx2;
 pub mod im2col;
 pub mod pool;
 pub mod qpool;
@@ -21,7 +23,8 @@ pub mod wideconv;
 pub enum Isa {
     /// Portable Rust, no target features: runs on any x86-64 (and elsewhere).
     Scalar,
-    /// The portable kernels compiled with AVX2 + FMA enabled (x86-64-v3).
+    /// AVX2 + FMA (x86-64-v3): an exact vpmaddwd GEMM microkernel, the other kernels portable Rust
+    /// compiled with these features.
     Avx2,
     /// AVX-512 with VNNI: vpdpbusd GEMM microkernels.
     Avx512Vnni,
