@@ -127,6 +127,12 @@ impl DwConv<'_> {
             }
         );
         #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2 && self.epi.float_act.is_none() {
+            // SAFETY: Isa::Avx2 is only chosen when the CPU has AVX2 and FMA.
+            unsafe { super::dwconv_avx2::row(x, out, self, oy) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni && self.epi.float_act.is_none() {
             // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has AVX-512 VNNI; the compiler built
             // `vnni` with dwvnni::table for this convolution.
@@ -140,6 +146,41 @@ impl DwConv<'_> {
             return;
         }
         dw_row(self.isa, x, out, self, oy);
+    }
+}
+
+/// Walks output row oy of the explicit-SIMD kernels: calls f(ox, four, taps) for four interior pixels
+/// ox..ox + 4 whose every tap lies inside the image (`four`), or else for the single pixel ox, with
+/// (weight offset, input offset of pixel ox) of each of its taps inside the image; pixel p of a group
+/// reads p·stride·c bytes further.
+#[inline(always)]
+pub(crate) fn pixel_groups(g: &DwGeom, oy: usize, mut f: impl FnMut(usize, bool, &[(usize, usize)])) {
+    let valid = |i: isize, n: usize| i >= 0 && i < n as isize;
+    let mut taps: Vec<(usize, usize)> = Vec::with_capacity(g.kh * g.kw);
+    let rows: Vec<(usize, usize)> = (0..g.kh)
+        .filter_map(|ky| {
+            let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+            valid(iy, g.h).then_some((ky, iy as usize))
+        })
+        .collect();
+    let first_ok = |ox: usize| (ox * g.stride[1]) as isize >= g.pad[1] as isize;
+    let last_ok = |ox: usize| ((ox * g.stride[1] + (g.kw - 1) * g.dil[1]) as isize - (g.pad[1] as isize)) < g.w as isize;
+    let lo_x = (0..g.ow).find(|&ox| first_ok(ox)).unwrap_or(g.ow);
+    let hi_x = (lo_x..g.ow).find(|&ox| !last_ok(ox)).unwrap_or(g.ow);
+    let mut ox = 0;
+    while ox < g.ow {
+        taps.clear();
+        for &(ky, iy) in &rows {
+            for kx in 0..g.kw {
+                let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                if valid(ix, g.w) {
+                    taps.push(((ky * g.kw + kx) * g.c, (iy * g.w + ix as usize) * g.c));
+                }
+            }
+        }
+        let four = ox >= lo_x && ox + 4 <= hi_x && taps.len() == g.kh * g.kw;
+        f(ox, four, &taps);
+        ox += if four { 4 } else { 1 };
     }
 }
 
@@ -157,49 +198,23 @@ mod avx512 {
     /// epilogue, byte stores. Interior pixels go four at a time, sharing weight loads.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn row(x: &[u8], out: &mut [u8], d: &DwConv, oy: usize) {
-        let g = d.g;
-        let valid = |i: isize, n: usize| i >= 0 && i < n as isize;
-        let mut taps: Vec<(usize, usize)> = Vec::with_capacity(g.kh * g.kw);
-        let rows: Vec<(usize, usize)> = (0..g.kh)
-            .filter_map(|ky| {
-                let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                valid(iy, g.h).then_some((ky, iy as usize))
-            })
-            .collect();
-        let first_ok = |ox: usize| (ox * g.stride[1]) as isize >= g.pad[1] as isize;
-        let last_ok = |ox: usize| ((ox * g.stride[1] + (g.kw - 1) * g.dil[1]) as isize - (g.pad[1] as isize)) < g.w as isize;
-        let lo_x = (0..g.ow).find(|&ox| first_ok(ox)).unwrap_or(g.ow);
-        let hi_x = (lo_x..g.ow).find(|&ox| !last_ok(ox)).unwrap_or(g.ow);
-        let mut ox = 0;
-        while ox < g.ow {
-            taps.clear();
-            let four = ox >= lo_x && ox + 4 <= hi_x;
-            for &(ky, iy) in &rows {
-                for kx in 0..g.kw {
-                    let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                    if valid(ix, g.w) {
-                        taps.push(((ky * g.kw + kx) * g.c, (iy * g.w + ix as usize) * g.c));
-                    }
-                }
-            }
-            let full = taps.len() == g.kh * g.kw;
+        super::pixel_groups(&d.g, oy, |ox, four, taps| {
             // SAFETY: the taps lie inside the image for these pixels (interior when `four`).
             unsafe {
                 // Interior pixels: whole blocks of 32 channels with two taps per vpmaddwd, the rest below.
-                let done = match (four && full && !d.pairs.is_empty(), d.xor) {
-                    (true, false) => paired::<false>(x, out, d, &taps, ox),
-                    (true, true) => paired::<true>(x, out, d, &taps, ox),
+                let done = match (four && !d.pairs.is_empty(), d.xor) {
+                    (true, false) => paired::<false>(x, out, d, taps, ox),
+                    (true, true) => paired::<true>(x, out, d, taps, ox),
                     _ => 0,
                 };
-                match (four && full, d.xor) {
-                    (true, false) => pixels::<4, true, false>(x, out, d, &taps, ox, done),
-                    (true, true) => pixels::<4, true, true>(x, out, d, &taps, ox, done),
-                    (false, false) => pixels::<1, false, false>(x, out, d, &taps, ox, 0),
-                    (false, true) => pixels::<1, false, true>(x, out, d, &taps, ox, 0),
+                match (four, d.xor) {
+                    (true, false) => pixels::<4, true, false>(x, out, d, taps, ox, done),
+                    (true, true) => pixels::<4, true, true>(x, out, d, taps, ox, done),
+                    (false, false) => pixels::<1, false, false>(x, out, d, taps, ox, 0),
+                    (false, true) => pixels::<1, false, true>(x, out, d, taps, ox, 0),
                 }
             }
-            ox += if four && full { 4 } else { 1 };
-        }
+        });
     }
 
     #[inline]
@@ -335,7 +350,7 @@ mod avx512_pairs {
 
 /// Applies epilogue::saturate to channels c0.. of a block.
 #[inline(always)]
-fn fix_saturation(a: &mut [i32], sat: Option<&[i32]>, c0: usize) {
+pub(crate) fn fix_saturation(a: &mut [i32], sat: Option<&[i32]>, c0: usize) {
     if let Some(s) = sat {
         for (j, v) in a.iter_mut().enumerate() {
             *v = saturate(*v, s[c0 + j]);

@@ -71,20 +71,83 @@ unsafe fn micro<const MR: usize, const FLIP: bool>(g: &Gemm, r0: usize, c: usize
             }
         }
         let (mut tmp, mut bytes) = ([0i32; NBLK], [0u8; NBLK]);
+        let plain = g.epi.float_act.is_none() && g.epi.residual.is_none() && g.sat.is_none();
         for (i, acc) in acc.iter().enumerate() {
             let r = r0 + i;
-            _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, acc[0]);
-            _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, acc[1]);
-            let rs = if g.zw.is_some() { g.row_sum(r) } else { 0 };
-            for (j, t) in tmp.iter_mut().enumerate() {
-                let mut v = t.wrapping_add(g.bias[c + j]);
-                if let Some(zw) = g.zw {
-                    v = v.wrapping_sub(zw[c + j].wrapping_mul(rs));
+            let dst = g.out.add(r * g.ldo + c);
+            let bias = [0, 8].map(|h| _mm256_loadu_si256(g.bias.as_ptr().add(c + h) as *const __m256i));
+            let mut v = [_mm256_add_epi32(acc[0], bias[0]), _mm256_add_epi32(acc[1], bias[1])];
+            if let Some(zw) = g.zw {
+                let rs = _mm256_set1_epi32(g.row_sum(r));
+                for (h, v) in v.iter_mut().enumerate() {
+                    let z = _mm256_loadu_si256(zw.as_ptr().add(c + 8 * h) as *const __m256i);
+                    *v = _mm256_sub_epi32(*v, _mm256_mullo_epi32(z, rs));
                 }
-                *t = g.sat.map_or(v, |s| saturate(v, s[c + j]));
+            }
+            if plain {
+                let q = requant16(v, g.epi.mult.as_ptr().add(c), g.epi.zy, g.epi.qlo, g.epi.qhi);
+                if n == NBLK {
+                    _mm_storeu_si128(dst as *mut __m128i, q);
+                } else {
+                    _mm_storeu_si128(bytes.as_mut_ptr() as *mut __m128i, q);
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
+                }
+                continue;
+            }
+            _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v[0]);
+            _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, v[1]);
+            if let Some(sat) = g.sat {
+                for (j, t) in tmp.iter_mut().enumerate() {
+                    *t = saturate(*t, sat[c + j]);
+                }
             }
             g.epi.row_at(&tmp[..n], r, c, &mut bytes[..n]);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), g.out.add(r * g.ldo + c), n);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
         }
     }
+}
+
+/// Requantizes 8 accumulators (multipliers at `mult`) into the low 8 bytes, as the scalar epilogue does:
+/// y = clamp(rne(f32(acc) · m) + zy, qlo, qhi), clamping before rounding (the bounds are integers, so it
+/// is the same) and rounding with an explicit round-to-nearest-even, whatever MXCSR says.
+///
+/// # Safety
+/// The CPU has AVX2; mult holds 8 floats.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn requant8(v: __m256i, mult: *const f32, zy: i32, qlo: i32, qhi: i32) -> __m128i {
+    let (lo, hi) = (_mm256_set1_ps((qlo - zy) as f32), _mm256_set1_ps((qhi - zy) as f32));
+    // SAFETY: the caller's bounds.
+    let f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), unsafe { _mm256_loadu_ps(mult) });
+    let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(_mm256_max_ps(f, lo), hi));
+    let q = _mm256_add_epi32(_mm256_cvttps_epi32(f), _mm256_set1_epi32(zy));
+    // The packs work per 128-bit lane; every value is inside qlo..qhi, so they never saturate.
+    let w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    if qlo < 0 {
+        _mm_packs_epi16(w, w)
+    } else {
+        _mm_packus_epi16(w, w)
+    }
+}
+
+/// `requant8` of 16 accumulators into 16 bytes.
+///
+/// # Safety
+/// The CPU has AVX2; mult holds 16 floats.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn requant16(v: [__m256i; 2], mult: *const f32, zy: i32, qlo: i32, qhi: i32) -> __m128i {
+    // SAFETY: the caller's bounds.
+    unsafe { _mm_unpacklo_epi64(requant8(v[0], mult, zy, qlo, qhi), requant8(v[1], mult.add(8), zy, qlo, qhi)) }
+}
+
+/// epilogue::saturate on 8 lanes.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn saturate8(v: __m256i, sat: __m256i) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    let up = _mm256_and_si256(_mm256_cmpgt_epi32(sat, zero), _mm256_cmpgt_epi32(zero, v));
+    let down = _mm256_and_si256(_mm256_cmpgt_epi32(zero, sat), _mm256_cmpgt_epi32(v, zero));
+    let v = _mm256_blendv_epi8(v, _mm256_set1_epi32(i32::MAX), up);
+    _mm256_blendv_epi8(v, _mm256_set1_epi32(i32::MIN), down)
 }

@@ -4,6 +4,8 @@
 //! holds every ISA variant of the GEMM (plain and implicit convolutions) and depthwise kernels to scalar
 //! references on random shapes, and tests/codegen.rs every kernel to the interpreter on whole networks.
 pub mod dwconv;
+#[cfg(target_arch = "x86_64")]
+mod dwconv_avx2;
 pub mod dwvnni;
 pub mod elementwise;
 pub mod epilogue;
