@@ -165,38 +165,35 @@ mod avx512 {
         let wq = if s1 == 1 { ow16 + KW - 1 } else { ow16 + (KW - 1) / 2 }.div_ceil(16) * 16;
         let mut buf = PADDED.take();
         // Stride 2: the phases of all rows, then one padded row to split.
-        let (phase_len, tmp_len) = if s1 == 1 { (0, 0) } else { (hp * wq, 2 * wq) };
-        buf.resize(if s1 == 1 { hp * wq } else { 2 * phase_len + tmp_len }, 0.0);
-        // Padded row ry into `dst` (its columns 0..len): zeros, the input row at pl, zeros.
-        let fill = |dst: &mut [f32], ry: usize| {
+        // Stride 2: the even and the odd columns of every padded row, one phase after the other.
+        let phase_len = if s1 == 1 { 0 } else { hp * wq };
+        buf.resize(if s1 == 1 { hp * wq } else { 2 * phase_len }, 0.0);
+        // 16 columns of padded row ry from padded column j: the input row's columns j − pl.. where they
+        // exist, zeros elsewhere; masked loads, so nothing outside the row is read (no per-row memset or
+        // memcpy calls, which cost more than the arithmetic on the short rows of late layers).
+        let (wd, xp) = (g.w as isize, x.as_ptr());
+        let padded = |ry: usize, j: usize| -> __m512 {
             let iy = ry as isize - pt as isize;
             if iy < 0 || iy >= g.h as isize {
-                dst.fill(0.0);
-                return;
+                return _mm512_setzero_ps();
             }
-            let src = &x[iy as usize * g.w..(iy as usize + 1) * g.w];
-            let len = dst.len();
-            // Columns past the row's end are never read by a tap.
-            let n = g.w.min(len.saturating_sub(pl));
-            dst[..pl.min(len)].fill(0.0);
-            dst[pl..pl + n].copy_from_slice(&src[..n]);
-            dst[pl + n..].fill(0.0);
+            let ix0 = j as isize - pl as isize;
+            // SAFETY: masked-off lanes are not read (their addresses may lie outside the plane, hence
+            // wrapping_offset); the others are columns of input row iy.
+            unsafe { _mm512_maskz_loadu_ps(lanes(ix0, 1, 16, wd) as __mmask16, xp.wrapping_offset(iy * wd + ix0)) }
         };
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         for ry in 0..hp {
-            if s1 == 1 {
-                fill(&mut buf[ry * wq..(ry + 1) * wq], ry);
-            } else {
-                let (phases, tmp) = buf.split_at_mut(2 * phase_len);
-                fill(tmp, ry);
-                for j in (0..wq).step_by(16) {
-                    // SAFETY: 2j + 32 ≤ 2·wq = tmp's length; j + 16 ≤ wq inside row ry of each phase.
-                    unsafe {
-                        let a = _mm512_loadu_ps(tmp.as_ptr().add(2 * j));
-                        let b = _mm512_loadu_ps(tmp.as_ptr().add(2 * j + 16));
-                        _mm512_storeu_ps(phases.as_mut_ptr().add(ry * wq + j), _mm512_permutex2var_ps(a, evens, b));
-                        _mm512_storeu_ps(phases.as_mut_ptr().add(phase_len + ry * wq + j), _mm512_permutex2var_ps(a, odds, b));
+            for j in (0..wq).step_by(16) {
+                // SAFETY: j + 16 ≤ wq: inside row ry of buf (or of each phase).
+                unsafe {
+                    if s1 == 1 {
+                        _mm512_storeu_ps(buf.as_mut_ptr().add(ry * wq + j), padded(ry, j));
+                    } else {
+                        let (a, b) = (padded(ry, 2 * j), padded(ry, 2 * j + 16));
+                        _mm512_storeu_ps(buf.as_mut_ptr().add(ry * wq + j), _mm512_permutex2var_ps(a, evens, b));
+                        _mm512_storeu_ps(buf.as_mut_ptr().add(phase_len + ry * wq + j), _mm512_permutex2var_ps(a, odds, b));
                     }
                 }
             }

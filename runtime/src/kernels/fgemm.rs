@@ -17,6 +17,18 @@ const PANEL_BYTES: usize = 1 << 20;
 /// Rows of K taken at once (GotoBLAS's kc): a row pair's weights for them (24 KB) stay in L1 across the
 /// panels, and the panels in L2 however large K is. Partial sums wait in the output between chunks.
 const KC: usize = 512;
+/// Up to this many rows, a plain matrix (a pointwise convolution's input) is read in place instead of
+/// packed: packing costs about as much per column as the few row blocks gain from contiguous loads.
+const DIRECT_M: usize = 24;
+
+/// K rows of up to NR columns the microkernel reads: a packed panel (ld = NR) or the source matrix in
+/// place (ld = its row pitch; loads are then masked to the n columns).
+#[derive(Clone, Copy)]
+struct Panel {
+    ptr: *const f32,
+    ld: usize,
+    rows: usize,
+}
 
 /// Packs w (M x K, element (m, k) given by `at`) into blocks of MR rows, [M/MR][K][MR], zero padded.
 pub fn pack_a(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
@@ -104,6 +116,7 @@ impl FGemm<'_> {
         let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(pairs) };
         let pairs_per = pairs.div_ceil(row_tasks);
         let row_tasks = pairs.div_ceil(pairs_per);
+        let direct = matches!(self.src, FSrc::Matrix { .. }) && self.m <= DIRECT_M;
         pool::parallel_for(row_tasks * col_tasks, &|t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let (j0, j1) = (ct * per, ((ct + 1) * per).min(panels));
@@ -111,24 +124,31 @@ impl FGemm<'_> {
             for chunk in 0..chunks {
                 let (k0, k1) = (chunk * kc, ((chunk + 1) * kc).min(self.k));
                 let size = (k1 - k0) * NR;
-                let len = (j1 - j0) * size;
-                // 64-byte aligned panels: every vector load of the microkernel is one cache line.
-                buf.resize(len + 16, 0.0);
-                let skip = buf.as_ptr().align_offset(64).min(15);
-                let panel = &mut buf[skip..skip + len];
-                for j in j0..j1 {
-                    let p0 = j * NR;
-                    // SAFETY: the source holds what run()'s caller promised; the panel has (k1 − k0)·NR floats.
-                    unsafe { self.pack(p0, NR.min(self.p - p0), k0, &mut panel[(j - j0) * size..(j - j0 + 1) * size]) };
+                let panel_of = |buf: &[f32], j: usize| match self.src {
+                    // SAFETY: rows k0..k1 of b exist (run()'s contract).
+                    FSrc::Matrix { b, ldb } if direct => Panel { ptr: unsafe { b.add(k0 * ldb + j * NR) }, ld: ldb, rows: k1 - k0 },
+                    _ => Panel { ptr: buf[(j - j0) * size..].as_ptr(), ld: NR, rows: k1 - k0 },
+                };
+                let mut skip = 0;
+                if !direct {
+                    let len = (j1 - j0) * size;
+                    // 64-byte aligned panels: every vector load of the microkernel is one cache line.
+                    buf.resize(len + 16, 0.0);
+                    skip = buf.as_ptr().align_offset(64).min(15);
+                    let panel = &mut buf[skip..skip + len];
+                    for j in j0..j1 {
+                        let p0 = j * NR;
+                        // SAFETY: the source holds what run()'s caller promised; the panel has (k1 − k0)·NR floats.
+                        unsafe { self.pack(p0, NR.min(self.p - p0), k0, &mut panel[(j - j0) * size..(j - j0 + 1) * size]) };
+                    }
                 }
                 let (mut blk, end) = (rt * pairs_per * 2, ((rt + 1) * pairs_per * 2).min(blocks));
                 while blk < end {
                     let two = blk + 1 < end;
                     for j in j0..j1 {
                         let p0 = j * NR;
-                        let pb = &panel[(j - j0) * size..(j - j0 + 1) * size];
                         // SAFETY: blocks blk (and blk + 1 when `two`) exist; columns p0.. are inside out.
-                        unsafe { self.tile(blk, two, pb, p0, NR.min(self.p - p0), k0) };
+                        unsafe { self.tile(blk, two, panel_of(&buf[skip..], j), p0, NR.min(self.p - p0), k0) };
                     }
                     blk += if two { 2 } else { 1 };
                 }
@@ -223,24 +243,25 @@ impl FGemm<'_> {
     /// Rows of block blk (and blk + 1 when `two`) against one packed panel of rows k0.. of K: columns
     /// p0..p0 + n. Sums start from the output's partial sums unless k0 = 0; the epilogue runs on the last
     /// rows of K, before it the partial sums are stored.
-    unsafe fn tile(&self, blk: usize, two: bool, panel: &[f32], p0: usize, n: usize, k0: usize) {
+    unsafe fn tile(&self, blk: usize, two: bool, panel: Panel, p0: usize, n: usize, k0: usize) {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen.
             unsafe {
-                if two {
-                    avx512::tile::<{ 2 * MR }>(self, blk, panel, p0, n, k0)
-                } else {
-                    avx512::tile::<MR>(self, blk, panel, p0, n, k0)
+                match (two, panel.ld == NR) {
+                    (true, true) => avx512::tile::<{ 2 * MR }, false>(self, blk, panel, p0, n, k0),
+                    (false, true) => avx512::tile::<MR, false>(self, blk, panel, p0, n, k0),
+                    (true, false) => avx512::tile::<{ 2 * MR }, true>(self, blk, panel, p0, n, k0),
+                    (false, false) => avx512::tile::<MR, true>(self, blk, panel, p0, n, k0),
                 }
             };
             return;
         }
         multiversion!(
-            fn portable(g: &FGemm, blk: usize, panel: &[f32], p0: usize, w: usize, k0: usize) {
+            fn portable(g: &FGemm, blk: usize, panel: Panel, p0: usize, w: usize, k0: usize) {
                 let rows = MR.min(g.m - blk * MR);
                 let pa = &g.a[blk * g.k * MR..(blk + 1) * g.k * MR];
-                let k1 = k0 + panel.len() / NR;
+                let k1 = k0 + panel.rows;
                 let mut acc = [[0f32; NR]; MR];
                 if k0 > 0 {
                     for (r, acc) in acc.iter_mut().enumerate().take(rows) {
@@ -250,7 +271,9 @@ impl FGemm<'_> {
                         }
                     }
                 }
-                for (kk, brow) in (k0..).zip(panel.chunks_exact(NR)) {
+                for kk in k0..k1 {
+                    // SAFETY: row kk − k0 of the panel holds the w columns read.
+                    let brow = unsafe { std::slice::from_raw_parts(panel.ptr.add((kk - k0) * panel.ld), w) };
                     for (r, acc) in acc.iter_mut().enumerate() {
                         let av = pa[kk * MR + r];
                         for (o, bv) in acc.iter_mut().zip(brow) {
@@ -306,7 +329,7 @@ unsafe fn copy_row(isa: Isa, src: *const f32, s: usize, row: &mut [f32], at: usi
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{FGemm, MR, NR};
+    use super::{FGemm, Panel, MR, NR};
     use qcc_ir::Act;
     use std::arch::x86_64::*;
 
@@ -419,7 +442,7 @@ mod avx512 {
     /// Rows blk·MR.. of R (MR: one packed block; 2·MR: blocks blk and blk + 1, both present) against one
     /// packed panel ([K][NR]) of columns p..p + n.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    pub unsafe fn tile<const R: usize>(g: &FGemm, blk: usize, panel: &[f32], p: usize, n: usize, k0: usize) {
+    pub unsafe fn tile<const R: usize, const DIRECT: bool>(g: &FGemm, blk: usize, panel: Panel, p: usize, n: usize, k0: usize) {
         let rows = R.min(g.m - blk * MR);
         let pa = g.a.as_ptr().add(blk * g.k * MR);
         // Row r's weight for k: in block r / MR, at k·MR + r % MR.
@@ -434,13 +457,17 @@ mod avx512 {
         };
         // SAFETY: the panel holds K rows of NR floats; each of the R rows' blocks holds K·MR floats.
         unsafe {
-            let k1 = k0 + panel.len() / NR;
+            let k1 = k0 + panel.rows;
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
-            let mut brow = panel.as_ptr();
+            let mut brow = panel.ptr;
             for kk in k0..k1 {
-                let b0 = _mm512_loadu_ps(brow);
-                let b1 = _mm512_loadu_ps(brow.add(16));
-                brow = brow.add(NR);
+                // In place, only the n columns of the row may be read.
+                let (b0, b1) = if DIRECT {
+                    (_mm512_maskz_loadu_ps(m0, brow), _mm512_maskz_loadu_ps(m1, brow.add(16)))
+                } else {
+                    (_mm512_loadu_ps(brow), _mm512_loadu_ps(brow.add(16)))
+                };
+                brow = brow.add(panel.ld);
                 for (r, a) in acc.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*wat(kk, r));
                     a[0] = _mm512_fmadd_ps(av, b0, a[0]);
