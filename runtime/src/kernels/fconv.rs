@@ -56,6 +56,14 @@ impl FDwConv<'_> {
                 }
                 return;
             }
+            #[cfg(target_arch = "x86_64")]
+            if self.isa == Isa::Avx2 && super::fconv_avx2::fits(&g) {
+                // SAFETY: AVX2 and FMA are present when Isa::Avx2 was chosen; the planes are whole.
+                if !unsafe { super::fconv_avx2::plane(x, out, w, bias, self.act, g) } {
+                    apply_act(out, self.act);
+                }
+                return;
+            }
             plane(self.isa, x, out, w, bias, self.act, g);
         });
         multiversion!(

@@ -11,7 +11,7 @@ use super::{multiversion, pool, Isa};
 use qcc_ir::Act;
 
 pub const MR: usize = 6;
-const NR: usize = 32;
+pub(crate) const NR: usize = 32;
 /// Bytes of packed panels one task keeps: they stay in L2 while every row block passes over them.
 const PANEL_BYTES: usize = 1 << 20;
 /// Rows of K taken at once (GotoBLAS's kc): a row pair's weights for them (24 KB) stay in L1 across the
@@ -24,10 +24,10 @@ const DIRECT_M: usize = 24;
 /// K rows of up to NR columns the microkernel reads: a packed panel (ld = NR) or the source matrix in
 /// place (ld = its row pitch; loads are then masked to the n columns).
 #[derive(Clone, Copy)]
-struct Panel {
-    ptr: *const f32,
-    ld: usize,
-    rows: usize,
+pub(crate) struct Panel {
+    pub(crate) ptr: *const f32,
+    pub(crate) ld: usize,
+    pub(crate) rows: usize,
 }
 
 /// Packs w (M x K, element (m, k) given by `at`) into blocks of MR rows, [M/MR][K][MR], zero padded.
@@ -255,6 +255,17 @@ impl FGemm<'_> {
                     (false, false) => avx512::tile::<MR, true>(self, blk, panel, p0, n, k0),
                 }
             };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2 {
+            // SAFETY: Isa::Avx2 is only chosen when the CPU has AVX2 and FMA.
+            unsafe {
+                super::fgemm_avx2::tile(self, blk, panel, p0, n, k0);
+                if two {
+                    super::fgemm_avx2::tile(self, blk + 1, panel, p0, n, k0);
+                }
+            }
             return;
         }
         multiversion!(

@@ -10,7 +10,11 @@ pub mod dwvnni;
 pub mod elementwise;
 pub mod epilogue;
 pub mod fconv;
+#[cfg(target_arch = "x86_64")]
+mod fconv_avx2;
 pub mod fgemm;
+#[cfg(target_arch = "x86_64")]
+mod fgemm_avx2;
 pub mod float;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
