@@ -45,7 +45,7 @@ pub(crate) unsafe fn tile(g: &Gemm, r0: usize, rows: usize, c0: usize, cols: usi
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro<const MR: usize, const FLIP: bool>(g: &Gemm, r0: usize, c: usize, n: usize) {
     let (kp, _) = packed_dims(g.k, g.n);
-    let (lo_bytes, flip) = (_mm256_set1_epi32(0x00ff_00ff), if FLIP { 0x8080_8080u32 } else { 0 });
+    let (lo_bytes, flip) = (_mm256_set1_epi32(0x00ff_00ff), _mm256_set1_epi8(0x80u8 as i8));
     // Two registers per row: columns c..c + 8 and c + 8..c + 16, each lane one column's sum.
     let mut acc = [[_mm256_setzero_si256(); 2]; MR];
     // SAFETY: rows r0..r0 + MR of a hold kp readable bytes (the arena's slack covers kp > k); block c / 16
@@ -60,10 +60,13 @@ unsafe fn micro<const MR: usize, const FLIP: bool>(g: &Gemm, r0: usize, c: usize
             let be = [_mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b[0])), _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b[1]))];
             let bo = [_mm256_srai_epi16::<8>(b[0]), _mm256_srai_epi16::<8>(b[1])];
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = (arows[i].add(kg * 4) as *const u32).read_unaligned() ^ flip;
+                // One broadcast load; the odd bytes are the 16-bit lanes shifted right by 8.
+                let mut av = _mm256_set1_epi32((arows[i].add(kg * 4) as *const i32).read_unaligned());
+                if FLIP {
+                    av = _mm256_xor_si256(av, flip);
+                }
                 // Zero-extended even and odd activation bytes, the same four k in every lane.
-                let ae = _mm256_and_si256(_mm256_set1_epi32(av as i32), lo_bytes);
-                let ao = _mm256_and_si256(_mm256_set1_epi32((av >> 8) as i32), lo_bytes);
+                let (ae, ao) = (_mm256_and_si256(av, lo_bytes), _mm256_srli_epi16::<8>(av));
                 for h in 0..2 {
                     let s = _mm256_add_epi32(_mm256_madd_epi16(ae, be[h]), _mm256_madd_epi16(ao, bo[h]));
                     acc[h] = _mm256_add_epi32(acc[h], s);
