@@ -100,26 +100,25 @@ impl FGemm<'_> {
         let threads = pool::threads();
         // Panels per task: as many as stay in L2 (the weights are read once per column task), all of them
         // when there are only two (the 7x7 layers of ImageNet models, where the weights are the larger
-        // operand); a multiple of the threads when there are few tasks, so they share the work evenly.
+        // operand); a multiple of the threads, so they share the work evenly.
         let chunks = self.k.div_ceil(KC).max(1);
         let kc = self.k.div_ceil(chunks);
         let fit = (PANEL_BYTES / (4 * NR * kc.max(1))).clamp(1, 16);
         let mut col_tasks = if panels <= 2 { 1 } else { panels.div_ceil(fit) };
-        if col_tasks < 4 * threads && col_tasks % threads != 0 {
+        if col_tasks % threads != 0 && col_tasks > 1 {
             col_tasks = col_tasks.next_multiple_of(threads).min(panels);
         }
-        let per = panels.div_ceil(col_tasks);
-        let col_tasks = panels.div_ceil(per);
         // Rows are split (in pairs of blocks) only when there are fewer column tasks than threads; each row
         // task packs its panels again.
         let pairs = blocks.div_ceil(2);
         let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(pairs) };
-        let pairs_per = pairs.div_ceil(row_tasks);
-        let row_tasks = pairs.div_ceil(pairs_per);
         let direct = matches!(self.src, FSrc::Matrix { .. }) && self.m <= DIRECT_M;
+        // Tasks take panels (and row pairs) in shares that differ by at most one, so a multiple of the
+        // threads in tasks splits the work evenly.
+        let share = |i: usize, n: usize, parts: usize| i * n / parts;
         pool::parallel_for(row_tasks * col_tasks, &|t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
-            let (j0, j1) = (ct * per, ((ct + 1) * per).min(panels));
+            let (j0, j1) = (share(ct, panels, col_tasks), share(ct + 1, panels, col_tasks));
             let mut buf = PANELS.take();
             for chunk in 0..chunks {
                 let (k0, k1) = (chunk * kc, ((chunk + 1) * kc).min(self.k));
@@ -142,7 +141,7 @@ impl FGemm<'_> {
                         unsafe { self.pack(p0, NR.min(self.p - p0), k0, &mut panel[(j - j0) * size..(j - j0 + 1) * size]) };
                     }
                 }
-                let (mut blk, end) = (rt * pairs_per * 2, ((rt + 1) * pairs_per * 2).min(blocks));
+                let (mut blk, end) = (2 * share(rt, pairs, row_tasks), (2 * share(rt + 1, pairs, row_tasks)).min(blocks));
                 while blk < end {
                     let two = blk + 1 < end;
                     for j in j0..j1 {
