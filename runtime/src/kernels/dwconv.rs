@@ -84,46 +84,15 @@ impl DwConv<'_> {
         multiversion!(
             fn dw_row(x: &[u8], out: &mut [u8], d: &DwConv, oy: usize) {
                 let g = d.g;
-                let valid = |i: isize, n: usize| i >= 0 && i < n as isize;
-                let rows: Vec<(usize, usize)> = (0..g.kh)
-                    .filter_map(|ky| {
-                        let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                        valid(iy, g.h).then_some((ky, iy as usize))
-                    })
-                    .collect();
-                // Output columns whose every tap lies inside the row: no per-tap checks there.
-                let first_ok = |ox: usize| (ox * g.stride[1]) as isize - g.pad[1] as isize >= 0;
-                let last_ok = |ox: usize| ((ox * g.stride[1] + (g.kw - 1) * g.dil[1]) as isize - (g.pad[1] as isize)) < g.w as isize;
-                let lo = (0..g.ow).find(|&ox| first_ok(ox)).unwrap_or(g.ow);
-                let hi = (lo..g.ow).find(|&ox| !last_ok(ox)).unwrap_or(g.ow);
-                let mut taps: Vec<(usize, usize)> = Vec::with_capacity(g.kh * g.kw);
-                let mut ox = 0;
-                while ox < g.ow {
-                    if ox >= lo && ox + PIX <= hi {
-                        // Interior: PIX pixels at once share each weight load.
-                        taps.clear();
-                        for &(ky, iy) in &rows {
-                            for kx in 0..g.kw {
-                                let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
-                                taps.push(((ky * g.kw + kx) * g.c, (iy * g.w + ix) * g.c));
-                            }
-                        }
-                        pixels::<PIX>(x, &mut out[ox * g.c..(ox + PIX) * g.c], d, &taps, g.stride[1] * g.c);
-                        ox += PIX;
+                // Four interior pixels share each weight load; `pixels` subtracts zx per tap, so the
+                // single pixels at the borders need no other bias.
+                pixel_groups(&g, oy, |ox, four, taps| {
+                    if four {
+                        pixels::<PIX>(x, &mut out[ox * g.c..(ox + PIX) * g.c], d, taps, g.stride[1] * g.c);
                     } else {
-                        taps.clear();
-                        for &(ky, iy) in &rows {
-                            for kx in 0..g.kw {
-                                let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                                if valid(ix, g.w) {
-                                    taps.push(((ky * g.kw + kx) * g.c, (iy * g.w + ix as usize) * g.c));
-                                }
-                            }
-                        }
-                        pixels::<1>(x, &mut out[ox * g.c..(ox + 1) * g.c], d, &taps, 0);
-                        ox += 1;
+                        pixels::<1>(x, &mut out[ox * g.c..(ox + 1) * g.c], d, taps, 0);
                     }
-                }
+                });
             }
         );
         #[cfg(target_arch = "x86_64")]
@@ -149,8 +118,8 @@ impl DwConv<'_> {
     }
 }
 
-/// Walks output row oy of the explicit-SIMD kernels: calls f(ox, four, taps) for four interior pixels
-/// ox..ox + 4 whose every tap lies inside the image (`four`), or else for the single pixel ox, with
+/// Walks output row oy: calls f(ox, four, taps) for PIX = 4 interior pixels ox..ox + 4 whose every tap
+/// lies inside the image (`four`), or else for the single pixel ox, with
 /// (weight offset, input offset of pixel ox) of each of its taps inside the image; pixel p of a group
 /// reads p·stride·c bytes further.
 #[inline(always)]
@@ -178,9 +147,9 @@ pub(crate) fn pixel_groups(g: &DwGeom, oy: usize, mut f: impl FnMut(usize, bool,
                 }
             }
         }
-        let four = ox >= lo_x && ox + 4 <= hi_x && taps.len() == g.kh * g.kw;
+        let four = ox >= lo_x && ox + PIX <= hi_x && taps.len() == g.kh * g.kw;
         f(ox, four, &taps);
-        ox += if four { 4 } else { 1 };
+        ox += if four { PIX } else { 1 };
     }
 }
 
