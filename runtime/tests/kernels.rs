@@ -463,3 +463,37 @@ proptest! {
         prop_assert!(out[want.len()..].iter().all(|&v| v == 7.0), "wrote past the output");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+    /// Quantizing an NCHW image into NHWC integers gives the same bytes on every ISA (the AVX-512 path for
+    /// three channels interleaves them in registers) as quantize_one element by element: NaN to the zero
+    /// point, infinities and out-of-range values saturating.
+    #[test]
+    fn nchw_quantize_equals_quantize_one(
+        (c, h, w) in (1usize..=4, 1usize..=70, 1usize..=70),
+        (scale, zp, signed) in (0.001f32..2.0, -20i32..20, any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        use qcc_runtime::kernels::elementwise::{quantize, quantize_one, IntElem};
+        let mut r = Lcg(seed);
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.5 * scale, -1.5 * scale, 2.5 * scale];
+        let x: Vec<f32> = (0..c * h * w)
+            .map(|_| if r.next() % 13 == 0 { specials[(r.next() % 6) as usize] } else { (r.next() % 100_001) as f32 / 100.0 - 500.0 })
+            .collect();
+        let (elem, lo, hi, zp) = if signed { (IntElem::I8, -128, 127, zp) } else { (IntElem::U8, 0, 255, zp.abs()) };
+        let mut want = vec![0u8; x.len()];
+        for ch in 0..c {
+            for p in 0..h * w {
+                want[p * c + ch] = quantize_one(x[ch * h * w + p], scale, zp, lo, hi) as u8;
+            }
+        }
+        for isa in isas() {
+            let mut out = vec![0xa5u8; x.len() + 64];
+            // SAFETY: x holds the image, out its bytes (with slack the kernel must not touch).
+            unsafe { quantize(isa, x.as_ptr(), x.len(), Some([1, c, h, w]), scale, zp, lo, hi, elem, out.as_mut_ptr()) };
+            prop_assert_eq!(&out[..want.len()], &want[..], "{:?}", isa);
+            prop_assert!(out[want.len()..].iter().all(|&v| v == 0xa5), "{:?} wrote past the output", isa);
+        }
+    }
+}

@@ -159,6 +159,21 @@ pub unsafe fn quantize(
             pool::parallel_for(n * tiles, &|t| {
                 let (b, p0) = (t / tiles, (t % tiles) * PIXELS);
                 let np = PIXELS.min(hw - p0);
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512Vnni && c == 3 && elem != IntElem::I16 {
+                    // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; pixels p0..p0+np of
+                    // image b lie inside x (three planes) and out.
+                    unsafe {
+                        avx512::quantize_rgb(
+                            (xp.get() as *const f32).add(b * 3 * hw + p0),
+                            hw,
+                            np,
+                            [scale, zp as f32, (lo - zp) as f32, (hi - zp) as f32],
+                            op.get().add((b * hw + p0) * 3),
+                        )
+                    };
+                    return;
+                }
                 let mut tmp = vec![0i32; np * c];
                 for ch in 0..c {
                     // SAFETY: plane (b, ch) pixels p0..p0+np lie inside x.
@@ -359,5 +374,65 @@ pub unsafe fn transpose4(x: *const u8, out: *mut u8, d: [usize; 4], esize: usize
         let (src, dst) = if to_nhwc { (j, i) } else { (i, j) };
         // SAFETY: src, dst < len.
         unsafe { std::ptr::copy_nonoverlapping(x.add(src * esize), out.add(dst * esize), esize) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+    /// Quantizes n pixels of three NCHW planes (`plane` floats apart) into NHWC bytes, 16 pixels at a
+    /// time: quantize_one on each lane (one f32 division with round-to-nearest-even, NaN to the zero
+    /// point, the clamp before the conversion), then the three channel vectors interleaved by two
+    /// permutations per output vector and narrowed to bytes (values are inside the 8-bit range).
+    /// `p` = [scale, zp, lo − zp, hi − zp].
+    ///
+    /// # Safety
+    /// AVX-512F present; x + k·plane holds n floats for k < 3, out 3n bytes.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn quantize_rgb(x: *const f32, plane: usize, n: usize, p: [f32; 4], out: *mut u8) {
+        let (scale, zp, lo, hi) = (_mm512_set1_ps(p[0]), _mm512_set1_epi32(p[1] as i32), _mm512_set1_ps(p[2]), _mm512_set1_ps(p[3]));
+        // 16 pixels as 48 channel-interleaved values: lane l of output vector v is element e = 16v + l,
+        // channel e % 3 of pixel e / 3. First step: channels 0 and 1 (pixel, or 16 + pixel for channel
+        // 1; channel-2 lanes get anything); second: keep those lanes or take channel 2 (16 + pixel).
+        let idx = |v: usize, second: bool| -> __m512i {
+            let i: [i32; 16] = std::array::from_fn(|l| {
+                let e = (16 * v + l) as i32;
+                match (e % 3, second) {
+                    (1, false) | (2, true) => 16 + e / 3,
+                    (_, false) => e / 3,
+                    (_, true) => l as i32,
+                }
+            });
+            // SAFETY: 16 i32.
+            unsafe { _mm512_loadu_si512(i.as_ptr() as *const _) }
+        };
+        let steps: [(__m512i, __m512i); 3] = std::array::from_fn(|v| (idx(v, false), idx(v, true)));
+        let mut i = 0;
+        // SAFETY: the caller's bounds; loads and stores are masked to the pixels left.
+        unsafe {
+            while i < n {
+                let m = if n - i >= 16 { 0xffffu16 } else { ((1u32 << (n - i)) - 1) as u16 };
+                let q: [__m512i; 3] = std::array::from_fn(|ch| {
+                    let v = _mm512_maskz_loadu_ps(m, x.add(ch * plane + i));
+                    let r = _mm512_roundscale_ps::<RNE>(_mm512_div_round_ps::<RNE>(v, scale));
+                    let r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(r, r), _mm512_setzero_ps());
+                    let r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+                    _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RNE>(r), zp)
+                });
+                let total = 3 * (n - i).min(16);
+                for (v, (i1, i2)) in steps.iter().enumerate() {
+                    let left = total.saturating_sub(16 * v).min(16);
+                    if left > 0 {
+                        let mv = if left == 16 { 0xffffu16 } else { ((1u32 << left) - 1) as u16 };
+                        let t = _mm512_permutex2var_epi32(_mm512_permutex2var_epi32(q[0], *i1, q[1]), *i2, q[2]);
+                        _mm512_mask_cvtepi32_storeu_epi8(out.add(3 * i + 16 * v) as *mut _, mv, t);
+                    }
+                }
+                i += 16;
+            }
+        }
     }
 }
