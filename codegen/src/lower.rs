@@ -609,6 +609,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let Op::MaxPool { kernel, strides, pads, dilations, .. } = &node.op else { return Err(internal(&name)) };
                 let (xs, os) = (shape(g, ins[0]), shape(g, out));
                 let h = FMaxPoolHdr {
+                    isa,
                     g: geom(&xs, &os, kernel[0] as usize, kernel[1] as usize, strides, pads, dilations),
                     x: off(ins[0]),
                     out: off(out),

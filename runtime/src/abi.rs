@@ -326,7 +326,7 @@ header!(
 );
 header!(FDwConvHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, out: usize });
 header!(FGapHdr { x: usize, planes: usize, hw: usize, out: usize });
-header!(FMaxPoolHdr { g: DwGeom, x: usize, out: usize });
+header!(FMaxPoolHdr { isa: Isa, g: DwGeom, x: usize, out: usize });
 header!(FAvgPoolHdr { g: DwGeom, pe: [usize; 2], include_pad: bool, x: usize, out: usize });
 header!(
     /// Copies a buffer; `mode` 1 turns NHWC into NCHW order, 2 NCHW into NHWC (dims are [n, c, h, w]).

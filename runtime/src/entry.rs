@@ -315,7 +315,7 @@ pub unsafe extern "C" fn qcc_k_fgap(hdr: *const u64, _blob: *const u8, arena: *m
 pub unsafe extern "C" fn qcc_k_fmaxpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = FMaxPoolHdr::decode(words(hdr));
-        fconv::maxpool(arena.add(h.x) as *const f32, h.g, arena.add(h.out) as *mut f32);
+        fconv::maxpool(h.isa, arena.add(h.x) as *const f32, h.g, arena.add(h.out) as *mut f32);
     }
 }
 

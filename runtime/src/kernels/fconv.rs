@@ -133,14 +133,11 @@ mod avx512 {
         }
     }
 
-    /// The clamp of a fused activation (ReLU and clips, applied in registers) and whether it is one.
+    /// The clamp of a fused activation (applied in registers) and whether the activation is one.
     fn clamp_of(act: Option<Act>) -> (f32, f32, bool) {
-        match act {
-            None => (f32::NEG_INFINITY, f32::INFINITY, true),
-            Some(Act::Relu) => (0.0, f32::INFINITY, true),
-            Some(Act::Clip { min, max }) => (min, max, true),
-            Some(_) => (f32::NEG_INFINITY, f32::INFINITY, false),
-        }
+        let b = crate::kernels::clamp_bounds(act);
+        let (lo, hi) = b.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        (lo, hi, b.is_some())
     }
 
     thread_local! {
@@ -390,13 +387,13 @@ fn split_phases(src: &[f32], s: usize, phases: &mut [f32]) {
 ///
 /// # Safety
 /// x holds n·c·h·w floats, out n·c·oh·ow.
-pub unsafe fn maxpool(x: *const f32, g: DwGeom, out: *mut f32) {
+pub unsafe fn maxpool(isa: Isa, x: *const f32, g: DwGeom, out: *mut f32) {
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
     pool::parallel_for(g.n * g.c, &|t| {
         // SAFETY: plane t of x and of out.
         let x = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(t * g.h * g.w), g.h * g.w) };
         let out = unsafe { std::slice::from_raw_parts_mut((op.get() as *mut f32).add(t * g.oh * g.ow), g.oh * g.ow) };
-        plane(Isa::detect(), x, out, g);
+        plane(isa, x, out, g);
     });
     multiversion!(
         fn plane(x: &[f32], out: &mut [f32], g: DwGeom) {

@@ -35,12 +35,8 @@ pub(crate) unsafe fn plane(x: &[f32], out: &mut [f32], w: &[f32], bias: f32, act
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn plane_k<const K: usize>(x: &[f32], out: &mut [f32], w: &[f32], bias: f32, act: Option<Act>, g: DwGeom) -> bool {
-    let (lo, hi, clamped) = match act {
-        None => (f32::NEG_INFINITY, f32::INFINITY, true),
-        Some(Act::Relu) => (0.0, f32::INFINITY, true),
-        Some(Act::Clip { min, max }) => (min, max, true),
-        Some(_) => (f32::NEG_INFINITY, f32::INFINITY, false),
-    };
+    let clamp = super::clamp_bounds(act);
+    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     let (s0, s1, pt, pl) = (g.stride[0], g.stride[1], g.pad[0], g.pad[1]);
     let ow8 = g.ow.div_ceil(8) * 8;
@@ -101,5 +97,5 @@ unsafe fn plane_k<const K: usize>(x: &[f32], out: &mut [f32], w: &[f32], bias: f
         }
     }
     PADDED.set(buf);
-    clamped
+    clamp.is_some()
 }

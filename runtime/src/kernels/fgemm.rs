@@ -340,7 +340,6 @@ unsafe fn copy_row(isa: Isa, src: *const f32, s: usize, row: &mut [f32], at: usi
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{FGemm, Panel, MR, NR};
-    use qcc_ir::Act;
     use std::arch::x86_64::*;
 
     /// dst[i] = src[i·s] for i < len ≤ 32, s = 1 or 2, with masked loads (nothing past the last element
@@ -484,12 +483,7 @@ mod avx512 {
                     a[1] = _mm512_fmadd_ps(av, b1, a[1]);
                 }
             }
-            let clamp = match g.act {
-                None => Some((f32::NEG_INFINITY, f32::INFINITY)),
-                Some(Act::Relu) => Some((0.0, f32::INFINITY)),
-                Some(Act::Clip { min, max }) => Some((min, max)),
-                Some(_) => None,
-            };
+            let clamp = crate::kernels::clamp_bounds(g.act);
             // The accumulators are only read after the loop (writing them in a loop of dynamic length makes
             // LLVM keep them in memory, also inside the k loop).
             for (r, a) in acc.iter().enumerate().take(rows) {

@@ -3,7 +3,6 @@
 //! registers), twice per 32-column panel. Same contract as the AVX-512 tile (fgemm.rs): partial sums of
 //! earlier rows of K are read from and stored to the output, the epilogue runs after the last.
 use super::fgemm::{FGemm, Panel, MR, NR};
-use qcc_ir::Act;
 use std::arch::x86_64::*;
 
 /// Rows of block blk against columns p0..p0 + n (n ≤ NR) of one panel of rows k0...
@@ -56,20 +55,13 @@ unsafe fn half16<const MASKED: bool>(g: &FGemm, blk: usize, panel: Panel, p: usi
                 a[1] = _mm256_fmadd_ps(av, b[1], a[1]);
             }
         }
-        let clamp = match g.act {
-            None => Some((f32::NEG_INFINITY, f32::INFINITY)),
-            Some(Act::Relu) => Some((0.0, f32::INFINITY)),
-            Some(Act::Clip { min, max }) => Some((min, max)),
-            Some(_) => None,
-        };
+        let clamp = super::clamp_bounds(g.act);
         let mut tmp = [0f32; 16];
         for (r, a) in acc.iter().enumerate().take(rows) {
             let m = blk * MR + r;
             let dst = g.out.add(m * g.rs + p * g.cs);
-            if g.cs == 1 && w == 16 && clamp.is_some() {
-                // The common case in registers: partial sums, bias, residual, clamp (bound first: a NaN
-                // comes through, as in the interpreter without an activation).
-                let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+            if let Some((lo, hi)) = clamp.filter(|_| g.cs == 1 && w == 16) {
+                // The common case in registers: partial sums, bias, residual, clamp.
                 for (j, a) in a.iter().enumerate() {
                     let mut v = *a;
                     if k0 > 0 {

@@ -132,3 +132,15 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// The bounds of a fused activation that is a clamp (none, ReLU, Clip), which the SIMD kernels apply in
+/// registers as min(hi, max(lo, v)) — the bound first, so a NaN comes through as in the interpreter; None
+/// for other activations, which the kernels apply element by element.
+pub(crate) fn clamp_bounds(act: Option<qcc_ir::Act>) -> Option<(f32, f32)> {
+    match act {
+        None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Some(qcc_ir::Act::Relu) => Some((0.0, f32::INFINITY)),
+        Some(qcc_ir::Act::Clip { min, max }) => Some((min, max)),
+        Some(_) => None,
+    }
+}
