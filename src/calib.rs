@@ -112,24 +112,49 @@ pub struct Calibrated {
 /// One sample's observed tensors, by the value each observe watches.
 type Observed = Vec<(ValueId, ndarray::ArrayD<f32>)>;
 
-/// Calibration samples equalize's per-channel activation ranges come from.
+/// Calibration samples equalize's per-channel activation statistics come from.
 const RANGE_SAMPLES: usize = 32;
 
-/// Per conv output of `g`, each channel's (min, max) over the first `samples` calibration samples.
-fn channel_ranges(g: &Graph, set: &CalibSet, samples: usize) -> Result<HashMap<ValueId, Vec<(f32, f32)>>> {
-    let convs: HashMap<qcc_ir::NodeId, ValueId> =
-        g.node_ids().filter(|n| matches!(g.node(*n).op, Op::Conv { .. })).map(|n| (n, g.node(n).output)).collect();
-    let mut ranges: HashMap<ValueId, Vec<(f32, f32)>> = HashMap::new();
-    // Per sample, each conv output's channel ranges; merged in sample order.
-    let sample = |i: usize| -> Result<Vec<(ValueId, Vec<(f32, f32)>)>> {
-        let mut seen = Vec::new();
-        qcc_runtime::run_observed(g, set.load(i, g)?, |n, t| {
-            let (Some(v), Some(a)) = (convs.get(&n), t.as_f32()) else { return };
-            if a.ndim() >= 2 {
-                let r = a
-                    .axis_iter(ndarray::Axis(1))
-                    .map(|lane| lane.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x))));
-                seen.push((*v, r.collect()));
+/// Per-channel ranges of conv outputs and moments of conv inputs and outputs (PassContext's
+/// channel_ranges and channel_moments).
+type ChannelStats = (HashMap<ValueId, Vec<(f32, f32)>>, HashMap<ValueId, Vec<(f32, f32)>>);
+
+/// One channel's min, max, sum, sum of squares and count.
+type Lane = (f32, f32, f64, f64, u64);
+
+/// One tensor's per-channel (axis 1) statistics.
+fn lane_stats(a: &ndarray::ArrayD<f32>) -> Vec<Lane> {
+    a.axis_iter(ndarray::Axis(1))
+        .map(|lane| {
+            lane.iter().fold((f32::INFINITY, f32::NEG_INFINITY, 0.0, 0.0, 0), |(lo, hi, s, q, n), x| {
+                (lo.min(*x), hi.max(*x), s + *x as f64, q + (*x as f64) * (*x as f64), n + 1)
+            })
+        })
+        .collect()
+}
+
+/// Over the first `samples` calibration samples: per conv output of `g`, each channel's (min, max);
+/// per conv output and data input, each channel's (mean, mean square).
+fn channel_stats(g: &Graph, set: &CalibSet, samples: usize) -> Result<ChannelStats> {
+    let convs: Vec<qcc_ir::NodeId> = g.node_ids().filter(|n| matches!(g.node(*n).op, Op::Conv { .. })).collect();
+    let outputs: std::collections::HashSet<ValueId> = convs.iter().map(|n| g.node(*n).output).collect();
+    let wanted: std::collections::HashSet<ValueId> = convs.iter().map(|n| g.node(*n).inputs[0]).chain(outputs.iter().copied()).collect();
+    let mut acc: HashMap<ValueId, Vec<Lane>> = HashMap::new();
+    // Per sample, each wanted value's lane statistics; merged in sample order.
+    let sample = |i: usize| -> Result<Vec<(ValueId, Vec<Lane>)>> {
+        let inputs = set.load(i, g)?;
+        let mut seen: Vec<_> = g
+            .inputs()
+            .iter()
+            .zip(&inputs)
+            .filter_map(|(v, t)| t.as_f32().filter(|a| wanted.contains(v) && a.ndim() >= 2).map(|a| (*v, lane_stats(a))))
+            .collect();
+        qcc_runtime::run_observed(g, inputs, |n, t| {
+            let v = g.node(n).output;
+            if let (true, Some(a)) = (wanted.contains(&v), t.as_f32()) {
+                if a.ndim() >= 2 {
+                    seen.push((v, lane_stats(a)));
+                }
             }
         })
         .with_context(|| format!("gathering activation ranges on {}", set.samples[i][0].display()))?;
@@ -137,39 +162,48 @@ fn channel_ranges(g: &Graph, set: &CalibSet, samples: usize) -> Result<HashMap<V
     };
     crate::in_order(samples.min(set.samples.len()), sample, |_, seen| {
         for (v, r) in seen {
-            let e = ranges.entry(v).or_insert_with(|| vec![(f32::INFINITY, f32::NEG_INFINITY); r.len()]);
+            let e = acc.entry(v).or_insert_with(|| vec![(f32::INFINITY, f32::NEG_INFINITY, 0.0, 0.0, 0); r.len()]);
             for (a, b) in e.iter_mut().zip(r) {
-                *a = (a.0.min(b.0), a.1.max(b.1));
+                *a = (a.0.min(b.0), a.1.max(b.1), a.2 + b.2, a.3 + b.3, a.4 + b.4);
             }
         }
         Ok(())
     })?;
-    Ok(ranges)
+    let mut ranges = HashMap::new();
+    let mut moments = HashMap::new();
+    for (v, e) in acc {
+        if outputs.contains(&v) {
+            ranges.insert(v, e.iter().map(|a| (a.0, a.1)).collect());
+        }
+        moments.insert(v, e.iter().map(|a| ((a.2 / a.4.max(1) as f64) as f32, (a.3 / a.4.max(1) as f64) as f32)).collect());
+    }
+    Ok((ranges, moments))
 }
 
 /// Runs the float passes and insert-observers, then every calibration sample through the graph.
 pub fn calibrate(
     mut g: Graph,
     level: OptLevel,
-    equalize: bool,
+    equalize: Option<&QuantConfig>,
     set: &CalibSet,
     inst: &Instrumentation,
     ema_c: f32,
     diag: &mut dyn Write,
 ) -> Result<Calibrated> {
     crate::driver::check_pass_names(inst)?;
-    let (mut before, _) = quant_pipeline(level, equalize, false);
+    let (mut before, _) = quant_pipeline(level, equalize.is_some(), false);
     // Disabled passes leave now, so the dump numbering counts the passes that run.
     before.retain(|p| !inst.disable.contains(p.name()));
     let n_before = before.len();
     // Run in two parts around equalize, to keep the graph it starts from.
     let split = before.iter().position(|p| p.name() == "equalize").unwrap_or(n_before);
     let rest = before.split_off(split);
-    let mut cx = PassContext::default();
+    // Equalize weighs its scalings under the scheme the model will be quantized with.
+    let mut cx = PassContext { quant: equalize.cloned().unwrap_or_default(), ..Default::default() };
     PassManager::new(before, inst.clone()).run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
     let before_equalize = (split < n_before).then(|| g.clone());
     if before_equalize.is_some() {
-        cx.channel_ranges = channel_ranges(&g, set, RANGE_SAMPLES)?;
+        (cx.channel_ranges, cx.channel_moments) = channel_stats(&g, set, RANGE_SAMPLES)?;
     }
     let mut pm = PassManager::new(rest, inst.clone());
     pm.first_index = split;

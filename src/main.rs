@@ -158,10 +158,14 @@ struct ModelArgs {
     /// Do not run bias correction at -O2.
     #[arg(long)]
     no_bias_correction: bool,
-    /// Cross-layer equalization with high-bias absorption before calibration (with --int8 at -O2). Off by
-    /// default: on the measured models it does not pay consistently (see README).
-    #[arg(long)]
+    /// Cross-layer equalization with high-bias absorption: on by default with --int8 at -O2, where
+    /// calibration samples let it keep only the scalings that lower the estimated quantization noise
+    /// under the chosen scheme; with --dynamic (no samples: every pair is fully equalized) only if asked.
+    #[arg(long, conflicts_with = "no_equalize")]
     equalize: bool,
+    /// Do not run cross-layer equalization at -O2.
+    #[arg(long)]
+    no_equalize: bool,
     /// Image preprocessing for --calib and --images, e.g.
     /// resize=256,crop=224,scale=1/255,mean=0.485:0.456:0.406,std=0.229:0.224:0.225,layout=nchw
     #[arg(long, value_name = "SPEC")]
@@ -374,7 +378,9 @@ impl ModelArgs {
             Ok(qcc_runtime::observe::RangeMethod::MovingAverage(c)) => c,
             _ => 0.01,
         };
-        calibrate(g, self.level(), self.equalize, set, &self.instrumentation(), ema, &mut std::io::stderr())
+        // Equalization is weighed for the --weights/--activations scheme (with --schemes all too).
+        let scheme = if self.no_equalize { None } else { Some(self.quant_config("minmax")?) };
+        calibrate(g, self.level(), scheme.as_ref(), set, &self.instrumentation(), ema, &mut std::io::stderr())
     }
 
     /// An executor for `g`: compiled code, or the interpreter with --interp.

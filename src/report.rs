@@ -326,8 +326,8 @@ pub fn html(
              layer's weight range: boxes closer to 1 lose less to per-tensor weight quantization.</p>\n"
         )),
         None => body.push_str(
-            "<p>Equalization is off (<code>--equalize</code> turns it on; the report then shows each layer's \
-             per-channel weight ranges before and after it).</p>\n",
+            "<p>Equalization is off (it runs at <code>-O2</code> unless <code>--no-equalize</code>; the report then \
+             shows each layer's per-channel weight ranges before and after it).</p>\n",
         ),
     }
     if let Some(l) = chosen {

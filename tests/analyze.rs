@@ -78,29 +78,51 @@ fn analysis_names_the_broken_layer_first() {
     }
     let json = d.join("a.json");
     let (m, c, j) = (model.display().to_string(), cal.display().to_string(), json.display().to_string());
-    let out = qcc(&["analyze", &m, "-O2", "--int8", "--weights", "asym-per-tensor", "--calib", &c, "--json", &j]);
+    // Without equalization, which would repair it (checked below).
+    let out = qcc(&["analyze", &m, "-O2", "--int8", "--weights", "asym-per-tensor", "--no-equalize", "--calib", &c, "--json", &j]);
     let mut rows = layers(&json);
     assert_eq!(rows.len(), 6, "input, three convs, gap, gemm: {rows:?}");
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
     assert_eq!(rows[0].0, "conv2+relu2", "{rows:?}");
     assert!(rows[0].1 < 20.0 && rows[1].1 > rows[0].1 + 20.0, "{rows:?}");
+    let broken = rows[0].1;
     assert!(out.contains("the 5 worst by SQNR alone") && out.lines().any(|l| l.starts_with("conv2+relu2")), "{out}");
     // Its error also does the most damage at the network's output (sensitivity, the other layers float).
     rows.sort_by(|a, b| a.4.total_cmp(&b.4));
     assert_eq!(rows[0].0, "conv2+relu2", "{rows:?}");
     assert!(rows[0].4 < 30.0 && rows[1].4 > rows[0].4 + 20.0, "{rows:?}");
     // Per-channel weights confine the damage to conv2's channel 0: conv2 gets much better, the rest stays.
-    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--json", &j]);
+    qcc(&["analyze", &m, "-O2", "--int8", "--no-equalize", "--calib", &c, "--json", &j]);
     let per_channel = layers(&json);
     let conv2 = per_channel.iter().find(|r| r.0 == "conv2+relu2").unwrap();
-    assert!(conv2.1 > rows[0].1 + 8.0, "{per_channel:?}");
+    assert!(conv2.1 > broken + 8.0, "{per_channel:?}");
     assert!(per_channel.iter().filter(|r| r.0 != "conv2+relu2").all(|r| r.1 > 35.0), "{per_channel:?}");
     // Keeping the named layer float repairs the per-tensor model: conv2 is no longer quantized and every
     // tensor after it is close to float again.
-    qcc(&["analyze", &m, "-O2", "--int8", "--weights", "asym-per-tensor", "--keep-float", "conv2", "--calib", &c, "--json", &j]);
+    qcc(&[
+        "analyze",
+        &m,
+        "-O2",
+        "--int8",
+        "--weights",
+        "asym-per-tensor",
+        "--no-equalize",
+        "--keep-float",
+        "conv2",
+        "--calib",
+        &c,
+        "--json",
+        &j,
+    ]);
     let fixed = layers(&json);
     assert!(fixed.iter().all(|r| r.0 != "conv2+relu2" || r.2 > 35.0), "{fixed:?}");
     assert!(fixed.iter().all(|r| r.2 > 25.0), "end to end after the fix: {fixed:?}");
+    // Equalization (the -O2 default) repairs the per-tensor model too, with every weight int8: conv1's
+    // always-zero channel 7 is scaled up and conv2's huge weight on it scaled down in proportion.
+    qcc(&["analyze", &m, "-O2", "--int8", "--weights", "asym-per-tensor", "--calib", &c, "--json", &j]);
+    let equalized = layers(&json);
+    let conv2 = equalized.iter().find(|r| r.0 == "conv2+relu2").unwrap();
+    assert!(conv2.1 > broken + 8.0, "{equalized:?}");
 }
 
 #[test]
@@ -154,7 +176,7 @@ fn report_is_one_self_contained_html_file() {
     let html = d.join("r.html");
     let (m, c, r) = (root.join("examples/mnist/mnist_cnn.onnx"), root.join("examples/mnist/digits"), html.display().to_string());
     let (m, c) = (m.display().to_string(), c.display().to_string());
-    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--calib-samples", "50", "--samples", "2", "--report", &r]);
+    qcc(&["analyze", &m, "-O2", "--int8", "--no-equalize", "--calib", &c, "--calib-samples", "50", "--samples", "2", "--report", &r]);
     let text = std::fs::read_to_string(&html).unwrap();
     // SQNR, ranges, RMSE scatter, weight box plots, the worst layer's histogram.
     assert_eq!(text.matches("<svg").count(), 5, "{text}");
@@ -164,8 +186,9 @@ fn report_is_one_self_contained_html_file() {
     assert!(text.contains("<tr class=\"float\"><td>/Div</td><td>div</td><td>float</td></tr>"), "{text}");
     assert!(text.contains("<td>/c1/Conv</td><td>qconv</td><td>int8</td>"), "{text}");
     assert!(text.contains("Equalization is off"), "{text}");
-    // With equalization, a sixth chart: each layer's per-channel weight ranges before and after it.
-    qcc(&["analyze", &m, "-O2", "--int8", "--equalize", "--calib", &c, "--calib-samples", "50", "--samples", "2", "--report", &r]);
+    // With equalization (the -O2 default), a sixth chart: each layer's per-channel weight ranges before
+    // and after it.
+    qcc(&["analyze", &m, "-O2", "--int8", "--calib", &c, "--calib-samples", "50", "--samples", "2", "--report", &r]);
     let text = std::fs::read_to_string(&html).unwrap();
     assert_eq!(text.matches("<svg").count(), 6, "{text}");
     assert!(text.contains("before (red) and after (green)"), "{text}");
@@ -239,7 +262,20 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
     std::fs::write(tune.join("labels.csv"), &labels).unwrap();
     let (m, c, t) = (model.display().to_string(), cal.display().to_string(), tune.display().to_string());
     let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
-        .args([&m, "-O2", "--int8", "--weights", "sym-per-tensor", "--calib", &c, "--mixed-precision", "auto", "--tune", &t])
+        .args([
+            &m,
+            "-O2",
+            "--int8",
+            "--weights",
+            "sym-per-tensor",
+            "--no-equalize",
+            "--calib",
+            &c,
+            "--mixed-precision",
+            "auto",
+            "--tune",
+            &t,
+        ])
         .args(["--max-drop", "0", "--analysis-samples", "0"])
         .output()
         .unwrap();
@@ -259,7 +295,20 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
         }
     }
     let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
-        .args([&m, "-O2", "--int8", "--weights", "sym-per-tensor", "--calib", &c, "--mixed-precision", "auto", "--holdout", "40"])
+        .args([
+            &m,
+            "-O2",
+            "--int8",
+            "--weights",
+            "sym-per-tensor",
+            "--no-equalize",
+            "--calib",
+            &c,
+            "--mixed-precision",
+            "auto",
+            "--holdout",
+            "40",
+        ])
         .args(["--max-drop", "0", "--analysis-samples", "0"])
         .output()
         .unwrap();
@@ -272,10 +321,24 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
     // The report explains the decisions.
     let html = d.join("auto.html");
     let r = html.display().to_string();
-    qcc(&["analyze", &m, "-O2", "--int8", "--weights", "sym-per-tensor", "--calib", &c, "--mixed-precision", "auto", "--holdout", "40"]
-        .into_iter()
-        .chain(["--max-drop", "0", "--samples", "2", "--report", &r])
-        .collect::<Vec<_>>());
+    qcc(&[
+        "analyze",
+        &m,
+        "-O2",
+        "--int8",
+        "--weights",
+        "sym-per-tensor",
+        "--no-equalize",
+        "--calib",
+        &c,
+        "--mixed-precision",
+        "auto",
+        "--holdout",
+        "40",
+    ]
+    .into_iter()
+    .chain(["--max-drop", "0", "--samples", "2", "--report", &r])
+    .collect::<Vec<_>>());
     let text = std::fs::read_to_string(&html).unwrap();
     assert!(text.contains("Mixed precision decisions") && text.contains("conv_b (qconv, sensitivity"), "{text}");
     assert!(text.contains("<td>conv_b</td><td>conv</td><td>float</td>"), "{text}");

@@ -4,7 +4,7 @@
 //! by it, with s[c] = sqrt(r1[c] / r2[c]) (r = per-channel weight range), so both ranges become
 //! sqrt(r1 · r2). Exact in real arithmetic; it evens out channel ranges so per-tensor weight quantization
 //! loses less. Repeated over the graph a few times, since a depthwise conv sits in two pairs. Runs at -O2
-//! with --equalize, after fuse-activation (activations must already be attributes) and before
+//! (unless --no-equalize), after fuse-activation (activations must already be attributes) and before
 //! insert-observers.
 //! Pairs through ReLU6/Clip are left alone: clipping at 6 does not commute with scaling.
 //!
@@ -16,10 +16,17 @@
 //! shifted down by d[c] (its bias minus d[c]) and the second's bias gains W2·d, with d[c] the channel's
 //! smallest observed value when it is positive (through ReLU: exact while inputs stay above it, as on the
 //! samples) or any value without activation (always exact). The per-tensor range then starts near 0.
+//!
+//! With per-channel moments as well (PassContext::channel_moments), a pair takes the scaling only as far
+//! as it pays: among s^α (α = 0, ¼, ½, ¾, 1), with and without absorption, the one whose estimated
+//! quantization noise under PassContext::quant's scheme is lowest (noise.rs). Full equalization raises
+//! the noise where activation rounding dominates, and buys nothing for per-channel weights of a
+//! depthwise pair.
 use crate::{Pass, PassContext, PassError};
 use ndarray::{ArrayD, Axis};
-use qcc_ir::{Act, Graph, NodeId, Op, Tensor, ValueId};
-use std::collections::HashMap;
+use qcc_ir::{Act, Graph, NodeId, Op, Tensor};
+
+mod noise;
 
 pub struct Equalize;
 
@@ -33,7 +40,7 @@ fn weights(g: &Graph, v: qcc_ir::ValueId) -> Option<ArrayD<f32>> {
 
 /// One pair: `a` feeds `b`; `ranges` holds per-channel activation ranges (updated as `a`'s output
 /// changes). Returns whether anything changed.
-fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId, ranges: &mut HashMap<ValueId, Vec<(f32, f32)>>) -> bool {
+fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId, cx: &mut PassContext) -> bool {
     let (na, nb) = (g.node(a).clone(), g.node(b).clone());
     let (Op::Conv { act: act_a, group: ga, .. }, Op::Conv { group: gb, pads: pads_b, .. }) = (&na.op, &nb.op) else { return false };
     // Scaling a's output channels would scale a residual added to them as well.
@@ -60,7 +67,7 @@ fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId, ranges: &mut HashMap<Value
         },
         None => None,
     };
-    let mut act_range = ranges.get(&na.output).filter(|r| r.len() == c).cloned();
+    let act_range = cx.channel_ranges.get(&na.output).filter(|r| r.len() == c).cloned();
     let absmax = |v: ndarray::ArrayViewD<f32>| v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let in_axis = if depthwise { 0 } else { 1 };
     let r1: Vec<f32> = (0..c).map(|ch| absmax(w1.index_axis(Axis(0), ch))).collect();
@@ -85,20 +92,43 @@ fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId, ranges: &mut HashMap<Value
             }
         })
         .collect();
-    if let Some(r) = &mut act_range {
-        for (ch, (lo, hi)) in r.iter_mut().enumerate() {
-            (*lo, *hi) = (*lo / s[ch], *hi / s[ch]);
-        }
-    }
-    // Shifts to absorb into the second conv (exact only where it has no padding).
+    // Shifts to absorb into the second conv (exact only where it has no padding), for scaling s.
     let no_pad = pads_b.iter().all(|p| *p == 0);
-    let d: Vec<f32> = match (&act_range, no_pad) {
-        (Some(r), true) => r
-            .iter()
-            .map(|(lo, _)| if act_a.is_none() || *lo > 0.0 { *lo } else { 0.0 })
-            .map(|x| if x.is_finite() { x } else { 0.0 })
-            .collect(),
-        _ => vec![0.0; c],
+    let shifts_for = |s: &[f32]| -> Vec<f32> {
+        match (&act_range, no_pad) {
+            (Some(r), true) => r
+                .iter()
+                .zip(s)
+                .map(|((lo, _), s)| if act_a.is_none() || *lo > 0.0 { *lo / s } else { 0.0 })
+                .map(|x| if x.is_finite() { x } else { 0.0 })
+                .collect(),
+            _ => vec![0.0; c],
+        }
+    };
+    // With moments of both activations, keep the candidate (a power of the full scaling, with or without
+    // absorption) whose estimated quantization noise is lowest: doing nothing is a candidate.
+    let moments =
+        (cx.channel_moments.get(&na.inputs[0]).filter(|m| !m.is_empty()), cx.channel_moments.get(&na.output).filter(|m| m.len() == c));
+    let (s, d) = match (&act_range, moments) {
+        (Some(r), (Some(xm), Some(am))) => {
+            let pair = noise::Pair::new(&cx.quant, &w1, &w2, depthwise, xm, r, am);
+            let mut best = (f64::INFINITY, vec![1.0; c], vec![0.0; c]);
+            for alpha in [0.0f32, 0.25, 0.5, 0.75, 1.0] {
+                let sa: Vec<f32> = s.iter().map(|x| x.powf(alpha)).collect();
+                for absorb in [false, true] {
+                    let d = if absorb { shifts_for(&sa) } else { vec![0.0; c] };
+                    let n = pair.noise(&sa, &d);
+                    if n < best.0 * (1.0 - 1e-6) {
+                        best = (n, sa.clone(), d);
+                    }
+                }
+            }
+            (best.1, best.2)
+        }
+        _ => {
+            let d = shifts_for(&s);
+            (s, d)
+        }
     };
     let shifts = d.iter().any(|x| *x != 0.0);
     if s.iter().all(|x| (x - 1.0).abs() < 1e-3) && !shifts {
@@ -140,9 +170,15 @@ fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId, ranges: &mut HashMap<Value
     g.set_inputs(b, ins_b);
     if let Some(mut r) = act_range {
         for (ch, (lo, hi)) in r.iter_mut().enumerate() {
-            (*lo, *hi) = (*lo - d[ch], *hi - d[ch]);
+            (*lo, *hi) = (*lo / s[ch] - d[ch], *hi / s[ch] - d[ch]);
         }
-        ranges.insert(na.output, r);
+        cx.channel_ranges.insert(na.output, r);
+    }
+    if let Some(m) = cx.channel_moments.get_mut(&na.output).filter(|m| m.len() == c) {
+        for (ch, (mean, sq)) in m.iter_mut().enumerate() {
+            let (mu, dd) = (*mean / s[ch], d[ch]);
+            (*mean, *sq) = (mu - dd, (*sq / (s[ch] * s[ch]) - 2.0 * dd * mu + dd * dd).max(0.0));
+        }
     }
     true
 }
@@ -163,7 +199,7 @@ impl Pass for Equalize {
                     continue;
                 }
                 let Some(&(b, 0)) = g.uses(out).first() else { continue };
-                round |= equalize_pair(g, a, b, &mut cx.channel_ranges);
+                round |= equalize_pair(g, a, b, cx);
             }
             g.dce();
             changed |= round;

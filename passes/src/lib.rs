@@ -45,6 +45,9 @@ pub struct PassContext {
     /// Per conv output, each channel's (min, max) over a few calibration samples, gathered before
     /// equalize (which keeps activation ranges from growing and absorbs high biases with them).
     pub channel_ranges: std::collections::HashMap<qcc_ir::ValueId, Vec<(f32, f32)>>,
+    /// Per conv output and data input, each channel's (mean, mean square) over the same samples: with
+    /// them, equalize keeps a pair's scaling only where it lowers the estimated quantization noise.
+    pub channel_moments: std::collections::HashMap<qcc_ir::ValueId, Vec<(f32, f32)>>,
 }
 
 /// How weights are quantized.
