@@ -786,7 +786,8 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
             let gops = if *macs > 0 { format!("{:.1}", 2.0 * *macs as f64 / per / 1e9) } else { String::new() };
             println!("{:>9.4} {:>5.1}% {:>8}  {:<10} (all)", per * 1e3, 100.0 * t / total, gops, k);
         }
-        for i in idx.into_iter().take(25) {
+        let top = std::env::var("QCC_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
+        for i in idx.into_iter().take(top) {
             let s = &c.plan.steps[i];
             let per = t[i];
             let gops = if s.macs > 0 { format!("{:.1}", 2.0 * s.macs as f64 / per / 1e9) } else { String::new() };

@@ -98,7 +98,9 @@ fn quantized(h: usize, configs: &[(&str, &str, &str)]) -> Vec<(String, Graph)> {
 
 /// The same with the outputs of the `int16` nodes stored as i16 (mixed precision).
 fn quantized_with(h: usize, configs: &[(&str, &str, &str)], int16: &[&str]) -> Vec<(String, Graph)> {
-    let d = tmp(&format!("net{h}"));
+    // Tests run in parallel and several quantize the same net: each call gets its own folder.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let d = tmp(&format!("net{h}-{}", CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let model = d.join("net.onnx");
     std::fs::write(&model, net(h).bytes()).unwrap();
     let cal = d.join("calib");

@@ -25,6 +25,29 @@ impl FDwConv<'_> {
     /// x holds n·c·h·w floats, out n·c·oh·ow.
     pub unsafe fn run(&self) {
         let g = self.g;
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni && super::fconv_narrow::fits(&g) {
+            let groups = g.c.div_ceil(16);
+            pool::parallel_for(g.n * groups, &|t| {
+                let (img, c0) = (t / groups, t % groups * 16);
+                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; run()'s caller sized x and out.
+                let clamped = unsafe {
+                    if g.kh == 3 {
+                        super::fconv_narrow::group::<3, 3>(self, img, c0)
+                    } else {
+                        super::fconv_narrow::group::<5, 5>(self, img, c0)
+                    }
+                };
+                if !clamped {
+                    let len = g.oh * g.ow;
+                    for plane in img * g.c + c0..img * g.c + (c0 + 16).min(g.c) {
+                        // SAFETY: plane `plane` of out, written by this task only.
+                        apply_act(unsafe { std::slice::from_raw_parts_mut(self.out.add(plane * len), len) }, self.act);
+                    }
+                }
+            });
+            return;
+        }
         pool::parallel_for(g.n * g.c, &|t| {
             let c = t % g.c;
             // SAFETY: plane t of x and of out.

@@ -12,6 +12,8 @@ pub mod epilogue;
 pub mod fconv;
 #[cfg(target_arch = "x86_64")]
 mod fconv_avx2;
+#[cfg(target_arch = "x86_64")]
+mod fconv_narrow;
 pub mod fgemm;
 #[cfg(target_arch = "x86_64")]
 mod fgemm_avx2;
