@@ -1,12 +1,17 @@
 //! A small thread pool for kernels: `parallel_for(n, f)` runs f(0..n) on the calling thread and the
 //! workers, which spin briefly between calls (layers follow each other within microseconds) and then
 //! sleep. Work is split into tasks that write disjoint outputs, so results never depend on the thread
-//! count.
+//! count. Each participant starts on its own contiguous share of the tasks (so consecutive layers split
+//! the same way give a core the pixels it wrote, still in its L2: measured 3–4% on float MobileNetV2 at
+//! two threads) and then helps with the others' shares, so a slowed core does not hold the layer up.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 type Job = &'static (dyn Fn(usize) + Sync);
+
+/// Participants of one parallel_for beyond which more threads are not used.
+const MAX_PARTICIPANTS: usize = 64;
 
 /// A published job: generation, the function, its task count, and how many workers take part.
 type Published = (usize, Job, usize, usize);
@@ -27,7 +32,8 @@ struct Shared {
     job: Mutex<Option<Published>>,
     wake: Condvar,
     generation: Padded,
-    next: Padded,
+    /// Per participant (the caller is 0, worker i is i + 1), the next task of its share.
+    next: Vec<Padded>,
     done: Padded,
     /// Workers inside run_tasks for the current job; the caller waits for 0 before the job's borrow ends.
     busy: Padded,
@@ -76,7 +82,7 @@ fn worker(shared: Arc<Shared>, index: usize) {
                         seen = g;
                         if index < active {
                             shared.busy.fetch_add(1, Ordering::AcqRel);
-                            break (job, n, active + 1);
+                            break (job, n, (active + 1, index + 1));
                         }
                     }
                     _ => {
@@ -87,24 +93,33 @@ fn worker(shared: Arc<Shared>, index: usize) {
                 }
             }
         };
-        run_tasks(&shared, job, n, threads);
+        run_tasks(&shared, job, n, threads.0, threads.1);
         shared.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Takes tasks in runs of about a quarter of a thread's share (fewer atomic operations on shared lines
-/// than one per task, still balancing uneven tasks) and counts them done once.
-fn run_tasks(shared: &Shared, job: Job, n: usize, threads: usize) {
+/// The first task of participant `i`'s share.
+fn share_start(i: usize, n: usize, threads: usize) -> usize {
+    i * n / threads
+}
+
+/// Runs participant `me`'s share, then whatever is left of the others', in runs of about a quarter of a
+/// share (few atomic operations on shared lines, still balancing uneven tasks), and counts them done once.
+fn run_tasks(shared: &Shared, job: Job, n: usize, threads: usize, me: usize) {
     let run = (n / (4 * threads)).max(1);
     let mut mine = 0;
-    loop {
-        let i = shared.next.fetch_add(run, Ordering::AcqRel);
-        if i >= n {
-            break;
+    for k in 0..threads {
+        let t = (me + k) % threads;
+        let end = share_start(t + 1, n, threads);
+        loop {
+            let i = shared.next[t].fetch_add(run, Ordering::AcqRel);
+            if i >= end {
+                break;
+            }
+            let stop = (i + run).min(end);
+            (i..stop).for_each(job);
+            mine += stop - i;
         }
-        let end = (i + run).min(n);
-        (i..end).for_each(job);
-        mine += end - i;
     }
     shared.done.fetch_add(mine, Ordering::AcqRel);
 }
@@ -122,7 +137,7 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
                 job: Mutex::new(None),
                 wake: Condvar::new(),
                 generation: Padded(AtomicUsize::new(0)),
-                next: Padded(AtomicUsize::new(0)),
+                next: (0..MAX_PARTICIPANTS).map(|_| Padded(AtomicUsize::new(0))).collect(),
                 done: Padded(AtomicUsize::new(0)),
                 busy: Padded(AtomicUsize::new(0)),
                 sleeping: AtomicUsize::new(0),
@@ -146,18 +161,22 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     // that took it is counted in `busy`; this function unpublishes it and waits for busy == 0 before
     // returning, so the 'static borrow never outlives `f`.
     let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
-    shared.next.store(0, Ordering::SeqCst);
+    // The caller and the workers that take part (the spawned ones, at most MAX_PARTICIPANTS in all).
+    let threads = want.min(pool.workers + 1).min(MAX_PARTICIPANTS);
+    for (i, next) in shared.next.iter().enumerate().take(threads) {
+        next.store(share_start(i, n, threads), Ordering::SeqCst);
+    }
     shared.done.store(0, Ordering::SeqCst);
     let generation = shared.generation.load(Ordering::SeqCst) + 1;
     {
         let mut guard = shared.job.lock().unwrap_or_else(|e| e.into_inner());
-        *guard = Some((generation, job, n, want - 1));
+        *guard = Some((generation, job, n, threads - 1));
         shared.generation.store(generation, Ordering::Release);
         if shared.sleeping.load(Ordering::Acquire) > 0 {
             shared.wake.notify_all();
         }
     }
-    run_tasks(&shared, job, n, want);
+    run_tasks(&shared, job, n, threads, 0);
     while shared.done.load(Ordering::Acquire) < n {
         std::hint::spin_loop();
     }
