@@ -180,7 +180,8 @@ fn channel_stats(g: &Graph, set: &CalibSet, samples: usize) -> Result<ChannelSta
     Ok((ranges, moments))
 }
 
-/// Runs the float passes and insert-observers, then every calibration sample through the graph.
+/// Runs the float passes and insert-observers, then every calibration sample through the graph. With
+/// `equalize` (the scheme it is weighed for), -O2 equalizes first, from statistics of a few samples.
 pub fn calibrate(
     mut g: Graph,
     level: OptLevel,

@@ -228,9 +228,12 @@ struct BenchCmd {
     /// Also write the results as JSON.
     #[arg(long, value_name = "OUT")]
     json: Option<PathBuf>,
-    /// Print the time of every step (kernel call) of the compiled model, slowest first.
+    /// Print the time of each kernel and of the slowest steps (kernel calls) of the compiled model.
     #[arg(long)]
     profile: bool,
+    /// How many steps --profile lists.
+    #[arg(long, value_name = "N", default_value_t = 25)]
+    profile_top: usize,
 }
 
 /// A statically quantized model: the calibrated float graph, its samples, the quantized graph and what
@@ -786,8 +789,7 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
             let gops = if *macs > 0 { format!("{:.1}", 2.0 * *macs as f64 / per / 1e9) } else { String::new() };
             println!("{:>9.4} {:>5.1}% {:>8}  {:<10} (all)", per * 1e3, 100.0 * t / total, gops, k);
         }
-        let top = std::env::var("QCC_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
-        for i in idx.into_iter().take(top) {
+        for i in idx.into_iter().take(b.profile_top) {
             let s = &c.plan.steps[i];
             let per = t[i];
             let gops = if s.macs > 0 { format!("{:.1}", 2.0 * s.macs as f64 / per / 1e9) } else { String::new() };
