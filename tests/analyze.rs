@@ -231,6 +231,10 @@ fn outlier_classifier() -> Builder {
     b
 }
 
+/// Per-tensor int8 as the auto tests compile it: without equalization, which would repair the outlier
+/// itself (analysis_names_the_broken_layer_first checks that).
+const PER_TENSOR: [&str; 5] = ["-O2", "--int8", "--weights", "sym-per-tensor", "--no-equalize"];
+
 /// Auto mixed precision repairs the outlier classifier: the tuning set is labeled with the float model's
 /// own predictions, per-tensor int8 loses top-1 on it, and promoting conv_b (the layer the analysis names
 /// first) to float weights brings it back within budget.
@@ -262,20 +266,9 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
     std::fs::write(tune.join("labels.csv"), &labels).unwrap();
     let (m, c, t) = (model.display().to_string(), cal.display().to_string(), tune.display().to_string());
     let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
-        .args([
-            &m,
-            "-O2",
-            "--int8",
-            "--weights",
-            "sym-per-tensor",
-            "--no-equalize",
-            "--calib",
-            &c,
-            "--mixed-precision",
-            "auto",
-            "--tune",
-            &t,
-        ])
+        .arg(&m)
+        .args(PER_TENSOR)
+        .args(["--calib", &c, "--mixed-precision", "auto", "--tune", &t])
         .args(["--max-drop", "0", "--analysis-samples", "0"])
         .output()
         .unwrap();
@@ -295,20 +288,9 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
         }
     }
     let o = Command::new(env!("CARGO_BIN_EXE_qcc"))
-        .args([
-            &m,
-            "-O2",
-            "--int8",
-            "--weights",
-            "sym-per-tensor",
-            "--no-equalize",
-            "--calib",
-            &c,
-            "--mixed-precision",
-            "auto",
-            "--holdout",
-            "40",
-        ])
+        .arg(&m)
+        .args(PER_TENSOR)
+        .args(["--calib", &c, "--mixed-precision", "auto", "--holdout", "40"])
         .args(["--max-drop", "0", "--analysis-samples", "0"])
         .output()
         .unwrap();
@@ -321,24 +303,10 @@ fn auto_mixed_precision_promotes_the_broken_layer() {
     // The report explains the decisions.
     let html = d.join("auto.html");
     let r = html.display().to_string();
-    qcc(&[
-        "analyze",
-        &m,
-        "-O2",
-        "--int8",
-        "--weights",
-        "sym-per-tensor",
-        "--no-equalize",
-        "--calib",
-        &c,
-        "--mixed-precision",
-        "auto",
-        "--holdout",
-        "40",
-    ]
-    .into_iter()
-    .chain(["--max-drop", "0", "--samples", "2", "--report", &r])
-    .collect::<Vec<_>>());
+    let args = ["analyze", &m].into_iter().chain(PER_TENSOR);
+    qcc(&args
+        .chain(["--calib", &c, "--mixed-precision", "auto", "--holdout", "40", "--max-drop", "0", "--samples", "2", "--report", &r])
+        .collect::<Vec<_>>());
     let text = std::fs::read_to_string(&html).unwrap();
     assert!(text.contains("Mixed precision decisions") && text.contains("conv_b (qconv, sensitivity"), "{text}");
     assert!(text.contains("<td>conv_b</td><td>conv</td><td>float</td>"), "{text}");
