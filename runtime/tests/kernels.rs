@@ -306,53 +306,80 @@ proptest! {
     }
 }
 
+/// One f32 depthwise case on every ISA against a direct sum (within float rounding), and nothing
+/// written past the output.
+#[allow(clippy::too_many_arguments)]
+fn check_float_depthwise(
+    (c, h, w, k): (usize, usize, usize, usize),
+    (sy, sx): (usize, usize),
+    (pt, pl, pb, pr): (usize, usize, usize, usize),
+    act: Option<qcc_ir::Act>,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    use qcc_runtime::kernels::fconv::FDwConv;
+    let (pt, pl, pb, pr) = (pt.min(k - 1), pl.min(k - 1), pb.min(k - 1), pr.min(k - 1));
+    if h + pt + pb < k || w + pl + pr < k {
+        return Ok(());
+    }
+    let (oh, ow) = ((h + pt + pb - k) / sy + 1, (w + pl + pr - k) / sx + 1);
+    let g = DwGeom { n: 1, h, w, c, oh, ow, kh: k, kw: k, stride: [sy, sx], pad: [pt, pl], dil: [1, 1] };
+    let mut r = Lcg(seed);
+    let f = |r: &mut Lcg| (r.next() % 2001) as f32 / 1000.0 - 1.0;
+    let x: Vec<f32> = (0..c * h * w).map(|_| f(&mut r)).collect();
+    let wt: Vec<f32> = (0..c * k * k).map(|_| f(&mut r)).collect();
+    let bias: Vec<f32> = (0..c).map(|_| f(&mut r)).collect();
+    let mut want = vec![0f32; c * oh * ow];
+    for ch in 0..c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut s = bias[ch] as f64;
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let (iy, ix) = ((oy * sy + ky) as isize - pt as isize, (ox * sx + kx) as isize - pl as isize);
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            s += x[(ch * h + iy as usize) * w + ix as usize] as f64 * wt[(ch * k + ky) * k + kx] as f64;
+                        }
+                    }
+                }
+                want[(ch * oh + oy) * ow + ox] = act.map_or(s as f32, |a| a.apply(s as f32));
+            }
+        }
+    }
+    for isa in isas() {
+        let mut out = vec![f32::NAN; want.len() + 16];
+        let d = FDwConv { isa, g, x: x.as_ptr(), w: &wt, bias: Some(&bias), act, out: out.as_mut_ptr() };
+        // SAFETY: x and out are sized for g (out with slack the kernel must not touch).
+        unsafe { d.run() };
+        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+            prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{:?}: output {} is {} not {}", isa, i, a, b);
+        }
+        prop_assert!(out[want.len()..].iter().all(|v| v.is_nan()), "{:?} wrote past the output", isa);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(150))]
-    /// The f32 depthwise kernels (padded-plane and masked AVX-512 paths, portable) agree with a direct
-    /// sum within float rounding (their summation orders differ, as docs/semantics.md allows for floats).
+    /// The f32 depthwise kernels (padded-plane AVX-512 and AVX2, masked, 16-channel narrow-plane and
+    /// portable) agree with a direct sum within float rounding (their summation orders differ, as
+    /// docs/semantics.md allows for floats).
     #[test]
     fn float_depthwise_kernels_match_the_direct_sum(
         (c, h, w, k, sy, sx, pt, pl, pb, pr) in (1usize..=20, 1usize..=40, 1usize..=40, prop_oneof![Just(1usize), Just(3), Just(5), Just(7)], 1usize..=2, 1usize..=2, 0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3),
         act in prop_oneof![Just(None), Just(Some(qcc_ir::Act::Relu)), Just(Some(qcc_ir::Act::Clip { min: -0.5, max: 0.5 })), Just(Some(qcc_ir::Act::LeakyRelu { alpha: 0.1 }))],
         seed in any::<u64>(),
     ) {
-        use qcc_runtime::kernels::fconv::FDwConv;
-        let (pt, pl, pb, pr) = (pt.min(k - 1), pl.min(k - 1), pb.min(k - 1), pr.min(k - 1));
-        prop_assume!(h + pt + pb >= k && w + pl + pr >= k);
-        let (oh, ow) = ((h + pt + pb - k) / sy + 1, (w + pl + pr - k) / sx + 1);
-        let g = DwGeom { n: 1, h, w, c, oh, ow, kh: k, kw: k, stride: [sy, sx], pad: [pt, pl], dil: [1, 1] };
-        let mut r = Lcg(seed);
-        let f = |r: &mut Lcg| (r.next() % 2001) as f32 / 1000.0 - 1.0;
-        let x: Vec<f32> = (0..c * h * w).map(|_| f(&mut r)).collect();
-        let wt: Vec<f32> = (0..c * k * k).map(|_| f(&mut r)).collect();
-        let bias: Vec<f32> = (0..c).map(|_| f(&mut r)).collect();
-        let mut want = vec![0f32; c * oh * ow];
-        for ch in 0..c {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut s = bias[ch] as f64;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let (iy, ix) = ((oy * sy + ky) as isize - pt as isize, (ox * sx + kx) as isize - pl as isize);
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                s += x[(ch * h + iy as usize) * w + ix as usize] as f64 * wt[(ch * k + ky) * k + kx] as f64;
-                            }
-                        }
-                    }
-                    want[(ch * oh + oy) * ow + ox] = act.map_or(s as f32, |a| a.apply(s as f32));
-                }
-            }
-        }
-        for isa in isas() {
-            let mut out = vec![f32::NAN; want.len() + 16];
-            let d = FDwConv { isa, g, x: x.as_ptr(), w: &wt, bias: Some(&bias), act, out: out.as_mut_ptr() };
-            // SAFETY: x and out are sized for g (out with slack the kernel must not touch).
-            unsafe { d.run() };
-            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{:?}: output {} is {} not {}", isa, i, a, b);
-            }
-            prop_assert!(out[want.len()..].iter().all(|v| v.is_nan()), "{:?} wrote past the output", isa);
-        }
+        check_float_depthwise((c, h, w, k), (sy, sx), (pt, pl, pb, pr), act, seed)?;
+    }
+
+    /// Large stride-2 planes, where the padded-plane kernel keeps a ring of rows instead of the whole copy.
+    #[test]
+    fn float_depthwise_large_strided_planes_match_the_direct_sum(
+        (c, h, w, k, sx, pt, pl, pb, pr) in (1usize..=3, 80usize..=130, 60usize..=130, prop_oneof![Just(3usize), Just(5)], 1usize..=2, 0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
+        act in prop_oneof![Just(None), Just(Some(qcc_ir::Act::Clip { min: -0.5, max: 0.5 }))],
+        seed in any::<u64>(),
+    ) {
+        check_float_depthwise((c, h, w, k), (2, sx), (pt, pl, pb, pr), act, seed)?;
     }
 }
 
