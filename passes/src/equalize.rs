@@ -38,8 +38,8 @@ fn weights(g: &Graph, v: qcc_ir::ValueId) -> Option<ArrayD<f32>> {
     g.const_tensor(v).and_then(|t| t.as_f32()).cloned()
 }
 
-/// One pair: `a` feeds `b`; `ranges` holds per-channel activation ranges (updated as `a`'s output
-/// changes). Returns whether anything changed.
+/// One pair: `a` feeds `b`. `cx` holds the scheme and the per-channel activation statistics, updated as
+/// `a`'s output changes. Returns whether anything changed.
 fn equalize_pair(g: &mut Graph, a: NodeId, b: NodeId, cx: &mut PassContext) -> bool {
     let (na, nb) = (g.node(a).clone(), g.node(b).clone());
     let (Op::Conv { act: act_a, group: ga, .. }, Op::Conv { group: gb, pads: pads_b, .. }) = (&na.op, &nb.op) else { return false };

@@ -8,7 +8,7 @@ use super::dwconv::DwGeom;
 use super::fconv::FDwConv;
 use std::arch::x86_64::*;
 
-/// Whether `run` handles the layer: 3×3 or 5×5 windows, strides 1–2, no dilation, ≤ 16 output columns.
+/// Whether `group` handles the layer: 3×3 or 5×5 windows, strides 1–2, no dilation, ≤ 16 output columns.
 pub fn fits(g: &DwGeom) -> bool {
     matches!((g.kh, g.kw), (3, 3) | (5, 5)) && g.stride.iter().all(|s| matches!(s, 1 | 2)) && g.dil == [1, 1] && g.ow <= 16
 }
@@ -69,7 +69,8 @@ fn mask(n: usize) -> __mmask16 {
 pub unsafe fn group<const KH: usize, const KW: usize>(d: &FDwConv, img: usize, c0: usize) -> bool {
     let g = d.g;
     let nc = (g.c - c0).min(16);
-    let (lo, hi) = crate::kernels::clamp_bounds(d.act).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let clamp = crate::kernels::clamp_bounds(d.act);
+    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let [s0, s1] = g.stride;
     let [pt, pl] = g.pad;
@@ -140,5 +141,5 @@ pub unsafe fn group<const KH: usize, const KW: usize>(d: &FDwConv, img: usize, c
         }
     }
     BLOCK.set(block);
-    crate::kernels::clamp_bounds(d.act).is_some()
+    clamp.is_some()
 }
