@@ -3,7 +3,7 @@
 use crate::data::{fit_input, Preprocess};
 use anyhow::{anyhow, bail, Context, Result};
 use qcc_ir::{Graph, Op, Tensor, ValueId};
-use qcc_passes::{quant_pipeline, Instrumentation, OptLevel, PassContext, PassManager, QuantConfig};
+use qcc_passes::{quant_pipeline, InputGram, Instrumentation, OptLevel, PassContext, PassManager, QuantConfig};
 use qcc_runtime::observe::Observer;
 use std::collections::HashMap;
 use std::io::Write;
@@ -107,10 +107,23 @@ pub struct Calibrated {
     pub passes_run: usize,
     /// With equalization, the float graph just before it (the report compares weight ranges).
     pub before_equalize: Option<Graph>,
+    /// Per conv and gemm output, sums over its input patches (round-weights), when asked for.
+    pub input_grams: std::sync::Arc<HashMap<ValueId, InputGram>>,
 }
 
-/// One sample's observed tensors, by the value each observe watches.
-type Observed = Vec<(ValueId, ndarray::ArrayD<f32>)>;
+/// What calibration does besides observing ranges.
+#[derive(Clone, Copy, Default)]
+pub struct CalibOptions<'a> {
+    /// Equalize first (at -O2), weighed for this scheme.
+    pub equalize: Option<&'a QuantConfig>,
+    /// Gather the input sums round-weights rounds with.
+    pub input_grams: bool,
+    /// The moving-average observer's constant.
+    pub ema_c: f32,
+}
+
+/// One sample's observed tensors, by the value each observe watches, and its input sums by conv output.
+type Observed = (Vec<(ValueId, ndarray::ArrayD<f32>)>, Vec<(ValueId, InputGram<f32>)>);
 
 /// Calibration samples equalize's per-channel activation statistics come from.
 const RANGE_SAMPLES: usize = 32;
@@ -185,14 +198,14 @@ fn channel_stats(g: &Graph, set: &CalibSet, samples: usize) -> Result<ChannelSta
 pub fn calibrate(
     mut g: Graph,
     level: OptLevel,
-    equalize: Option<&QuantConfig>,
+    opts: CalibOptions,
     set: &CalibSet,
     inst: &Instrumentation,
-    ema_c: f32,
     diag: &mut dyn Write,
 ) -> Result<Calibrated> {
+    let equalize = opts.equalize;
     crate::driver::check_pass_names(inst)?;
-    let (mut before, _) = quant_pipeline(level, equalize.is_some(), false);
+    let (mut before, _) = quant_pipeline(level, equalize.is_some(), false, false);
     // Disabled passes leave now, so the dump numbering counts the passes that run.
     before.retain(|p| !inst.disable.contains(p.name()));
     let n_before = before.len();
@@ -211,7 +224,7 @@ pub fn calibrate(
     pm.run(&mut g, &mut cx, diag).map_err(|f| crate::driver::pass_failure(&f))?;
     let observed: HashMap<qcc_ir::NodeId, ValueId> =
         g.node_ids().filter(|n| g.node(*n).op == Op::Observe).map(|n| (n, g.node(n).output)).collect();
-    let mut observers: HashMap<ValueId, Observer> = observed.values().map(|v| (*v, Observer::with_ema(ema_c))).collect();
+    let mut observers: HashMap<ValueId, Observer> = observed.values().map(|v| (*v, Observer::with_ema(opts.ema_c))).collect();
     let mut sums: HashMap<ValueId, (Vec<f64>, u64)> = HashMap::new();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = indicatif::ProgressBar::new(set.samples.len() as u64);
@@ -224,17 +237,38 @@ pub fn calibrate(
     };
     // Samples run through the graph on every core; their observed tensors reach the observers in sample
     // order, so the statistics (the moving average above all) equal those of one sequential pass.
+    // Per value, the convs and gemms that read it as data (their input sums come from it).
+    let mut readers: HashMap<ValueId, Vec<qcc_ir::NodeId>> = HashMap::new();
+    if opts.input_grams {
+        for n in g.node_ids().filter(|n| matches!(g.node(*n).op, Op::Conv { .. } | Op::Gemm { .. })) {
+            readers.entry(g.node(n).inputs[0]).or_default().push(n);
+        }
+    }
+    let grams_of = |v: ValueId, t: &Tensor, out: &mut Vec<(ValueId, InputGram<f32>)>| {
+        if let (Some(ns), Some(a)) = (readers.get(&v), t.as_f32()) {
+            out.extend(ns.iter().filter_map(|n| InputGram::of(&g, *n, a).map(|s| (g.node(*n).output, s))));
+        }
+    };
     let sample = |i: usize| -> Result<Observed> {
-        let mut seen = Vec::new();
-        qcc_runtime::run_observed(&g, set.load(i, &g)?, |node, t| {
+        let (mut seen, mut grams) = (Vec::new(), Vec::new());
+        let inputs = set.load(i, &g)?;
+        for (v, t) in g.inputs().iter().zip(&inputs) {
+            grams_of(*v, t, &mut grams);
+        }
+        qcc_runtime::run_observed(&g, inputs, |node, t| {
             if let (Some(v), Some(a)) = (observed.get(&node), t.as_f32()) {
                 seen.push((*v, a.clone()));
             }
+            grams_of(g.node(node).output, t, &mut grams);
         })
         .with_context(|| format!("calibrating on {}", set.samples[i][0].display()))?;
-        Ok(seen)
+        Ok((seen, grams))
     };
-    crate::in_order(set.samples.len(), sample, |_, seen| {
+    let mut input_grams: HashMap<ValueId, Option<InputGram>> = HashMap::new();
+    crate::in_order(set.samples.len(), sample, |_, (seen, grams)| {
+        for (v, s) in grams {
+            InputGram::accumulate(input_grams.entry(v).or_default(), &s);
+        }
         for (v, a) in seen {
             if a.ndim() >= 2 {
                 let c = a.shape()[1];
@@ -256,20 +290,22 @@ pub fn calibrate(
     })?;
     bar.finish_and_clear();
     let channel_means = sums.into_iter().map(|(v, (s, n))| (v, s.iter().map(|x| (x / n.max(1) as f64) as f32).collect())).collect();
-    Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before, before_equalize })
+    let input_grams = std::sync::Arc::new(input_grams.into_iter().filter_map(|(v, t)| Some((v, t?))).collect());
+    Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before, before_equalize, input_grams })
 }
 
 impl Calibrated {
     /// The quantized graph for one scheme: assign-qparams, place-qdq, fold-qdq, canonicalize.
     pub fn finish(&self, cfg: &QuantConfig, inst: &Instrumentation, diag: &mut dyn Write) -> Result<Graph> {
         cfg.check_names(&self.graph).map_err(|e| anyhow!(e))?;
-        let (_, after) = quant_pipeline(self.level, false, cfg.bias_correct);
+        let (_, after) = quant_pipeline(self.level, false, cfg.round_weights, cfg.bias_correct);
         let mut pm = PassManager::new(after, inst.clone());
         pm.first_index = self.passes_run;
         let mut cx = PassContext {
             quant: cfg.clone(),
             calib: self.observers.clone(),
             channel_means: self.channel_means.clone(),
+            input_grams: self.input_grams.clone(),
             ..Default::default()
         };
         let mut g = self.graph.clone();
@@ -296,5 +332,14 @@ pub fn quant_config(weights: &str, activations: &str, act_type: &str, method: &s
         bail!("--activations sym needs a signed --act-type (i8 or i16)");
     }
     let method = qcc_runtime::observe::RangeMethod::parse(method).map_err(|e| anyhow!("--calib-method: {e}"))?;
-    Ok(QuantConfig { weights, act_type, act_symmetric, method, bias_correct: false, keep_float: vec![], int16: vec![] })
+    Ok(QuantConfig {
+        weights,
+        act_type,
+        act_symmetric,
+        method,
+        bias_correct: false,
+        round_weights: false,
+        keep_float: vec![],
+        int16: vec![],
+    })
 }

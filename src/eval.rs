@@ -61,13 +61,36 @@ pub fn evaluate(g: &Graph, data: &Dataset, label_offset: i64, mut progress: impl
     Ok(acc)
 }
 
-/// Results of several graphs on the same samples: top-1/top-5 counts and top-1 agreement with graph 0.
+/// Results of several graphs on the same samples: top-1/top-5 counts, top-1 agreement with graph 0
+/// and the output's signal-to-noise ratio against graph 0's, summed over samples in dB.
 #[derive(Clone, Debug, Default)]
 pub struct Comparison {
     pub n: usize,
     pub top1: Vec<usize>,
     pub top5: Vec<usize>,
     pub agree: Vec<usize>,
+    pub sqnr_db: Vec<f64>,
+}
+
+/// Highest SQNR one sample counts with (an output equal to the reference's).
+const SQNR_CAP_DB: f64 = 100.0;
+
+/// 10·log10(Σ r² / Σ (s − r)²) of scores `s` against reference `r`, at most [`SQNR_CAP_DB`].
+pub fn sqnr_db(s: &[f32], r: &[f32]) -> f64 {
+    let sig: f64 = r.iter().map(|x| (*x as f64).powi(2)).sum();
+    let noise: f64 = s.iter().zip(r).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    if noise <= sig * 10f64.powf(-SQNR_CAP_DB / 10.0) {
+        SQNR_CAP_DB
+    } else {
+        10.0 * (sig / noise).log10()
+    }
+}
+
+impl Comparison {
+    /// Graph `k`'s output SQNR against graph 0, averaged over the samples in dB.
+    pub fn mean_sqnr_db(&self, k: usize) -> f64 {
+        self.sqnr_db[k] / self.n.max(1) as f64
+    }
 }
 
 /// Runs every graph on every sample (graph 0 is the reference for agreement).
@@ -76,12 +99,12 @@ pub fn evaluate_many(graphs: &[&Exec], data: &Dataset, label_offset: i64, mut pr
     let input = g0.inputs().first().copied().context("the model has no inputs")?;
     let want = g0.ty(input).shape().context("input shape unknown")?.to_vec();
     let k = graphs.len();
-    let mut c = Comparison { n: 0, top1: vec![0; k], top5: vec![0; k], agree: vec![0; k] };
+    let mut c = Comparison { n: 0, top1: vec![0; k], top5: vec![0; k], agree: vec![0; k], sqnr_db: vec![0.0; k] };
     for i in 0..data.items.len() {
         let (path, label) = &data.items[i];
         let x = fit_input(data.load(i)?, &want, &path.display().to_string())?;
         let l = label + label_offset;
-        let mut ref_top = 0;
+        let (mut ref_top, mut ref_scores) = (0, vec![]);
         for (j, g) in graphs.iter().enumerate() {
             let out = g.run(vec![x.clone()]).with_context(|| format!("running on {}", path.display()))?;
             let s = scores(&out[0])?;
@@ -94,8 +117,10 @@ pub fn evaluate_many(graphs: &[&Exec], data: &Dataset, label_offset: i64, mut pr
             let top = argmax(&s);
             if j == 0 {
                 ref_top = top;
+                ref_scores = s.clone();
             }
             c.agree[j] += (top == ref_top) as usize;
+            c.sqnr_db[j] += sqnr_db(&s, &ref_scores);
         }
         c.n += 1;
         progress(i + 1, data.items.len());

@@ -1,7 +1,7 @@
 //! The `qcc` command line: compile (`qcc MODEL ...`), `qcc run`, `qcc eval`.
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use qcc::calib::{calibrate, CalibSet, Calibrated};
+use qcc::calib::{calibrate, CalibOptions, CalibSet, Calibrated};
 use qcc::data::{fit_input, Dataset, Preprocess};
 use qcc::driver::{compile, load_model, parse_input_shape};
 use qcc::exec::{target_isa, Exec};
@@ -158,6 +158,13 @@ struct ModelArgs {
     /// Do not run bias correction at -O2.
     #[arg(long)]
     no_bias_correction: bool,
+    /// Round int8 weights to minimize each layer's output error on the calibration data (GPTQ), not
+    /// to nearest: on by default with --int8 at -O2.
+    #[arg(long, conflicts_with = "no_round_weights")]
+    round_weights: bool,
+    /// Round int8 weights to nearest at -O2.
+    #[arg(long)]
+    no_round_weights: bool,
     /// Cross-layer equalization with high-bias absorption: on by default with --int8 at -O2, where
     /// calibration samples let it keep only the scalings that lower the estimated quantization noise
     /// under the chosen scheme; with --dynamic (no samples: every pair is fully equalized) only if asked.
@@ -346,9 +353,15 @@ impl ModelArgs {
     fn quant_config(&self, method: &str) -> Result<qcc_passes::QuantConfig> {
         let mut cfg = qcc::calib::quant_config(&self.weights, &self.activations, &self.act_type, method)?;
         cfg.bias_correct = (self.bias_correction || self.level() == OptLevel::O2) && !self.no_bias_correction;
+        cfg.round_weights = self.round_weights();
         cfg.keep_float = self.keep_float.clone();
         cfg.int16 = self.int16.clone();
         Ok(cfg)
+    }
+
+    /// Whether round-weights runs (and calibration gathers its input sums).
+    fn round_weights(&self) -> bool {
+        (self.round_weights || self.level() == OptLevel::O2) && !self.no_round_weights
     }
 
     /// The --calib-method range method.
@@ -383,7 +396,8 @@ impl ModelArgs {
         };
         // Equalization is weighed for the --weights/--activations scheme (with --schemes all too).
         let scheme = if self.no_equalize { None } else { Some(self.quant_config("minmax")?) };
-        calibrate(g, self.level(), scheme.as_ref(), set, &self.instrumentation(), ema, &mut std::io::stderr())
+        let opts = CalibOptions { equalize: scheme.as_ref(), input_grams: self.round_weights(), ema_c: ema };
+        calibrate(g, self.level(), opts, set, &self.instrumentation(), &mut std::io::stderr())
     }
 
     /// An executor for `g`: compiled code, or the interpreter with --interp.
@@ -687,20 +701,28 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
     })?;
     let n = res.n;
     println!("n={n} (samples {}..{})", e.offset, e.offset + n);
-    println!("{:<22} {:>7} {:>7} {:>10}", "", "top-1", "top-5", "agreement");
+    println!("{:<22} {:>7} {:>7} {:>10} {:>12}", "", "top-1", "top-5", "agreement", "output SQNR");
     println!("{:<22} {:>6.2}% {:>6.2}% {:>10}", "float", pct(res.top1[0], n), pct(res.top5[0], n), "");
     for (i, (name, _)) in variants.iter().enumerate() {
         let k = i + 1;
-        println!("{:<22} {:>6.2}% {:>6.2}% {:>9.2}%", name, pct(res.top1[k], n), pct(res.top5[k], n), pct(res.agree[k], n));
+        println!(
+            "{:<22} {:>6.2}% {:>6.2}% {:>9.2}% {:>9.2} dB",
+            name,
+            pct(res.top1[k], n),
+            pct(res.top5[k], n),
+            pct(res.agree[k], n),
+            res.mean_sqnr_db(k)
+        );
     }
     if let Some(p) = &e.json {
         let f = format!("{{\"top1\": {:.4}, \"top5\": {:.4}}}", pct(res.top1[0], n), pct(res.top5[0], n));
         let q = |k: usize| {
             format!(
-                "{{\"top1\": {:.4}, \"top5\": {:.4}, \"agreement\": {:.4}}}",
+                "{{\"top1\": {:.4}, \"top5\": {:.4}, \"agreement\": {:.4}, \"sqnr_db\": {:.4}}}",
                 pct(res.top1[k], n),
                 pct(res.top5[k], n),
-                pct(res.agree[k], n)
+                pct(res.agree[k], n),
+                res.mean_sqnr_db(k)
             )
         };
         let mut json = format!("{{\"n\": {n}, \"float\": {f}");

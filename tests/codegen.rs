@@ -6,7 +6,7 @@
 //! counts; and the bundled MNIST model.
 mod common;
 use common::{int, ints, values, Builder};
-use qcc::calib::{calibrate, quant_config, CalibSet};
+use qcc::calib::{calibrate, quant_config, CalibOptions, CalibSet};
 use qcc::codegen::plan::Kernel;
 use qcc::codegen::{Compiled, Isa};
 use qcc::exec::Exec;
@@ -111,7 +111,7 @@ fn quantized_with(h: usize, configs: &[(&str, &str, &str)], int16: &[&str]) -> V
     let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
     let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
     let inst = Instrumentation { verify: true, ..Default::default() };
-    let c = calibrate(g, OptLevel::O2, None, &set, &inst, 0.01, &mut std::io::sink()).unwrap();
+    let c = calibrate(g, OptLevel::O2, CalibOptions { ema_c: 0.01, ..Default::default() }, &set, &inst, &mut std::io::sink()).unwrap();
     configs
         .iter()
         .map(|(w, a, t)| {
@@ -196,7 +196,7 @@ fn compiled_mnist_equals_the_interpreter() {
     let g = qcc::driver::load_model(&root.join("examples/mnist/mnist_cnn.onnx"), &Default::default()).unwrap().graph;
     let set = CalibSet::open(&digits, &["input".to_string()], None, Some(50)).unwrap();
     let inst = Instrumentation::default();
-    let c = calibrate(g, OptLevel::O2, None, &set, &inst, 0.01, &mut std::io::sink()).unwrap();
+    let c = calibrate(g, OptLevel::O2, CalibOptions { ema_c: 0.01, ..Default::default() }, &set, &inst, &mut std::io::sink()).unwrap();
     let q = c.finish(&quant_config("sym-per-channel", "asym", "u8", "percentile:99.999").unwrap(), &inst, &mut std::io::sink()).unwrap();
     let x = Exec::new(q.clone(), false, Isa::detect()).unwrap();
     for i in (0..200).step_by(13) {

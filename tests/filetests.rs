@@ -63,9 +63,22 @@ fn is_quantized(g: &Graph) -> bool {
 /// Observers and per-channel means for every observe node, fed 8 deterministic random inputs.
 fn calibrate(g: &Graph, seed: u64, cx: &mut PassContext) {
     let mut sums: std::collections::HashMap<qcc_ir::ValueId, (Vec<f64>, u64)> = Default::default();
+    // Sums over the input patches of every conv and gemm, by their outputs (round-weights).
+    let mut totals: std::collections::HashMap<qcc_ir::ValueId, Option<qcc_passes::InputGram>> = Default::default();
+    let mut grams = |v: qcc_ir::ValueId, t: &Tensor| {
+        for n in g.node_ids().filter(|n| g.node(*n).inputs.first() == Some(&v)) {
+            if let Some(s) = t.as_f32().and_then(|a| qcc_passes::InputGram::of(g, n, a)) {
+                qcc_passes::InputGram::accumulate(totals.entry(g.node(n).output).or_default(), &s);
+            }
+        }
+    };
     for k in 0..8 {
         let Some(ins) = inputs(g, seed.wrapping_add(k)) else { break };
+        for (v, t) in g.inputs().iter().zip(&ins) {
+            grams(*v, t);
+        }
         qcc_runtime::run_observed(g, ins, |n, t| {
+            grams(g.node(n).output, t);
             if g.node(n).op == qcc_ir::Op::Observe {
                 let v = g.node(n).output;
                 cx.calib.entry(v).or_default().observe(&t.to_f32_vec());
@@ -82,6 +95,7 @@ fn calibrate(g: &Graph, seed: u64, cx: &mut PassContext) {
         })
         .expect("calibration run");
     }
+    cx.input_grams = std::sync::Arc::new(totals.into_iter().filter_map(|(v, t)| Some((v, t?))).collect());
     cx.channel_means = sums.into_iter().map(|(v, (s, n))| (v, s.iter().map(|x| (x / n as f64) as f32).collect())).collect();
 }
 

@@ -55,6 +55,14 @@ fn correct(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
             }
         }
     }
+    shift_bias(g, n, &shift)
+}
+
+/// Subtracts `shift` (one value per output channel) from node `n`'s bias, adding a bias if it has
+/// none. False if the bias is not a float constant of that length.
+pub(crate) fn shift_bias(g: &mut Graph, n: NodeId, shift: &[f64]) -> bool {
+    let node = g.node(n).clone();
+    let out_ch = shift.len();
     let old: Vec<f32> = match node.inputs.get(2) {
         Some(b) => match g.const_tensor(*b).and_then(|t| t.as_f32()) {
             Some(b) if b.len() == out_ch => b.iter().copied().collect(),
@@ -62,7 +70,7 @@ fn correct(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
         },
         None => vec![0.0; out_ch],
     };
-    let new: Vec<f32> = old.iter().zip(&shift).map(|(b, s)| (*b as f64 - s) as f32).collect();
+    let new: Vec<f32> = old.iter().zip(shift).map(|(b, s)| (*b as f64 - s) as f32).collect();
     let name = node.inputs.get(2).and_then(|b| g.value(*b).name.clone()).or_else(|| Some(format!("{}.bias", node.name())));
     let bv = g.add_const(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[out_ch]), new).expect("vector")), name);
     let mut ins = node.inputs.clone();

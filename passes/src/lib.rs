@@ -14,6 +14,7 @@ mod insert_observers;
 mod manager;
 mod pipeline;
 mod place_qdq;
+mod round_weights;
 
 pub use assign_qparams::{act_qtype, range_method, AssignQparams};
 pub use bias_correct::BiasCorrect;
@@ -29,6 +30,7 @@ pub use insert_observers::{is_layout_only, InsertObservers};
 pub use manager::{Instrumentation, PassFailure, PassManager, PassTiming};
 pub use pipeline::{dynamic_pipeline, pass_by_name, pipeline, quant_pipeline, OptLevel, PASS_NAMES};
 pub use place_qdq::PlaceQdq;
+pub use round_weights::{InputGram, RoundWeights};
 
 use qcc_ir::Graph;
 
@@ -48,6 +50,9 @@ pub struct PassContext {
     /// Per conv output and data input, each channel's (mean, mean square) over the same samples: with
     /// them, equalize keeps a pair's scaling only where it lowers the estimated quantization noise.
     pub channel_moments: std::collections::HashMap<qcc_ir::ValueId, Vec<(f32, f32)>>,
+    /// Per conv and gemm output, the sums over its input patches in calibration (round-weights);
+    /// shared, as every scheme quantized from one calibration reads the same sums.
+    pub input_grams: std::sync::Arc<std::collections::HashMap<qcc_ir::ValueId, InputGram>>,
 }
 
 /// How weights are quantized.
@@ -88,6 +93,9 @@ pub struct QuantConfig {
     pub method: qcc_runtime::observe::RangeMethod,
     /// Correct biases for the mean shift weight quantization causes (the bias-correct pass).
     pub bias_correct: bool,
+    /// Round weights to minimize each layer's output error on the calibration data (round-weights)
+    /// rather than to nearest.
+    pub round_weights: bool,
     /// ONNX node names whose weights stay float (the op then computes in float between its quantized
     /// neighbours' dequantize and quantize).
     pub keep_float: Vec<String>,
@@ -131,6 +139,7 @@ impl Default for QuantConfig {
             act_symmetric: false,
             method: qcc_runtime::observe::RangeMethod::MinMax,
             bias_correct: false,
+            round_weights: false,
             keep_float: vec![],
             int16: vec![],
         }

@@ -1,7 +1,7 @@
 //! The optimization pipelines, as data: one list per level, read top to bottom.
 use crate::{
     AssignQparams, BiasCorrect, Canonicalize, DynamicQuantize, Equalize, FoldBatchnorm, FoldQdq, FuseActivation, FuseEpilogue,
-    FuseResidual, InsertObservers, Pass, PlaceQdq,
+    FuseResidual, InsertObservers, Pass, PlaceQdq, RoundWeights,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -20,6 +20,7 @@ pub const PASS_NAMES: &[&str] = &[
     "fuse-residual",
     "insert-observers",
     "assign-qparams",
+    "round-weights",
     "bias-correct",
     "place-qdq",
     "fold-qdq",
@@ -37,6 +38,7 @@ pub fn pass_by_name(name: &str) -> Option<Box<dyn Pass>> {
         "insert-observers" => Box::new(InsertObservers),
         "assign-qparams" => Box::new(AssignQparams),
         "place-qdq" => Box::new(PlaceQdq),
+        "round-weights" => Box::new(RoundWeights),
         "bias-correct" => Box::new(BiasCorrect),
         "fold-qdq" => Box::new(FoldQdq),
         "fuse-epilogue" => Box::new(FuseEpilogue),
@@ -73,14 +75,23 @@ pub fn dynamic_pipeline(level: OptLevel, equalize: bool) -> Vec<Box<dyn Pass>> {
 
 /// The quantizing pipeline, in two parts: before calibration (ending with the observers the driver
 /// feeds) and after it (from calibrated ranges to integer ops). With `equalize`, -O2 runs cross-layer
-/// equalization first; with `bias_correct`, bias-correct runs before the weights are quantized.
-pub fn quant_pipeline(level: OptLevel, equalize: bool, bias_correct: bool) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
+/// equalization first; with `round_weights`, round-weights quantizes the weights it has calibration
+/// sums for, and with `bias_correct`, bias-correct runs before place-qdq quantizes the others.
+pub fn quant_pipeline(
+    level: OptLevel,
+    equalize: bool,
+    round_weights: bool,
+    bias_correct: bool,
+) -> (Vec<Box<dyn Pass>>, Vec<Box<dyn Pass>>) {
     let mut before = passes(&["canonicalize", "fold-batchnorm", "fuse-activation"]);
     if level == OptLevel::O2 && equalize {
         before.extend(passes(&["equalize"]));
     }
     before.extend(passes(&["fuse-residual", "canonicalize", "insert-observers"]));
     let mut after = passes(&["assign-qparams"]);
+    if round_weights {
+        after.extend(passes(&["round-weights"]));
+    }
     if bias_correct {
         after.extend(passes(&["bias-correct"]));
     }

@@ -66,12 +66,18 @@ fn place(g: &mut Graph, n: NodeId, scheme: WeightScheme) -> bool {
     };
     let Some(w) = g.const_tensor(node.inputs[1]).and_then(|t| t.as_f32()).cloned() else { return false };
     let (t, qt) = quantize_weights(&w, scheme, axis);
+    set_quantized_weights(g, n, t, qt);
+    true
+}
+
+/// Makes node `n` read its weights as `dequantize(t)`, `t` holding integers of type `qt`.
+pub(crate) fn set_quantized_weights(g: &mut Graph, n: NodeId, t: Tensor, qt: QuantType) {
+    let node = g.node(n).clone();
     let shape = t.shape().to_vec();
     let name = g.value(node.inputs[1]).name.clone();
     let wq = g.add_const_typed(ConstData::Data(t), Type::Tensor { elem: ElemType::Q(qt), shape: shape.clone() }, name);
     let dq = g.add_node(Op::Dequantize, vec![wq], Type::f32(shape), node.loc.clone());
     g.set_input(n, 1, dq);
-    true
 }
 
 impl Pass for PlaceQdq {

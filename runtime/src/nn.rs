@@ -81,6 +81,56 @@ fn apply_act(out: &mut [f32], act: Option<Act>) {
     }
 }
 
+/// Writes the im2col matrix [cg·kh·kw, oh·ow] of one batch item's group `xg` (cg channels) into `col`:
+/// row (c, ky, kx) holds, per output pixel, the input that tap reads (zero in the padding).
+fn fill_patches<T: ndarray::LinalgScalar>(g: &Win, xg: &[T], cg: usize, col: &mut [T]) {
+    let sp = g.oh * g.ow;
+    for c in 0..cg {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &mut col[((c * g.kh + ky) * g.kw + kx) * sp..][..sp];
+                for oy in 0..g.oh {
+                    let dst = &mut row[oy * g.ow..][..g.ow];
+                    match g.iy(oy, ky) {
+                        None => dst.fill(T::zero()),
+                        Some(iy) => {
+                            let src = &xg[(c * g.h + iy) * g.w..][..g.w];
+                            for (ox, d) in dst.iter_mut().enumerate() {
+                                *d = g.ix(ox, kx).map_or(T::zero(), |ix| src[ix]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The im2col matrix [cg·kh·kw, oh·ow] of batch item `b`, group `gi` of a conv's input `x` (shape `xs`,
+/// standard layout) for weights of shape `ws`: the vectors the conv's output pixels take dot products
+/// with. Calibration gathers their second moments for round-weights.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_patches(
+    x: &[f32],
+    xs: &[usize],
+    ws: &[usize],
+    strides: &[i64],
+    pads: &[i64],
+    dil: &[i64],
+    group: usize,
+    out_shape: &[usize],
+    b: usize,
+    gi: usize,
+) -> Result<Vec<f32>, String> {
+    let kernel: Vec<i64> = ws[2..].iter().map(|d| *d as i64).collect();
+    let g = win(xs, &kernel, strides, pads, dil, out_shape)?;
+    let cg = g.c / group;
+    let xg = &x[(b * g.c + gi * cg) * g.h * g.w..][..cg * g.h * g.w];
+    let mut col = vec![0.0; cg * g.kh * g.kw * g.oh * g.ow];
+    fill_patches(&g, xg, cg, &mut col);
+    Ok(col)
+}
+
 /// Convolution without bias or activation over any float type: im2col + GEMM, depthwise as a direct loop.
 /// `x` and `w` are standard-layout data of shapes `xs` and `ws`. Used in f32 for float convs and in f64 for
 /// integer convs, whose sums of integer products stay exact below 2^53.
@@ -134,25 +184,7 @@ pub fn conv_core<T: ndarray::LinalgScalar>(
             let colv: &[T] = if pointwise {
                 xg
             } else {
-                for c in 0..cg {
-                    for ky in 0..g.kh {
-                        for kx in 0..g.kw {
-                            let row = &mut col[((c * g.kh + ky) * g.kw + kx) * sp..][..sp];
-                            for oy in 0..g.oh {
-                                let dst = &mut row[oy * g.ow..][..g.ow];
-                                match g.iy(oy, ky) {
-                                    None => dst.fill(T::zero()),
-                                    Some(iy) => {
-                                        let src = &xg[(c * g.h + iy) * g.w..][..g.w];
-                                        for (ox, d) in dst.iter_mut().enumerate() {
-                                            *d = g.ix(ox, kx).map_or(T::zero(), |ix| src[ix]);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                fill_patches(&g, xg, cg, &mut col);
                 &col
             };
             let a = ArrayView2::from_shape((mg, k), &w[gi * mg * k..][..mg * k]).map_err(|e| e.to_string())?;
