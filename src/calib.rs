@@ -235,9 +235,8 @@ pub fn calibrate(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    // Samples run through the graph on every core; their observed tensors reach the observers in sample
-    // order, so the statistics (the moving average above all) equal those of one sequential pass.
-    // Per value, the convs and gemms that read it as data (their input sums come from it).
+    // Per value, the convs and gemms that read it as data (their input sums come from it; merged in
+    // sample order too).
     let mut readers: HashMap<ValueId, Vec<qcc_ir::NodeId>> = HashMap::new();
     if opts.input_grams {
         for n in g.node_ids().filter(|n| matches!(g.node(*n).op, Op::Conv { .. } | Op::Gemm { .. })) {
@@ -249,6 +248,8 @@ pub fn calibrate(
             out.extend(ns.iter().filter_map(|n| InputGram::of(&g, *n, a).map(|s| (g.node(*n).output, s))));
         }
     };
+    // Samples run through the graph on every core; their observed tensors reach the observers in sample
+    // order, so the statistics (the moving average above all) equal those of one sequential pass.
     let sample = |i: usize| -> Result<Observed> {
         let (mut seen, mut grams) = (Vec::new(), Vec::new());
         let inputs = set.load(i, &g)?;
