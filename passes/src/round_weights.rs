@@ -75,8 +75,9 @@ impl InputGram<f32> {
 
     /// Adds the patches that are the columns of `cols` ([k, patches]) to group `gi`.
     fn add_patches(&mut self, gi: usize, cols: ArrayView2<f32>) {
-        let gram = cols.dot(&cols.t());
-        self.grams[gi].iter_mut().zip(gram.iter()).for_each(|(a, b)| *a += b);
+        let k = self.k;
+        let mut acc = ndarray::ArrayViewMut2::from_shape((k, k), &mut self.grams[gi]).expect("k x k");
+        ndarray::linalg::general_mat_mul(1.0, &cols, &cols.t(), 1.0, &mut acc);
         for (s, row) in self.sums[gi].iter_mut().zip(cols.rows()) {
             *s += row.iter().map(|v| *v as f64).sum::<f64>();
         }
