@@ -70,7 +70,7 @@ fn every_scheme_and_method_from_one_calibration() {
         assert_eq!(rows.len(), if table[0] == "--schemes" { 4 } else { 7 }, "{out}");
         for r in rows {
             // Columns: name, top-1, top-5, agreement (the last %), output SQNR (dB).
-            let agree: f64 = r.split_whitespace().filter(|t| t.ends_with('%')).last().unwrap().trim_end_matches('%').parse().unwrap();
+            let agree: f64 = r.split_whitespace().rfind(|t| t.ends_with('%')).unwrap().trim_end_matches('%').parse().unwrap();
             assert!(agree >= 97.0, "{r}");
             let sqnr: f64 = r.trim_end().strip_suffix(" dB").and_then(|t| t.split_whitespace().last()).unwrap().parse().unwrap();
             assert!(sqnr > 0.0 && sqnr <= 100.0, "{r}");
