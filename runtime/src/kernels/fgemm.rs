@@ -4,7 +4,8 @@
 //! ([K][NR], contiguous), gathering convolution windows straight from the NCHW input (an implicit
 //! im2col: no column matrix is ever written to memory), and runs every row block over them: the AVX-512
 //! microkernel broadcasts the weights of two blocks (12 rows) against the panel's 32 columns per k (24 FMA
-//! accumulators), reading both operands as sequential streams. Float results need not equal the
+//! accumulators), reading both operands as sequential streams. Stride-1 convolutions mostly skip the
+//! panels (fgemm_shift.rs). Float results need not equal the
 //! interpreter bit for bit (the summation order differs; tests compare within a relative tolerance).
 use super::dwconv::DwGeom;
 use super::{multiversion, pool, Isa};
@@ -74,6 +75,49 @@ pub struct FGemm<'a> {
     pub cs: usize,
 }
 
+/// The parts of a convolution panel's rows that lie inside the image, per tap: (offset in the input
+/// plane, offset in the panel row, length). Every input plane c gives row (c, tap) the same pieces, so
+/// they are found once per panel; the rest of a row is zero.
+pub(crate) struct Pieces {
+    pieces: Vec<(usize, usize, usize)>,
+    ends: Vec<usize>,
+}
+
+impl Pieces {
+    /// For the panel of output columns p0..p0 + n.
+    fn new(g: &DwGeom, p0: usize, n: usize) -> Pieces {
+        let s = g.stride[1];
+        let mut pieces = Vec::with_capacity(g.kh * g.kw * 4);
+        let mut ends = Vec::with_capacity(g.kh * g.kw);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let off = (kx * g.dil[1]) as isize - g.pad[1] as isize;
+                // Output columns whose input column ox·s + off lies inside the row.
+                let lo = if off >= 0 { 0 } else { ((-off + s as isize - 1) / s as isize) as usize };
+                let hi = ((g.w as isize - 1 - off).div_euclid(s as isize) + 1).max(0) as usize;
+                let mut p = p0;
+                while p < p0 + n {
+                    let (oy, ox) = (p / g.ow, p % g.ow);
+                    let len = (g.ow - ox).min(p0 + n - p);
+                    let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                    let (a, b) = (lo.clamp(ox, ox + len), hi.clamp(ox, ox + len));
+                    if iy >= 0 && iy < g.h as isize && a < b {
+                        let first = (a as isize * s as isize + off) as usize;
+                        pieces.push((iy as usize * g.w + first, p - p0 + a - ox, b - a));
+                    }
+                    p += len;
+                }
+                ends.push(pieces.len());
+            }
+        }
+        Pieces { pieces, ends }
+    }
+
+    fn of_tap(&self, t: usize) -> &[(usize, usize, usize)] {
+        &self.pieces[if t == 0 { 0 } else { self.ends[t - 1] }..self.ends[t]]
+    }
+}
+
 // SAFETY: tasks read a and the source and write disjoint tiles of out.
 unsafe impl Sync for FGemm<'_> {}
 
@@ -92,6 +136,14 @@ impl FGemm<'_> {
             if self.isa == Isa::Avx512Vnni && self.p == 1 && self.res.is_none() {
                 // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; b holds k rows of one column.
                 unsafe { self.gemv(b, ldb) };
+                return;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let FSrc::Conv { x, g } = self.src {
+            if self.isa == Isa::Avx512Vnni && self.cs == 1 && super::fgemm_shift::pays(&g, self.m) {
+                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; stride 1 (pays) and cs = 1.
+                unsafe { self.run_shifted(x, &g) };
                 return;
             }
         }
@@ -135,11 +187,8 @@ impl FGemm<'_> {
                     buf.resize(len + 16, 0.0);
                     skip = buf.as_ptr().align_offset(64).min(15);
                     let panel = &mut buf[skip..skip + len];
-                    for j in j0..j1 {
-                        let p0 = j * NR;
-                        // SAFETY: the source holds what run()'s caller promised; the panel has (k1 − k0)·NR floats.
-                        unsafe { self.pack(p0, NR.min(self.p - p0), k0, &mut panel[(j - j0) * size..(j - j0 + 1) * size]) };
-                    }
+                    // SAFETY: the source holds what run()'s caller promised; each panel has (k1 − k0)·NR floats.
+                    unsafe { self.pack(j0, j1, k0, k1 - k0, panel) };
                 }
                 let (mut blk, end) = (2 * share(rt, pairs, row_tasks), (2 * share(rt + 1, pairs, row_tasks)).min(blocks));
                 while blk < end {
@@ -156,53 +205,48 @@ impl FGemm<'_> {
         });
     }
 
-    /// Columns p0..p0 + n of B's rows k0.. into `dst` ([rows][NR], zeros past n). A convolution's panel
-    /// row k = (c, ky, kx) copies the same pieces of every input plane c, so the pieces are found once per
-    /// tap.
-    unsafe fn pack(&self, p0: usize, n: usize, k0: usize, dst: &mut [f32]) {
+    /// Panels j0..j1 (columns j·NR.., zeros past p) of B's rows k0..k0 + rows into `dst`, one panel of
+    /// rows·NR floats after another, each [rows][NR].
+    unsafe fn pack(&self, j0: usize, j1: usize, k0: usize, rows: usize, dst: &mut [f32]) {
+        let size = rows * NR;
         match self.src {
             FSrc::Matrix { b, ldb } => {
-                for (kk, row) in (k0..).zip(dst.chunks_exact_mut(NR)) {
-                    row[n..].fill(0.0);
-                    // SAFETY: row kk of b holds columns p0..p0 + n.
-                    unsafe { copy_row(self.isa, b.add(kk * ldb + p0), 1, row, 0, n) };
+                for (j, dst) in (j0..j1).zip(dst.chunks_exact_mut(size)) {
+                    let (p0, n) = (j * NR, NR.min(self.p - j * NR));
+                    #[cfg(target_arch = "x86_64")]
+                    if self.isa == Isa::Avx512Vnni {
+                        // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; rows k0.. of b hold
+                        // columns p0..p0 + n (run()'s contract).
+                        unsafe { avx512::pack_matrix_rows(b.add(k0 * ldb + p0), ldb, n, dst) };
+                        continue;
+                    }
+                    for (kk, row) in (k0..).zip(dst.chunks_exact_mut(NR)) {
+                        row[n..].fill(0.0);
+                        // SAFETY: row kk of b holds columns p0..p0 + n.
+                        unsafe { copy_row(self.isa, b.add(kk * ldb + p0), 1, row, 0, n) };
+                    }
                 }
             }
             FSrc::Conv { x, g } => {
-                let (s, taps) = (g.stride[1], g.kh * g.kw);
-                // Per tap, the pieces (offset in the plane, offset in the panel row, length) read inside the
-                // image; everything else in the row is zero.
-                let mut pieces: Vec<(usize, usize, usize)> = Vec::with_capacity(taps * 4);
-                let mut ends = Vec::with_capacity(taps);
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let off = (kx * g.dil[1]) as isize - g.pad[1] as isize;
-                        // Output columns whose input column ox·s + off lies inside the row.
-                        let lo = if off >= 0 { 0 } else { ((-off + s as isize - 1) / s as isize) as usize };
-                        let hi = ((g.w as isize - 1 - off).div_euclid(s as isize) + 1).max(0) as usize;
-                        let mut p = p0;
-                        while p < p0 + n {
-                            let (oy, ox) = (p / g.ow, p % g.ow);
-                            let len = (g.ow - ox).min(p0 + n - p);
-                            let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                            let (a, b) = (lo.clamp(ox, ox + len), hi.clamp(ox, ox + len));
-                            if iy >= 0 && iy < g.h as isize && a < b {
-                                let first = (a as isize * s as isize + off) as usize;
-                                pieces.push((iy as usize * g.w + first, p - p0 + a - ox, b - a));
-                            }
-                            p += len;
-                        }
-                        ends.push(pieces.len());
-                    }
+                let cuts: Vec<Pieces> = (j0..j1).map(|j| Pieces::new(&g, j * NR, NR.min(self.p - j * NR))).collect();
+                let (s, taps, plane) = (g.stride[1], g.kh * g.kw, g.h * g.w);
+                #[cfg(target_arch = "x86_64")]
+                if self.isa == Isa::Avx512Vnni && s <= 2 {
+                    // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; every piece lies inside its
+                    // plane and inside its row (Pieces::new).
+                    unsafe { avx512::pack_conv(x, plane, taps, s, &cuts, k0, rows, dst) };
+                    return;
                 }
-                let plane = g.h * g.w;
-                for (kk, row) in (k0..).zip(dst.chunks_exact_mut(NR)) {
+                // Rows outermost: consecutive panels read consecutive pieces of the same input plane.
+                for kk in k0..k0 + rows {
                     let (c, t) = (kk / taps, kk % taps);
-                    let start = if t == 0 { 0 } else { ends[t - 1] };
-                    row.fill(0.0);
-                    for &(src, at, len) in &pieces[start..ends[t]] {
-                        // SAFETY: the piece lies inside input plane c (found above) and inside the row.
-                        unsafe { copy_row(self.isa, x.add(c * plane + src), s, row, at, len) };
+                    for (i, cut) in cuts.iter().enumerate() {
+                        let row = &mut dst[i * size + (kk - k0) * NR..][..NR];
+                        row.fill(0.0);
+                        for &(src, at, len) in cut.of_tap(t) {
+                            // SAFETY: the piece lies inside input plane c and inside the row (Pieces::new).
+                            unsafe { copy_row(self.isa, x.add(c * plane + src), s, row, at, len) };
+                        }
                     }
                 }
             }
@@ -339,7 +383,7 @@ unsafe fn copy_row(isa: Isa, src: *const f32, s: usize, row: &mut [f32], at: usi
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{FGemm, Panel, MR, NR};
+    use super::{FGemm, Panel, Pieces, MR, NR};
     use std::arch::x86_64::*;
 
     /// dst[i] = src[i·s] for i < len ≤ 32, s = 1 or 2, with masked loads (nothing past the last element
@@ -375,6 +419,84 @@ mod avx512 {
                 let b = if mb != 0 { _mm512_maskz_loadu_ps(mb, src.add(base + 16)) } else { _mm512_setzero_ps() };
                 _mm512_mask_storeu_ps(dst.add(i), mask(len - i), _mm512_permutex2var_ps(a, evens, b));
                 i += 16;
+            }
+        }
+    }
+
+    /// FGemm::pack for a convolution: panel rows k = (c, t) for k0..k0 + rows of every panel in `cuts`,
+    /// rows outermost (consecutive panels read consecutive pieces of the same input plane). One function,
+    /// so the copies inline: called per piece, they cost a third of a 64-channel 3x3 layer's GEMM.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn pack_conv(x: *const f32, plane: usize, taps: usize, s: usize, cuts: &[Pieces], k0: usize, rows: usize, dst: &mut [f32]) {
+        let zero = _mm512_setzero_ps();
+        let lanes = |lo: usize, hi: usize| -> __mmask16 {
+            let bits = |n: usize| if n >= 16 { 0xffffu32 } else { (1u32 << n) - 1 };
+            (bits(hi) & !bits(lo)) as __mmask16
+        };
+        let size = rows * NR;
+        for kk in k0..k0 + rows {
+            let (c, t) = (kk / taps, kk % taps);
+            let src = x.wrapping_add(c * plane);
+            for (i, cut) in cuts.iter().enumerate() {
+                let row = dst[i * size + (kk - k0) * NR..][..NR].as_mut_ptr();
+                if s == 1 {
+                    // Unit stride: lane j of a piece (off, at, len) reads src[off + j − at], so each piece is
+                    // two masked loads merged into the row's registers and the row is stored once (masked
+                    // stores are slow on some AVX-512 CPUs, and a zeroed row stored over is written twice).
+                    let (mut lo, mut hi) = (zero, zero);
+                    for &(off, at, len) in cut.of_tap(t) {
+                        // Masked-off lanes are not read, so the base may point before the plane; wrapping
+                        // arithmetic keeps computing the pointer itself defined.
+                        let base = src.wrapping_add(off).wrapping_sub(at);
+                        // SAFETY: the lanes at..at + len read src[off..off + len], inside plane c (the
+                        // caller's bounds); the other lanes are masked off.
+                        unsafe {
+                            lo = _mm512_mask_loadu_ps(lo, lanes(at, at + len), base);
+                            hi = _mm512_mask_loadu_ps(
+                                hi,
+                                lanes(at.saturating_sub(16), (at + len).saturating_sub(16)),
+                                base.wrapping_add(16),
+                            );
+                        }
+                    }
+                    // SAFETY: the row has NR = 32 floats.
+                    unsafe {
+                        _mm512_storeu_ps(row, lo);
+                        _mm512_storeu_ps(row.add(16), hi);
+                    }
+                    continue;
+                }
+                // SAFETY: the row has NR = 32 floats; the caller's bounds cover every piece.
+                unsafe {
+                    _mm512_storeu_ps(row, zero);
+                    _mm512_storeu_ps(row.add(16), zero);
+                    for &(off, at, len) in cut.of_tap(t) {
+                        copy_row(src.add(off), s, row.add(at), len);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows of n ≤ NR floats, ld apart from b, into dst ([rows][NR], zeros past n).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack_matrix_rows(b: *const f32, ld: usize, n: usize, dst: &mut [f32]) {
+        let mask = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                ((1u32 << n) - 1) as __mmask16
+            }
+        };
+        let (m0, m1) = (mask(n), mask(n.saturating_sub(16)));
+        for (kk, row) in dst.chunks_exact_mut(NR).enumerate() {
+            // SAFETY: row kk of b holds n floats (the caller's bounds); masked-off lanes are not read; the
+            // row has NR = 32 floats.
+            unsafe {
+                let src = b.add(kk * ld);
+                _mm512_storeu_ps(row.as_mut_ptr(), _mm512_maskz_loadu_ps(m0, src));
+                _mm512_storeu_ps(row.as_mut_ptr().add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
             }
         }
     }

@@ -17,6 +17,8 @@ mod fconv_narrow;
 pub mod fgemm;
 #[cfg(target_arch = "x86_64")]
 mod fgemm_avx2;
+#[cfg(target_arch = "x86_64")]
+mod fgemm_shift;
 pub mod float;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
