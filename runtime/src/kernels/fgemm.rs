@@ -4,8 +4,8 @@
 //! ([K][NR], contiguous), gathering convolution windows straight from the NCHW input (an implicit
 //! im2col: no column matrix is ever written to memory), and runs every row block over them: the AVX-512
 //! microkernel broadcasts the weights of two blocks (12 rows) against the panel's 32 columns per k (24 FMA
-//! accumulators), reading both operands as sequential streams. Stride-1 convolutions mostly skip the
-//! panels (fgemm_shift.rs). Float results need not equal the
+//! accumulators), reading both operands as sequential streams. Most convolutions skip the panels
+//! (fgemm_shift.rs). Float results need not equal the
 //! interpreter bit for bit (the summation order differs; tests compare within a relative tolerance).
 use super::dwconv::DwGeom;
 use super::{multiversion, pool, Isa};
@@ -142,7 +142,7 @@ impl FGemm<'_> {
         #[cfg(target_arch = "x86_64")]
         if let FSrc::Conv { x, g } = self.src {
             if self.isa == Isa::Avx512Vnni && self.cs == 1 && super::fgemm_shift::pays(&g, self.m) {
-                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; stride 1 (pays) and cs = 1.
+                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; cs = 1.
                 unsafe { self.run_shifted(x, &g) };
                 return;
             }
@@ -435,6 +435,7 @@ mod avx512 {
             (bits(hi) & !bits(lo)) as __mmask16
         };
         let size = rows * NR;
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         for kk in k0..k0 + rows {
             let (c, t) = (kk / taps, kk % taps);
             let src = x.wrapping_add(c * plane);
@@ -467,13 +468,31 @@ mod avx512 {
                     }
                     continue;
                 }
-                // SAFETY: the row has NR = 32 floats; the caller's bounds cover every piece.
-                unsafe {
-                    _mm512_storeu_ps(row, zero);
-                    _mm512_storeu_ps(row.add(16), zero);
-                    for &(off, at, len) in cut.of_tap(t) {
-                        copy_row(src.add(off), s, row.add(at), len);
+                // Stride 2: lane j of a piece reads src[off + 2(j − at)]; per half of the row, the 32 source
+                // floats its lanes need are two masked loads, their even elements one permute, merged in.
+                let mut half = [zero; 2];
+                for &(off, at, len) in cut.of_tap(t) {
+                    let base = src.wrapping_add(off).wrapping_sub(2 * at);
+                    for (hf, v) in half.iter_mut().enumerate() {
+                        let (l0, l1) = (at.max(16 * hf) - 16 * hf, (at + len).min(16 * hf + 16).saturating_sub(16 * hf));
+                        if l0 >= l1 {
+                            continue;
+                        }
+                        // Source floats 2·l0 ..= 2·(l1 − 1) from b.
+                        let b = base.wrapping_add(32 * hf);
+                        let (ma, mb) = (lanes(2 * l0, 2 * l1 - 1), lanes((2 * l0).max(16) - 16, (2 * l1 - 1).saturating_sub(16)));
+                        // SAFETY: the unmasked lanes read src[off..off + 2·len − 1], inside plane c (the
+                        // caller's bounds).
+                        unsafe {
+                            let (a, c) = (_mm512_maskz_loadu_ps(ma, b), _mm512_maskz_loadu_ps(mb, b.wrapping_add(16)));
+                            *v = _mm512_mask_mov_ps(*v, lanes(l0, l1), _mm512_permutex2var_ps(a, evens, c));
+                        }
                     }
+                }
+                // SAFETY: the row has NR = 32 floats.
+                unsafe {
+                    _mm512_storeu_ps(row, half[0]);
+                    _mm512_storeu_ps(row.add(16), half[1]);
                 }
             }
         }

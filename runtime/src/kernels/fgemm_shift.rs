@@ -1,9 +1,11 @@
-//! The f32 GEMM of stride-1 convolutions without packed panels (AVX-512). The input is copied once into
-//! zero-padded planes of width w2 = pl + w + pr; in that copy, the row of B for (c, ky, kx) over output
-//! positions q = oy·w2 + ox is the copy itself shifted by c·plane + ky·dil·w2 + kx·dil, so the
-//! microkernel reads B in place at a per-row offset. The columns ox ≥ ow of each output row (w2 − ow of
+//! The f32 GEMM of convolutions without packed panels (AVX-512). The input is copied once into
+//! zero-padded planes of width w2 (stride 1: pl + w + pr); in that copy, the row of B for (c, ky, kx)
+//! over output positions q = oy·w2 + ox is the copy itself shifted by c·plane + ky·dil·w2 + kx·dil, so
+//! the microkernel reads B in place at a per-row offset. A strided axis is split into its phases (every
+//! s-th padded row or column), which turns the window into a stride-1 one over the phase planes. The columns ox ≥ ow of each output row (w2 − ow of
 //! them) are computed and dropped: a few percent more products in place of gathering every window into
 //! panels, which costs a 64-channel 3x3 layer about a quarter of its time.
+use super::dwconv::DwGeom;
 use super::fgemm::{FGemm, MR, NR};
 use super::pool;
 use std::arch::x86_64::*;
@@ -18,48 +20,99 @@ thread_local! {
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// The padded copy's geometry: plane height and width, and per axis the phases (offsets modulo the
+/// stride) some tap reads. A stride-s axis splits into s phases (every s-th padded row or column), each
+/// read as by a stride-1 window, so a plane is (phase row, phase column) of one channel.
+struct Phases {
+    h2: usize,
+    w2: usize,
+    ys: Vec<usize>,
+    xs: Vec<usize>,
+}
+
+impl Phases {
+    fn new(g: &DwGeom) -> Phases {
+        let used = |k: usize, d: usize, s: usize| {
+            let mut v: Vec<usize> = (0..k).map(|t| t * d % s).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        Phases {
+            h2: g.oh + (g.kh - 1) * g.dil[0] / g.stride[0],
+            w2: g.ow + (g.kw - 1) * g.dil[1] / g.stride[1],
+            ys: used(g.kh, g.dil[0], g.stride[0]),
+            xs: used(g.kw, g.dil[1], g.stride[1]),
+        }
+    }
+
+    /// Planes per input channel.
+    fn per_channel(&self) -> usize {
+        self.ys.len() * self.xs.len()
+    }
+}
+
 /// Whether the shifted form does less work than packing: its extra columns cost products for every row
 /// of the output, packing costs a gather of every window. In a profile of a 64-channel 3x3 layer on
 /// 56x56 (AMD EPYC, AVX-512), packing took 0.29 of the products' time: about 20 rows' worth, rounded
 /// up to 24 here (with 24, a 512-row layer on 28x28 keeps its panels).
-pub(crate) fn pays(g: &super::dwconv::DwGeom, m: usize) -> bool {
-    let w2 = g.ow + (g.kw - 1) * g.dil[1];
+pub(crate) fn pays(g: &DwGeom, m: usize) -> bool {
+    let w2 = Phases::new(g).w2;
     let (packed, shifted) = (g.oh * g.ow, (g.oh - 1) * w2 + g.ow);
     let (pp, ps) = (packed.div_ceil(NR), shifted.div_ceil(NR));
-    g.stride == [1, 1] && ps * m.div_ceil(MR) * MR <= pp * (m.div_ceil(MR) * MR + 24)
+    ps * m.div_ceil(MR) * MR <= pp * (m.div_ceil(MR) * MR + 24)
 }
 
 impl FGemm<'_> {
     /// # Safety
-    /// As FGemm::run, with src a convolution of stride 1, cs = 1 and an AVX-512 CPU.
-    pub(crate) unsafe fn run_shifted(&self, x: *const f32, g: &super::dwconv::DwGeom) {
-        let (d0, d1) = (g.dil[0], g.dil[1]);
-        let (w2, h2) = (g.ow + (g.kw - 1) * d1, g.oh + (g.kh - 1) * d0);
-        let plane = h2 * w2;
+    /// As FGemm::run, with src a convolution, cs = 1 and an AVX-512 CPU.
+    pub(crate) unsafe fn run_shifted(&self, x: *const f32, g: &DwGeom) {
+        let ph = Phases::new(g);
+        let (s0, s1, d0, d1) = (g.stride[0], g.stride[1], g.dil[0], g.dil[1]);
+        let (w2, plane, per) = (ph.w2, ph.h2 * ph.w2, ph.per_channel());
         // Columns of the last output row past ow, and the last tile's columns past the end, read up to NR
         // floats beyond the last plane: the copy has that much zeroed slack.
         let mut pad = PADDED.take();
         pad.clear();
-        pad.resize(g.c * plane + NR, 0.0);
+        pad.resize(g.c * per * plane + NR, 0.0);
         {
             let (pt, pl) = (g.pad[0], g.pad[1]);
             let (dst, src) = (SendPtr(pad.as_mut_ptr()), SendPtr(x as *mut f32));
-            let per = g.c.div_ceil(pool::threads());
-            pool::parallel_for(g.c.div_ceil(per), &|t| {
-                for c in t * per..((t + 1) * per).min(g.c) {
+            let share = g.c.div_ceil(pool::threads());
+            pool::parallel_for(g.c.div_ceil(share), &|t| {
+                for c in t * share..((t + 1) * share).min(g.c) {
                     for iy in 0..g.h {
-                        // SAFETY: plane c's row pt + iy holds pl + w ≤ w2 floats from column 0; input plane c
-                        // holds h rows of w floats (run()'s contract); tasks write disjoint planes.
-                        unsafe {
-                            let d = dst.get().add(c * plane + (pt + iy) * w2 + pl);
-                            std::ptr::copy_nonoverlapping(src.get().add((c * g.h + iy) * g.w), d, g.w);
+                        // Padded row pt + iy is row (pt + iy) / s0 of phase (pt + iy) % s0, if a tap reads it.
+                        let (yp, row) = ((pt + iy) % s0, (pt + iy) / s0);
+                        let Some(yi) = ph.ys.iter().position(|&v| v == yp) else { continue };
+                        if row >= ph.h2 {
+                            continue;
+                        }
+                        // SAFETY: input plane c holds h rows of w floats (run()'s contract).
+                        let line = unsafe { std::slice::from_raw_parts(src.get().add((c * g.h + iy) * g.w), g.w) };
+                        for (xi, &xp) in ph.xs.iter().enumerate() {
+                            // Phase column j holds padded column j·s1 + xp, input column j·s1 + xp − pl.
+                            let lo = (pl.saturating_sub(xp)).div_ceil(s1);
+                            let hi = ((g.w + pl).saturating_sub(xp).div_ceil(s1)).min(w2);
+                            let plane_at = (c * per + yi * ph.xs.len() + xi) * plane + row * w2;
+                            for j in lo..hi {
+                                // SAFETY: j < w2 lies in the plane's row; tasks write disjoint channels.
+                                unsafe { *dst.get().add(plane_at + j) = line[j * s1 + xp - pl] };
+                            }
                         }
                     }
                 }
             });
         }
         let taps = g.kh * g.kw;
-        let offs: Vec<usize> = (0..self.k).map(|k| (k / taps) * plane + (k % taps / g.kw) * d0 * w2 + (k % g.kw) * d1).collect();
+        let offs: Vec<usize> = (0..self.k)
+            .map(|k| {
+                let (c, ty, tx) = (k / taps, k % taps / g.kw * d0, k % g.kw * d1);
+                let yi = ph.ys.iter().position(|&v| v == ty % s0).unwrap_or(0);
+                let xi = ph.xs.iter().position(|&v| v == tx % s1).unwrap_or(0);
+                (c * per + yi * ph.xs.len() + xi) * plane + ty / s0 * w2 + tx / s1
+            })
+            .collect();
         let cols = (g.oh - 1) * w2 + g.ow;
         let blocks = self.m.div_ceil(MR);
         let panels = cols.div_ceil(NR);
