@@ -5,8 +5,8 @@
 //! im2col: no column matrix is ever written to memory), and runs every row block over them: the AVX-512
 //! microkernel broadcasts the weights of two blocks (12 rows) against the panel's 32 columns per k (24 FMA
 //! accumulators), reading both operands as sequential streams. Most convolutions skip the panels
-//! (fgemm_shift.rs). Float results need not equal the
-//! interpreter bit for bit (the summation order differs; tests compare within a relative tolerance).
+//! (fgemm_shift.rs). Float results need not equal the interpreter bit for bit (the summation order
+//! differs; tests compare within a relative tolerance).
 use super::dwconv::DwGeom;
 use super::{multiversion, pool, Isa};
 use qcc_ir::Act;

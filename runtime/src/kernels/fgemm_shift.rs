@@ -2,9 +2,10 @@
 //! zero-padded planes of width w2 (stride 1: pl + w + pr); in that copy, the row of B for (c, ky, kx)
 //! over output positions q = oy·w2 + ox is the copy itself shifted by c·plane + ky·dil·w2 + kx·dil, so
 //! the microkernel reads B in place at a per-row offset. A strided axis is split into its phases (every
-//! s-th padded row or column), which turns the window into a stride-1 one over the phase planes. The columns ox ≥ ow of each output row (w2 − ow of
-//! them) are computed and dropped: a few percent more products in place of gathering every window into
-//! panels, which costs a 64-channel 3x3 layer about a quarter of its time.
+//! s-th padded row or column), which turns the window into a stride-1 one over the phase planes. The
+//! columns ox ≥ ow of each output row (w2 − ow of them) are computed and dropped: a few percent more
+//! products in place of gathering every window into panels, which costs a 64-channel 3x3 layer about a
+//! quarter of its time.
 use super::dwconv::DwGeom;
 use super::fgemm::{FGemm, MR, NR};
 use super::pool;
