@@ -17,8 +17,9 @@ const PANEL_BYTES: usize = 1 << 20;
 const KC: usize = 512;
 
 thread_local! {
-    /// The calling thread's padded input copy, kept between calls.
-    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The calling thread's padded input copy and the geometry it was last laid out for, kept between
+    /// calls: a copy for the same geometry writes the same interior positions, so its zeros still stand.
+    static PADDED: std::cell::Cell<(Vec<f32>, Option<DwGeom>)> = const { std::cell::Cell::new((Vec::new(), None)) };
 }
 
 /// The padded copy's geometry: plane height and width, and per axis the phases (offsets modulo the
@@ -73,9 +74,11 @@ impl FGemm<'_> {
         let (w2, plane, per) = (ph.w2, ph.h2 * ph.w2, ph.per_channel());
         // Columns of the last output row past ow, and the last tile's columns past the end, read up to NR
         // floats beyond the last plane: the copy has that much zeroed slack.
-        let mut pad = PADDED.take();
-        pad.clear();
-        pad.resize(g.c * per * plane + NR, 0.0);
+        let (mut pad, laid_out) = PADDED.take();
+        if laid_out != Some(*g) {
+            pad.clear();
+            pad.resize(g.c * per * plane + NR, 0.0);
+        }
         {
             let (pt, pl) = (g.pad[0], g.pad[1]);
             let (dst, src) = (SendPtr(pad.as_mut_ptr()), SendPtr(x as *mut f32));
@@ -132,21 +135,21 @@ impl FGemm<'_> {
         pool::parallel_for(row_tasks * col_tasks, &|t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let (j0, j1) = (share(ct, panels, col_tasks), share(ct + 1, panels, col_tasks));
+            let segs: Vec<_> = (j0..j1).map(|j| segments(j * NR, NR.min(cols - j * NR), w2, g.ow)).collect();
             for chunk in 0..chunks {
                 let (k0, k1) = (chunk * kc, ((chunk + 1) * kc).min(self.k));
                 let (mut blk, end) = (2 * share(rt, pairs, row_tasks), (2 * share(rt + 1, pairs, row_tasks)).min(blocks));
                 while blk < end {
                     let two = blk + 1 < end;
-                    for j in j0..j1 {
+                    for (j, segs) in (j0..j1).zip(&segs) {
                         let q0 = j * NR;
-                        let segs = segments(q0, NR.min(cols - q0), w2, g.ow);
                         // SAFETY: AVX-512 is present (the caller's contract); B's rows lie in the padded copy
                         // with its slack; blocks blk (and blk + 1) exist; segments address real outputs.
                         unsafe {
                             if two {
-                                tile::<{ 2 * MR }>(self, blk, base.get(), &offs[k0..k1], q0, k0, k1, &segs);
+                                tile::<{ 2 * MR }>(self, blk, base.get(), &offs[k0..k1], q0, k0, k1, segs);
                             } else {
-                                tile::<MR>(self, blk, base.get(), &offs[k0..k1], q0, k0, k1, &segs);
+                                tile::<MR>(self, blk, base.get(), &offs[k0..k1], q0, k0, k1, segs);
                             }
                         }
                     }
@@ -154,7 +157,7 @@ impl FGemm<'_> {
                 }
             }
         });
-        PADDED.set(pad);
+        PADDED.set((pad, Some(*g)));
     }
 }
 
