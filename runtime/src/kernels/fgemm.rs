@@ -31,6 +31,59 @@ pub(crate) struct Panel {
     pub(crate) rows: usize,
 }
 
+/// How one product is split into tasks: K in `chunks` passes of up to KC rows, the NR-column panels over
+/// column tasks and, when those are fewer than the threads, pairs of MR-row blocks over row tasks.
+pub(crate) struct Split {
+    pub(crate) chunks: usize,
+    k: usize,
+    kc: usize,
+    blocks: usize,
+    panels: usize,
+    pairs: usize,
+    col_tasks: usize,
+    row_tasks: usize,
+}
+
+impl Split {
+    pub(crate) fn new(m: usize, k: usize, cols: usize) -> Split {
+        let (blocks, panels, threads) = (m.div_ceil(MR), cols.div_ceil(NR), pool::threads());
+        // Panels per task: as many as stay in L2 (the weights are read once per column task), all of them
+        // when there are only two (the 7x7 layers of ImageNet models, where the weights are the larger
+        // operand); a multiple of the threads, so they share the work evenly.
+        let chunks = k.div_ceil(KC).max(1);
+        let kc = k.div_ceil(chunks);
+        let fit = (PANEL_BYTES / (4 * NR * kc.max(1))).clamp(1, 16);
+        let mut col_tasks = if panels <= 2 { 1 } else { panels.div_ceil(fit) };
+        if col_tasks % threads != 0 && col_tasks > 1 {
+            col_tasks = col_tasks.next_multiple_of(threads).min(panels);
+        }
+        // Rows are split (in pairs of blocks) only when there are fewer column tasks than threads; each row
+        // task packs its panels again.
+        let pairs = blocks.div_ceil(2);
+        let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(pairs) };
+        Split { chunks, k, kc, blocks, panels, pairs, col_tasks, row_tasks }
+    }
+
+    pub(crate) fn tasks(&self) -> usize {
+        self.row_tasks * self.col_tasks
+    }
+
+    /// Task t's panels j0..j1 and row blocks blk0..blk1. Tasks take panels (and row pairs) in shares that
+    /// differ by at most one, so a multiple of the threads in tasks splits the work evenly.
+    pub(crate) fn task(&self, t: usize) -> ((usize, usize), (usize, usize)) {
+        let share = |i: usize, n: usize, parts: usize| i * n / parts;
+        let (rt, ct) = (t / self.col_tasks, t % self.col_tasks);
+        let cols = (share(ct, self.panels, self.col_tasks), share(ct + 1, self.panels, self.col_tasks));
+        let rows = (2 * share(rt, self.pairs, self.row_tasks), (2 * share(rt + 1, self.pairs, self.row_tasks)).min(self.blocks));
+        (cols, rows)
+    }
+
+    /// Rows k0..k1 of K in pass `chunk`.
+    pub(crate) fn k_range(&self, chunk: usize) -> (usize, usize) {
+        (chunk * self.kc, ((chunk + 1) * self.kc).min(self.k))
+    }
+}
+
 /// Packs w (M x K, element (m, k) given by `at`) into blocks of MR rows, [M/MR][K][MR], zero padded.
 pub fn pack_a(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     let blocks = m.div_ceil(MR);
@@ -147,33 +200,13 @@ impl FGemm<'_> {
                 return;
             }
         }
-        let blocks = self.m.div_ceil(MR);
-        let panels = self.p.div_ceil(NR);
-        let threads = pool::threads();
-        // Panels per task: as many as stay in L2 (the weights are read once per column task), all of them
-        // when there are only two (the 7x7 layers of ImageNet models, where the weights are the larger
-        // operand); a multiple of the threads, so they share the work evenly.
-        let chunks = self.k.div_ceil(KC).max(1);
-        let kc = self.k.div_ceil(chunks);
-        let fit = (PANEL_BYTES / (4 * NR * kc.max(1))).clamp(1, 16);
-        let mut col_tasks = if panels <= 2 { 1 } else { panels.div_ceil(fit) };
-        if col_tasks % threads != 0 && col_tasks > 1 {
-            col_tasks = col_tasks.next_multiple_of(threads).min(panels);
-        }
-        // Rows are split (in pairs of blocks) only when there are fewer column tasks than threads; each row
-        // task packs its panels again.
-        let pairs = blocks.div_ceil(2);
-        let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(pairs) };
+        let sp = Split::new(self.m, self.k, self.p);
         let direct = matches!(self.src, FSrc::Matrix { .. }) && self.m <= DIRECT_M;
-        // Tasks take panels (and row pairs) in shares that differ by at most one, so a multiple of the
-        // threads in tasks splits the work evenly.
-        let share = |i: usize, n: usize, parts: usize| i * n / parts;
-        pool::parallel_for(row_tasks * col_tasks, &|t| {
-            let (rt, ct) = (t / col_tasks, t % col_tasks);
-            let (j0, j1) = (share(ct, panels, col_tasks), share(ct + 1, panels, col_tasks));
+        pool::parallel_for(sp.tasks(), &|t| {
+            let ((j0, j1), (blk0, blk1)) = sp.task(t);
             let mut buf = PANELS.take();
-            for chunk in 0..chunks {
-                let (k0, k1) = (chunk * kc, ((chunk + 1) * kc).min(self.k));
+            for chunk in 0..sp.chunks {
+                let (k0, k1) = sp.k_range(chunk);
                 let size = (k1 - k0) * NR;
                 let panel_of = |buf: &[f32], j: usize| match self.src {
                     // SAFETY: rows k0..k1 of b exist (run()'s contract).
@@ -190,9 +223,9 @@ impl FGemm<'_> {
                     // SAFETY: the source holds what run()'s caller promised; each panel has (k1 − k0)·NR floats.
                     unsafe { self.pack(j0, j1, k0, k1 - k0, panel) };
                 }
-                let (mut blk, end) = (2 * share(rt, pairs, row_tasks), (2 * share(rt + 1, pairs, row_tasks)).min(blocks));
-                while blk < end {
-                    let two = blk + 1 < end;
+                let mut blk = blk0;
+                while blk < blk1 {
+                    let two = blk + 1 < blk1;
                     for j in j0..j1 {
                         let p0 = j * NR;
                         // SAFETY: blocks blk (and blk + 1 when `two`) exist; columns p0.. are inside out.

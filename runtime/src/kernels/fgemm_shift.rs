@@ -7,14 +7,9 @@
 //! products in place of gathering every window into panels, which costs a 64-channel 3x3 layer about a
 //! quarter of its time.
 use super::dwconv::DwGeom;
-use super::fgemm::{FGemm, MR, NR};
+use super::fgemm::{FGemm, Split, MR, NR};
 use super::pool;
 use std::arch::x86_64::*;
-
-/// Bytes of B (kc rows of NR floats) one task's run of panels reads again for every row pair: kept in L2.
-const PANEL_BYTES: usize = 1 << 20;
-/// Rows of K per pass, as in fgemm: a row pair's weights for them stay in L1.
-const KC: usize = 512;
 
 thread_local! {
     /// The calling thread's padded input copy and the geometry it was last laid out for, kept between
@@ -118,29 +113,16 @@ impl FGemm<'_> {
             })
             .collect();
         let cols = (g.oh - 1) * w2 + g.ow;
-        let blocks = self.m.div_ceil(MR);
-        let panels = cols.div_ceil(NR);
-        let threads = pool::threads();
-        let chunks = self.k.div_ceil(KC).max(1);
-        let kc = self.k.div_ceil(chunks);
-        let fit = (PANEL_BYTES / (4 * NR * kc.max(1))).clamp(1, 16);
-        let mut col_tasks = if panels <= 2 { 1 } else { panels.div_ceil(fit) };
-        if col_tasks % threads != 0 && col_tasks > 1 {
-            col_tasks = col_tasks.next_multiple_of(threads).min(panels);
-        }
-        let pairs = blocks.div_ceil(2);
-        let row_tasks = if col_tasks >= threads { 1 } else { threads.div_ceil(col_tasks).min(pairs) };
-        let share = |i: usize, n: usize, parts: usize| i * n / parts;
+        let sp = Split::new(self.m, self.k, cols);
         let base = SendPtr(pad.as_mut_ptr());
-        pool::parallel_for(row_tasks * col_tasks, &|t| {
-            let (rt, ct) = (t / col_tasks, t % col_tasks);
-            let (j0, j1) = (share(ct, panels, col_tasks), share(ct + 1, panels, col_tasks));
+        pool::parallel_for(sp.tasks(), &|t| {
+            let ((j0, j1), (blk0, blk1)) = sp.task(t);
             let segs: Vec<_> = (j0..j1).map(|j| segments(j * NR, NR.min(cols - j * NR), w2, g.ow)).collect();
-            for chunk in 0..chunks {
-                let (k0, k1) = (chunk * kc, ((chunk + 1) * kc).min(self.k));
-                let (mut blk, end) = (2 * share(rt, pairs, row_tasks), (2 * share(rt + 1, pairs, row_tasks)).min(blocks));
-                while blk < end {
-                    let two = blk + 1 < end;
+            for chunk in 0..sp.chunks {
+                let (k0, k1) = sp.k_range(chunk);
+                let mut blk = blk0;
+                while blk < blk1 {
+                    let two = blk + 1 < blk1;
                     for (j, segs) in (j0..j1).zip(&segs) {
                         let q0 = j * NR;
                         // SAFETY: AVX-512 is present (the caller's contract); B's rows lie in the padded copy
