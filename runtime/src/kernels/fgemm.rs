@@ -84,6 +84,12 @@ impl Split {
     }
 }
 
+/// The 16-lane mask of lanes lo..hi (clamped to 0..16): the AVX-512 kernels' masked loads and stores.
+pub(crate) fn lanes(lo: usize, hi: usize) -> u16 {
+    let bits = |n: usize| if n >= 16 { 0xffffu32 } else { (1u32 << n) - 1 };
+    (bits(hi) & !bits(lo)) as u16
+}
+
 /// Packs w (M x K, element (m, k) given by `at`) into blocks of MR rows, [M/MR][K][MR], zero padded.
 pub fn pack_a(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     let blocks = m.div_ceil(MR);
@@ -415,8 +421,11 @@ unsafe fn copy_row(isa: Isa, src: *const f32, s: usize, row: &mut [f32], at: usi
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::finish_row;
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{FGemm, Panel, Pieces, MR, NR};
+    use super::{lanes, FGemm, Panel, Pieces, MR, NR};
     use std::arch::x86_64::*;
 
     /// dst[i] = src[i·s] for i < len ≤ 32, s = 1 or 2, with masked loads (nothing past the last element
@@ -424,13 +433,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub unsafe fn copy_row(src: *const f32, s: usize, dst: *mut f32, len: usize) {
-        let mask = |n: usize| -> __mmask16 {
-            if n >= 16 {
-                0xffff
-            } else {
-                ((1u32 << n) - 1) as __mmask16
-            }
-        };
+        let mask = |n: usize| lanes(0, n);
         // SAFETY: masked-off lanes are neither read nor written; the caller's bounds cover the rest.
         unsafe {
             if s == 1 {
@@ -463,10 +466,6 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn pack_conv(x: *const f32, plane: usize, taps: usize, s: usize, cuts: &[Pieces], k0: usize, rows: usize, dst: &mut [f32]) {
         let zero = _mm512_setzero_ps();
-        let lanes = |lo: usize, hi: usize| -> __mmask16 {
-            let bits = |n: usize| if n >= 16 { 0xffffu32 } else { (1u32 << n) - 1 };
-            (bits(hi) & !bits(lo)) as __mmask16
-        };
         let size = rows * NR;
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         for kk in k0..k0 + rows {
@@ -534,14 +533,7 @@ mod avx512 {
     /// Rows of n ≤ NR floats, ld apart from b, into dst ([rows][NR], zeros past n).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn pack_matrix_rows(b: *const f32, ld: usize, n: usize, dst: &mut [f32]) {
-        let mask = |n: usize| -> __mmask16 {
-            if n >= 16 {
-                0xffff
-            } else {
-                ((1u32 << n) - 1) as __mmask16
-            }
-        };
-        let (m0, m1) = (mask(n), mask(n.saturating_sub(16)));
+        let (m0, m1) = (lanes(0, n), lanes(0, n.saturating_sub(16)));
         for (kk, row) in dst.chunks_exact_mut(NR).enumerate() {
             // SAFETY: row kk of b holds n floats (the caller's bounds); masked-off lanes are not read; the
             // row has NR = 32 floats.
@@ -622,6 +614,62 @@ mod avx512 {
         }
     }
 
+    /// The epilogue of output row m of a tile, accumulators `a` over rows k0..k1 of K: the partial sums of
+    /// earlier passes added (k0 > 0), then stored as partial sums (k1 < K) or finished: bias, residual,
+    /// activation. `load` and `store` take the start of row m of a buffer laid out like the output (the
+    /// output or the residual) and address the tile's columns in it.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) unsafe fn finish_row(
+        g: &FGemm,
+        m: usize,
+        a: [__m512; 2],
+        k0: usize,
+        k1: usize,
+        load: impl Fn(*const f32) -> [__m512; 2],
+        store: impl Fn(*mut f32, [__m512; 2]),
+    ) {
+        let row = g.out.wrapping_add(m * g.rs);
+        let mut a = a;
+        if k0 > 0 {
+            let s = load(row);
+            a = [_mm512_add_ps(a[0], s[0]), _mm512_add_ps(a[1], s[1])];
+        }
+        if k1 < g.k {
+            store(row, a);
+            return;
+        }
+        let bias = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[m]));
+        let mut v = [_mm512_add_ps(a[0], bias), _mm512_add_ps(a[1], bias)];
+        if let Some(res) = g.res {
+            let r = load(res.wrapping_add(m * g.rs));
+            v = [_mm512_add_ps(v[0], r[0]), _mm512_add_ps(v[1], r[1])];
+        }
+        match (crate::kernels::clamp_bounds(g.act), g.act) {
+            (Some((lo, hi)), _) => {
+                for x in v.iter_mut() {
+                    // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
+                    *x = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), *x));
+                }
+            }
+            (None, Some(f)) => {
+                let mut tmp = [0f32; NR];
+                // SAFETY: tmp holds 32 floats.
+                unsafe {
+                    _mm512_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                    _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v[1]);
+                }
+                for t in tmp.iter_mut() {
+                    *t = f.apply(*t);
+                }
+                // SAFETY: as above.
+                v = unsafe { [_mm512_loadu_ps(tmp.as_ptr()), _mm512_loadu_ps(tmp.as_ptr().add(16))] };
+            }
+            (None, None) => {}
+        }
+        store(row, v);
+    }
+
     /// Rows blk·MR.. of R (MR: one packed block; 2·MR: blocks blk and blk + 1, both present) against one
     /// packed panel ([K][NR]) of columns p..p + n.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
@@ -630,14 +678,7 @@ mod avx512 {
         let pa = g.a.as_ptr().add(blk * g.k * MR);
         // Row r's weight for k: in block r / MR, at k·MR + r % MR.
         let wat = |kk: usize, r: usize| pa.add((r / MR) * g.k * MR + kk * MR + r % MR);
-        let m0: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
-        let m1: __mmask16 = if n >= 32 {
-            0xffff
-        } else if n > 16 {
-            (1u16 << (n - 16)) - 1
-        } else {
-            0
-        };
+        let (m0, m1) = (lanes(0, n), lanes(0, n.saturating_sub(16)));
         // SAFETY: the panel holds K rows of NR floats; each of the R rows' blocks holds K·MR floats.
         unsafe {
             let k1 = k0 + panel.rows;
@@ -657,45 +698,18 @@ mod avx512 {
                     a[1] = _mm512_fmadd_ps(av, b1, a[1]);
                 }
             }
-            let clamp = crate::kernels::clamp_bounds(g.act);
             // The accumulators are only read after the loop (writing them in a loop of dynamic length makes
             // LLVM keep them in memory, also inside the k loop).
             for (r, a) in acc.iter().enumerate().take(rows) {
-                let m = blk * MR + r;
-                let mut a = *a;
-                if k0 > 0 {
-                    // The partial sums of the earlier rows of K.
-                    let s = load_row(g.out.add(m * g.rs + p * g.cs), g.cs, m0, m1, n);
-                    a = [_mm512_add_ps(a[0], s[0]), _mm512_add_ps(a[1], s[1])];
-                }
-                if k1 < g.k {
-                    store_row(g.out.add(m * g.rs + p * g.cs), g.cs, m0, m1, n, a);
-                    continue;
-                }
-                let bias = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[m]));
-                let mut v = [_mm512_add_ps(a[0], bias), _mm512_add_ps(a[1], bias)];
-                if let Some(res) = g.res {
-                    let r = load_row(res.add(m * g.rs + p * g.cs), g.cs, m0, m1, n);
-                    v = [_mm512_add_ps(v[0], r[0]), _mm512_add_ps(v[1], r[1])];
-                }
-                if let Some((lo, hi)) = clamp {
-                    for x in v.iter_mut() {
-                        // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
-                        *x = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), *x));
-                    }
-                }
-                let dst = g.out.add(m * g.rs + p * g.cs);
-                if g.cs == 1 && clamp.is_some() {
-                    _mm512_mask_storeu_ps(dst, m0, v[0]);
-                    _mm512_mask_storeu_ps(dst.add(16), m1, v[1]);
-                } else {
-                    let mut tmp = [0f32; NR];
-                    _mm512_storeu_ps(tmp.as_mut_ptr(), v[0]);
-                    _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v[1]);
-                    for (j, t) in tmp.iter().enumerate().take(n) {
-                        *dst.add(j * g.cs) = g.act.filter(|_| clamp.is_none()).map_or(*t, |f| f.apply(*t));
-                    }
-                }
+                finish_row(
+                    g,
+                    blk * MR + r,
+                    *a,
+                    k0,
+                    k1,
+                    |row| load_row(row.wrapping_add(p * g.cs), g.cs, m0, m1, n),
+                    |row, v| store_row(row.wrapping_add(p * g.cs), g.cs, m0, m1, n, v),
+                );
             }
         }
     }

@@ -7,7 +7,7 @@
 //! products in place of gathering every window into panels, which costs a 64-channel 3x3 layer about a
 //! quarter of its time.
 use super::dwconv::DwGeom;
-use super::fgemm::{FGemm, Split, MR, NR};
+use super::fgemm::{finish_row, lanes, FGemm, Split, MR, NR};
 use super::pool;
 use std::arch::x86_64::*;
 
@@ -165,9 +165,8 @@ fn segments(q0: usize, n: usize, w2: usize, ow: usize) -> Vec<(__mmask16, __mmas
         let row_end = q - ox + w2;
         if ox < ow {
             let (lo, hi) = (q - q0, (q - ox + ow).min(q0 + n) - q0);
-            let bits = |a: usize, b: usize| -> u32 { ((1u64 << b) - (1u64 << a)) as u32 };
-            let m = bits(lo, hi);
-            out.push(((m & 0xffff) as __mmask16, (m >> 16) as __mmask16, -((oy * (w2 - ow)) as isize)));
+            let half = |h: usize| lanes(lo.max(h) - h, hi.max(h) - h);
+            out.push((half(0), half(16), -((oy * (w2 - ow)) as isize)));
         }
         q = row_end;
     }
@@ -205,12 +204,11 @@ unsafe fn tile<const R: usize>(
                 a[1] = _mm512_fmadd_ps(av, b1, a[1]);
             }
         }
-        let clamp = crate::kernels::clamp_bounds(g.act);
         // Loads and stores go through the segments: lane j of a segment with shift d is output column
         // q0 + j + d. Masked-off lanes are neither read nor written, so the base pointers may point outside
         // the row (wrapping arithmetic keeps computing them defined).
-        let gather = |p: *const f32, init: [__m512; 2]| {
-            let mut v = init;
+        let gather = |p: *const f32| {
+            let mut v = [_mm512_setzero_ps(); 2];
             for &(m0, m1, d) in segs {
                 let s = p.wrapping_offset(q0 as isize + d);
                 v = [_mm512_mask_loadu_ps(v[0], m0, s), _mm512_mask_loadu_ps(v[1], m1, s.wrapping_add(16))];
@@ -224,45 +222,9 @@ unsafe fn tile<const R: usize>(
                 _mm512_mask_storeu_ps(s.wrapping_add(16), m1, v[1]);
             }
         };
-        let zero = [_mm512_setzero_ps(); 2];
         // The accumulators are only read after the loop (see fgemm's tile).
         for (r, a) in acc.iter().enumerate().take(rows) {
-            let m = blk * MR + r;
-            let row = g.out.wrapping_add(m * g.rs);
-            let mut a = *a;
-            if k0 > 0 {
-                let s = gather(row, zero);
-                a = [_mm512_add_ps(a[0], s[0]), _mm512_add_ps(a[1], s[1])];
-            }
-            if k1 < g.k {
-                scatter(row, a);
-                continue;
-            }
-            let bias = _mm512_set1_ps(g.bias.map_or(0.0, |b| b[m]));
-            let mut v = [_mm512_add_ps(a[0], bias), _mm512_add_ps(a[1], bias)];
-            if let Some(res) = g.res {
-                let r = gather(res.wrapping_add(m * g.rs), zero);
-                v = [_mm512_add_ps(v[0], r[0]), _mm512_add_ps(v[1], r[1])];
-            }
-            match (clamp, g.act) {
-                (Some((lo, hi)), _) => {
-                    for x in v.iter_mut() {
-                        // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
-                        *x = _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), *x));
-                    }
-                }
-                (None, Some(f)) => {
-                    let mut tmp = [0f32; NR];
-                    _mm512_storeu_ps(tmp.as_mut_ptr(), v[0]);
-                    _mm512_storeu_ps(tmp.as_mut_ptr().add(16), v[1]);
-                    for t in tmp.iter_mut() {
-                        *t = f.apply(*t);
-                    }
-                    v = [_mm512_loadu_ps(tmp.as_ptr()), _mm512_loadu_ps(tmp.as_ptr().add(16))];
-                }
-                (None, None) => {}
-            }
-            scatter(row, v);
+            finish_row(g, blk * MR + r, *a, k0, k1, gather, scatter);
         }
     }
 }
