@@ -137,7 +137,7 @@ pub struct FGemm<'a> {
 /// The parts of a convolution panel's rows that lie inside the image, per tap: (offset in the input
 /// plane, offset in the panel row, length). Every input plane c gives row (c, tap) the same pieces, so
 /// they are found once per panel; the rest of a row is zero.
-pub(crate) struct Pieces {
+struct Pieces {
     pieces: Vec<(usize, usize, usize)>,
     ends: Vec<usize>,
 }
