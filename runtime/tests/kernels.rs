@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 use qcc_runtime::kernels::dwconv::{pair_weights, DwConv, DwGeom};
 use qcc_runtime::kernels::dwvnni;
-use qcc_runtime::kernels::epilogue::Epilogue;
+use qcc_runtime::kernels::elementwise::IntElem;
+use qcc_runtime::kernels::epilogue::{Epilogue, ResidualIn};
 use qcc_runtime::kernels::Isa;
 
 fn isas() -> Vec<Isa> {
@@ -150,6 +151,8 @@ struct GemmCase {
     qlo: i32,
     qhi: i32,
     zy: i32,
+    /// A fused residual input (stored like the output) and its multiplier.
+    residual: Option<(i32, f32)>,
     seed: u64,
 }
 
@@ -190,8 +193,9 @@ fn gemm_case() -> impl Strategy<Value = GemmCase> {
         0i32..=255,
         0i32..=255,
     );
-    (1usize..=40, 1usize..=70, 1usize..=140, conv, quant, any::<u64>()).prop_map(
-        |(m, k, n, conv, (zx, xor, asym, mscale, signed, a, b, zy), seed)| {
+    let residual = prop_oneof![Just(None), (0i32..=255, prop_oneof![Just(1e-3f32), Just(0.7), Just(300.0)]).prop_map(Some)];
+    (1usize..=40, 1usize..=70, 1usize..=140, conv, quant, residual, any::<u64>()).prop_map(
+        |(m, k, n, conv, (zx, xor, asym, mscale, signed, a, b, zy), residual, seed)| {
             let off = if signed { -128 } else { 0 };
             let (m, k) = match conv {
                 Some((g, _)) => (g.oh * g.ow, g.kh * g.kw * g.c),
@@ -199,7 +203,9 @@ fn gemm_case() -> impl Strategy<Value = GemmCase> {
             };
             // Row segments are for symmetric weights only (the compiler's rule).
             let asym = asym && !conv.is_some_and(|(_, rows)| rows);
-            GemmCase { m, k, n, conv, zx, xor, asym, mscale, qlo: a.min(b) + off, qhi: a.max(b) + off, zy: zy + off, seed }
+            // The residual is stored like the output (its zero point in the same range).
+            let residual = residual.map(|(zr, mult)| (zr + off, mult));
+            GemmCase { m, k, n, conv, zx, xor, asym, mscale, qlo: a.min(b) + off, qhi: a.max(b) + off, zy: zy + off, residual, seed }
         },
     )
 }
@@ -241,14 +247,20 @@ proptest! {
         let zw: Vec<i32> = (0..t.n).map(|_| if t.asym { r.range(-20, 20) } else { 0 }).collect();
         let bias: Vec<i32> = (0..t.n).map(|_| r.range(-30000, 30000)).collect();
         let mult: Vec<f32> = (0..t.n).map(|_| t.mscale * (0.5 + (r.next() % 1000) as f32 / 1000.0)).collect();
-        let epi = Epilogue { mult: &mult, zy: t.zy, qlo: t.qlo, qhi: t.qhi, float_act: None, residual: None };
+        let res_bytes: Vec<u8> = (0..t.m * t.n + 64).map(|_| r.next() as u8).collect();
+        let elem = if t.qlo < 0 { IntElem::I8 } else { IntElem::U8 };
+        let residual = t.residual.map(|(zp, mult)| ResidualIn { ptr: res_bytes.as_ptr(), elem, ld: t.n, zp, mult, scale: 0.0 });
+        let epi = Epilogue { mult: &mult, zy: t.zy, qlo: t.qlo, qhi: t.qhi, float_act: None, residual };
         let mut want = vec![0u8; t.m * t.n];
         for i in 0..t.m {
             let row = &a[i * t.k..(i + 1) * t.k];
             let sum: i64 = row.iter().map(|v| (v ^ flip) as i64).sum();
             for j in 0..t.n {
                 let dot: i64 = row.iter().enumerate().map(|(kk, v)| (v ^ flip) as i64 * w[kk * t.n + j] as i64).sum();
-                want[i * t.n + j] = epi.value((bias[j] as i64 + dot - zw[j] as i64 * sum) as i32, j) as u8;
+                let acc = (bias[j] as i64 + dot - zw[j] as i64 * sum) as i32;
+                // SAFETY: the residual holds m rows of n channels.
+                let d = residual.map_or(0, |res| unsafe { res.diff(i, j) });
+                want[i * t.n + j] = epi.value_with(acc, j, d) as u8;
             }
         }
         // The kernels' layout of K: row segments pad each kernel row to a multiple of 4 with zero weights.

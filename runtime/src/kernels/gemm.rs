@@ -288,20 +288,17 @@ mod vnni {
         _mm512_mask_mov_epi32(v, down, _mm512_set1_epi32(i32::MIN))
     }
 
-    /// Requantizes 64 consecutive outputs (four vectors of 16 accumulators, multipliers `m`) into their
-    /// bytes: y = clamp(rne(f32(acc) · m) + zy, qlo, qhi), as the scalar epilogue. Packing first and
-    /// clamping bytes afterwards costs fewer vector operations than clamping each vector in f32, and is
-    /// exact: only the upper f32 clamp is needed before conversion (a sum below i32's range converts to
-    /// i32::MIN, which the saturating packs keep below every bound), and the packs' saturation (i32 → i16,
-    /// then i16 + zy → 8 bits) is monotonic with bounds far outside qlo..qhi.
+    /// Stores 64 consecutive scaled outputs `f` (f32(acc) · m, plus a residual's term) as their bytes:
+    /// y = clamp(rne(f) + zy, qlo, qhi), as the scalar epilogue. Packing first and clamping bytes
+    /// afterwards costs fewer vector operations than clamping each vector in f32, and is exact: only the
+    /// upper f32 clamp is needed before conversion (a value below i32's range converts to i32::MIN, which
+    /// the saturating packs keep below every bound), and the packs' saturation (i32 → i16, then i16 + zy
+    /// → 8 bits) is monotonic with bounds far outside qlo..qhi.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub fn requant64(v: [__m512i; 4], m: [__m512; 4], zy: i32, qlo: i32, qhi: i32) -> __m512i {
+    pub fn pack64(f: [__m512; 4], zy: i32, qlo: i32, qhi: i32) -> __m512i {
         let hi = _mm512_set1_ps((qhi - zy) as f32);
-        let q: [__m512i; 4] = std::array::from_fn(|j| {
-            let f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v[j]), m[j]);
-            _mm512_cvt_roundps_epi32::<RNE>(_mm512_min_ps(f, hi))
-        });
+        let q: [__m512i; 4] = std::array::from_fn(|j| _mm512_cvt_roundps_epi32::<RNE>(_mm512_min_ps(f[j], hi)));
         let zy16 = _mm512_set1_epi16(zy as i16);
         let q01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), zy16);
         let q23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), zy16);
@@ -430,23 +427,15 @@ mod vnni {
                 }
                 return;
             }
-            let (lo, hi) = g.epi.bounds();
-            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-            let zy = _mm512_set1_epi32(g.epi.zy);
             // The residual (8-bit storage only here: the compiler sends 16-bit ones elsewhere).
             let res = g.epi.residual.map(|r| (r, _mm512_set1_epi32(r.zp), _mm512_set1_ps(r.mult)));
+            // One store per row: bytes past `cols` (blocks past NB, lanes past a partial block) are masked off.
+            let keep: __mmask64 = if cols >= 64 { !0 } else { (1u64 << cols) - 1 };
             for i in 0..MR {
                 let r = r0 + i;
                 let rs = if g.zw.is_some() { Some(_mm512_set1_epi32(g.row_sum(r))) } else { None };
-                if NB == 4 && cols == 4 * NBLK && res.is_none() && rs.is_none() {
-                    let v: [__m512i; 4] = std::array::from_fn(|j| match g.sat {
-                        Some(sat) => saturate16(acc[i][j], _mm512_loadu_si512(sat.as_ptr().add(c0 + j * NBLK) as *const _)),
-                        None => acc[i][j],
-                    });
-                    let m: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(g.epi.mult.as_ptr().add(c0 + j * NBLK)));
-                    _mm512_storeu_si512(g.out.add(r * g.ldo + c0) as *mut _, requant64(v, m, g.epi.zy, g.epi.qlo, g.epi.qhi));
-                    continue;
-                }
+                // A loop, not array::from_fn: the closure would not be inlined into this kernel.
+                let mut f = [_mm512_setzero_ps(); 4];
                 for j in 0..NB {
                     let c = c0 + j * NBLK;
                     let mut v = acc[i][j];
@@ -457,20 +446,18 @@ mod vnni {
                         v = saturate16(v, _mm512_loadu_si512(sat.as_ptr().add(c) as *const _));
                     }
                     let m = _mm512_loadu_ps(g.epi.mult.as_ptr().add(c));
-                    let mut f = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v), m);
-                    let left = cols - j * NBLK;
-                    let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                    f[j] = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v), m);
                     if let Some((rp, rz, rm)) = res {
-                        let bytes = _mm_maskz_loadu_epi8(mask, rp.ptr.add(r * rp.ld + c) as *const _);
+                        let block = ((keep >> (j * NBLK)) & 0xffff) as __mmask16;
+                        let bytes = _mm_maskz_loadu_epi8(block, rp.ptr.add(r * rp.ld + c) as *const _);
                         let wide = if rp.elem == IntElem::I8 { _mm512_cvtepi8_epi32(bytes) } else { _mm512_cvtepu8_epi32(bytes) };
                         // r − zr is exact in f32; one product, then one sum, each rounded (as the interpreter).
                         let d = _mm512_cvt_roundepi32_ps::<RNE>(_mm512_sub_epi32(wide, rz));
-                        f = _mm512_add_round_ps::<RNE>(f, _mm512_mul_round_ps::<RNE>(d, rm));
+                        f[j] = _mm512_add_round_ps::<RNE>(f[j], _mm512_mul_round_ps::<RNE>(d, rm));
                     }
-                    let f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
-                    let q = _mm512_add_epi32(_mm512_cvt_roundps_epi32::<RNE>(f), zy);
-                    _mm512_mask_cvtepi32_storeu_epi8(g.out.add(r * g.ldo + c) as *mut _, mask, q);
                 }
+                let bytes = pack64(f, g.epi.zy, g.epi.qlo, g.epi.qhi);
+                _mm512_mask_storeu_epi8(g.out.add(r * g.ldo + c0) as *mut _, keep, bytes);
             }
         }
     }
