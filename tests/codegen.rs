@@ -270,6 +270,36 @@ fn compiled_float_networks_match_the_interpreter() {
     }
 }
 
+/// Softmax is compiled (no host step, so object files take it) and computes the interpreter's bits: over
+/// the last, a middle and the channel axis, and with opset 11's flattening of the trailing dimensions.
+#[test]
+fn compiled_softmax_equals_the_interpreter() {
+    let dims = [2usize, 5, 3, 7];
+    let n: usize = dims.iter().product();
+    for (opset, axis) in [(13, -1), (13, 1), (13, 2), (11, 1)] {
+        let mut b = Builder::new();
+        b.opset = opset;
+        b.input("x", &[2, 5, 3, 7]).output("y", &[2, 5, 3, 7]);
+        b.node("Softmax", "sm", &["x"], &["y"], vec![int("axis", axis)]);
+        let d = tmp(&format!("softmax{opset}{axis}"));
+        let model = d.join("net.onnx");
+        std::fs::write(&model, b.bytes()).unwrap();
+        let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+        for isa in isas() {
+            let c = Compiled::new(&g, isa).unwrap();
+            assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::Softmax), "{}", c.plan.summary());
+            assert_eq!(c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{}", c.plan.summary());
+            for s in 0..2 {
+                let x = Tensor::from_f32(&dims, values(n, 40 + s).iter().map(|v| v * 6.0).collect()).unwrap();
+                let want = qcc_runtime::run(&g, vec![x.clone()]).unwrap()[0].to_f32_vec();
+                let got = c.run(&[x]).unwrap()[0].to_f32_vec();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&got), bits(&want), "opset {opset}, axis {axis}, {isa:?}");
+            }
+        }
+    }
+}
+
 /// The QDQ ONNX export of every integer op (qmul, qconcat, qaverage_pool included) re-imports to a graph
 /// that computes the same bytes.
 #[test]

@@ -36,6 +36,7 @@ pub(crate) enum Choice {
     },
     Binary(BinOp),
     Unary(UnOp),
+    Softmax,
     Host(String),
     /// Float convolution as fgemm; `gather`: its columns are the windows of the input (unless pointwise).
     FConv {
@@ -255,6 +256,13 @@ impl Ctx<'_> {
                 match (act_in(0) && f32s && oty.quant().is_none(), UnOp::from_op(op)) {
                     (true, Some(u)) => Choice::Unary(u),
                     _ => host("unary op on a constant or a non-f32 value"),
+                }
+            }
+            Op::Softmax { .. } => {
+                if act_in(0) && self.f32_value(ins[0]) && self.f32_value(out) {
+                    Choice::Softmax
+                } else {
+                    host("softmax of a constant or a non-f32 value")
                 }
             }
             Op::Conv { strides, pads, group, .. } => self.choose_fconv(n, strides, pads, *group).unwrap_or_else(Choice::Host),

@@ -591,6 +591,13 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     dst_off += len;
                 }
             }
+            Choice::Softmax => {
+                let Op::Softmax { axis, coerce_2d } = &node.op else { return Err(internal(&name)) };
+                let xs = shape(g, ins[0]);
+                let a = qcc_ir::infer::norm_axis(*axis, xs.len()).map_err(|_| internal(&name))?;
+                let (outer, len, inner) = qcc_runtime::softmax_dims(&xs, a, *coerce_2d);
+                push(Kernel::Softmax, SoftmaxHdr { outer, len, inner, x: off(ins[0]), out: off(out) }.encode(), 0, &mut blob);
+            }
             Choice::FAvgPool => {
                 let Op::AveragePool { kernel, strides, pads, dilations, count_include_pad, .. } = &node.op else {
                     return Err(internal(&name));

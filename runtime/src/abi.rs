@@ -336,6 +336,10 @@ header!(
     /// f32 binary op with broadcasting; a constant operand lives in the blob (offset a or b).
     BinaryHdr { isa: Isa, op: usize, dims: Arr, a: usize, a_const: bool, sa: Arr, b: usize, b_const: bool, sb: Arr, out: usize }
 );
+header!(
+    /// Softmax of a row-major f32 tensor seen as [outer, len, inner], over the middle axis.
+    SoftmaxHdr { outer: usize, len: usize, inner: usize, x: usize, out: usize }
+);
 header!(UnaryHdr { isa: Isa, kind: usize, p1: f32, p2: f32, act: Option<Act>, len: usize, x: usize, out: usize });
 
 impl UnaryHdr {

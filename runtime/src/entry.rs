@@ -255,6 +255,21 @@ pub unsafe extern "C" fn qcc_k_unary(hdr: *const u64, _blob: *const u8, arena: *
 /// # Safety
 /// As qcc_k_quantize.
 #[no_mangle]
+pub unsafe extern "C" fn qcc_k_softmax(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = SoftmaxHdr::decode(words(hdr));
+        let n = h.outer * h.len * h.inner;
+        let out = arena.add(h.out) as *mut f32;
+        // SAFETY: x and out are n floats each in the arena (the header's contract); they may coincide.
+        std::ptr::copy(arena.add(h.x) as *const f32, out, n);
+        let y = ndarray::ArrayViewMut3::from_shape_ptr((h.outer, h.len, h.inner), out);
+        crate::nn::softmax_lanes(y);
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
 pub unsafe extern "C" fn qcc_k_fgemm(hdr: *const u64, blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = FGemmHdr::decode(words(hdr));
@@ -374,6 +389,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_copy", qcc_k_copy as *const u8),
         ("qcc_k_binary", qcc_k_binary as *const u8),
         ("qcc_k_unary", qcc_k_unary as *const u8),
+        ("qcc_k_softmax", qcc_k_softmax as *const u8),
         ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),

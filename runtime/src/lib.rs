@@ -13,7 +13,7 @@ mod resize;
 
 pub use eval::eval_op;
 pub use interp::{run, run_all, run_observed, run_patched};
-pub use nn::conv_patches;
+pub use nn::{conv_patches, softmax_dims};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RunError {

@@ -485,28 +485,34 @@ pub fn avg_pool(
     ArrayD::from_shape_vec(IxDyn(out_shape), out).map_err(|e| e.to_string())
 }
 
+/// Softmax over `axis` (opset < 13, `coerce_2d`: over all dimensions from `axis` on, as one row).
 pub fn softmax(x: &ArrayD<f32>, axis: i64, coerce_2d: bool) -> R<ArrayD<f32>> {
     let shape = x.shape().to_vec();
-    let a = norm_axis(axis, shape.len())?;
-    let soft = |mut lane: ndarray::ArrayViewMut1<f32>| {
+    let dims = softmax_dims(&shape, norm_axis(axis, shape.len())?, coerce_2d);
+    let mut y = x.as_standard_layout().into_owned().into_shape_with_order(dims).map_err(|e| e.to_string())?;
+    softmax_lanes(y.view_mut());
+    y.into_shape_with_order(IxDyn(&shape)).map_err(|e| e.to_string())
+}
+
+/// The row-major tensor of `shape` as [outer, len, inner], softmax running over the middle axis.
+pub fn softmax_dims(shape: &[usize], axis: usize, coerce_2d: bool) -> (usize, usize, usize) {
+    let outer = shape[..axis].iter().product();
+    if coerce_2d {
+        (outer, shape[axis..].iter().product(), 1)
+    } else {
+        (outer, shape[axis], shape[axis + 1..].iter().product())
+    }
+}
+
+/// Softmax in place along axis 1 of `y` ([outer, len, inner]); the compiled kernel calls this too, so
+/// both sum in the same order.
+pub fn softmax_lanes(mut y: ndarray::ArrayViewMut3<f32>) {
+    for mut lane in y.lanes_mut(Axis(1)) {
         let m = lane.fold(f32::NEG_INFINITY, |m, v| m.max(*v));
         lane.mapv_inplace(|v| (v - m).exp());
         let s = lane.sum();
         lane.mapv_inplace(|v| v / s);
-    };
-    if coerce_2d {
-        let rows: usize = shape[..a].iter().product();
-        let mut y = x
-            .as_standard_layout()
-            .into_owned()
-            .into_shape_with_order((rows, shape[a..].iter().product::<usize>()))
-            .map_err(|e| e.to_string())?;
-        y.rows_mut().into_iter().for_each(soft);
-        return y.into_shape_with_order(IxDyn(&shape)).map_err(|e| e.to_string());
     }
-    let mut y = x.to_owned();
-    y.lanes_mut(Axis(a)).into_iter().for_each(soft);
-    Ok(y)
 }
 
 pub fn layer_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: Option<&ArrayD<f32>>, axis: i64, eps: f32) -> R<ArrayD<f32>> {
