@@ -1,9 +1,10 @@
 //! canonicalize: constant folding (including Shape/Gather/Concat/Reshape chains, since every shape is
-//! static), Identity/Dropout removal, collapsing of reshape chains, dead-code elimination. Runs to a
-//! fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
+//! static), Identity/Dropout removal, collapsing of reshape chains, zero padding folded into the
+//! convolution that reads it (exporters write TF's asymmetric "SAME" padding as a separate Pad),
+//! dead-code elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
 //! remains, and every node's value is used.
 use crate::{Pass, PassContext, PassError};
-use qcc_ir::{ConstData, Graph, NodeId, Op, Tensor, Type, ValueDef};
+use qcc_ir::{ConstData, Graph, NodeId, Op, PadMode, Tensor, Type, ValueDef};
 
 pub struct Canonicalize;
 
@@ -23,6 +24,32 @@ fn bypass(g: &mut Graph, n: NodeId) -> bool {
     }
     g.replace_all_uses(out, inp);
     g.remove_node(n);
+    true
+}
+
+/// A float Conv reading a constant zero Pad of only its spatial dimensions takes the padding into its own
+/// pads (a zero-padded position contributes nothing to the sum either way). The Pad stays for its other
+/// readers, if any.
+fn fold_pad(g: &mut Graph, n: NodeId) -> bool {
+    let Op::Conv { pads, .. } = &g.node(n).op else { return false };
+    let x = g.node(n).inputs[0];
+    let Some(p) = g.producer(x) else { return false };
+    let Op::Pad { mode: PadMode::Constant, pads: extra, value } = &g.node(p).op else { return false };
+    // ONNX order: every dimension's begin, then every end; the batch and channel dimensions unpadded.
+    let ok = *value == 0.0 && extra.len() == 8 && pads.len() == 4 && extra.iter().all(|v| *v >= 0);
+    if !ok || extra[0] != 0 || extra[1] != 0 || extra[4] != 0 || extra[5] != 0 {
+        return false;
+    }
+    let merged: Vec<i64> = pads.iter().zip([extra[2], extra[3], extra[6], extra[7]]).map(|(a, b)| a + b).collect();
+    let src = g.node(p).inputs[0];
+    let mut op = g.node(n).op.clone();
+    if let Op::Conv { pads, .. } = &mut op {
+        *pads = merged;
+    }
+    let mut ins = g.node(n).inputs.clone();
+    ins[0] = src;
+    g.set_op(n, op);
+    g.set_inputs(n, ins);
     true
 }
 
@@ -81,6 +108,10 @@ impl Pass for Canonicalize {
                 let op = g.node(n).op.clone();
                 let inp = g.node(n).inputs.first().copied();
                 let out = g.node(n).output;
+                if fold_pad(g, n) {
+                    round = true;
+                    continue;
+                }
                 if matches!(op, Op::Identity | Op::Dropout) {
                     round |= bypass(g, n);
                     continue;
