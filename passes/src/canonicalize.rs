@@ -1,7 +1,8 @@
 //! canonicalize: constant folding (including Shape/Gather/Concat/Reshape chains, since every shape is
 //! static), Identity/Dropout removal, collapsing of reshape chains, zero padding folded into the
-//! convolution that reads it (exporters write TF's asymmetric "SAME" padding as a separate Pad),
-//! dead-code elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
+//! convolution that reads it (exporters write TF's asymmetric "SAME" padding as a separate Pad), a
+//! spatial ReduceMean as the global average pool it is (Keras' GlobalAveragePooling2D and
+//! squeeze-and-excitation blocks export so), dead-code elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
 //! remains, and every node's value is used.
 use crate::{Pass, PassContext, PassError};
 use qcc_ir::{ConstData, Graph, NodeId, Op, PadMode, Tensor, Type, ValueDef};
@@ -50,6 +51,28 @@ fn fold_pad(g: &mut Graph, n: NodeId) -> bool {
     ins[0] = src;
     g.set_op(n, op);
     g.set_inputs(n, ins);
+    true
+}
+
+/// ReduceMean of a 4-D f32 tensor over its two spatial axes becomes GlobalAveragePool (followed by a
+/// reshape to [N, C] without keepdims), which has integer and compiled forms.
+fn reduce_mean_to_gap(g: &mut Graph, n: NodeId) -> bool {
+    let Op::ReduceMean { axes, keepdims } = &g.node(n).op else { return false };
+    let x = g.node(n).inputs[0];
+    let Some(&[b, c, _, _]) = g.ty(x).shape() else { return false };
+    let mut sorted = axes.clone();
+    sorted.sort_unstable();
+    if sorted != [2, 3] || g.ty(x).dtype() != Some(qcc_ir::DType::F32) {
+        return false;
+    }
+    if *keepdims {
+        g.set_op(n, Op::GlobalAveragePool);
+        return true;
+    }
+    let loc = g.node(n).loc.clone();
+    let gap = g.add_node(Op::GlobalAveragePool, vec![x], Type::f32(vec![b, c, 1, 1]), loc);
+    g.set_op(n, Op::Reshape { shape: vec![b as i64, c as i64] });
+    g.set_inputs(n, vec![gap]);
     true
 }
 
@@ -108,7 +131,7 @@ impl Pass for Canonicalize {
                 let op = g.node(n).op.clone();
                 let inp = g.node(n).inputs.first().copied();
                 let out = g.node(n).output;
-                if fold_pad(g, n) {
+                if fold_pad(g, n) || reduce_mean_to_gap(g, n) {
                     round = true;
                     continue;
                 }
