@@ -300,6 +300,67 @@ fn compiled_softmax_equals_the_interpreter() {
     }
 }
 
+/// Transposes are compiled as strided copies over any storage: f32 values of rank 3 to 5, and an int8
+/// network reading an NHWC input (TF's layout) whose integer values are stored channels-last, with a
+/// transpose between two integer values; all byte-identical to the interpreter.
+#[test]
+fn compiled_transposes_equal_the_interpreter() {
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    for (dims, perm) in
+        [(vec![2usize, 3, 4], vec![2i64, 0, 1]), (vec![2, 3, 4, 5], vec![3, 1, 0, 2]), (vec![2, 3, 1, 5, 2], vec![4, 2, 0, 3, 1])]
+    {
+        let mut b = Builder::new();
+        let od: Vec<i64> = perm.iter().map(|p| dims[*p as usize] as i64).collect();
+        b.input("x", &dims.iter().map(|d| *d as i64).collect::<Vec<_>>()).output("y", &od);
+        b.node("Transpose", "t", &["x"], &["y"], vec![ints("perm", &perm)]);
+        let d = tmp(&format!("transpose{}", dims.len()));
+        let model = d.join("net.onnx");
+        std::fs::write(&model, b.bytes()).unwrap();
+        let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+        let c = Compiled::new(&g, Isa::Scalar).unwrap();
+        assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::Transpose), "{}", c.plan.summary());
+        let n: usize = dims.iter().product();
+        let x = Tensor::from_f32(&dims, values(n, 7)).unwrap();
+        let want = qcc_runtime::run(&g, vec![x.clone()]).unwrap()[0].to_f32_vec();
+        assert_eq!(bits(&c.run(&[x]).unwrap()[0].to_f32_vec()), bits(&want), "{dims:?} {perm:?}");
+    }
+    // int8: NHWC input → transpose → conv → transpose to NHWC → transpose back → conv → output.
+    let mut b = Builder::new();
+    b.input("x", &[1, 9, 7, 3]).output("y", &[1, 4, 9, 7]);
+    b.init("w0", &[6, 3, 3, 3], values(162, 1).iter().map(|v| v * 0.4).collect());
+    b.init("w1", &[4, 6, 1, 1], values(24, 2).iter().map(|v| v * 0.5).collect());
+    b.node("Transpose", "to_nchw", &["x"], &["xt"], vec![ints("perm", &[0, 3, 1, 2])]);
+    b.node("Conv", "conv0", &["xt", "w0"], &["c0"], vec![ints("pads", &[1, 1, 1, 1])]);
+    b.node("Relu", "relu0", &["c0"], &["r0"], vec![]);
+    b.node("Transpose", "to_nhwc", &["r0"], &["r0t"], vec![ints("perm", &[0, 2, 3, 1])]);
+    b.node("Transpose", "back", &["r0t"], &["r0b"], vec![ints("perm", &[0, 3, 1, 2])]);
+    b.node("Conv", "conv1", &["r0b", "w1"], &["y"], vec![]);
+    let d = tmp("transpose-int8");
+    let model = d.join("net.onnx");
+    std::fs::write(&model, b.bytes()).unwrap();
+    let cal = d.join("calib");
+    std::fs::create_dir_all(&cal).unwrap();
+    let sample = |s: u32| Tensor::from_f32(&[1, 9, 7, 3], values(189, s).iter().map(|v| v * 2.0).collect()).unwrap();
+    for i in 0..4 {
+        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &sample(50 + i)).unwrap();
+    }
+    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
+    let inst = Instrumentation { verify: true, ..Default::default() };
+    let c = calibrate(g, OptLevel::O2, CalibOptions { ema_c: 0.01, ..Default::default() }, &set, &inst, &mut std::io::sink()).unwrap();
+    let q = c.finish(&quant_config("sym-per-channel", "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap();
+    for isa in isas() {
+        let comp = Compiled::new(&q, isa).unwrap();
+        let summary = comp.plan.summary();
+        assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Transpose).count(), 3, "{summary}");
+        assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{summary}");
+        for s in 0..2 {
+            let want = qcc_runtime::run(&q, vec![sample(s)]).unwrap()[0].to_f32_vec();
+            assert_eq!(bits(&comp.run(&[sample(s)]).unwrap()[0].to_f32_vec()), bits(&want), "{isa:?}, sample {s}");
+        }
+    }
+}
+
 /// The QDQ ONNX export of every integer op (qmul, qconcat, qaverage_pool included) re-imports to a graph
 /// that computes the same bytes.
 #[test]

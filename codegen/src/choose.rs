@@ -37,6 +37,7 @@ pub(crate) enum Choice {
     Binary(BinOp),
     Unary(UnOp),
     Softmax,
+    Transpose,
     Host(String),
     /// Float convolution as fgemm; `gather`: its columns are the windows of the input (unless pointwise).
     FConv {
@@ -256,6 +257,16 @@ impl Ctx<'_> {
                 match (act_in(0) && f32s && oty.quant().is_none(), UnOp::from_op(op)) {
                     (true, Some(u)) => Choice::Unary(u),
                     _ => host("unary op on a constant or a non-f32 value"),
+                }
+            }
+            Op::Transpose { perm } => {
+                // Integer values keep their element type and parameters (fold-qdq moves the transpose
+                // onto them unchanged).
+                let same = g.ty(ins[0]).elem() == oty.elem() && oty.dtype().is_some_and(|d| matches!(d.size_bytes(), 1 | 2 | 4));
+                if act_in(0) && same && perm.len() <= 6 {
+                    Choice::Transpose
+                } else {
+                    host("transpose of a constant, changing its element type, or of more than 6 dims")
                 }
             }
             Op::Softmax { .. } => {

@@ -591,6 +591,31 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     dst_off += len;
                 }
             }
+            Choice::Transpose => {
+                let Op::Transpose { perm } = &node.op else { return Err(internal(&name)) };
+                // Element strides of each logical dim in storage: channels-last (NHWC) or row-major.
+                let strides = |v: ValueId| -> Vec<usize> {
+                    let s = shape(g, v);
+                    if cx.nhwc(v) {
+                        return vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]];
+                    }
+                    let mut st = vec![1; s.len()];
+                    for d in (0..s.len().saturating_sub(1)).rev() {
+                        st[d] = st[d + 1] * s[d + 1];
+                    }
+                    st
+                };
+                let (is, os, od) = (strides(ins[0]), strides(out), shape(g, out));
+                let lead = 6 - od.len();
+                let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
+                for (d, &p) in perm.iter().enumerate() {
+                    dims[lead + d] = od[d];
+                    ss[lead + d] = is[p as usize];
+                    ds[lead + d] = os[d];
+                }
+                let esize = oty.dtype().map_or(4, |d| d.size_bytes());
+                push(Kernel::Transpose, TransposeHdr { esize, dims, ss, ds, src: off(ins[0]), dst: off(out) }.encode(), 0, &mut blob);
+            }
             Choice::Softmax => {
                 let Op::Softmax { axis, coerce_2d } = &node.op else { return Err(internal(&name)) };
                 let xs = shape(g, ins[0]);

@@ -118,6 +118,15 @@ impl Field for [usize; 4] {
     }
 }
 
+impl Field for [usize; 6] {
+    fn put(&self, w: &mut Vec<u64>) {
+        self.iter().for_each(|v| v.put(w))
+    }
+    fn take(r: &mut &[u64]) -> Self {
+        std::array::from_fn(|_| usize::take(r))
+    }
+}
+
 /// An array in the blob: byte offset and element count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Arr {
@@ -335,6 +344,12 @@ header!(
 header!(
     /// f32 binary op with broadcasting; a constant operand lives in the blob (offset a or b).
     BinaryHdr { isa: Isa, op: usize, dims: Arr, a: usize, a_const: bool, sa: Arr, b: usize, b_const: bool, sb: Arr, out: usize }
+);
+header!(
+    /// A transpose as a strided copy: for each output element (index i over `dims`, up to 6 dims, leading
+    /// ones padded), element Σ i·ss of the source goes to element Σ i·ds of the destination; the strides
+    /// carry each value's storage order (channels-last or logical), so any layout pair is one copy.
+    TransposeHdr { esize: usize, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6], src: usize, dst: usize }
 );
 header!(
     /// Softmax of a row-major f32 tensor seen as [outer, len, inner], over the middle axis.

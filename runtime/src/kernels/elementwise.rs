@@ -377,6 +377,45 @@ pub unsafe fn transpose4(x: *const u8, out: *mut u8, d: [usize; 4], esize: usize
     }
 }
 
+/// Strided copy of `esize`-byte elements: for every index i over `dims`, element Σ i·ss of x goes to
+/// element Σ i·ds of out.
+///
+/// # Safety
+/// Every addressed element lies inside x and out, which do not overlap.
+pub unsafe fn strided_copy(x: *const u8, out: *mut u8, esize: usize, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6]) {
+    if dims.contains(&0) {
+        return;
+    }
+    fn run<T: Copy>(x: *const T, out: *mut T, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6]) {
+        let mut idx = [0usize; 5];
+        loop {
+            let (s0, d0) = idx.iter().enumerate().fold((0, 0), |(s, d), (k, i)| (s + i * ss[k], d + i * ds[k]));
+            for i in 0..dims[5] {
+                // SAFETY: the caller's contract covers every index over dims.
+                unsafe { *out.add(d0 + i * ds[5]) = *x.add(s0 + i * ss[5]) };
+            }
+            // The odometer over the outer five dimensions.
+            let mut k = 5;
+            loop {
+                if k == 0 {
+                    return;
+                }
+                k -= 1;
+                idx[k] += 1;
+                if idx[k] < dims[k] {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
+    match esize {
+        1 => run(x, out, dims, ss, ds),
+        2 => run(x as *const u16, out as *mut u16, dims, ss, ds),
+        _ => run(x as *const u32, out as *mut u32, dims, ss, ds),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
