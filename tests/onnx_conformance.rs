@@ -48,6 +48,7 @@ const PREFIXES: &[&str] = &[
     "test_shape",
     "test_gather_",
     "test_slice",
+    "test_split_",
     "test_cast_",
     "test_reduce_mean",
     "test_reduce_sum",

@@ -220,6 +220,7 @@ fn known_attrs(op_type: &str) -> Option<&'static [&'static str]> {
         ],
         "Shape" => &["start", "end"],
         "Slice" => &["starts", "ends", "axes"],
+        "Split" => &["axis", "split", "num_outputs"],
         "Cast" => &["to", "saturate", "round_mode"],
         "ReduceMean" | "ReduceSum" | "ReduceMax" => REDUCE,
         "LayerNormalization" => &["axis", "epsilon", "stash_type"],
@@ -250,6 +251,9 @@ pub(crate) fn lower_node(ctx: &mut Ctx, np: &NodeProto, name: &str, used: &HashS
         let [y, s, z] = np.output.as_slice() else { return n.err("needs three outputs") };
         ctx.dynamic.insert(y.clone(), (x, s.clone(), z.clone()));
         return Ok(());
+    }
+    if (domain.is_empty() || domain == "ai.onnx") && op_type == "Split" {
+        return lower_split(ctx, &n);
     }
     let lowered = if domain.is_empty() || domain == "ai.onnx" { lower_op(ctx, &n, op_type)? } else { None };
     let lowered = match lowered {
@@ -285,6 +289,46 @@ pub(crate) fn lower_node(ctx: &mut Ctx, np: &NodeProto, name: &str, used: &HashS
         ctx.g.value_mut(v).name = Some(out_name.clone());
     }
     ctx.env.insert(out_name, v);
+    Ok(())
+}
+
+/// Split: one Slice per output along `axis` (its own node, named `NAME:i`), sized by the `split` input
+/// (an attribute before opset 13), else equal parts (the last one smaller from opset 18, as
+/// `num_outputs` allows).
+fn lower_split(ctx: &mut Ctx, n: &N) -> R<()> {
+    let xv = req(ctx, n, 0)?;
+    let dims = shape(ctx, n, xv)?;
+    let axis = norm_axis(n.int("axis", 0), dims.len()).or_else(|e| n.err(e))?;
+    let outs = &n.n.output;
+    let sizes = if n.opset >= 13 { known_ints(ctx, n, 1, "split")? } else { n.ints("split") };
+    let sizes: Vec<i64> = match sizes {
+        Some(s) => s,
+        None => {
+            let parts = if n.opset >= 18 { n.int("num_outputs", outs.len() as i64) } else { outs.len() as i64 };
+            let d = dims[axis] as i64;
+            if parts <= 0 || (n.opset < 18 && d % parts != 0) {
+                return n.err(format!("cannot split {d} into {parts} equal parts"));
+            }
+            let each = (d + parts - 1) / parts;
+            (0..parts).map(|i| each.min(d - i * each).max(0)).collect()
+        }
+    };
+    if sizes.len() != outs.len() || sizes.iter().any(|s| *s < 0) || sizes.iter().sum::<i64>() != dims[axis] as i64 {
+        return n.err(format!("split sizes {sizes:?} do not divide dimension {} ({}) into {} outputs", axis, dims[axis], outs.len()));
+    }
+    let mut start = 0;
+    for (i, (o, size)) in outs.iter().zip(&sizes).enumerate() {
+        let name = format!("{}:{i}", n.name);
+        let part = N { n: n.n, name: &name, opset: n.opset };
+        let op = Op::Slice { starts: vec![start], ends: vec![start + size], axes: vec![axis as i64], steps: vec![1] };
+        start += size;
+        if o.is_empty() {
+            continue;
+        }
+        let v = add(ctx, &part, op, vec![xv], Type::Unknown)?;
+        ctx.g.value_mut(v).name = Some(o.clone());
+        ctx.env.insert(o.clone(), v);
+    }
     Ok(())
 }
 
