@@ -2,7 +2,9 @@
 //! static), Identity/Dropout removal, collapsing of reshape chains, zero padding folded into the
 //! convolution that reads it (exporters write TF's asymmetric "SAME" padding as a separate Pad), a
 //! spatial ReduceMean as the global average pool it is (Keras' GlobalAveragePooling2D and
-//! squeeze-and-excitation blocks export so), dead-code elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
+//! squeeze-and-excitation blocks export so), a MatMul of a matrix by constant weights as a Gemm and a
+//! constant vector added to a Gemm without bias as its bias (TF writes Dense layers so), dead-code
+//! elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
 //! remains, and every node's value is used.
 use crate::{Pass, PassContext, PassError};
 use qcc_ir::{ConstData, Graph, NodeId, Op, PadMode, Tensor, Type, ValueDef};
@@ -76,6 +78,56 @@ fn reduce_mean_to_gap(g: &mut Graph, n: NodeId) -> bool {
     true
 }
 
+/// MatMul([M, K] f32, constant [K, N] f32) is Gemm(x, w) (which has integer and compiled forms).
+fn matmul_to_gemm(g: &mut Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    if node.op != Op::MatMul {
+        return false;
+    }
+    let (x, w) = (node.inputs[0], node.inputs[1]);
+    let f32_rank2 = |v| g.ty(v).dtype() == Some(qcc_ir::DType::F32) && g.ty(v).shape().is_some_and(|s| s.len() == 2);
+    if !f32_rank2(x) || !f32_rank2(w) || g.const_tensor(w).is_none() {
+        return false;
+    }
+    g.set_op(n, Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false, act: None });
+    true
+}
+
+/// Add(Gemm without bias, constant of [N] or [1, N]) becomes the Gemm's bias, when the Add is the
+/// Gemm's only reader.
+fn add_to_gemm_bias(g: &mut Graph, n: NodeId) -> bool {
+    let node = g.node(n).clone();
+    if node.op != Op::Add || node.inputs.len() != 2 {
+        return false;
+    }
+    for (a, b) in [(node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])] {
+        let Some(p) = g.producer(a) else { continue };
+        let gemm = g.node(p);
+        let Op::Gemm { alpha, beta, trans_a: false, act: None, .. } = gemm.op else { continue };
+        let cols = g.ty(a).shape().and_then(|s| s.get(1).copied());
+        let Some(t) = g.const_tensor(b).and_then(|t| t.as_f32()) else { continue };
+        let vector = matches!(t.shape(), [c] | [1, c] if Some(*c) == cols);
+        if gemm.inputs.len() != 2 || alpha != 1.0 || beta != 1.0 || !vector || g.uses(a).len() != 1 || g.is_output(a) {
+            continue;
+        }
+        let bias = Tensor::F32(t.clone().into_shape_with_order(ndarray::IxDyn(&[t.len()])).expect("vector"));
+        let name = g.value(b).name.clone();
+        let bv = g.add_const(bias, name);
+        let mut ins = g.node(p).inputs.clone();
+        ins.push(bv);
+        g.set_inputs(p, ins);
+        g.loc_mut(p).extend(node.loc.clone());
+        // A graph output keeps its name.
+        if g.is_output(node.output) {
+            g.value_mut(a).name = g.value(node.output).name.clone();
+        }
+        g.replace_all_uses(node.output, a);
+        g.remove_node(n);
+        return true;
+    }
+    false
+}
+
 fn try_fold(g: &mut Graph, n: NodeId) -> Result<bool, PassError> {
     let node = g.node(n);
     // Dequantize of a quantized constant is how quantized weights are read: folding it would lose them.
@@ -131,7 +183,7 @@ impl Pass for Canonicalize {
                 let op = g.node(n).op.clone();
                 let inp = g.node(n).inputs.first().copied();
                 let out = g.node(n).output;
-                if fold_pad(g, n) || reduce_mean_to_gap(g, n) {
+                if fold_pad(g, n) || reduce_mean_to_gap(g, n) || matmul_to_gemm(g, n) || add_to_gemm_bias(g, n) {
                     round = true;
                     continue;
                 }
