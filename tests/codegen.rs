@@ -300,11 +300,12 @@ fn compiled_softmax_equals_the_interpreter() {
     }
 }
 
-/// Transposes are compiled as strided copies over any storage: f32 values of rank 3 to 5, and an int8
-/// network reading an NHWC input (TF's layout) whose integer values are stored channels-last, with a
-/// transpose between two integer values; all byte-identical to the interpreter.
+/// Transposes and slices are compiled as strided copies over any storage: f32 values of rank 3 to 5, a
+/// strided slice, and an int8 network reading an NHWC input (TF's layout) whose integer values are
+/// stored channels-last, with a split along the channels and a transpose between two integer values;
+/// all byte-identical to the interpreter.
 #[test]
-fn compiled_transposes_equal_the_interpreter() {
+fn compiled_transposes_and_slices_equal_the_interpreter() {
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
     for (dims, perm) in
         [(vec![2usize, 3, 4], vec![2i64, 0, 1]), (vec![2, 3, 4, 5], vec![3, 1, 0, 2]), (vec![2, 3, 1, 5, 2], vec![4, 2, 0, 3, 1])]
@@ -318,13 +319,30 @@ fn compiled_transposes_equal_the_interpreter() {
         std::fs::write(&model, b.bytes()).unwrap();
         let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
         let c = Compiled::new(&g, Isa::Scalar).unwrap();
-        assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::Transpose), "{}", c.plan.summary());
+        assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::Strided), "{}", c.plan.summary());
         let n: usize = dims.iter().product();
         let x = Tensor::from_f32(&dims, values(n, 7)).unwrap();
         let want = qcc_runtime::run(&g, vec![x.clone()]).unwrap()[0].to_f32_vec();
         assert_eq!(bits(&c.run(&[x]).unwrap()[0].to_f32_vec()), bits(&want), "{dims:?} {perm:?}");
     }
-    // int8: NHWC input → transpose → conv → transpose to NHWC → transpose back → conv → output.
+    // A slice with a start, an end from the back and a step of 2.
+    let mut b = Builder::new();
+    b.input("x", &[2, 3, 9, 8]).output("y", &[2, 3, 4, 6]);
+    for (name, v) in [("starts", [1, 1]), ("ends", [9, -1]), ("axes", [2, 3]), ("steps", [2, 1])] {
+        b.init_i64(name, &[2], v.to_vec());
+    }
+    b.node("Slice", "cut", &["x", "starts", "ends", "axes", "steps"], &["y"], vec![]);
+    let d = tmp("slice");
+    let model = d.join("net.onnx");
+    std::fs::write(&model, b.bytes()).unwrap();
+    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    let c = Compiled::new(&g, Isa::Scalar).unwrap();
+    assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::Strided), "{}", c.plan.summary());
+    let x = Tensor::from_f32(&[2, 3, 9, 8], values(432, 8)).unwrap();
+    let want = qcc_runtime::run(&g, vec![x.clone()]).unwrap()[0].to_f32_vec();
+    assert_eq!(bits(&c.run(&[x]).unwrap()[0].to_f32_vec()), bits(&want), "slice");
+    // int8: NHWC input → transpose → conv → split of the channels, concatenated the other way round →
+    // transpose to NHWC → transpose back → conv → output.
     let mut b = Builder::new();
     b.input("x", &[1, 9, 7, 3]).output("y", &[1, 4, 9, 7]);
     b.init("w0", &[6, 3, 3, 3], values(162, 1).iter().map(|v| v * 0.4).collect());
@@ -332,7 +350,10 @@ fn compiled_transposes_equal_the_interpreter() {
     b.node("Transpose", "to_nchw", &["x"], &["xt"], vec![ints("perm", &[0, 3, 1, 2])]);
     b.node("Conv", "conv0", &["xt", "w0"], &["c0"], vec![ints("pads", &[1, 1, 1, 1])]);
     b.node("Relu", "relu0", &["c0"], &["r0"], vec![]);
-    b.node("Transpose", "to_nhwc", &["r0"], &["r0t"], vec![ints("perm", &[0, 2, 3, 1])]);
+    b.init_i64("parts", &[2], vec![2, 4]);
+    b.node("Split", "split", &["r0", "parts"], &["lo", "hi"], vec![int("axis", 1)]);
+    b.node("Concat", "swap", &["hi", "lo"], &["r0s"], vec![int("axis", 1)]);
+    b.node("Transpose", "to_nhwc", &["r0s"], &["r0t"], vec![ints("perm", &[0, 2, 3, 1])]);
     b.node("Transpose", "back", &["r0t"], &["r0b"], vec![ints("perm", &[0, 3, 1, 2])]);
     b.node("Conv", "conv1", &["r0b", "w1"], &["y"], vec![]);
     let d = tmp("transpose-int8");
@@ -352,7 +373,8 @@ fn compiled_transposes_equal_the_interpreter() {
     for isa in isas() {
         let comp = Compiled::new(&q, isa).unwrap();
         let summary = comp.plan.summary();
-        assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Transpose).count(), 3, "{summary}");
+        // Three transposes and two slices.
+        assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Strided).count(), 5, "{summary}");
         assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{summary}");
         for s in 0..2 {
             let want = qcc_runtime::run(&q, vec![sample(s)]).unwrap()[0].to_f32_vec();

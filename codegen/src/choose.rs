@@ -37,7 +37,8 @@ pub(crate) enum Choice {
     Binary(BinOp),
     Unary(UnOp),
     Softmax,
-    Transpose,
+    /// Transpose or slice (positive steps).
+    Strided,
     Host(String),
     /// Float convolution as fgemm; `gather`: its columns are the windows of the input (unless pointwise).
     FConv {
@@ -259,14 +260,18 @@ impl Ctx<'_> {
                     _ => host("unary op on a constant or a non-f32 value"),
                 }
             }
-            Op::Transpose { perm } => {
-                // Integer values keep their element type and parameters (fold-qdq moves the transpose
-                // onto them unchanged).
+            Op::Transpose { .. } | Op::Slice { .. } => {
+                // Integer values keep their element type and parameters (fold-qdq moves these onto them
+                // unchanged).
                 let same = g.ty(ins[0]).elem() == oty.elem() && oty.dtype().is_some_and(|d| matches!(d.size_bytes(), 1 | 2 | 4));
-                if act_in(0) && same && perm.len() <= 6 {
-                    Choice::Transpose
+                let forward = match &node.op {
+                    Op::Slice { steps, .. } => steps.iter().all(|s| *s > 0),
+                    _ => true,
+                };
+                if act_in(0) && same && forward && oty.shape().is_some_and(|s| s.len() <= 6) {
+                    Choice::Strided
                 } else {
-                    host("transpose of a constant, changing its element type, or of more than 6 dims")
+                    host("transpose or slice of a constant, changing its element type, with negative steps or of more than 6 dims")
                 }
             }
             Op::Softmax { .. } => {

@@ -591,30 +591,34 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     dst_off += len;
                 }
             }
-            Choice::Transpose => {
-                let Op::Transpose { perm } = &node.op else { return Err(internal(&name)) };
-                // Element strides of each logical dim in storage: channels-last (NHWC) or row-major.
-                let strides = |v: ValueId| -> Vec<usize> {
-                    let s = shape(g, v);
-                    if cx.nhwc(v) {
-                        return vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]];
-                    }
-                    let mut st = vec![1; s.len()];
-                    for d in (0..s.len().saturating_sub(1)).rev() {
-                        st[d] = st[d + 1] * s[d + 1];
-                    }
-                    st
-                };
-                let (is, os, od) = (strides(ins[0]), strides(out), shape(g, out));
+            Choice::Strided => {
+                let (is, os, od, xs) = (storage_strides(&cx, ins[0]), storage_strides(&cx, out), shape(g, out), shape(g, ins[0]));
                 let lead = 6 - od.len();
                 let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
-                for (d, &p) in perm.iter().enumerate() {
-                    dims[lead + d] = od[d];
-                    ss[lead + d] = is[p as usize];
-                    ds[lead + d] = os[d];
-                }
                 let esize = oty.dtype().map_or(4, |d| d.size_bytes());
-                push(Kernel::Transpose, TransposeHdr { esize, dims, ss, ds, src: off(ins[0]), dst: off(out) }.encode(), 0, &mut blob);
+                let mut src = off(ins[0]);
+                match &node.op {
+                    Op::Transpose { perm } => {
+                        for (d, &p) in perm.iter().enumerate() {
+                            (dims[lead + d], ss[lead + d], ds[lead + d]) = (od[d], is[p as usize], os[d]);
+                        }
+                    }
+                    Op::Slice { starts, ends, axes, steps } => {
+                        let mut step = vec![1usize; xs.len()];
+                        for (i, &a) in axes.iter().enumerate() {
+                            let (s, st, _) =
+                                qcc_ir::infer::slice_axis(xs[a as usize], starts[i], ends[i], steps[i]).map_err(|_| internal(&name))?;
+                            // Positive steps only (choose's rule).
+                            step[a as usize] = st as usize;
+                            src += s as usize * is[a as usize] * esize;
+                        }
+                        for d in 0..od.len() {
+                            (dims[lead + d], ss[lead + d], ds[lead + d]) = (od[d], is[d] * step[d], os[d]);
+                        }
+                    }
+                    _ => return Err(internal(&name)),
+                }
+                push(Kernel::Strided, StridedHdr { esize, dims, ss, ds, src, dst: off(out) }.encode(), 0, &mut blob);
             }
             Choice::Softmax => {
                 let Op::Softmax { axis, coerce_2d } = &node.op else { return Err(internal(&name)) };
@@ -694,4 +698,17 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         outputs: g.outputs().iter().map(|&v| io(v)).collect(),
         hosts,
     })
+}
+
+/// Element strides of each logical dim of `v` in its storage: channels-last (NHWC) or row-major.
+fn storage_strides(cx: &Ctx, v: ValueId) -> Vec<usize> {
+    let s = shape(cx.g, v);
+    if cx.nhwc(v) {
+        return vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]];
+    }
+    let mut st = vec![1; s.len()];
+    for d in (0..s.len().saturating_sub(1)).rev() {
+        st[d] = st[d + 1] * s[d + 1];
+    }
+    st
 }

@@ -25,7 +25,8 @@ pub enum Kernel {
     Binary,
     Unary,
     Softmax,
-    Transpose,
+    /// A strided copy: transpose or slice.
+    Strided,
     FGemm,
     FDwConv,
     FGap,
@@ -53,7 +54,7 @@ impl Kernel {
             Kernel::Binary => "qcc_k_binary",
             Kernel::Unary => "qcc_k_unary",
             Kernel::Softmax => "qcc_k_softmax",
-            Kernel::Transpose => "qcc_k_transpose",
+            Kernel::Strided => "qcc_k_strided",
             Kernel::FGemm => "qcc_k_fgemm",
             Kernel::FDwConv => "qcc_k_fdwconv",
             Kernel::FGap => "qcc_k_fgap",

@@ -37,6 +37,7 @@ pub fn is_layout_only(op: &Op) -> bool {
             | Op::Squeeze { .. }
             | Op::Unsqueeze { .. }
             | Op::Transpose { .. }
+            | Op::Slice { .. }
             | Op::MaxPool { .. }
             | Op::Identity
     )

@@ -346,10 +346,11 @@ header!(
     BinaryHdr { isa: Isa, op: usize, dims: Arr, a: usize, a_const: bool, sa: Arr, b: usize, b_const: bool, sb: Arr, out: usize }
 );
 header!(
-    /// A transpose as a strided copy: for each output element (index i over `dims`, up to 6 dims, leading
-    /// ones padded), element Σ i·ss of the source goes to element Σ i·ds of the destination; the strides
-    /// carry each value's storage order (channels-last or logical), so any layout pair is one copy.
-    TransposeHdr { esize: usize, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6], src: usize, dst: usize }
+    /// A transpose or slice as a strided copy: for each output element (index i over `dims`, up to 6 dims,
+    /// leading ones padded), element Σ i·ss of the source (from byte offset `src`) goes to element Σ i·ds
+    /// of the destination; the strides carry each value's storage order (channels-last or logical), so
+    /// any layout pair is one copy.
+    StridedHdr { esize: usize, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6], src: usize, dst: usize }
 );
 header!(
     /// Softmax of a row-major f32 tensor seen as [outer, len, inner], over the middle axis.

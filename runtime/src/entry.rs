@@ -255,9 +255,9 @@ pub unsafe extern "C" fn qcc_k_unary(hdr: *const u64, _blob: *const u8, arena: *
 /// # Safety
 /// As qcc_k_quantize.
 #[no_mangle]
-pub unsafe extern "C" fn qcc_k_transpose(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+pub unsafe extern "C" fn qcc_k_strided(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
-        let h = TransposeHdr::decode(words(hdr));
+        let h = StridedHdr::decode(words(hdr));
         elementwise::strided_copy(arena.add(h.src), arena.add(h.dst), h.esize, h.dims, h.ss, h.ds);
     }
 }
@@ -400,7 +400,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_binary", qcc_k_binary as *const u8),
         ("qcc_k_unary", qcc_k_unary as *const u8),
         ("qcc_k_softmax", qcc_k_softmax as *const u8),
-        ("qcc_k_transpose", qcc_k_transpose as *const u8),
+        ("qcc_k_strided", qcc_k_strided as *const u8),
         ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),
