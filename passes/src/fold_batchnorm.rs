@@ -1,7 +1,9 @@
 //! fold-batchnorm: Conv → BatchNormalization (and Gemm → BatchNormalization on [N, C]) becomes one
 //! Conv/Gemm with scaled weights and a new bias. Matches only when the conv's value has no other reader,
 //! has no fused activation, and weights, bias and BN parameters are constants. The BN's location is
-//! appended to the conv's, so reports keep both names.
+//! appended to the conv's, so reports keep both names. A BN of a 4-D value that no conv takes in (after
+//! a concatenation, as in DenseNet and pre-activation ResNets) becomes a 1x1 depthwise conv: the same
+//! per-channel affine map, with integer and compiled forms and a ReLU fused into it.
 use crate::{Pass, PassContext, PassError};
 use ndarray::{ArrayD, Axis, IxDyn};
 use qcc_ir::{Graph, NodeId, Op, Tensor};
@@ -97,6 +99,25 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
     true
 }
 
+/// The BN at `bn` as a 1x1 depthwise Conv with weights k and bias beta − mean · k.
+fn to_depthwise(g: &mut Graph, bn: NodeId) -> bool {
+    let Op::BatchNorm { epsilon } = g.node(bn).op else { return false };
+    let x = g.node(bn).inputs[0];
+    let Some(&[_, c, _, _]) = g.ty(x).shape() else { return false };
+    let Some((k, beta, mean)) = bn_affine(g, bn, epsilon) else { return false };
+    if k.len() != c || beta.len() != c || mean.len() != c || g.ty(x).dtype() != Some(qcc_ir::DType::F32) {
+        return false;
+    }
+    let bias: Vec<f32> = (0..c).map(|m| beta[m] - mean[m] * k[m]).collect();
+    let name = g.node(bn).name().to_string();
+    let wv = g.add_const(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[c, 1, 1, 1]), k).expect("weights")), Some(format!("{name}.scale")));
+    let bv = g.add_const(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[c]), bias).expect("vector")), Some(format!("{name}.shift")));
+    let op = Op::Conv { strides: vec![1, 1], pads: vec![0; 4], dilations: vec![1, 1], group: c as i64, act: None };
+    g.set_op(bn, op);
+    g.set_inputs(bn, vec![x, wv, bv]);
+    true
+}
+
 impl Pass for FoldBatchnorm {
     fn name(&self) -> &'static str {
         "fold-batchnorm"
@@ -106,7 +127,7 @@ impl Pass for FoldBatchnorm {
         let bns: Vec<NodeId> = g.node_ids().filter(|n| matches!(g.node(*n).op, Op::BatchNorm { .. })).collect();
         let mut changed = false;
         for bn in bns {
-            changed |= fold_one(g, bn);
+            changed |= fold_one(g, bn) || to_depthwise(g, bn);
         }
         if changed {
             g.dce();
