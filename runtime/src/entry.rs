@@ -272,6 +272,8 @@ pub unsafe extern "C" fn qcc_k_softmax(hdr: *const u64, _blob: *const u8, arena:
         let out = arena.add(h.out) as *mut f32;
         // SAFETY: x and out are n floats each in the arena (the header's contract); they may coincide.
         std::ptr::copy(arena.add(h.x) as *const f32, out, n);
+        // SAFETY: out holds the n floats of [outer, len, inner] row-major, and nothing else reads or
+        // writes them while this step runs.
         let y = ndarray::ArrayViewMut3::from_shape_ptr((h.outer, h.len, h.inner), out);
         crate::nn::softmax_lanes(y);
     }
