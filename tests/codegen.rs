@@ -1,6 +1,6 @@
 //! Compiled code equals the reference interpreter byte for byte: generated quantized networks covering
 //! every kernel (strided and dilated convolutions through im2col, pointwise GEMMs, depthwise convolutions,
-//! channel counts that are not multiples of 16, residuals fused into convolutions, residual adds, multiplies with and without broadcasting,
+//! channel counts that are not multiples of 16, residuals fused into convolutions, residual adds, multiplies with and without broadcasting, a sigmoid table,
 //! concatenation, pooling, the classifier GEMM) under every
 //! weight scheme and activation type, for every instruction-set variant this CPU runs and several thread
 //! counts; and the bundled MNIST model.
@@ -176,6 +176,10 @@ fn compiled_networks_equal_the_interpreter_byte_for_byte() {
                 assert_eq!(hosts, 0, "{name}: {}", c.plan.summary());
                 if name.contains("i16") {
                     assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::WideConv), "{name}: {}", c.plan.summary());
+                }
+                // Squeeze-and-excitation's sigmoid between 8-bit values is a table (qact).
+                if name.contains("/u8") || name.contains("/i8") {
+                    assert!(c.plan.steps.iter().any(|s| s.kernel == Kernel::Lut), "{name}: {}", c.plan.summary());
                 }
                 for threads in [1, 3] {
                     qcc_runtime::kernels::pool::set_threads(threads);

@@ -39,6 +39,7 @@ pub(crate) enum Choice {
     Softmax,
     /// Transpose or slice (positive steps).
     Strided,
+    Lut,
     Host(String),
     /// Float convolution as fgemm; `gather`: its columns are the windows of the input (unless pointwise).
     FConv {
@@ -272,6 +273,14 @@ impl Ctx<'_> {
                     Choice::Strided
                 } else {
                     host("transpose or slice of a constant, changing its element type, with negative steps or of more than 6 dims")
+                }
+            }
+            Op::QAct { .. } => {
+                let eight = |v: ValueId| per_tensor(g.ty(v)).is_some_and(|(_, _, q)| matches!(q.storage, DType::U8 | DType::I8));
+                if act_in(0) && eight(ins[0]) && eight(out) && self.nhwc(ins[0]) == self.nhwc(out) {
+                    Choice::Lut
+                } else {
+                    host("quantized activation that is not 8-bit per tensor in and out, or changes layout")
                 }
             }
             Op::Softmax { .. } => {

@@ -620,6 +620,22 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 }
                 push(Kernel::Strided, StridedHdr { esize, dims, ss, ds, src, dst: off(out) }.encode(), 0, &mut blob);
             }
+            Choice::Lut => {
+                let Op::QAct { act } = &node.op else { return Err(internal(&name)) };
+                let (sx, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
+                let (sy, zy, oq) = per_tensor(oty).ok_or_else(|| internal(&name))?;
+                // Entry b: the input whose stored byte is b (i8 values by their two's complement byte).
+                let signed = xq.storage == DType::I8;
+                let table: Vec<u8> = (0..256i64)
+                    .map(|b| {
+                        let q = if signed { b as u8 as i8 as i64 } else { b };
+                        qcc_runtime::qops::qact_value(*act, q, (sx, zx), (sy, zy), oq.qmin, oq.qmax) as u8
+                    })
+                    .collect();
+                let table = blob.push_bytes(&table);
+                let len = oty.numel().unwrap_or(0);
+                push(Kernel::Lut, LutHdr { len, x: off(ins[0]), table, out: off(out) }.encode(), 0, &mut blob);
+            }
             Choice::Softmax => {
                 let Op::Softmax { axis, coerce_2d } = &node.op else { return Err(internal(&name)) };
                 let xs = shape(g, ins[0]);

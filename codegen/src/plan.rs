@@ -27,6 +27,8 @@ pub enum Kernel {
     Softmax,
     /// A strided copy: transpose or slice.
     Strided,
+    /// A byte table lookup per element (qact).
+    Lut,
     FGemm,
     FDwConv,
     FGap,
@@ -55,6 +57,7 @@ impl Kernel {
             Kernel::Unary => "qcc_k_unary",
             Kernel::Softmax => "qcc_k_softmax",
             Kernel::Strided => "qcc_k_strided",
+            Kernel::Lut => "qcc_k_lut",
             Kernel::FGemm => "qcc_k_fgemm",
             Kernel::FDwConv => "qcc_k_fdwconv",
             Kernel::FGap => "qcc_k_fgap",

@@ -405,6 +405,7 @@ impl<'g> Ex<'g> {
             | Op::QConcat { .. }
             | Op::QAveragePool { .. }
             | Op::QGlobalAveragePool
+            | Op::QAct { .. }
             | Op::DynQConv { .. }
             | Op::DynQGemm { .. }
             | Op::DynamicQdq

@@ -465,7 +465,14 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             let refs: Vec<&Type> = as_f32.iter().collect();
             infer_unchecked(&float_op, &refs, current)
         }
-        QConv { .. } | QGemm { .. } | QAdd { .. } | QMul { .. } | QConcat { .. } | QAveragePool { .. } | QGlobalAveragePool => {
+        QConv { .. }
+        | QGemm { .. }
+        | QAdd { .. }
+        | QMul { .. }
+        | QConcat { .. }
+        | QAveragePool { .. }
+        | QGlobalAveragePool
+        | QAct { .. } => {
             for (i, t) in inputs.iter().enumerate() {
                 if t.quant().is_none() {
                     return Err(format!("input {i} must be quantized, is {t}"));

@@ -236,6 +236,8 @@ define_ops! {
     QAdd { act: Option<Act> } = "qadd",
     /// Quantized global average pooling (exact integer sum, one f32 rescale).
     QGlobalAveragePool = "qglobal_average_pool",
+    /// y = quantize(act(dequantize(x))) elementwise, 8-bit in and out: compiled as a 256-entry table.
+    QAct { act: Act } = "qact",
     /// Quantized elementwise multiply with broadcasting (dequantize, multiply in f32, quantize).
     QMul { act: Option<Act> } = "qmul",
     /// Quantized concatenation: each input requantized to the output's parameters (a copy when equal).
@@ -346,6 +348,7 @@ impl Op {
                 None,
             ),
             Op::QGlobalAveragePool => (Op::GlobalAveragePool, None),
+            Op::QAct { act } => (Op::Identity, Some(*act)),
             _ => return None,
         })
     }

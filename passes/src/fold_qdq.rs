@@ -10,7 +10,7 @@
 //! dequantize and quantize.
 use crate::insert_observers::is_layout_only;
 use crate::{Pass, PassContext, PassError};
-use qcc_ir::{ConstData, DType, ElemType, Graph, NodeId, Op, QParams, QuantType, Tensor, Type, ValueId};
+use qcc_ir::{Act, ConstData, DType, ElemType, Graph, NodeId, Op, QParams, QuantType, Tensor, Type, ValueId};
 
 pub struct FoldQdq;
 
@@ -199,6 +199,18 @@ fn fold_compute(g: &mut Graph, n: NodeId) -> bool {
             }
             let Some(op) = pnode.op.integer_form() else { return false };
             (op, ins)
+        }
+        // An activation between 8-bit values that nothing fused (its input has other readers, or comes from
+        // no conv): a table. ReLU and clip are left to fuse-epilogue, which makes them the producer's clamp.
+        op if op.as_act().is_some_and(|a| !matches!(a, Act::Relu | Act::Clip { .. })) => {
+            let eight = |t: &Type| t.dtype().is_some_and(|d| matches!(d, DType::U8 | DType::I8));
+            let Some(x) = dq_source(g, pnode.inputs[0]).filter(|q| per_tensor(g.ty(*q)).is_some() && eight(g.ty(*q))) else {
+                return false;
+            };
+            if !eight(&out_ty) {
+                return false;
+            }
+            (Op::QAct { act: op.as_act().expect("activation") }, vec![x])
         }
         op @ (Op::Add | Op::Mul | Op::Concat { .. } | Op::AveragePool { .. } | Op::GlobalAveragePool) => {
             let Some(ins) = pnode.inputs.iter().map(|v| dq_source(g, *v).filter(|q| per_tensor(g.ty(*q)).is_some())).collect() else {

@@ -353,6 +353,11 @@ header!(
     StridedHdr { esize: usize, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6], src: usize, dst: usize }
 );
 header!(
+    /// An elementwise map of `len` bytes through the 256-byte table at blob offset `table` (indexed by
+    /// the byte's unsigned value): qact.
+    LutHdr { len: usize, x: usize, table: usize, out: usize }
+);
+header!(
     /// Softmax of a row-major f32 tensor seen as [outer, len, inner], over the middle axis.
     SoftmaxHdr { outer: usize, len: usize, inner: usize, x: usize, out: usize }
 );

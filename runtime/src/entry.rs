@@ -255,6 +255,21 @@ pub unsafe extern "C" fn qcc_k_unary(hdr: *const u64, _blob: *const u8, arena: *
 /// # Safety
 /// As qcc_k_quantize.
 #[no_mangle]
+pub unsafe extern "C" fn qcc_k_lut(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = LutHdr::decode(words(hdr));
+        // SAFETY: the header's contract: 256 table bytes in the blob, len bytes at x and out (which may
+        // coincide: each byte is read before it is written).
+        let table = std::slice::from_raw_parts(blob.add(h.table), 256);
+        for i in 0..h.len {
+            *arena.add(h.out + i) = table[*arena.add(h.x + i) as usize];
+        }
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
 pub unsafe extern "C" fn qcc_k_strided(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = StridedHdr::decode(words(hdr));
@@ -403,6 +418,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_unary", qcc_k_unary as *const u8),
         ("qcc_k_softmax", qcc_k_softmax as *const u8),
         ("qcc_k_strided", qcc_k_strided as *const u8),
+        ("qcc_k_lut", qcc_k_lut as *const u8),
         ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),

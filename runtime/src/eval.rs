@@ -547,6 +547,7 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
             qops::qavg_pool(ins, in_tys, kernel, strides, pads, dilations, *count_include_pad, out_ty)
         }
         Op::QGlobalAveragePool => qops::qglobal_avg_pool(ins, in_tys, out_ty),
+        Op::QAct { act } => qops::qact(ins, in_tys, *act, out_ty),
         Op::Quantize => quant::quantize(f32_in(ins[0], "input")?, out_ty.quant().ok_or("output type is not quantized")?),
         Op::Dequantize => {
             let q = in_tys.first().and_then(|t| t.quant()).ok_or("input type is not quantized")?;

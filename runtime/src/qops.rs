@@ -352,6 +352,21 @@ pub fn qavg_pool(
     store(v, oq, out_shape)
 }
 
+/// One element of qact: quantize(act(dequantize(q))), with the interpreter's own dequantize, activation
+/// and quantize, so the compiled table and the QDQ form it replaces give the same integers.
+pub fn qact_value(act: Act, q: i64, (sx, zx): (f32, i32), (sy, zy): (f32, i32), qmin: i64, qmax: i64) -> i64 {
+    let x = (q - zx as i64) as f32 * sx;
+    quantize_value(crate::kernels::float::UnOp::Act(act).apply(x), sy, zy, qmin, qmax)
+}
+
+/// Quantized activation, elementwise (see qact_value).
+pub fn qact(ins: &[&Tensor], tys: &[&Type], act: Act, out: &Type) -> R<Tensor> {
+    let (xq, oq) = (quant_of(tys[0], "input")?, quant_of(out, "output")?);
+    let (px, py) = (per_tensor(xq)?, per_tensor(oq)?);
+    let v: Vec<i64> = ints(ins[0])?.iter().map(|q| qact_value(act, *q, px, py, oq.qmin, oq.qmax)).collect();
+    store(v, oq, out.shape().ok_or("unknown output shape")?)
+}
+
 /// Quantized global average pooling: the exact integer sum of (x - zx) per channel, v = f32(sum) * sx / n,
 /// then quantized.
 pub fn qglobal_avg_pool(ins: &[&Tensor], tys: &[&Type], out: &Type) -> R<Tensor> {
