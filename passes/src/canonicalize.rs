@@ -1,11 +1,11 @@
 //! canonicalize: constant folding (including Shape/Gather/Concat/Reshape chains, since every shape is
-//! static), Identity/Dropout removal, collapsing of reshape chains, zero padding folded into the
-//! convolution that reads it (exporters write TF's asymmetric "SAME" padding as a separate Pad), a
-//! spatial ReduceMean as the global average pool it is (Keras' GlobalAveragePooling2D and
-//! squeeze-and-excitation blocks export so), a MatMul of a matrix by constant weights as a Gemm and a
-//! constant vector added to a Gemm without bias as its bias (TF writes Dense layers so), dead-code
-//! elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant inputs, no Shape node
-//! remains, and every node's value is used.
+//! static), Identity/Dropout removal, collapsing of reshape chains, and the rewrites exporters make
+//! necessary: zero padding folded into the convolution that reads it (TF's asymmetric "SAME" padding
+//! written as a separate Pad), a spatial ReduceMean as the global average pool it is (Keras'
+//! GlobalAveragePooling2D and squeeze-and-excitation blocks), a MatMul by constant weights as a Gemm
+//! and a constant vector added to a Gemm without bias as its bias (TF's Dense layers); then dead-code
+//! elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant
+//! inputs, no Shape node remains, and every node's value is used.
 use crate::{Pass, PassContext, PassError};
 use qcc_ir::{ConstData, Graph, NodeId, Op, PadMode, Tensor, Type, ValueDef};
 
