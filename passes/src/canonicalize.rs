@@ -110,7 +110,8 @@ fn add_to_gemm_bias(g: &mut Graph, n: NodeId) -> bool {
         if gemm.inputs.len() != 2 || alpha != 1.0 || beta != 1.0 || !vector || g.uses(a).len() != 1 || g.is_output(a) {
             continue;
         }
-        let bias = Tensor::F32(t.clone().into_shape_with_order(ndarray::IxDyn(&[t.len()])).expect("vector"));
+        // Built from the elements, so a constant stored in any memory order works.
+        let bias = Tensor::from_f32(&[t.len()], t.iter().copied().collect()).expect("one value per element");
         let name = g.value(b).name.clone();
         let bv = g.add_const(bias, name);
         let mut ins = g.node(p).inputs.clone();
