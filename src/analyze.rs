@@ -391,15 +391,17 @@ pub fn table(layers: &[LayerStats], worst: Option<usize>) -> String {
         "layer", "op", "type", "alone dB", "sens dB", "SQNR dB", "RMSE", "RMSE/s", "range", "clip%", "sat%", "method"
     );
     for l in rows {
+        // Unmeasured sensitivity (the summary after compiling skips it) prints as "-", not NaN.
+        let sens = if l.sensitivity_db.is_nan() { "-".to_string() } else { format!("{:.2}", l.sensitivity_db) };
         let n = l.name.chars().count();
         let name = if n > 44 { format!("…{}", l.name.chars().skip(n - 43).collect::<String>()) } else { l.name.clone() };
         s.push_str(&format!(
-            "{:<44} {:<20} {:>6} {:>8.2} {:>9.2} {:>9.2} {:>9.4} {:>8.3} {:>8.2} {:>7.3} {:>7.3}  {}\n",
+            "{:<44} {:<20} {:>6} {:>8.2} {:>9} {:>9.2} {:>9.4} {:>8.3} {:>8.2} {:>7.3} {:>7.3}  {}\n",
             name,
             l.op,
             l.precision,
             l.alone_sqnr_db,
-            l.sensitivity_db,
+            sens,
             l.sqnr_db,
             l.rmse,
             l.rmse_over_scale,

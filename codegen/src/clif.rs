@@ -1,9 +1,9 @@
 //! Cranelift IR for a plan: `<prefix>_steps(blob, arena)` calls each step's kernel in order;
 //! `<prefix>_run(inputs, outputs, scratch)` checks the CPU and the scratch alignment, copies the inputs into
 //! the arena, runs the steps and copies the outputs out (0 = ok, -2 = misaligned scratch, -3 = the CPU
-//! lacks the kernels' instruction set); `<prefix>_scratch_bytes()` returns the arena size. The same
+//! lacks the kernels' instruction set, -4 = an interpreted step failed); `<prefix>_scratch_bytes()` returns the arena size. The same
 //! functions go into the JIT and into object files, so `qcc run` exercises exactly what applications link.
-use crate::plan::Plan;
+use crate::plan::{Kernel, Plan};
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName};
 use cranelift_codegen::isa::CallConv;
@@ -60,6 +60,15 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     }
     let copy = module.declare_function("qcc_rt_copy", Linkage::Import, &sig(cc, &[ptr, ptr, ptr], Some(i32t))).map_err(err)?;
     let check = module.declare_function("qcc_rt_check_cpu", Linkage::Import, &sig(cc, &[types::I64], Some(i32t))).map_err(err)?;
+    // Interpreted steps report failures through the runtime; only plans with such steps ask it.
+    let hosted = plan.steps.iter().any(|s| s.kernel == Kernel::Host);
+    let host_fns = if hosted {
+        let begin = module.declare_function("qcc_rt_host_begin", Linkage::Import, &sig(cc, &[], None)).map_err(err)?;
+        let status = module.declare_function("qcc_rt_host_status", Linkage::Import, &sig(cc, &[], Some(i32t))).map_err(err)?;
+        Some((begin, status))
+    } else {
+        None
+    };
 
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
@@ -124,7 +133,19 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
             b.ins().call(copy_f, &[dst, src, n]);
         }
         let steps_f = module.declare_func_in_func(steps, b.func);
+        if let Some((begin, _)) = host_fns {
+            let f = module.declare_func_in_func(begin, b.func);
+            b.ins().call(f, &[]);
+        }
         b.ins().call(steps_f, &[blob_v, scratch]);
+        if let Some((_, status)) = host_fns {
+            let f = module.declare_func_in_func(status, b.func);
+            let call = b.ins().call(f, &[]);
+            let rc = b.inst_results(call)[0];
+            let outs = b.create_block();
+            b.ins().brif(rc, fail, &[rc.into()], outs, &[]);
+            b.switch_to_block(outs);
+        }
         for (i, io) in plan.outputs.iter().enumerate() {
             let dst = b.ins().load(ptr, MemFlagsData::trusted(), outputs, (8 * i) as i32);
             let src = b.ins().iadd_imm_s(scratch, io.offset as i64);

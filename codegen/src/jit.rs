@@ -1,9 +1,10 @@
 //! Compiling a graph into memory and running it: the plan's functions JIT-compiled by Cranelift, kernels
 //! resolved to this process's runtime, one reusable 64-byte-aligned arena.
 use crate::plan::Plan;
-use crate::{clif, host, lower, CodegenError, Options};
+use crate::{clif, lower, CodegenError, Options};
 use cranelift_jit::{JITBuilder, JITModule};
 use qcc_ir::{Graph, Tensor};
+use qcc_runtime::host;
 use std::alloc::Layout;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -52,19 +53,18 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Lowers and JIT-compiles `g` (nodes without kernels become host steps).
+    /// Lowers and JIT-compiles `g` (nodes without kernels become interpreted steps).
     pub fn new(g: &Graph, isa: crate::Isa) -> Result<Compiled, CodegenError> {
         if !isa.supported() {
             return Err(CodegenError::Run(format!("this CPU cannot run {} kernels", isa.name())));
         }
         let t0 = Instant::now();
-        let plan = lower(g, &Options { isa, allow_host: true })?;
+        let plan = lower(g, &Options { isa })?;
         let t1 = Instant::now();
         let mut builder = JITBuilder::with_isa(clif::host_isa(false)?, cranelift_module::default_libcall_names());
         for (name, addr) in qcc_runtime::entry::symbols() {
             builder.symbol(name, addr);
         }
-        builder.symbol("qcc_k_host", host::qcc_k_host as *const u8);
         let mut module = JITModule::new(builder);
         let entry = clif::define(&mut module, &plan, "qcc_model")?;
         module.finalize_definitions().map_err(|e| CodegenError::Cranelift(e.to_string()))?;
@@ -110,7 +110,6 @@ impl Compiled {
             .collect();
         let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr() as *mut u8).collect();
         let arena = self.arena.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = host::take_error();
         // SAFETY: the pointer arrays hold one buffer of the plan's byte size per input and output, the
         // arena is plan.arena_bytes long and 64-byte aligned, and the code stays alive with self.module.
         let rc = unsafe { (self.run)(in_ptrs.as_ptr(), out_ptrs.as_ptr(), arena.ptr) };
@@ -145,7 +144,7 @@ impl Compiled {
         let table: std::collections::HashMap<&str, *const u8> = qcc_runtime::entry::symbols().into_iter().collect();
         let mut fns = Vec::new();
         for s in &p.steps {
-            let addr = if s.kernel == crate::plan::Kernel::Host { host::qcc_k_host as *const u8 } else { table[s.kernel.symbol()] };
+            let addr = table[s.kernel.symbol()];
             // SAFETY: every kernel symbol has the (hdr, blob, arena) signature.
             fns.push(unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u64, *const u8, *mut u8)>(addr) });
         }

@@ -3,7 +3,6 @@
 mod choose;
 pub mod clif;
 mod emit;
-pub mod host;
 pub mod jit;
 pub mod lower;
 pub mod memory;

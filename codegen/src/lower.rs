@@ -2,15 +2,15 @@
 //! step (built with emit.rs). Integer 4-D activations are stored channels-last (NHWC), so a 1x1
 //! convolution is a GEMM over contiguous pixels and depthwise kernels vectorize across channels; float
 //! values and graph inputs/outputs keep the logical row-major layout. A node without a kernel becomes a
-//! host step (the interpreter, JIT only) with the reason kept. Weights are packed for the target ISA once,
+//! host step (runtime/src/host.rs: the interpreter runs it, in the JIT and in object files alike) with
+//! the reason kept. Weights are packed for the target ISA once,
 //! here, with every constant zero-point term folded into the bias (see runtime/src/kernels/gemm.rs).
 use crate::choose::{int_elem, per_tensor, Choice, Ctx};
 use crate::emit::*;
-use crate::host::{HostIn, HostStep};
 use crate::memory::{self, Interval};
 use crate::plan::{Blob, Io, Kernel, Plan, Step};
 use crate::CodegenError;
-use qcc_ir::{DType, Graph, NodeId, Op, QuantType, ValueDef, ValueId};
+use qcc_ir::{print_graph, ConstData, DType, Graph, NodeId, Op, PrintOptions, QuantType, ValueDef, ValueId};
 use qcc_runtime::abi::*;
 use qcc_runtime::kernels::dwconv::DwGeom;
 use qcc_runtime::kernels::elementwise::IntElem;
@@ -23,8 +23,6 @@ use std::collections::HashMap;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub isa: Isa,
-    /// Allow host steps (the JIT can run them; object files cannot).
-    pub allow_host: bool,
 }
 
 /// Lowers a verified graph with static shapes.
@@ -42,17 +40,6 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 choices[pos[n]] = Choice::Absorbed;
             }
             fused.insert(i, chain[2]);
-        }
-    }
-    if !opts.allow_host {
-        for (&n, c) in order.iter().zip(&choices) {
-            if let Choice::Host(why) = c {
-                let node = g.node(n);
-                return Err(CodegenError::Unsupported {
-                    node: node.name().into(),
-                    msg: format!("{} cannot be compiled to an object file: {why}", node.op.name()),
-                });
-            }
         }
     }
     for &v in g.outputs() {
@@ -105,7 +92,6 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
 
     let mut blob = Blob::default();
     let mut steps = Vec::new();
-    let mut hosts = Vec::new();
     let isa = opts.isa;
     for (i, (&n, choice)) in order.iter().zip(&choices).enumerate() {
         let node = g.node(n);
@@ -669,28 +655,15 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::FMaxPool, h.encode(), 0, &mut blob);
             }
             Choice::Host(_) => {
-                let inputs =
-                    ins.iter()
-                        .map(|&v| match &g.value(v).def {
-                            ValueDef::Const(_) => g.const_tensor(v).cloned().map(HostIn::Const).ok_or_else(|| CodegenError::Unsupported {
-                                node: name.clone(),
-                                msg: "a constant's data was elided".into(),
-                            }),
-                            _ => Ok(HostIn::Arena { off: off(v), ty: g.ty(v).clone(), nhwc: cx.nhwc(v) }),
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                let step = Box::new(HostStep {
-                    node: name.clone(),
-                    op: node.op.clone(),
-                    in_tys: ins.iter().map(|v| g.ty(*v).clone()).collect(),
-                    out_ty: oty.clone(),
-                    inputs,
+                let (text, arena_ins) = host_graph(g, n, &|v| (off(v), cx.nhwc(v)))?;
+                let words: Vec<u64> = arena_ins.iter().flat_map(|&(o, nhwc)| [o as u64, nhwc as u64]).collect();
+                let h = HostHdr {
+                    text: Arr { off: blob.push_bytes(text.as_bytes()), len: text.len() },
+                    ins: Arr { off: blob.push_words(&words), len: words.len() },
                     out: off(out),
                     out_nhwc: cx.nhwc(out),
-                });
-                let addr = &*step as *const HostStep as u64;
-                hosts.push(step);
-                push(Kernel::Host, vec![addr], 0, &mut blob);
+                };
+                push(Kernel::Host, h.encode(), 0, &mut blob);
             }
         }
     }
@@ -712,8 +685,38 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         arena_bytes,
         inputs: g.inputs().iter().map(|&v| io(v)).collect(),
         outputs: g.outputs().iter().map(|&v| io(v)).collect(),
-        hosts,
     })
+}
+
+/// The one-node graph an interpreted step runs, as .qir text with its constants in full, and per graph
+/// input the arena offset and layout of the value it reads.
+#[allow(clippy::type_complexity)]
+fn host_graph(g: &Graph, n: NodeId, at: &dyn Fn(ValueId) -> (usize, bool)) -> Result<(String, Vec<(usize, bool)>), CodegenError> {
+    let node = g.node(n);
+    let mut sg = Graph::new("step");
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut arena_ins = Vec::new();
+    for &v in &node.inputs {
+        if map.contains_key(&v) {
+            continue;
+        }
+        let val = g.value(v);
+        let nv = match &val.def {
+            ValueDef::Const(_) => {
+                let t = g.const_tensor(v).ok_or_else(|| node_err(node.name(), "a constant's data was elided".into()))?;
+                sg.add_const_typed(ConstData::Data(t.clone()), val.ty.clone(), val.name.clone())
+            }
+            _ => {
+                arena_ins.push(at(v));
+                sg.add_input(val.ty.clone(), val.name.clone())
+            }
+        };
+        map.insert(v, nv);
+    }
+    let ins = node.inputs.iter().map(|v| map[v]).collect();
+    let o = sg.add_node(node.op.clone(), ins, g.ty(node.output).clone(), node.loc.clone());
+    sg.set_outputs(vec![o]);
+    Ok((print_graph(&sg, PrintOptions { elide_constants: false }), arena_ins))
 }
 
 /// Element strides of each logical dim of `v` in its storage: channels-last (NHWC) or row-major.

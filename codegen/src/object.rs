@@ -26,7 +26,7 @@ pub fn emit_object(g: &Graph, isa: Isa, prefix: &str) -> Result<Object, CodegenE
             return Err(CodegenError::Unsupported { node: g.describe_value(v), msg: "object files take and return f32 tensors".into() });
         }
     }
-    let plan = lower(g, &Options { isa, allow_host: false })?;
+    let plan = lower(g, &Options { isa })?;
     let builder = ObjectBuilder::new(clif::host_isa(true)?, prefix.as_bytes().to_vec(), cranelift_module::default_libcall_names())
         .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
     let mut module = ObjectModule::new(builder);
@@ -55,7 +55,7 @@ fn c_header(plan: &Plan, prefix: &str, model: &str) -> String {
         }
     }
     s += &format!(
-        "\n/* Bytes of scratch memory {prefix}_run needs (pass it 64-byte aligned, e.g. from aligned_alloc). */\nsize_t {prefix}_scratch_bytes(void);\n\n/* Runs the model: inputs[i] and outputs[i] point at row-major float tensors of the shapes above.\n * Returns 0 on success, -2 if scratch is not 64-byte aligned, -3 if this CPU lacks the instruction set\n * the model was compiled for ({}). */\nint {prefix}_run(const float *const *inputs, float *const *outputs, void *scratch);\n\n/* Threads the kernels use (0 = all cores, the default). Results are the same for every count. */\nvoid qcc_set_threads(size_t n);\n\n#ifdef __cplusplus\n}}\n#endif\n\n#endif\n",
+        "\n/* Bytes of scratch memory {prefix}_run needs (pass it 64-byte aligned, e.g. from aligned_alloc). */\nsize_t {prefix}_scratch_bytes(void);\n\n/* Runs the model: inputs[i] and outputs[i] point at row-major float tensors of the shapes above.\n * Returns 0 on success, -2 if scratch is not 64-byte aligned, -3 if this CPU lacks the instruction set\n * the model was compiled for ({}), -4 if a step the interpreter runs failed (see qcc_last_error). */\nint {prefix}_run(const float *const *inputs, float *const *outputs, void *scratch);\n\n/* Why the last run on this thread returned -4, or NULL; valid until the next run. */\nconst char *qcc_last_error(void);\n\n/* Threads the kernels use (0 = all cores, the default). Results are the same for every count. */\nvoid qcc_set_threads(size_t n);\n\n#ifdef __cplusplus\n}}\n#endif\n\n#endif\n",
         plan.isa.name()
     );
     s

@@ -34,7 +34,7 @@ pub enum Kernel {
     FGap,
     FMaxPool,
     FAvgPool,
-    /// The interpreter runs the node (JIT only).
+    /// The interpreter runs the node (runtime/src/host.rs).
     Host,
 }
 
@@ -100,8 +100,6 @@ pub struct Plan {
     pub arena_bytes: usize,
     pub inputs: Vec<Io>,
     pub outputs: Vec<Io>,
-    /// Nodes the interpreter runs (their steps' headers point here), in step order.
-    pub hosts: Vec<Box<crate::host::HostStep>>,
 }
 
 impl Plan {
@@ -168,12 +166,6 @@ impl Blob {
     /// The f32 values of an array pushed before.
     pub fn f32s(&self, a: qcc_runtime::abi::Arr) -> Vec<f32> {
         self.bytes[a.off..a.off + 4 * a.len].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-    }
-    /// Overwrites words at `at` (headers of host steps get their pointer once it exists).
-    pub fn patch_words(&mut self, at: usize, w: &[u64]) {
-        for (i, v) in w.iter().enumerate() {
-            self.bytes[at + 8 * i..at + 8 * i + 8].copy_from_slice(&v.to_le_bytes());
-        }
     }
     pub fn finish(&mut self) {
         self.align();

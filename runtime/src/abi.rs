@@ -386,3 +386,9 @@ impl UnaryHdr {
         }
     }
 }
+header!(
+    /// An interpreted step (host.rs): `text` is the .qir of a one-node graph, its constants in full;
+    /// `ins` holds, per graph input, two words (arena offset, 1 if stored channels-last); `out` is the
+    /// output's arena offset.
+    HostHdr { text: Arr, ins: Arr, out: usize, out_nhwc: bool }
+);

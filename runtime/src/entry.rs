@@ -424,6 +424,9 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_fgap", qcc_k_fgap as *const u8),
         ("qcc_k_fmaxpool", qcc_k_fmaxpool as *const u8),
         ("qcc_k_favgpool", qcc_k_favgpool as *const u8),
+        ("qcc_k_host", crate::host::qcc_k_host as *const u8),
+        ("qcc_rt_host_begin", crate::host::qcc_rt_host_begin as *const u8),
+        ("qcc_rt_host_status", crate::host::qcc_rt_host_status as *const u8),
         ("qcc_rt_copy", qcc_rt_copy as *const u8),
         ("qcc_rt_check_cpu", qcc_rt_check_cpu as *const u8),
     ]

@@ -3,6 +3,7 @@
 pub mod abi;
 pub mod entry;
 mod eval;
+pub mod host;
 mod interp;
 pub mod kernels;
 mod nn;
