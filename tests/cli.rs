@@ -192,13 +192,13 @@ fn bad_inputs_fail_cleanly() {
     assert_fails(&qcc(&[&m, "-o", &outs]), "node \"add_shapes\" (Add): shapes", Some(&out));
 
     let mut b = common::Builder::new();
-    b.input("x", &[1, 3]).output("y", &[1, 3]).node("Gelu", "gelu_0", &["x"], &["y"], vec![]);
+    b.input("x", &[1, 3]).output("y", &[1, 3]).node("Hardmax", "hardmax_0", &["x"], &["y"], vec![]);
     let m = write_model(&d, "unsupported.onnx", &b.bytes());
-    assert_fails(&qcc(&[&m, "-o", &outs]), "node \"gelu_0\": unsupported op Gelu (domain \"\", opset 13)", Some(&out));
+    assert_fails(&qcc(&[&m, "-o", &outs]), "node \"hardmax_0\": unsupported op Hardmax (domain \"\", opset 13)", Some(&out));
     // ... and --allow-unsupported keeps it, so the model can be dumped.
     let o = qcc(&[&m, "--allow-unsupported", "-O0"]);
     assert!(
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("opaque %0 {domain=\"\", op_type=\"Gelu\"}"),
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("opaque %0 {domain=\"\", op_type=\"Hardmax\"}"),
         "{}",
         stderr(&o)
     );

@@ -156,6 +156,15 @@ impl<'g> Ex<'g> {
     fn act(&mut self, x: String, act: Option<Act>) -> String {
         let Some(a) = act else { return x };
         let out = self.fresh("act");
+        self.act_to(x, a, out)
+    }
+
+    fn f32_scalar(&mut self, hint: &str, v: f32) -> String {
+        self.init(hint, &Tensor::from_f32(&[], vec![v]).expect("scalar"))
+    }
+
+    /// Activation `a` of `x` into `out`; Gelu and Mish (opset 18 and 20 ops) as their opset-17 formulas.
+    fn act_to(&mut self, x: String, a: Act, out: String) -> String {
         match a {
             Act::Relu => self.node("Relu", "relu", vec![x], out, vec![]),
             Act::Clip { min, max } => {
@@ -170,6 +179,50 @@ impl<'g> Ex<'g> {
             Act::HardSwish => self.node("HardSwish", "hswish", vec![x], out, vec![]),
             Act::Sigmoid => self.node("Sigmoid", "sigmoid", vec![x], out, vec![]),
             Act::Tanh => self.node("Tanh", "tanh", vec![x], out, vec![]),
+            Act::Elu { alpha } => self.node("Elu", "elu", vec![x], out, vec![attr_f("alpha", alpha)]),
+            Act::Selu { alpha, gamma } => self.node("Selu", "selu", vec![x], out, vec![attr_f("alpha", alpha), attr_f("gamma", gamma)]),
+            Act::Celu { alpha } => self.node("Celu", "celu", vec![x], out, vec![attr_f("alpha", alpha)]),
+            Act::Softplus => self.node("Softplus", "softplus", vec![x], out, vec![]),
+            Act::Softsign => self.node("Softsign", "softsign", vec![x], out, vec![]),
+            Act::Mish => {
+                let sp = self.fresh("mish_softplus");
+                let sp = self.node("Softplus", "mish", vec![x.clone()], sp, vec![]);
+                let th = self.fresh("mish_tanh");
+                let th = self.node("Tanh", "mish", vec![sp], th, vec![]);
+                self.node("Mul", "mish", vec![x, th], out, vec![])
+            }
+            Act::Gelu { tanh } => {
+                // 0.5 · x · (1 + erf(x / √2)), or with tanh(√(2/π) · (x + 0.044715 x³)).
+                let inner = if tanh {
+                    let x2 = self.fresh("gelu_x2");
+                    let x2 = self.node("Mul", "gelu", vec![x.clone(), x.clone()], x2, vec![]);
+                    let x3 = self.fresh("gelu_x3");
+                    let x3 = self.node("Mul", "gelu", vec![x2, x.clone()], x3, vec![]);
+                    let c = self.f32_scalar("gelu_c", 0.044715);
+                    let t = self.fresh("gelu_t");
+                    let t = self.node("Mul", "gelu", vec![x3, c], t, vec![]);
+                    let u = self.fresh("gelu_u");
+                    let u = self.node("Add", "gelu", vec![x.clone(), t], u, vec![]);
+                    let k = self.f32_scalar("gelu_k", (2.0 / std::f32::consts::PI).sqrt());
+                    let v = self.fresh("gelu_v");
+                    let v = self.node("Mul", "gelu", vec![u, k], v, vec![]);
+                    let th = self.fresh("gelu_tanh");
+                    self.node("Tanh", "gelu", vec![v], th, vec![])
+                } else {
+                    let k = self.f32_scalar("gelu_k", std::f32::consts::FRAC_1_SQRT_2);
+                    let v = self.fresh("gelu_v");
+                    let v = self.node("Mul", "gelu", vec![x.clone(), k], v, vec![]);
+                    let e = self.fresh("gelu_erf");
+                    self.node("Erf", "gelu", vec![v], e, vec![])
+                };
+                let one = self.f32_scalar("gelu_one", 1.0);
+                let p = self.fresh("gelu_p");
+                let p = self.node("Add", "gelu", vec![inner, one], p, vec![]);
+                let half = self.f32_scalar("gelu_half", 0.5);
+                let h = self.fresh("gelu_h");
+                let h = self.node("Mul", "gelu", vec![x, half], h, vec![]);
+                self.node("Mul", "gelu", vec![h, p], out, vec![])
+            }
         }
     }
 
@@ -277,6 +330,11 @@ impl<'g> Ex<'g> {
             Op::Max => ("Max", vec![], None),
             Op::Min => ("Min", vec![], None),
             Op::Equal => ("Equal", vec![], None),
+            Op::Less => ("Less", vec![], None),
+            Op::Greater => ("Greater", vec![], None),
+            Op::LessOrEqual => ("LessOrEqual", vec![], None),
+            Op::GreaterOrEqual => ("GreaterOrEqual", vec![], None),
+            Op::Not => ("Not", vec![], None),
             Op::Where => ("Where", vec![], None),
             Op::Relu => ("Relu", vec![], None),
             Op::LeakyRelu { alpha } => ("LeakyRelu", vec![attr_f("alpha", *alpha)], None),
@@ -285,6 +343,17 @@ impl<'g> Ex<'g> {
             Op::HardSwish => ("HardSwish", vec![], None),
             Op::Tanh => ("Tanh", vec![], None),
             Op::Erf => ("Erf", vec![], None),
+            Op::Elu { .. } | Op::Selu { .. } | Op::Celu { .. } | Op::Softplus | Op::Softsign | Op::Gelu { .. } | Op::Mish => {
+                let a = this_op.as_act().expect("an activation op");
+                self.act_to(ins[0].clone(), a, out_name);
+                return Ok(());
+            }
+            Op::Neg => ("Neg", vec![], None),
+            Op::Abs => ("Abs", vec![], None),
+            Op::Reciprocal => ("Reciprocal", vec![], None),
+            Op::Log => ("Log", vec![], None),
+            Op::Floor => ("Floor", vec![], None),
+            Op::Ceil => ("Ceil", vec![], None),
             Op::Sqrt => ("Sqrt", vec![], None),
             Op::Exp => ("Exp", vec![], None),
             Op::Clip { min, max } => {
@@ -388,6 +457,16 @@ impl<'g> Ex<'g> {
             Op::Cast { to } => ("Cast", vec![attr_i("to", dtype_to_onnx(*to) as i64)], None),
             Op::ReduceMean { axes, keepdims } => ("ReduceMean", vec![attr_is("axes", axes), attr_i("keepdims", *keepdims as i64)], None),
             Op::ReduceMax { axes, keepdims } => ("ReduceMax", vec![attr_is("axes", axes), attr_i("keepdims", *keepdims as i64)], None),
+            Op::ReduceMin { axes, keepdims } => ("ReduceMin", vec![attr_is("axes", axes), attr_i("keepdims", *keepdims as i64)], None),
+            Op::ArgMax { axis, keepdims, last } | Op::ArgMin { axis, keepdims, last } => (
+                if matches!(this_op, Op::ArgMax { .. }) { "ArgMax" } else { "ArgMin" },
+                vec![attr_i("axis", *axis), attr_i("keepdims", *keepdims as i64), attr_i("select_last_index", *last as i64)],
+                None,
+            ),
+            Op::Lrn { size, alpha, beta, bias } => {
+                ("LRN", vec![attr_i("size", *size), attr_f("alpha", *alpha), attr_f("beta", *beta), attr_f("bias", *bias)], None)
+            }
+            Op::InstanceNorm { epsilon } => ("InstanceNormalization", vec![attr_f("epsilon", *epsilon)], None),
             Op::ReduceSum { axes, keepdims } => {
                 ins.push(self.i64_init("axes", axes));
                 ("ReduceSum", vec![attr_i("keepdims", *keepdims as i64)], None)

@@ -72,6 +72,9 @@ impl<'a> N<'a> {
     fn ints(&self, k: &str) -> Option<Vec<i64>> {
         self.attr(k).map(|a| a.ints.clone())
     }
+    fn floats(&self, k: &str) -> Option<Vec<f32>> {
+        self.attr(k).map(|a| a.floats.clone())
+    }
     fn string(&self, k: &str, d: &str) -> String {
         self.attr(k).map(|a| String::from_utf8_lossy(a.s()).into_owned()).unwrap_or_else(|| d.to_string())
     }
@@ -222,12 +225,27 @@ fn known_attrs(op_type: &str) -> Option<&'static [&'static str]> {
         "Slice" => &["starts", "ends", "axes"],
         "Split" => &["axis", "split", "num_outputs"],
         "Cast" => &["to", "saturate", "round_mode"],
-        "ReduceMean" | "ReduceSum" | "ReduceMax" => REDUCE,
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceL1" | "ReduceL2" | "ReduceSumSquare" => REDUCE,
+        "Elu" | "Celu" => &["alpha"],
+        "Selu" => &["alpha", "gamma"],
+        "Gelu" => &["approximate"],
+        "ArgMax" | "ArgMin" => &["axis", "keepdims", "select_last_index"],
+        "LRN" => &["size", "alpha", "beta", "bias"],
+        "InstanceNormalization" => &["epsilon"],
+        "DepthToSpace" => &["blocksize", "mode"],
+        "SpaceToDepth" => &["blocksize"],
+        "Upsample" => &["mode", "scales"],
+        "LogSoftmax" => &["axis"],
+        "CastLike" => &["saturate", "round_mode"],
+        "Size" => NONE,
         "LayerNormalization" => &["axis", "epsilon", "stash_type"],
         "QuantizeLinear" => &["axis", "block_size", "output_dtype", "saturate", "precision"],
         "DequantizeLinear" => &["axis", "block_size", "output_dtype"],
         "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" | "Max" | "Min" | "Where" | "Relu" | "Sigmoid" | "HardSwish"
-        | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Identity" | "GlobalAveragePool" | "Expand" => NONE,
+        | "Tanh" | "Erf" | "Sqrt" | "Exp" | "Identity" | "GlobalAveragePool" | "Expand" | "Softplus" | "Softsign" | "Mish" | "Neg"
+        | "Abs" | "Reciprocal" | "Log" | "Floor" | "Ceil" | "GlobalMaxPool" | "Sum" | "Mean" | "PRelu" | "Less" | "Greater"
+        | "LessOrEqual" | "GreaterOrEqual" | "Not" => NONE,
+        "ConstantOfShape" => &["value"],
         _ => return None,
     })
 }
@@ -446,8 +464,12 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             )
         }
         "MatMul" => L(Op::MatMul, vec![x(ctx)?, req(ctx, n, 1)?]),
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => {
             let op = match op_type {
+                "Less" => Op::Less,
+                "Greater" => Op::Greater,
+                "LessOrEqual" => Op::LessOrEqual,
+                "GreaterOrEqual" => Op::GreaterOrEqual,
                 "Add" => Op::Add,
                 "Sub" => Op::Sub,
                 "Mul" => Op::Mul,
@@ -475,6 +497,151 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
         "Sqrt" => return unary(ctx, Op::Sqrt),
         "Exp" => return unary(ctx, Op::Exp),
         "Identity" => return unary(ctx, Op::Identity),
+        "Elu" => return unary(ctx, Op::Elu { alpha: n.float("alpha", 1.0) }),
+        "Selu" => {
+            return unary(ctx, Op::Selu { alpha: n.float("alpha", 1.673_263_2), gamma: n.float("gamma", 1.050_701) });
+        }
+        "Celu" => return unary(ctx, Op::Celu { alpha: n.float("alpha", 1.0) }),
+        "Softplus" => return unary(ctx, Op::Softplus),
+        "Softsign" => return unary(ctx, Op::Softsign),
+        "Mish" => return unary(ctx, Op::Mish),
+        "Gelu" => {
+            let tanh = match n.string("approximate", "none").as_str() {
+                "none" => false,
+                "tanh" => true,
+                other => return n.err(format!("approximate={other:?} is not supported (none, tanh)")),
+            };
+            return unary(ctx, Op::Gelu { tanh });
+        }
+        "Neg" => return unary(ctx, Op::Neg),
+        "Not" => return unary(ctx, Op::Not),
+        "ConstantOfShape" => {
+            let dims = known_ints(ctx, n, 0, "shape")?.ok_or(()).or_else(|_| n.err("the shape must be known at compile time"))?;
+            if dims.iter().any(|d| *d < 0) {
+                return n.err(format!("shape {dims:?} has a negative dimension"));
+            }
+            let fill = match n.attr("value").and_then(|a| a.t.as_ref()) {
+                Some(t) => tensor_from_proto(t, None).or_else(|e| n.err(e.to_string()))?,
+                None => Tensor::from_f32(&[1], vec![0.0]).expect("one value"),
+            };
+            if fill.len() != 1 {
+                return n.err("value must hold one element");
+            }
+            // The one value broadcast to the shape: canonicalize folds it into a constant.
+            let c = ctx.g.add_const(fill, None);
+            if dims.is_empty() {
+                L(Op::Reshape { shape: vec![] }, vec![c])
+            } else {
+                L(Op::Expand { shape: dims }, vec![c])
+            }
+        }
+        "Abs" => return unary(ctx, Op::Abs),
+        "Reciprocal" => return unary(ctx, Op::Reciprocal),
+        "Log" => return unary(ctx, Op::Log),
+        "Floor" => return unary(ctx, Op::Floor),
+        "Ceil" => return unary(ctx, Op::Ceil),
+        "Sum" | "Mean" => {
+            let ins = all_inputs(ctx)?;
+            let Some((&first, rest)) = ins.split_first() else { return n.err("needs at least one input") };
+            let mut acc = first;
+            for &v in rest {
+                acc = add(ctx, n, Op::Add, vec![acc, v], Type::Unknown)?;
+            }
+            if op_type == "Sum" || ins.len() == 1 {
+                return Ok(Some(Lowered::Value(if ins.len() == 1 { add(ctx, n, Op::Identity, vec![acc], Type::Unknown)? } else { acc })));
+            }
+            let count = ctx.g.add_const(Tensor::from_f32(&[], vec![ins.len() as f32]).expect("scalar"), None);
+            L(Op::Div, vec![acc, count])
+        }
+        "PRelu" => {
+            let (xv, slope) = (x(ctx)?, req(ctx, n, 1)?);
+            // One slope for every channel (PyTorch's nn.PReLU() default) is a LeakyRelu, which fuses
+            // into the convolution before it.
+            let fits = |s: &[usize]| {
+                qcc_ir::infer::broadcast_shapes(&[ctx.g.ty(xv).shape().unwrap_or(&[]), s]).ok().as_deref() == ctx.g.ty(xv).shape()
+            };
+            if let Some(v) = ctx.known(slope).filter(|t| t.dtype() == DType::F32 && fits(t.shape())).map(|t| t.to_f32_vec()) {
+                if v.first().is_some_and(|a| v.iter().all(|b| b.to_bits() == a.to_bits())) {
+                    return unary(ctx, Op::LeakyRelu { alpha: v[0] });
+                }
+            }
+            // Otherwise max(x, 0) + slope · min(x, 0): exactly x or slope · x for every x.
+            let zero = ctx.g.add_const(Tensor::from_f32(&[], vec![0.0]).expect("scalar"), None);
+            let pos = add(ctx, n, Op::Max, vec![xv, zero], Type::Unknown)?;
+            let neg = add(ctx, n, Op::Min, vec![xv, zero], Type::Unknown)?;
+            let scaled = add(ctx, n, Op::Mul, vec![slope, neg], Type::Unknown)?;
+            if ctx.g.ty(scaled).shape() != ctx.g.ty(xv).shape() {
+                return n.err("slope must broadcast to the input's shape");
+            }
+            L(Op::Add, vec![pos, scaled])
+        }
+        "GlobalMaxPool" => {
+            let xv = x(ctx)?;
+            let r = shape(ctx, n, xv)?.len();
+            if r < 3 {
+                return n.err("input must have rank >= 3");
+            }
+            L(Op::ReduceMax { axes: (2..r as i64).collect(), keepdims: true }, vec![xv])
+        }
+        "ArgMax" | "ArgMin" => {
+            let (axis, keepdims, last) = (n.int("axis", 0), n.int("keepdims", 1) != 0, n.int("select_last_index", 0) != 0);
+            L(if op_type == "ArgMax" { Op::ArgMax { axis, keepdims, last } } else { Op::ArgMin { axis, keepdims, last } }, vec![x(ctx)?])
+        }
+        "LRN" => {
+            let size = n.int("size", 0);
+            if size < 1 {
+                return n.err("size must be a positive integer");
+            }
+            L(Op::Lrn { size, alpha: n.float("alpha", 1e-4), beta: n.float("beta", 0.75), bias: n.float("bias", 1.0) }, vec![x(ctx)?])
+        }
+        "InstanceNormalization" => {
+            L(Op::InstanceNorm { epsilon: n.float("epsilon", 1e-5) }, vec![x(ctx)?, req(ctx, n, 1)?, req(ctx, n, 2)?])
+        }
+        "LogSoftmax" => {
+            // x − max − log(Σ exp(x − max)) over the axis (before opset 13: over every axis from it on).
+            let xv = x(ctx)?;
+            let r = shape(ctx, n, xv)?.len();
+            let axis = norm_axis(n.int("axis", if n.opset < 13 { 1 } else { -1 }), r).or_else(|e| n.err(e))? as i64;
+            let axes: Vec<i64> = if n.opset < 13 { (axis..r as i64).collect() } else { vec![axis] };
+            let m = add(ctx, n, Op::ReduceMax { axes: axes.clone(), keepdims: true }, vec![xv], Type::Unknown)?;
+            let t = add(ctx, n, Op::Sub, vec![xv, m], Type::Unknown)?;
+            let e = add(ctx, n, Op::Exp, vec![t], Type::Unknown)?;
+            let s = add(ctx, n, Op::ReduceSum { axes, keepdims: true }, vec![e], Type::Unknown)?;
+            let l = add(ctx, n, Op::Log, vec![s], Type::Unknown)?;
+            L(Op::Sub, vec![t, l])
+        }
+        "CastLike" => {
+            let (xv, like) = (x(ctx)?, req(ctx, n, 1)?);
+            let to = ctx.g.ty(like).dtype().ok_or(()).or_else(|_| n.err("the target's type is unknown"))?;
+            L(Op::Cast { to }, vec![xv])
+        }
+        "Size" => {
+            let xv = x(ctx)?;
+            let numel = shape(ctx, n, xv)?.iter().product::<usize>() as i64;
+            return Ok(Some(Lowered::Value(ctx.g.add_const(Tensor::from_i64(&[], vec![numel]).expect("scalar"), None))));
+        }
+        "DepthToSpace" | "SpaceToDepth" => return lower_depth_space(ctx, n, op_type == "DepthToSpace").map(Some),
+        "Upsample" => {
+            let xv = x(ctx)?;
+            let xs = shape(ctx, n, xv)?;
+            let scales = if n.opset < 9 { n.floats("scales") } else { known_floats(ctx, n, 1, "scales")? };
+            let scales = scales.ok_or(()).or_else(|_| n.err("scales are required"))?;
+            if scales.len() != xs.len() || scales.iter().any(|s| *s <= 0.0) {
+                return n.err(format!("scales {scales:?} need one positive entry per axis of {xs:?}"));
+            }
+            let m = n.string("mode", "nearest");
+            let mode = match m.as_str() {
+                "nearest" => ResizeMode::Nearest,
+                "linear" | "bilinear" => ResizeMode::Linear,
+                _ => return n.err(format!("mode {m:?} is not supported (nearest, linear)")),
+            };
+            let sizes: Vec<i64> = xs.iter().zip(&scales).map(|(d, s)| (*d as f32 * s).floor() as i64).collect();
+            if sizes.iter().any(|s| *s <= 0) {
+                return n.err(format!("output size {sizes:?} is empty"));
+            }
+            // Upsample is Resize with asymmetric coordinates and floor rounding (its opset-10 replacement).
+            L(Op::Resize { mode, coord: CoordTransform::Asymmetric, nearest: NearestMode::Floor, scales, sizes }, vec![xv])
+        }
         "Clip" => {
             let (min, max) = if n.opset < 11 {
                 (n.float("min", f32::NEG_INFINITY), n.float("max", f32::INFINITY))
@@ -690,8 +857,8 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             let to = dtype_from_onnx(code).ok_or(()).or_else(|_| n.err(format!("cast to {} is not supported", onnx_type_name(code))))?;
             L(Op::Cast { to }, vec![x(ctx)?])
         }
-        "ReduceMean" | "ReduceSum" | "ReduceMax" => {
-            let xv = x(ctx)?;
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceL1" | "ReduceL2" | "ReduceSumSquare" => {
+            let mut xv = x(ctx)?;
             let r = shape(ctx, n, xv)?.len();
             let axes_as_input = if op_type == "ReduceSum" { n.opset >= 13 } else { n.opset >= 18 };
             let axes = if axes_as_input { known_ints(ctx, n, 1, "axes")? } else { n.ints("axes") }.unwrap_or_default();
@@ -700,11 +867,22 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
             }
             let axes = axes.iter().map(|a| norm_axis(*a, r).map(|a| a as i64)).collect::<Result<Vec<_>, _>>().or_else(|e| n.err(e))?;
             let keepdims = n.int("keepdims", 1) != 0;
+            // The norms are sums of |x| or x²; ReduceL2 takes the square root of the sum of squares.
+            match op_type {
+                "ReduceL1" => xv = add(ctx, n, Op::Abs, vec![xv], Type::Unknown)?,
+                "ReduceL2" | "ReduceSumSquare" => xv = add(ctx, n, Op::Mul, vec![xv, xv], Type::Unknown)?,
+                _ => {}
+            }
             let op = match op_type {
                 "ReduceMean" => Op::ReduceMean { axes, keepdims },
-                "ReduceSum" => Op::ReduceSum { axes, keepdims },
-                _ => Op::ReduceMax { axes, keepdims },
+                "ReduceMax" => Op::ReduceMax { axes, keepdims },
+                "ReduceMin" => Op::ReduceMin { axes, keepdims },
+                _ => Op::ReduceSum { axes, keepdims },
             };
+            if op_type == "ReduceL2" {
+                let sum = add(ctx, n, op, vec![xv], Type::Unknown)?;
+                return Ok(Some(L(Op::Sqrt, vec![sum])));
+            }
             L(op, vec![xv])
         }
         "Expand" => {
@@ -720,6 +898,38 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
         "QuantizeLinear" | "DequantizeLinear" => return lower_qdq(ctx, n, op_type == "QuantizeLinear").map(Some),
         _ => return Ok(None),
     }))
+}
+
+/// DepthToSpace (DCR or CRD order) and SpaceToDepth on [N, C, H, W]: a reshape to six dims, a transpose
+/// and a reshape back.
+fn lower_depth_space(ctx: &mut Ctx, n: &N, to_space: bool) -> R<Lowered> {
+    let xv = req(ctx, n, 0)?;
+    let xs = shape(ctx, n, xv)?;
+    let b = n.int("blocksize", 0);
+    let [bn, c, h, w] = xs.iter().map(|d| *d as i64).collect::<Vec<_>>()[..] else { return n.err("input must be 4-D") };
+    // A block larger than every dimension fits nothing (and keeps b² and the products below in range).
+    if b < 1 || b > c.max(h).max(w) {
+        return n.err(format!("blocksize {b} does not fit input shape {xs:?}"));
+    }
+    let (six, perm, out) = if to_space {
+        if c % (b * b) != 0 {
+            return n.err(format!("channels ({c}) are not a multiple of blocksize² ({})", b * b));
+        }
+        let cb = c / (b * b);
+        match n.string("mode", "DCR").as_str() {
+            "DCR" => (vec![bn, b, b, cb, h, w], vec![0, 3, 4, 1, 5, 2], vec![bn, cb, h * b, w * b]),
+            "CRD" => (vec![bn, cb, b, b, h, w], vec![0, 1, 4, 2, 5, 3], vec![bn, cb, h * b, w * b]),
+            m => return n.err(format!("mode {m:?} is not supported (DCR, CRD)")),
+        }
+    } else {
+        if h % b != 0 || w % b != 0 {
+            return n.err(format!("height and width ({h}, {w}) are not multiples of blocksize ({b})"));
+        }
+        (vec![bn, c, h / b, b, w / b, b], vec![0, 3, 5, 1, 2, 4], vec![bn, c * b * b, h / b, w / b])
+    };
+    let r = add(ctx, n, Op::Reshape { shape: six }, vec![xv], Type::Unknown)?;
+    let t = add(ctx, n, Op::Transpose { perm }, vec![r], Type::Unknown)?;
+    Ok(Lowered::Node(Op::Reshape { shape: out }, vec![t]))
 }
 
 fn lower_resize(ctx: &mut Ctx, n: &N) -> R<Lowered> {

@@ -201,7 +201,7 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             }
             Ok(inputs[0].with_shape(out))
         }
-        Add | Sub | Mul | Div | Pow | Max | Min | Equal => {
+        Add | Sub | Mul | Div | Pow | Max | Min | Equal | Less | Greater | LessOrEqual | GreaterOrEqual => {
             want_inputs(inputs, if matches!(op, Max | Min) { 1 } else { 2 }, if matches!(op, Max | Min) { usize::MAX } else { 2 })?;
             let shapes: Vec<&[usize]> = (0..inputs.len()).map(in_shape).collect::<Result<_, _>>()?;
             let out = broadcast_shapes(&shapes)?;
@@ -209,7 +209,7 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             if !matches!(op, Pow) && inputs.iter().any(|t| t.dtype() != d0) {
                 return Err("inputs have different element types".into());
             }
-            if matches!(op, Equal) {
+            if matches!(op, Equal | Less | Greater | LessOrEqual | GreaterOrEqual) {
                 return Ok(Type::plain(DType::Bool, out));
             }
             Ok(Type::plain(d0.unwrap_or(DType::F32), out))
@@ -225,10 +225,41 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             let out = broadcast_shapes(&[in_shape(0)?, in_shape(1)?, in_shape(2)?])?;
             Ok(inputs[1].with_shape(out))
         }
-        Relu | LeakyRelu { .. } | Sigmoid | HardSigmoid { .. } | HardSwish | Tanh | Erf | Sqrt | Exp | Clip { .. } => {
+        Relu
+        | LeakyRelu { .. }
+        | Sigmoid
+        | HardSigmoid { .. }
+        | HardSwish
+        | Tanh
+        | Erf
+        | Sqrt
+        | Exp
+        | Clip { .. }
+        | Elu { .. }
+        | Selu { .. }
+        | Celu { .. }
+        | Softplus
+        | Softsign
+        | Gelu { .. }
+        | Mish
+        | Neg
+        | Abs
+        | Reciprocal
+        | Log
+        | Floor
+        | Ceil => {
             want_inputs(inputs, 1, 1)?;
-            if !matches!(op, Relu | Clip { .. }) {
+            let signed = matches!(inputs[0].dtype(), Some(DType::I64 | DType::I32 | DType::I16 | DType::I8));
+            let any_type = matches!(op, Relu | Clip { .. }) || matches!(op, Neg | Abs) && signed;
+            if !any_type {
                 want_float(inputs[0], "input")?;
+            }
+            Ok(inputs[0].clone())
+        }
+        Not => {
+            want_inputs(inputs, 1, 1)?;
+            if inputs[0].dtype() != Some(DType::Bool) {
+                return Err("input must be bool".into());
             }
             Ok(inputs[0].clone())
         }
@@ -411,7 +442,7 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             want_inputs(inputs, 1, 1)?;
             Ok(Type::plain(*to, in_shape(0)?.to_vec()))
         }
-        ReduceMean { axes, keepdims } | ReduceSum { axes, keepdims } | ReduceMax { axes, keepdims } => {
+        ReduceMean { axes, keepdims } | ReduceSum { axes, keepdims } | ReduceMax { axes, keepdims } | ReduceMin { axes, keepdims } => {
             want_inputs(inputs, 1, 1)?;
             let x = in_shape(0)?;
             let ax: Vec<usize> = if axes.is_empty() {
@@ -435,6 +466,43 @@ fn infer_unchecked(op: &Op, inputs: &[&Type], current: &Type) -> Result<Type, St
             want_inputs(inputs, 1, 1)?;
             let s: Vec<usize> = shape.iter().map(|d| (*d).max(0) as usize).collect();
             Ok(inputs[0].with_shape(broadcast_shapes(&[in_shape(0)?, &s])?))
+        }
+        ArgMax { axis, keepdims, .. } | ArgMin { axis, keepdims, .. } => {
+            want_inputs(inputs, 1, 1)?;
+            let x = in_shape(0)?;
+            let a = norm_axis(*axis, x.len())?;
+            if x[a] == 0 {
+                return Err("the reduced axis is empty".into());
+            }
+            let mut out = x.to_vec();
+            if *keepdims {
+                out[a] = 1;
+            } else {
+                out.remove(a);
+            }
+            Ok(Type::plain(DType::I64, out))
+        }
+        Lrn { size, .. } => {
+            want_inputs(inputs, 1, 1)?;
+            want_float(inputs[0], "input")?;
+            if in_shape(0)?.len() < 3 || *size < 1 {
+                return Err("needs an input of rank >= 3 and size >= 1".into());
+            }
+            Ok(inputs[0].clone())
+        }
+        InstanceNorm { .. } => {
+            want_inputs(inputs, 3, 3)?;
+            want_float(inputs[0], "input")?;
+            let x = in_shape(0)?;
+            if x.len() < 3 {
+                return Err("input must have rank >= 3".into());
+            }
+            for i in 1..3 {
+                if in_shape(i)? != [x[1]] {
+                    return Err(format!("input {i} shape {:?} must be [{}]", in_shape(i)?, x[1]));
+                }
+            }
+            Ok(inputs[0].clone())
         }
         LayerNorm { axis, .. } => {
             want_inputs(inputs, 2, 3)?;

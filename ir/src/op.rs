@@ -8,12 +8,52 @@ use crate::types::{fmt_f32, DType};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Act {
     Relu,
-    Clip { min: f32, max: f32 },
-    LeakyRelu { alpha: f32 },
-    HardSigmoid { alpha: f32, beta: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     HardSwish,
     Sigmoid,
     Tanh,
+    Elu {
+        alpha: f32,
+    },
+    /// gamma · (x > 0 ? x : alpha · (eˣ − 1)).
+    Selu {
+        alpha: f32,
+        gamma: f32,
+    },
+    /// max(0, x) + min(0, alpha · (e^(x/alpha) − 1)).
+    Celu {
+        alpha: f32,
+    },
+    /// ln(1 + eˣ).
+    Softplus,
+    /// x / (1 + |x|).
+    Softsign,
+    /// x · Φ(x) (`tanh`: the tanh approximation ONNX's approximate="tanh" names).
+    Gelu {
+        tanh: bool,
+    },
+    /// x · tanh(softplus(x)).
+    Mish,
+}
+
+/// ln(1 + eˣ) without overflow for large x.
+#[inline]
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
 }
 
 impl Act {
@@ -33,6 +73,23 @@ impl Act {
             Act::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
             Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Act::Tanh => x.tanh(),
+            Act::Elu { alpha } => {
+                if x < 0.0 {
+                    alpha * x.exp_m1()
+                } else {
+                    x
+                }
+            }
+            Act::Selu { alpha, gamma } => gamma * if x <= 0.0 { alpha * x.exp_m1() } else { x },
+            Act::Celu { alpha } => x.max(0.0) + (alpha * (x / alpha).exp_m1()).min(0.0),
+            Act::Softplus => softplus(x),
+            Act::Softsign => x / (1.0 + x.abs()),
+            Act::Gelu { tanh: false } => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Act::Gelu { tanh: true } => {
+                let inner = (2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                0.5 * x * (1.0 + inner.tanh())
+            }
+            Act::Mish => x * softplus(x).tanh(),
         }
     }
 
@@ -47,6 +104,14 @@ impl Act {
             Act::HardSwish => "hard_swish".into(),
             Act::Sigmoid => "sigmoid".into(),
             Act::Tanh => "tanh".into(),
+            Act::Elu { alpha } => format!("elu({})", fmt_f32(alpha)),
+            Act::Selu { alpha, gamma } => format!("selu({},{})", fmt_f32(alpha), fmt_f32(gamma)),
+            Act::Celu { alpha } => format!("celu({})", fmt_f32(alpha)),
+            Act::Softplus => "softplus".into(),
+            Act::Softsign => "softsign".into(),
+            Act::Gelu { tanh: false } => "gelu".into(),
+            Act::Gelu { tanh: true } => "gelu_tanh".into(),
+            Act::Mish => "mish".into(),
         }
     }
 
@@ -65,6 +130,14 @@ impl Act {
             ("hard_swish", []) => Act::HardSwish,
             ("sigmoid", []) => Act::Sigmoid,
             ("tanh", []) => Act::Tanh,
+            ("elu", [alpha]) => Act::Elu { alpha: *alpha },
+            ("selu", [alpha, gamma]) => Act::Selu { alpha: *alpha, gamma: *gamma },
+            ("celu", [alpha]) => Act::Celu { alpha: *alpha },
+            ("softplus", []) => Act::Softplus,
+            ("softsign", []) => Act::Softsign,
+            ("gelu", []) => Act::Gelu { tanh: false },
+            ("gelu_tanh", []) => Act::Gelu { tanh: true },
+            ("mish", []) => Act::Mish,
             _ => return None,
         })
     }
@@ -181,6 +254,12 @@ define_ops! {
     Max = "max",
     Min = "min",
     Equal = "equal",
+    Less = "less",
+    Greater = "greater",
+    LessOrEqual = "less_or_equal",
+    GreaterOrEqual = "greater_or_equal",
+    /// Logical not of a bool tensor.
+    Not = "not",
     /// inputs: condition, x, y.
     Where = "where",
     Relu = "relu",
@@ -189,9 +268,24 @@ define_ops! {
     HardSigmoid { alpha: f32, beta: f32 } = "hard_sigmoid",
     HardSwish = "hard_swish",
     Tanh = "tanh",
+    Elu { alpha: f32 } = "elu",
+    Selu { alpha: f32, gamma: f32 } = "selu",
+    Celu { alpha: f32 } = "celu",
+    Softplus = "softplus",
+    Softsign = "softsign",
+    /// tanh: ONNX's approximate="tanh".
+    Gelu { tanh: bool } = "gelu",
+    Mish = "mish",
     Erf = "erf",
     Sqrt = "sqrt",
     Exp = "exp",
+    Neg = "neg",
+    Abs = "abs",
+    Reciprocal = "reciprocal",
+    /// Natural logarithm.
+    Log = "log",
+    Floor = "floor",
+    Ceil = "ceil",
     Clip { min: f32, max: f32 } = "clip",
     /// inputs: x, scale, bias, mean, var.
     BatchNorm { epsilon: f32 } = "batch_norm",
@@ -221,6 +315,15 @@ define_ops! {
     ReduceMean { axes: Vec<i64>, keepdims: bool } = "reduce_mean",
     ReduceSum { axes: Vec<i64>, keepdims: bool } = "reduce_sum",
     ReduceMax { axes: Vec<i64>, keepdims: bool } = "reduce_max",
+    ReduceMin { axes: Vec<i64>, keepdims: bool } = "reduce_min",
+    /// Index (i64) of the largest value along `axis`; `last`: of its last occurrence (select_last_index).
+    ArgMax { axis: i64, keepdims: bool, last: bool } = "arg_max",
+    ArgMin { axis: i64, keepdims: bool, last: bool } = "arg_min",
+    /// Local response normalization across channels (AlexNet, GoogLeNet):
+    /// y = x / (bias + alpha / size · Σ x²)^beta over the `size` channels centred on each.
+    Lrn { size: i64, alpha: f32, beta: f32, bias: f32 } = "lrn",
+    /// inputs: x [N,C,...], scale [C], bias [C]; each (n, c) plane normalized over its own mean and variance.
+    InstanceNorm { epsilon: f32 } = "instance_norm",
     Expand { shape: Vec<i64> } = "expand",
     /// inputs: x, scale, [bias].
     LayerNorm { axis: i64, epsilon: f32 } = "layer_norm",
@@ -270,9 +373,22 @@ impl Op {
                 | Op::HardSigmoid { .. }
                 | Op::HardSwish
                 | Op::Tanh
+                | Op::Elu { .. }
+                | Op::Selu { .. }
+                | Op::Celu { .. }
+                | Op::Softplus
+                | Op::Softsign
+                | Op::Gelu { .. }
+                | Op::Mish
                 | Op::Erf
                 | Op::Sqrt
                 | Op::Exp
+                | Op::Neg
+                | Op::Abs
+                | Op::Reciprocal
+                | Op::Log
+                | Op::Floor
+                | Op::Ceil
                 | Op::Clip { .. }
                 | Op::Identity
                 | Op::Dropout
@@ -363,6 +479,13 @@ impl Op {
             Op::HardSwish => Act::HardSwish,
             Op::Sigmoid => Act::Sigmoid,
             Op::Tanh => Act::Tanh,
+            Op::Elu { alpha } => Act::Elu { alpha },
+            Op::Selu { alpha, gamma } => Act::Selu { alpha, gamma },
+            Op::Celu { alpha } => Act::Celu { alpha },
+            Op::Softplus => Act::Softplus,
+            Op::Softsign => Act::Softsign,
+            Op::Gelu { tanh } => Act::Gelu { tanh },
+            Op::Mish => Act::Mish,
             _ => return None,
         })
     }

@@ -2,7 +2,8 @@
 //! static), Identity/Dropout removal, collapsing of reshape chains, and the rewrites exporters make
 //! necessary: zero padding folded into the convolution that reads it (TF's asymmetric "SAME" padding
 //! written as a separate Pad), a spatial ReduceMean as the global average pool it is (Keras'
-//! GlobalAveragePooling2D and squeeze-and-excitation blocks), a MatMul by constant weights as a Gemm
+//! GlobalAveragePooling2D and squeeze-and-excitation blocks) and a spatial ReduceMax (GlobalMaxPool) as
+//! a max pool over the whole image, a MatMul by constant weights as a Gemm
 //! and a constant vector added to a Gemm without bias as its bias (TF's Dense layers); then dead-code
 //! elimination. Runs to a fixed point. Needs nothing before it; afterwards no node has only constant
 //! inputs, no Shape node remains, and every node's value is used.
@@ -56,23 +57,30 @@ fn fold_pad(g: &mut Graph, n: NodeId) -> bool {
     true
 }
 
-/// ReduceMean of a 4-D f32 tensor over its two spatial axes becomes GlobalAveragePool (followed by a
-/// reshape to [N, C] without keepdims), which has integer and compiled forms.
-fn reduce_mean_to_gap(g: &mut Graph, n: NodeId) -> bool {
-    let Op::ReduceMean { axes, keepdims } = &g.node(n).op else { return false };
+/// ReduceMean of a 4-D f32 tensor over its two spatial axes becomes GlobalAveragePool, and ReduceMax
+/// (GlobalMaxPool's import) a max pool whose window is the whole image, followed by a reshape to [N, C]
+/// without keepdims: both have integer and compiled forms.
+fn reduce_to_global_pool(g: &mut Graph, n: NodeId) -> bool {
+    let (Op::ReduceMean { axes, keepdims } | Op::ReduceMax { axes, keepdims }) = &g.node(n).op else { return false };
     let x = g.node(n).inputs[0];
-    let Some(&[b, c, _, _]) = g.ty(x).shape() else { return false };
+    let Some(&[b, c, h, w]) = g.ty(x).shape() else { return false };
     let mut sorted = axes.clone();
     sorted.sort_unstable();
     if sorted != [2, 3] || g.ty(x).dtype() != Some(qcc_ir::DType::F32) {
         return false;
     }
+    let pool = if matches!(g.node(n).op, Op::ReduceMean { .. }) {
+        Op::GlobalAveragePool
+    } else {
+        let (ones, zeros) = (vec![1, 1], vec![0; 4]);
+        Op::MaxPool { kernel: vec![h as i64, w as i64], strides: ones.clone(), pads: zeros, dilations: ones, ceil_mode: false }
+    };
     if *keepdims {
-        g.set_op(n, Op::GlobalAveragePool);
+        g.set_op(n, pool);
         return true;
     }
     let loc = g.node(n).loc.clone();
-    let gap = g.add_node(Op::GlobalAveragePool, vec![x], Type::f32(vec![b, c, 1, 1]), loc);
+    let gap = g.add_node(pool, vec![x], Type::f32(vec![b, c, 1, 1]), loc);
     g.set_op(n, Op::Reshape { shape: vec![b as i64, c as i64] });
     g.set_inputs(n, vec![gap]);
     true
@@ -184,7 +192,7 @@ impl Pass for Canonicalize {
                 let op = g.node(n).op.clone();
                 let inp = g.node(n).inputs.first().copied();
                 let out = g.node(n).output;
-                if fold_pad(g, n) || reduce_mean_to_gap(g, n) || matmul_to_gemm(g, n) || add_to_gemm_bias(g, n) {
+                if fold_pad(g, n) || reduce_to_global_pool(g, n) || matmul_to_gemm(g, n) || add_to_gemm_bias(g, n) {
                     round = true;
                     continue;
                 }

@@ -83,6 +83,13 @@ impl Field for Option<Act> {
             Some(Act::HardSwish) => (5, 0.0, 0.0),
             Some(Act::Sigmoid) => (6, 0.0, 0.0),
             Some(Act::Tanh) => (7, 0.0, 0.0),
+            Some(Act::Elu { alpha }) => (8, alpha, 0.0),
+            Some(Act::Selu { alpha, gamma }) => (9, alpha, gamma),
+            Some(Act::Celu { alpha }) => (10, alpha, 0.0),
+            Some(Act::Softplus) => (11, 0.0, 0.0),
+            Some(Act::Softsign) => (12, 0.0, 0.0),
+            Some(Act::Gelu { tanh }) => (13, if tanh { 1.0 } else { 0.0 }, 0.0),
+            Some(Act::Mish) => (14, 0.0, 0.0),
         };
         w.extend([k, a.to_bits() as u64, b.to_bits() as u64]);
     }
@@ -97,6 +104,13 @@ impl Field for Option<Act> {
             5 => Act::HardSwish,
             6 => Act::Sigmoid,
             7 => Act::Tanh,
+            8 => Act::Elu { alpha: a },
+            9 => Act::Selu { alpha: a, gamma: b },
+            10 => Act::Celu { alpha: a },
+            11 => Act::Softplus,
+            12 => Act::Softsign,
+            13 => Act::Gelu { tanh: a != 0.0 },
+            14 => Act::Mish,
             _ => return None,
         })
     }
@@ -372,6 +386,12 @@ impl UnaryHdr {
             UnOp::Exp => (3, 0.0, 0.0, None),
             UnOp::Erf => (4, 0.0, 0.0, None),
             UnOp::Identity => (5, 0.0, 0.0, None),
+            UnOp::Neg => (6, 0.0, 0.0, None),
+            UnOp::Abs => (7, 0.0, 0.0, None),
+            UnOp::Reciprocal => (8, 0.0, 0.0, None),
+            UnOp::Log => (9, 0.0, 0.0, None),
+            UnOp::Floor => (10, 0.0, 0.0, None),
+            UnOp::Ceil => (11, 0.0, 0.0, None),
         };
         UnaryHdr { isa, kind, p1, p2, act, len, x, out }
     }
@@ -382,6 +402,12 @@ impl UnaryHdr {
             (2, _) => UnOp::Sqrt,
             (3, _) => UnOp::Exp,
             (4, _) => UnOp::Erf,
+            (6, _) => UnOp::Neg,
+            (7, _) => UnOp::Abs,
+            (8, _) => UnOp::Reciprocal,
+            (9, _) => UnOp::Log,
+            (10, _) => UnOp::Floor,
+            (11, _) => UnOp::Ceil,
             _ => UnOp::Identity,
         }
     }
@@ -392,3 +418,54 @@ header!(
     /// output's arena offset.
     HostHdr { text: Arr, ins: Arr, out: usize, out_nhwc: bool }
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every activation and unary op survives its header words (a missing code would silently run
+    /// another function in compiled code).
+    #[test]
+    fn activations_and_unary_ops_round_trip() {
+        let acts = [
+            Act::Relu,
+            Act::Clip { min: -1.5, max: 6.0 },
+            Act::LeakyRelu { alpha: 0.1 },
+            Act::HardSigmoid { alpha: 0.2, beta: 0.5 },
+            Act::HardSwish,
+            Act::Sigmoid,
+            Act::Tanh,
+            Act::Elu { alpha: 0.7 },
+            Act::Selu { alpha: 1.6, gamma: 1.05 },
+            Act::Celu { alpha: 2.0 },
+            Act::Softplus,
+            Act::Softsign,
+            Act::Gelu { tanh: false },
+            Act::Gelu { tanh: true },
+            Act::Mish,
+        ];
+        for a in acts {
+            let mut w = Vec::new();
+            Some(a).put(&mut w);
+            let mut r: &[u64] = &w;
+            assert_eq!(<Option<Act> as Field>::take(&mut r), Some(a));
+        }
+        let ops = acts.map(UnOp::Act).into_iter().chain([
+            UnOp::Clip { min: 0.0, max: 1.0 },
+            UnOp::Sqrt,
+            UnOp::Exp,
+            UnOp::Erf,
+            UnOp::Identity,
+            UnOp::Neg,
+            UnOp::Abs,
+            UnOp::Reciprocal,
+            UnOp::Log,
+            UnOp::Floor,
+            UnOp::Ceil,
+        ]);
+        for f in ops {
+            let h = UnaryHdr::new(Isa::Scalar, f, 4, 0, 64);
+            assert_eq!(UnaryHdr::decode(&h.encode()).op(), f);
+        }
+    }
+}

@@ -81,7 +81,9 @@ fn arith(op: &Op, a: &Tensor, b: &Tensor) -> R<Tensor> {
     Ok(int_arith!(a, b, op, I64, I32, I16, I8, U8))
 }
 
-fn equal(a: &Tensor, b: &Tensor) -> R<Tensor> {
+/// An elementwise comparison with broadcasting; `holds` says which orderings make it true (NaN compares
+/// as unordered: false for every comparison).
+fn compare(a: &Tensor, b: &Tensor, holds: fn(std::cmp::Ordering) -> bool) -> R<Tensor> {
     macro_rules! eq {
         ($($v:ident),*) => {
             match (a, b) {
@@ -89,7 +91,7 @@ fn equal(a: &Tensor, b: &Tensor) -> R<Tensor> {
                     let shape = broadcast_shapes(&[x.shape(), y.shape()])?;
                     let xb = x.broadcast(IxDyn(&shape)).ok_or("broadcast")?;
                     let yb = y.broadcast(IxDyn(&shape)).ok_or("broadcast")?;
-                    let v: Vec<bool> = xb.iter().zip(yb.iter()).map(|(p, q)| p == q).collect();
+                    let v: Vec<bool> = xb.iter().zip(yb.iter()).map(|(p, q)| p.partial_cmp(q).is_some_and(holds)).collect();
                     ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| e.to_string())?
                 } )*
                 _ => return Err("inputs have different element types".into()),
@@ -332,7 +334,11 @@ fn reduce(op: &Op, t: &Tensor, axes: &[i64], keepdims: bool, out_ty: &Type) -> R
             |v: f32, _| v
         )),
         (Op::ReduceSum { .. }, Tensor::I64(a)) => Tensor::I64(red!(a, 0i64, |x: i64, y: i64| x.wrapping_add(y), |v: i64, _| v)),
+        (Op::ReduceMin { .. }, Tensor::F32(a)) => {
+            Tensor::F32(red!(a, f32::INFINITY, |x: f32, y: f32| if y.is_nan() || x.is_nan() { f32::NAN } else { x.min(y) }, |v: f32, _| v))
+        }
         (Op::ReduceMax { .. }, Tensor::I64(a)) => Tensor::I64(red!(a, i64::MIN, |x: i64, y: i64| x.max(y), |v: i64, _| v)),
+        (Op::ReduceMin { .. }, Tensor::I64(a)) => Tensor::I64(red!(a, i64::MAX, |x: i64, y: i64| x.min(y), |v: i64, _| v)),
         (Op::ReduceMean { .. }, Tensor::I64(a)) => {
             Tensor::I64(red!(a, 0i64, |x: i64, y: i64| x.wrapping_add(y), |v: i64, c: usize| v / c.max(1) as i64))
         }
@@ -435,21 +441,55 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
             }
             Ok(acc)
         }
-        Op::Equal => {
+        Op::Equal | Op::Less | Op::Greater | Op::LessOrEqual | Op::GreaterOrEqual => {
             need(2)?;
-            equal(ins[0], ins[1])
+            use std::cmp::Ordering;
+            let holds: fn(Ordering) -> bool = match op {
+                Op::Equal => |o| o == Ordering::Equal,
+                Op::Less => |o| o == Ordering::Less,
+                Op::Greater => |o| o == Ordering::Greater,
+                Op::LessOrEqual => |o| o != Ordering::Greater,
+                _ => |o| o != Ordering::Less,
+            };
+            compare(ins[0], ins[1], holds)
         }
+        Op::Not => match ins[0] {
+            Tensor::Bool(a) => Ok(Tensor::Bool(a.mapv(|v| !v))),
+            t => Err(format!("not of {} (needs bool)", t.dtype())),
+        },
         Op::Where => {
             need(3)?;
             where_op(ins[0], ins[1], ins[2])
         }
         Op::Relu => clip(ins[0], 0.0, f32::INFINITY),
         Op::Clip { min, max } => clip(ins[0], *min, *max),
-        Op::LeakyRelu { .. } | Op::Sigmoid | Op::HardSigmoid { .. } | Op::HardSwish | Op::Tanh => {
+        Op::LeakyRelu { .. }
+        | Op::Sigmoid
+        | Op::HardSigmoid { .. }
+        | Op::HardSwish
+        | Op::Tanh
+        | Op::Elu { .. }
+        | Op::Selu { .. }
+        | Op::Celu { .. }
+        | Op::Softplus
+        | Op::Softsign
+        | Op::Gelu { .. }
+        | Op::Mish => {
             let f = UnOp::from_op(op).ok_or("not an activation")?;
             unary_f32(ins[0], |x| f.apply(x))
         }
-        Op::Erf | Op::Sqrt | Op::Exp => {
+        // Shape arithmetic negates and takes absolute values of integers too (wrapping, as two's complement).
+        Op::Neg | Op::Abs if ins[0].dtype() != DType::F32 => {
+            let neg = matches!(op, Op::Neg);
+            Ok(match ins[0] {
+                Tensor::I64(a) => Tensor::I64(a.mapv(|v| if neg { v.wrapping_neg() } else { v.wrapping_abs() })),
+                Tensor::I32(a) => Tensor::I32(a.mapv(|v| if neg { v.wrapping_neg() } else { v.wrapping_abs() })),
+                Tensor::I16(a) => Tensor::I16(a.mapv(|v| if neg { v.wrapping_neg() } else { v.wrapping_abs() })),
+                Tensor::I8(a) => Tensor::I8(a.mapv(|v| if neg { v.wrapping_neg() } else { v.wrapping_abs() })),
+                t => return Err(format!("{} of {} is not supported", op.name(), t.dtype())),
+            })
+        }
+        Op::Erf | Op::Sqrt | Op::Exp | Op::Neg | Op::Abs | Op::Reciprocal | Op::Log | Op::Floor | Op::Ceil => {
             let f = UnOp::from_op(op).ok_or("not a unary op")?;
             unary_f32(ins[0], |x| f.apply(x))
         }
@@ -494,8 +534,17 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
         }
         Op::Slice { starts, ends, axes, steps } => slice(ins[0], starts, ends, axes, steps),
         Op::Cast { to } => cast(ins[0], *to),
-        Op::ReduceMean { axes, keepdims } | Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
-            reduce(op, ins[0], axes, *keepdims, out_ty)
+        Op::ReduceMean { axes, keepdims }
+        | Op::ReduceSum { axes, keepdims }
+        | Op::ReduceMax { axes, keepdims }
+        | Op::ReduceMin { axes, keepdims } => reduce(op, ins[0], axes, *keepdims, out_ty),
+        Op::ArgMax { axis, last, .. } | Op::ArgMin { axis, last, .. } => {
+            nn::arg_extreme(ins[0], norm_axis(*axis, ins[0].shape().len())?, matches!(op, Op::ArgMax { .. }), *last, &out_shape()?)
+        }
+        Op::Lrn { size, alpha, beta, bias } => nn::lrn(f32_in(ins[0], "input")?, *size as usize, *alpha, *beta, *bias).map(Tensor::F32),
+        Op::InstanceNorm { epsilon } => {
+            need(3)?;
+            nn::instance_norm(f32_in(ins[0], "input")?, f32_in(ins[1], "scale")?, f32_in(ins[2], "bias")?, *epsilon).map(Tensor::F32)
         }
         Op::Expand { .. } => {
             let s = out_shape()?;

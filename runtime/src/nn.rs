@@ -536,3 +536,74 @@ pub fn layer_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: Option<&ArrayD<f32
     }
     y.into_shape_with_order(IxDyn(&shape)).map_err(|e| e.to_string())
 }
+
+/// ArgMax (`max`) or ArgMin along `axis`: the index of the first extreme, or of the last with `last`.
+/// NaN counts as the extreme (as NumPy's argmax, which ONNX's reference uses).
+pub fn arg_extreme(t: &Tensor, axis: usize, max: bool, last: bool, out_shape: &[usize]) -> R<Tensor> {
+    fn pick<T: Copy + PartialOrd>(a: &ArrayD<T>, axis: usize, max: bool, last: bool, nan: impl Fn(T) -> bool) -> ArrayD<i64> {
+        a.map_axis(Axis(axis), |lane| {
+            let mut best = 0usize;
+            for (i, &v) in lane.iter().enumerate().skip(1) {
+                let b = lane[best];
+                if nan(b) {
+                    break;
+                }
+                let better = nan(v) || if max { v > b || last && v == b } else { v < b || last && v == b };
+                if better {
+                    best = i;
+                }
+            }
+            best as i64
+        })
+    }
+    let idx = match t {
+        Tensor::F32(a) => pick(a, axis, max, last, |v: f32| v.is_nan()),
+        Tensor::I64(a) => pick(a, axis, max, last, |_| false),
+        Tensor::I32(a) => pick(a, axis, max, last, |_| false),
+        Tensor::I16(a) => pick(a, axis, max, last, |_| false),
+        Tensor::I8(a) => pick(a, axis, max, last, |_| false),
+        Tensor::U8(a) => pick(a, axis, max, last, |_| false),
+        Tensor::Bool(_) => return Err("arg_max/arg_min of bool is not supported".into()),
+    };
+    idx.into_shape_with_order(IxDyn(out_shape)).map(Tensor::I64).map_err(|e| e.to_string())
+}
+
+/// Local response normalization across axis 1 (ONNX LRN): the square sum runs over channels
+/// c − ⌊(size−1)/2⌋ ..= c + ⌈(size−1)/2⌉ that exist.
+pub fn lrn(x: &ArrayD<f32>, size: usize, alpha: f32, beta: f32, bias: f32) -> R<ArrayD<f32>> {
+    let s = x.shape().to_vec();
+    let (n, c) = (s[0], s[1]);
+    let inner: usize = s[2..].iter().product();
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().ok_or("input is not contiguous")?;
+    let (lo, hi) = ((size - 1) / 2, (size - 1).div_ceil(2));
+    let mut y = vec![0f32; xs.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            let (c0, c1) = (ch.saturating_sub(lo), (ch + hi).min(c - 1));
+            for i in 0..inner {
+                let sq: f32 = (c0..=c1).map(|k| xs[(b * c + k) * inner + i].powi(2)).sum();
+                let at = (b * c + ch) * inner + i;
+                y[at] = xs[at] / (bias + alpha / size as f32 * sq).powf(beta);
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&s), y).map_err(|e| e.to_string())
+}
+
+/// Instance normalization: each (n, c) plane minus its mean, over its standard deviation (population
+/// variance + epsilon), times scale[c] plus bias[c].
+pub fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<f32>, eps: f32) -> R<ArrayD<f32>> {
+    let s = x.shape().to_vec();
+    let inner: usize = s[2..].iter().product();
+    let (sc, bi) = (scale.iter().copied().collect::<Vec<f32>>(), bias.iter().copied().collect::<Vec<f32>>());
+    let mut y = x.as_standard_layout().into_owned().into_shape_with_order((s[0] * s[1], inner)).map_err(|e| e.to_string())?;
+    for (r, mut row) in y.rows_mut().into_iter().enumerate() {
+        let ch = r % s[1];
+        let mean = row.sum() / inner as f32;
+        let var = row.fold(0.0, |acc, v| acc + (v - mean) * (v - mean)) / inner as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        row.mapv_inplace(|v| (v - mean) * inv * sc[ch] + bi[ch]);
+    }
+    y.into_shape_with_order(IxDyn(&s)).map_err(|e| e.to_string())
+}

@@ -62,7 +62,7 @@ impl BinOp {
     }
 }
 
-/// A unary f32 op: a clamp (Relu is clip(0, ∞)), an activation, or sqrt/exp/erf.
+/// A unary f32 op: a clamp (Relu is clip(0, ∞)), an activation, or an elementwise function.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnOp {
     Clip { min: f32, max: f32 },
@@ -71,6 +71,12 @@ pub enum UnOp {
     Exp,
     Erf,
     Identity,
+    Neg,
+    Abs,
+    Reciprocal,
+    Log,
+    Floor,
+    Ceil,
 }
 
 impl UnOp {
@@ -81,6 +87,12 @@ impl UnOp {
             Op::Sqrt => UnOp::Sqrt,
             Op::Exp => UnOp::Exp,
             Op::Erf => UnOp::Erf,
+            Op::Neg => UnOp::Neg,
+            Op::Abs => UnOp::Abs,
+            Op::Reciprocal => UnOp::Reciprocal,
+            Op::Log => UnOp::Log,
+            Op::Floor => UnOp::Floor,
+            Op::Ceil => UnOp::Ceil,
             Op::Identity | Op::Dropout => UnOp::Identity,
             op => UnOp::Act(op.as_act()?),
         })
@@ -101,6 +113,12 @@ impl UnOp {
             UnOp::Exp => x.exp(),
             UnOp::Erf => libm::erff(x),
             UnOp::Identity => x,
+            UnOp::Neg => -x,
+            UnOp::Abs => x.abs(),
+            UnOp::Reciprocal => 1.0 / x,
+            UnOp::Log => x.ln(),
+            UnOp::Floor => x.floor(),
+            UnOp::Ceil => x.ceil(),
         }
     }
 }
