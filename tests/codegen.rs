@@ -346,9 +346,10 @@ fn compiled_transposes_and_slices_equal_the_interpreter() {
     let want = qcc_runtime::run(&g, vec![x.clone()]).unwrap()[0].to_f32_vec();
     assert_eq!(bits(&c.run(&[x]).unwrap()[0].to_f32_vec()), bits(&want), "slice");
     // int8: NHWC input → transpose → conv → split of the channels, concatenated the other way round →
-    // transpose to NHWC → transpose back → conv → output.
+    // transpose to NHWC → transpose back → conv → reshape to 3-D (channels-last integers to logical
+    // order) → concatenated with itself → reshape to 4-D (back to channels-last) → conv → output.
     let mut b = Builder::new();
-    b.input("x", &[1, 9, 7, 3]).output("y", &[1, 4, 9, 7]);
+    b.input("x", &[1, 9, 7, 3]).output("y", &[1, 3, 9, 14]);
     b.init("w0", &[6, 3, 3, 3], values(162, 1).iter().map(|v| v * 0.4).collect());
     b.init("w1", &[4, 6, 1, 1], values(24, 2).iter().map(|v| v * 0.5).collect());
     b.node("Transpose", "to_nchw", &["x"], &["xt"], vec![ints("perm", &[0, 3, 1, 2])]);
@@ -359,7 +360,13 @@ fn compiled_transposes_and_slices_equal_the_interpreter() {
     b.node("Concat", "swap", &["hi", "lo"], &["r0s"], vec![int("axis", 1)]);
     b.node("Transpose", "to_nhwc", &["r0s"], &["r0t"], vec![ints("perm", &[0, 2, 3, 1])]);
     b.node("Transpose", "back", &["r0t"], &["r0b"], vec![ints("perm", &[0, 3, 1, 2])]);
-    b.node("Conv", "conv1", &["r0b", "w1"], &["y"], vec![]);
+    b.node("Conv", "conv1", &["r0b", "w1"], &["c1"], vec![]);
+    b.init_i64("flat", &[3], vec![1, 4, 63]).init_i64("wide", &[4], vec![1, 4, 9, 14]);
+    b.init("w2", &[3, 4, 1, 1], values(12, 3).iter().map(|v| v * 0.5).collect());
+    b.node("Reshape", "to_3d", &["c1", "flat"], &["c1f"], vec![]);
+    b.node("Concat", "twice", &["c1f", "c1f"], &["c1d"], vec![int("axis", 2)]);
+    b.node("Reshape", "to_4d", &["c1d", "wide"], &["c1w"], vec![]);
+    b.node("Conv", "conv2", &["c1w", "w2"], &["y"], vec![]);
     let d = tmp("transpose-int8");
     let model = d.join("net.onnx");
     std::fs::write(&model, b.bytes()).unwrap();
@@ -377,8 +384,8 @@ fn compiled_transposes_and_slices_equal_the_interpreter() {
     for isa in isas() {
         let comp = Compiled::new(&q, isa).unwrap();
         let summary = comp.plan.summary();
-        // Three transposes and two slices.
-        assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Strided).count(), 5, "{summary}");
+        // Three transposes, two slices and the two reshapes that change the layout.
+        assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Strided).count(), 7, "{summary}");
         assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{summary}");
         for s in 0..2 {
             let want = qcc_runtime::run(&q, vec![sample(s)]).unwrap()[0].to_f32_vec();

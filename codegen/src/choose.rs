@@ -30,10 +30,8 @@ pub(crate) enum Choice {
     QAvgPool,
     /// Integer or f32 concatenation: one row-copying step per input.
     Concat,
-    /// A reshape: plain copy, or a layout change between NHWC and the logical order.
-    Copy {
-        mode: usize,
-    },
+    /// A reshape that keeps the bytes' order: a plain copy.
+    Copy,
     Binary(BinOp),
     Unary(UnOp),
     Softmax,
@@ -239,10 +237,10 @@ impl Ctx<'_> {
                 if !act_in(0) {
                     return host("reshape of a constant");
                 }
+                // Between channels-last and logical order, a strided copy reorders the bytes.
                 match (self.logical_bytes(ins[0]), self.logical_bytes(out)) {
-                    (true, true) => Choice::Copy { mode: 0 },
-                    (false, true) => Choice::Copy { mode: 1 },
-                    (true, false) => Choice::Copy { mode: 2 },
+                    (true, true) => Choice::Copy,
+                    (false, true) | (true, false) => Choice::Strided,
                     (false, false) => host("reshape between two channels-last shapes"),
                 }
             }

@@ -402,10 +402,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 };
                 push(Kernel::MaxPool, h.encode(), 0, &mut blob);
             }
-            Choice::Copy { mode } => {
-                let esize = oty.dtype().map_or(1, |d| d.size_bytes());
-                let dims = if *mode == 1 { dims4(g.ty(ins[0])) } else { dims4(oty) };
-                let h = CopyHdr { src: off(ins[0]), dst: off(out), bytes: bytes_of(out), esize, mode: *mode, dims };
+            Choice::Copy => {
+                let h = CopyHdr { src: off(ins[0]), dst: off(out), bytes: bytes_of(out) };
                 push(Kernel::Copy, h.encode(), 0, &mut blob);
             }
             Choice::Binary(op) => {
@@ -602,6 +600,17 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                             (dims[lead + d], ss[lead + d], ds[lead + d]) = (od[d], is[d] * step[d], os[d]);
                         }
                     }
+                    // A reshape between channels-last and logical storage: the 4-D side's logical
+                    // dims, its storage strides against the other side's row-major ones.
+                    Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity | Op::Dropout => {
+                        let four = if cx.nhwc(ins[0]) { ins[0] } else { out };
+                        let (d4, s4) = (shape(g, four), storage_strides(&cx, four));
+                        let row = contiguous(&d4);
+                        let (from, to) = if four == ins[0] { (s4, row) } else { (row, s4) };
+                        for d in 0..4 {
+                            (dims[2 + d], ss[2 + d], ds[2 + d]) = (d4[d], from[d], to[d]);
+                        }
+                    }
                     _ => return Err(internal(&name)),
                 }
                 push(Kernel::Strided, StridedHdr { esize, dims, ss, ds, src, dst: off(out) }.encode(), 0, &mut blob);
@@ -725,6 +734,11 @@ fn storage_strides(cx: &Ctx, v: ValueId) -> Vec<usize> {
     if cx.nhwc(v) {
         return vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]];
     }
+    contiguous(&s)
+}
+
+/// Row-major element strides of shape `s`.
+fn contiguous(s: &[usize]) -> Vec<usize> {
     let mut st = vec![1; s.len()];
     for d in (0..s.len().saturating_sub(1)).rev() {
         st[d] = st[d + 1] * s[d + 1];

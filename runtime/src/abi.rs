@@ -352,8 +352,8 @@ header!(FGapHdr { x: usize, planes: usize, hw: usize, out: usize });
 header!(FMaxPoolHdr { isa: Isa, g: DwGeom, x: usize, out: usize });
 header!(FAvgPoolHdr { g: DwGeom, pe: [usize; 2], include_pad: bool, x: usize, out: usize });
 header!(
-    /// Copies a buffer; `mode` 1 turns NHWC into NCHW order, 2 NCHW into NHWC (dims are [n, c, h, w]).
-    CopyHdr { src: usize, dst: usize, bytes: usize, esize: usize, mode: usize, dims: [usize; 4] }
+    /// Copies `bytes` bytes (a reshape that keeps their order; the others are strided copies).
+    CopyHdr { src: usize, dst: usize, bytes: usize }
 );
 header!(
     /// f32 binary op with broadcasting; a constant operand lives in the blob (offset a or b).

@@ -213,11 +213,7 @@ pub unsafe extern "C" fn qcc_k_requant_rows(hdr: *const u64, _blob: *const u8, a
 pub unsafe extern "C" fn qcc_k_copy(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = CopyHdr::decode(words(hdr));
-        match h.mode {
-            1 => elementwise::transpose4(arena.add(h.src), arena.add(h.dst), h.dims, h.esize, false),
-            2 => elementwise::transpose4(arena.add(h.src), arena.add(h.dst), h.dims, h.esize, true),
-            _ => std::ptr::copy(arena.add(h.src), arena.add(h.dst), h.bytes),
-        }
+        std::ptr::copy(arena.add(h.src), arena.add(h.dst), h.bytes);
     }
 }
 

@@ -83,15 +83,6 @@ pub fn clamp_to_int(v: f32, lo: f32, hi: f32) -> i32 {
     unsafe { v.to_int_unchecked::<i32>() }
 }
 
-/// Index of the logical (NCHW) element read for NHWC position i, when `nchw` gives [n, c, h, w].
-#[inline(always)]
-fn nhwc_to_nchw(i: usize, d: [usize; 4]) -> usize {
-    let c = i % d[1];
-    let p = i / d[1];
-    let (b, hw) = (p / (d[2] * d[3]), p % (d[2] * d[3]));
-    (b * d[1] + c) * d[2] * d[3] + hw
-}
-
 const CHUNK: usize = 1 << 14;
 
 /// Elementwise over `len` outputs in parallel chunks.
@@ -359,21 +350,6 @@ impl QAdd {
                 unsafe { write_range(self.out.3, op.get(), row * d[3], &ta) };
             }),
         }
-    }
-}
-
-/// Copies a 4-D tensor of `esize`-byte elements between NCHW and NHWC.
-///
-/// # Safety
-/// Both hold the tensor.
-pub unsafe fn transpose4(x: *const u8, out: *mut u8, d: [usize; 4], esize: usize, to_nhwc: bool) {
-    let len = d.iter().product::<usize>();
-    for i in 0..len {
-        // i walks NHWC order; j is the same element's NCHW index.
-        let j = nhwc_to_nchw(i, d);
-        let (src, dst) = if to_nhwc { (j, i) } else { (i, j) };
-        // SAFETY: src, dst < len.
-        unsafe { std::ptr::copy_nonoverlapping(x.add(src * esize), out.add(dst * esize), esize) };
     }
 }
 
