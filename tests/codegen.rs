@@ -22,9 +22,14 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A MobileNet-like block stack with awkward channel counts (c1 = 20, c2 = 35).
 fn net(h: usize) -> Builder {
+    net_batch(h, 1)
+}
+
+/// `net` for a batch of `n` images.
+fn net_batch(h: usize, n: i64) -> Builder {
     let (c1, c2) = (20usize, 35usize);
     let mut b = Builder::new();
-    b.input("x", &[1, 3, h as i64, h as i64]).output("y", &[1, 10]);
+    b.input("x", &[n, 3, h as i64, h as i64]).output("y", &[n, 10]);
     let w = |n: usize, seed: u32, s: f32| values(n, seed).iter().map(|v| v * s).collect::<Vec<f32>>();
     b.init("w0", &[c1 as i64, 3, 3, 3], w(c1 * 27, 1, 0.5)).init("b0", &[c1 as i64], w(c1, 2, 0.2));
     b.init("wdw", &[c1 as i64, 1, 3, 3], w(c1 * 9, 3, 0.8)).init("bdw", &[c1 as i64], w(c1, 4, 0.2));
@@ -34,7 +39,7 @@ fn net(h: usize) -> Builder {
     b.init("wdw5", &[c2 as i64, 1, 5, 5], w(c2 * 25, 8, 0.3)).init("bdw5", &[c2 as i64], w(c2, 9, 0.1));
     b.init("wfc", &[10, c2 as i64], w(10 * c2, 10, 0.4)).init("bfc", &[10], w(10, 11, 0.1));
     b.init("lo", &[], vec![0.0]).init("hi", &[], vec![6.0]);
-    b.init_i64("shape", &[2], vec![1, -1]);
+    b.init_i64("shape", &[2], vec![n, -1]);
     b.node("Conv", "conv0", &["x", "w0", "b0"], &["c0"], vec![ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])]);
     b.node("Relu", "relu0", &["c0"], &["r0"], vec![]);
     b.node("Conv", "dw1", &["r0", "wdw", "bdw"], &["c1"], vec![ints("pads", &[1, 1, 1, 1]), int("group", c1 as i64)]);
@@ -270,6 +275,40 @@ fn compiled_float_networks_match_the_interpreter() {
                 let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
                 assert!(err < 1e-4, "{isa:?}, h {h}, input {s}: relative error {err}");
             }
+        }
+    }
+}
+
+/// Float batches compile too: each convolution and the classifier run per image (one step each), and
+/// equal the interpreter within float rounding.
+#[test]
+fn compiled_float_batches_match_the_interpreter() {
+    let (h, n) = (17usize, 3usize);
+    let d = tmp("float-batch");
+    let model = d.join("net.onnx");
+    std::fs::write(&model, net_batch(h, n as i64).bytes()).unwrap();
+    let mut g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    qcc::driver::compile(&mut g, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+    let x = |s: u32| Tensor::from_f32(&[n, 3, h, h], values(n * 3 * h * h, s).iter().map(|v| v * 2.0).collect()).unwrap();
+    for isa in isas() {
+        let c = Compiled::new(&g, isa).unwrap();
+        assert_eq!(c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{}", c.plan.summary());
+        for s in 0..2 {
+            let want = qcc_runtime::run(&g, vec![x(s)]).unwrap()[0].to_f32_vec();
+            let got = c.run(&[x(s)]).unwrap()[0].to_f32_vec();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(err < 1e-4, "{isa:?}, input {s}: relative error {err}");
+            // Each image's logits depend on that image only.
+            let one = Tensor::from_f32(&[1, 3, h, h], x(s).to_f32_vec()[3 * h * h..6 * h * h].to_vec()).unwrap();
+            let single = net(h);
+            let m1 = d.join("one.onnx");
+            std::fs::write(&m1, single.bytes()).unwrap();
+            let mut g1 = qcc::driver::load_model(&m1, &Default::default()).unwrap().graph;
+            qcc::driver::compile(&mut g1, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+            let y1 = qcc_runtime::run(&g1, vec![one]).unwrap()[0].to_f32_vec();
+            let err1 = y1.iter().zip(&got[10..20]).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(err1 < 1e-4, "{isa:?}, input {s}: image 1 differs from its own run by {err1}");
         }
     }
 }

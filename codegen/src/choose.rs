@@ -8,6 +8,10 @@ use qcc_runtime::kernels::gemm::{packed_dims, ROW_SEGS};
 use qcc_runtime::kernels::Isa;
 use qcc_runtime::qops::per_channel;
 
+/// A float Gemm of up to this many rows runs as one matrix-vector product per row (each streams the
+/// weights again; beyond, the interpreter's blocked product is the better choice).
+pub(crate) const GEMV_ROWS: usize = 16;
+
 /// The kernel chosen for a node, with what lowering needs to know before memory planning.
 pub(crate) enum Choice {
     Quantize,
@@ -296,14 +300,14 @@ impl Ctx<'_> {
                     && *alpha == 1.0
                     && (*beta == 1.0 || ins.len() == 2)
                     && !trans_a
-                    && xs.first() == Some(&1)
+                    && xs.first().is_some_and(|rows| *rows <= GEMV_ROWS)
                     && self.f32_value(ins[0])
                     && g.const_tensor(ins[1]).is_some_and(|t| t.dtype() == DType::F32)
                     && bias_ok;
                 if ok {
                     Choice::FGemm
                 } else {
-                    host("float Gemm other than one row times constant weights (alpha = beta = 1)")
+                    host("float Gemm other than up to 16 rows times constant weights (alpha = beta = 1)")
                 }
             }
             Op::GlobalAveragePool if act_in(0) && self.f32_value(ins[0]) && g.ty(ins[0]).shape().is_some_and(|s| s.len() == 4) => {
@@ -325,8 +329,8 @@ impl Ctx<'_> {
         let ins = &g.node(n).inputs;
         let (xs, ws) = (g.ty(ins[0]).shape().unwrap_or(&[]), g.ty(ins[1]).shape().unwrap_or(&[]));
         let consts = g.const_tensor(ins[1]).is_some() && ins.get(2).is_none_or(|b| g.const_tensor(*b).is_some());
-        if g.is_const(ins[0]) || !self.f32_value(ins[0]) || xs.len() != 4 || ws.len() != 4 || xs[0] != 1 || !consts {
-            return Err("float convolution other than 2-D, batch 1, constant weights".into());
+        if g.is_const(ins[0]) || !self.f32_value(ins[0]) || xs.len() != 4 || ws.len() != 4 || !consts {
+            return Err("float convolution other than 2-D with constant weights".into());
         }
         // A residual is read in the output's (logical NCHW) layout.
         if ins.get(3).is_some_and(|r| g.is_const(*r) || !self.f32_value(*r)) {

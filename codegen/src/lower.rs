@@ -436,26 +436,32 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let packed = pack_a(m, k, |r, kk| w[r * k + kk]);
                 let bias = f32_arr(g, ins.get(2), &mut blob);
                 let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
-                let (res_on, res) = ins.get(3).map_or((false, 0), |r| (true, off(*r)));
-                let h = FGemmHdr {
-                    isa,
-                    m,
-                    k,
-                    p,
-                    a,
-                    b: off(ins[0]),
-                    ldb: p,
-                    conv_on: *gather,
-                    g: if *gather { geom(&xs, &os, ws[2], ws[3], strides, pads, dilations) } else { DwGeom::default() },
-                    bias,
-                    act: *act,
-                    res_on,
-                    res,
-                    out: off(out),
-                    rs: p,
-                    cs: 1,
-                };
-                push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
+                // One step per image of the batch (the kernel's geometry is one image's).
+                let (x_img, out_img) = (4 * xs[1] * xs[2] * xs[3], 4 * m * p);
+                let mut g1 = geom(&xs, &os, ws[2], ws[3], strides, pads, dilations);
+                g1.n = 1;
+                for img in 0..xs[0] {
+                    let (res_on, res) = ins.get(3).map_or((false, 0), |r| (true, off(*r) + img * out_img));
+                    let h = FGemmHdr {
+                        isa,
+                        m,
+                        k,
+                        p,
+                        a,
+                        b: off(ins[0]) + img * x_img,
+                        ldb: p,
+                        conv_on: *gather,
+                        g: if *gather { g1 } else { DwGeom::default() },
+                        bias,
+                        act: *act,
+                        res_on,
+                        res,
+                        out: off(out) + img * out_img,
+                        rs: p,
+                        cs: 1,
+                    };
+                    push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
+                }
             }
             Choice::FDwConv => {
                 let Op::Conv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
@@ -482,26 +488,29 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let packed = pack_a(nn, k, |r, kk| if tb { w[r * k + kk] } else { w[kk * nn + r] });
                 let bias = f32_arr(g, ins.get(2), &mut blob);
                 let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
-                // One input row: column p = 0 of b is the row itself (k at stride 1), out[n] at stride 1.
-                let h = FGemmHdr {
-                    isa,
-                    m: nn,
-                    k,
-                    p: 1,
-                    a,
-                    b: off(ins[0]),
-                    ldb: 1,
-                    conv_on: false,
-                    g: DwGeom::default(),
-                    bias,
-                    act: *act,
-                    res_on: false,
-                    res: 0,
-                    out: off(out),
-                    rs: 1,
-                    cs: nn,
-                };
-                push(Kernel::FGemm, h.encode(), (nn * k) as u64, &mut blob);
+                // One step per input row: column p = 0 of b is the row itself (k at stride 1), out[n] at
+                // stride 1.
+                for row in 0..xs[0] {
+                    let h = FGemmHdr {
+                        isa,
+                        m: nn,
+                        k,
+                        p: 1,
+                        a,
+                        b: off(ins[0]) + 4 * row * k,
+                        ldb: 1,
+                        conv_on: false,
+                        g: DwGeom::default(),
+                        bias,
+                        act: *act,
+                        res_on: false,
+                        res: 0,
+                        out: off(out) + 4 * row * nn,
+                        rs: 1,
+                        cs: nn,
+                    };
+                    push(Kernel::FGemm, h.encode(), (nn * k) as u64, &mut blob);
+                }
             }
             Choice::FGap => {
                 let xs = shape(g, ins[0]);
