@@ -1,6 +1,6 @@
 //! Calibration: finding the samples, running them through the observed graph once, and producing
 //! quantized graphs for any scheme or range method from that single pass.
-use crate::data::{fit_input, Preprocess};
+use crate::data::{fit_calibration_input, Preprocess};
 use anyhow::{anyhow, bail, Context, Result};
 use qcc_ir::{Graph, Op, Tensor, ValueId};
 use qcc_passes::{quant_pipeline, InputGram, Instrumentation, OptLevel, PassContext, PassManager, QuantConfig};
@@ -90,7 +90,7 @@ impl CalibSet {
                 if t.dtype() != qcc_ir::DType::F32 {
                     bail!("{}: calibration data must be float32, is {}", p.display(), t.dtype());
                 }
-                fit_input(t, g.ty(*v).shape().unwrap_or(&[]), &p.display().to_string())
+                fit_calibration_input(t, g.ty(*v).shape().unwrap_or(&[]), &p.display().to_string())
             })
             .collect()
     }

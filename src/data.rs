@@ -169,3 +169,18 @@ pub fn fit_input(t: Tensor, want: &[usize], what: &str) -> Result<Tensor> {
     }
     bail!("{what}: shape {:?} does not match the model input {:?}", t.shape(), want)
 }
+
+/// For calibration: like [`fit_input`], and a single sample for a model compiled for a batch of B is
+/// repeated B times. Every statistic calibration gathers (ranges, histograms, means, input sums) is then
+/// the batch-1 one, only counted B times.
+pub fn fit_calibration_input(t: Tensor, want: &[usize], what: &str) -> Result<Tensor> {
+    let batch = want.first().copied().unwrap_or(1);
+    let single = t.shape() == &want[1.min(want.len())..] || t.shape().first() == Some(&1) && t.shape()[1..] == want[1.min(want.len())..];
+    if batch > 1 && single {
+        let one: Vec<usize> = std::iter::once(1).chain(want[1..].iter().copied()).collect();
+        let t = fit_input(t, &one, what)?;
+        let bytes = t.to_le_bytes().repeat(batch);
+        return Tensor::from_le_bytes(t.dtype(), want, &bytes).ok_or_else(|| anyhow::anyhow!("{what}: cannot repeat the sample"));
+    }
+    fit_input(t, want, what)
+}

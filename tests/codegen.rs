@@ -313,6 +313,42 @@ fn compiled_float_batches_match_the_interpreter() {
     }
 }
 
+/// A model compiled for a batch of 3 calibrates on single samples (each repeated across the batch): its
+/// activations get the batch-1 model's quantization parameters, and its int8 code equals the interpreter.
+#[test]
+fn batched_models_calibrate_on_single_samples() {
+    let h = 17usize;
+    let d = tmp("int8-batch");
+    let cal = d.join("calib");
+    std::fs::create_dir_all(&cal).unwrap();
+    for i in 0..6 {
+        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &input(h, 200 + i)).unwrap();
+    }
+    let inst = Instrumentation { verify: true, ..Default::default() };
+    let quantize = |n: i64| {
+        let model = d.join(format!("net{n}.onnx"));
+        std::fs::write(&model, net_batch(h, n).bytes()).unwrap();
+        let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+        let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
+        let c = calibrate(g, OptLevel::O2, CalibOptions::default(), &set, &inst, &mut std::io::sink()).unwrap();
+        c.finish(&quant_config("sym-per-channel", "asym", "u8", "percentile:99.9").unwrap(), &inst, &mut std::io::sink()).unwrap()
+    };
+    let act_params = |g: &Graph| {
+        let mut v: Vec<String> =
+            g.value_ids().filter(|v| !g.is_const(*v)).filter_map(|v| g.ty(v).quant().map(|q| format!("{:?}", q.params))).collect();
+        v.sort();
+        v
+    };
+    let (q1, q3) = (quantize(1), quantize(3));
+    assert!(!act_params(&q1).is_empty());
+    assert_eq!(act_params(&q3), act_params(&q1));
+    let x = Tensor::from_f32(&[3, 3, h, h], values(9 * h * h, 77).iter().map(|v| v * 2.0).collect()).unwrap();
+    for isa in isas() {
+        let c = Compiled::new(&q3, isa).unwrap();
+        assert_eq!(c.run(&[x.clone()]).unwrap(), qcc_runtime::run(&q3, vec![x.clone()]).unwrap(), "{isa:?}");
+    }
+}
+
 /// Softmax is compiled (no host step, so object files take it) and computes the interpreter's bits: over
 /// the last, a middle and the channel axis, and with opset 11's flattening of the trailing dimensions.
 #[test]
