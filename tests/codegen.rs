@@ -345,7 +345,7 @@ fn batched_models_calibrate_on_single_samples() {
     let x = Tensor::from_f32(&[3, 3, h, h], values(9 * h * h, 77).iter().map(|v| v * 2.0).collect()).unwrap();
     for isa in isas() {
         let c = Compiled::new(&q3, isa).unwrap();
-        assert_eq!(c.run(&[x.clone()]).unwrap(), qcc_runtime::run(&q3, vec![x.clone()]).unwrap(), "{isa:?}");
+        assert_eq!(c.run(std::slice::from_ref(&x)).unwrap(), qcc_runtime::run(&q3, vec![x.clone()]).unwrap(), "{isa:?}");
     }
 }
 
