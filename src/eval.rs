@@ -93,37 +93,70 @@ impl Comparison {
     }
 }
 
-/// Runs every graph on every sample (graph 0 is the reference for agreement).
+/// Samples `start..` as one input of the model's shape `want`: a model compiled for a batch of B takes B
+/// samples at once (the last batch padded with copies of its last sample). Returns the input and how
+/// many samples it really holds.
+fn batch_input(data: &Dataset, start: usize, want: &[usize]) -> Result<(Tensor, usize)> {
+    let path = |i: usize| data.items[i].0.display().to_string();
+    let batch = want.first().copied().unwrap_or(1);
+    if batch <= 1 {
+        return Ok((fit_input(data.load(start)?, want, &path(start))?, 1));
+    }
+    let one: Vec<usize> = std::iter::once(1).chain(want[1..].iter().copied()).collect();
+    let real = batch.min(data.items.len() - start);
+    let mut bytes = Vec::new();
+    for j in 0..batch {
+        let i = start + j.min(real - 1);
+        let x = fit_input(data.load(i)?, &one, &path(i))?;
+        if x.dtype() != qcc_ir::DType::F32 {
+            bail!("{}: samples must be float32, are {}", path(i), x.dtype());
+        }
+        bytes.extend(x.to_le_bytes());
+    }
+    let x = Tensor::from_le_bytes(qcc_ir::DType::F32, want, &bytes).context("stacking a batch")?;
+    Ok((x, real))
+}
+
+/// Runs every graph on every sample (graph 0 is the reference for agreement), a batch at a time when the
+/// model was compiled for one.
 pub fn evaluate_many(graphs: &[&Exec], data: &Dataset, label_offset: i64, mut progress: impl FnMut(usize, usize)) -> Result<Comparison> {
     let g0 = graphs.first().context("no graphs")?.graph();
     let input = g0.inputs().first().copied().context("the model has no inputs")?;
     let want = g0.ty(input).shape().context("input shape unknown")?.to_vec();
     let k = graphs.len();
     let mut c = Comparison { n: 0, top1: vec![0; k], top5: vec![0; k], agree: vec![0; k], sqnr_db: vec![0.0; k] };
-    for i in 0..data.items.len() {
-        let (path, label) = &data.items[i];
-        let x = fit_input(data.load(i)?, &want, &path.display().to_string())?;
-        let l = label + label_offset;
-        let (mut ref_top, mut ref_scores) = (0, vec![]);
+    let mut start = 0;
+    while start < data.items.len() {
+        let (x, real) = batch_input(data, start, &want)?;
+        let (mut ref_tops, mut ref_scores) = (vec![0; real], vec![vec![]; real]);
         for (j, g) in graphs.iter().enumerate() {
-            let out = g.run(vec![x.clone()]).with_context(|| format!("running on {}", path.display()))?;
-            let s = scores(&out[0])?;
-            if l < 0 || l as usize >= s.len() {
-                bail!("{}: label {l} is outside the model's {} classes", path.display(), s.len());
+            let out = g.run(vec![x.clone()]).with_context(|| format!("running on {}", data.items[start].0.display()))?;
+            let all = scores(&out[0])?;
+            let rows = want.first().copied().unwrap_or(1).max(1);
+            if all.len() % rows != 0 {
+                bail!("the output's {} scores do not split into the batch's {rows} samples", all.len());
             }
-            let r = rank_of(&s, l as usize);
-            c.top1[j] += (r == 0) as usize;
-            c.top5[j] += (r < 5) as usize;
-            let top = argmax(&s);
-            if j == 0 {
-                ref_top = top;
-                ref_scores = s.clone();
+            for (r, s) in all.chunks(all.len() / rows).take(real).enumerate() {
+                let (path, label) = &data.items[start + r];
+                let l = label + label_offset;
+                if l < 0 || l as usize >= s.len() {
+                    bail!("{}: label {l} is outside the model's {} classes", path.display(), s.len());
+                }
+                let rank = rank_of(s, l as usize);
+                c.top1[j] += (rank == 0) as usize;
+                c.top5[j] += (rank < 5) as usize;
+                let top = argmax(s);
+                if j == 0 {
+                    ref_tops[r] = top;
+                    ref_scores[r] = s.to_vec();
+                }
+                c.agree[j] += (top == ref_tops[r]) as usize;
+                c.sqnr_db[j] += sqnr_db(s, &ref_scores[r]);
             }
-            c.agree[j] += (top == ref_top) as usize;
-            c.sqnr_db[j] += sqnr_db(&s, &ref_scores);
         }
-        c.n += 1;
-        progress(i + 1, data.items.len());
+        c.n += real;
+        start += real;
+        progress(start, data.items.len());
     }
     Ok(c)
 }

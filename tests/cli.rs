@@ -76,6 +76,35 @@ fn bundled_example_runs_and_evaluates() {
     assert!(text.contains("\"n\": 200"), "{text}");
     let top1: f64 = text.split("\"top1\": ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
     assert!(top1 >= 97.0, "MNIST CNN float top-1 {top1} on the bundled digits");
+
+    // Compiled for a batch of 8 (the model's batch is dynamic): calibrated on single digits, evaluated 8
+    // at a time (the last batch of 200 - 3 = 197 holds 5), with the same float accuracy.
+    let json8 = d.join("eval8.json");
+    let digits = root().join("examples/mnist/digits").display().to_string();
+    let o = qcc(&[
+        "eval",
+        &example(),
+        "--input-shape",
+        "input=8,1,28,28",
+        "--int8",
+        "--calib",
+        &digits,
+        "--calib-samples",
+        "20",
+        "--npy",
+        &digits,
+        "--offset",
+        "3",
+        "--json",
+        &json8.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text8 = std::fs::read_to_string(&json8).unwrap();
+    assert!(text8.contains("\"n\": 197") && text8.contains("\"agreement\""), "{text8}");
+    let o1 = qcc(&["eval", &example(), "--npy", &digits, "--offset", "3"]);
+    let o8 = qcc(&["eval", &example(), "--input-shape", "input=8,1,28,28", "--npy", &digits, "--offset", "3"]);
+    let float_row = |o: &Output| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.starts_with("float")).map(String::from);
+    assert!(float_row(&o1).is_some() && float_row(&o1) == float_row(&o8), "{:?} vs {:?}", float_row(&o1), float_row(&o8));
 }
 
 #[test]
