@@ -2,7 +2,7 @@
 use crate::data::{fit_input, Dataset};
 use crate::exec::Exec;
 use anyhow::{bail, Context, Result};
-use qcc_ir::{Graph, Tensor};
+use qcc_ir::Tensor;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Accuracy {
@@ -36,29 +36,6 @@ pub fn scores(out: &Tensor) -> Result<Vec<f32>> {
         Tensor::F32(a) => Ok(a.iter().copied().collect()),
         t => bail!("classifier output must be f32, is {}", t.dtype()),
     }
-}
-
-/// Runs the graph on every sample; `label_offset` is added to labels (1001-class models: 1).
-pub fn evaluate(g: &Graph, data: &Dataset, label_offset: i64, mut progress: impl FnMut(usize, usize)) -> Result<Accuracy> {
-    let input = g.inputs().first().copied().context("the model has no inputs")?;
-    let want = g.ty(input).shape().context("input shape unknown")?.to_vec();
-    let mut acc = Accuracy::default();
-    for i in 0..data.items.len() {
-        let (path, label) = &data.items[i];
-        let x = fit_input(data.load(i)?, &want, &path.display().to_string())?;
-        let out = qcc_runtime::run(g, vec![x]).with_context(|| format!("running on {}", path.display()))?;
-        let s = scores(&out[0])?;
-        let l = label + label_offset;
-        if l < 0 || l as usize >= s.len() {
-            bail!("{}: label {l} is outside the model's {} classes", path.display(), s.len());
-        }
-        let r = rank_of(&s, l as usize);
-        acc.n += 1;
-        acc.top1 += (r == 0) as usize;
-        acc.top5 += (r < 5) as usize;
-        progress(i + 1, data.items.len());
-    }
-    Ok(acc)
 }
 
 /// Results of several graphs on the same samples: top-1/top-5 counts, top-1 agreement with graph 0
