@@ -821,7 +821,17 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
     let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
     let threads = qcc_runtime::kernels::pool::threads();
     let macs = x.compiled().map_or(0, |c| c.plan.macs());
-    let gops = 2.0 * macs as f64 / (q(0.5) * 1e6);
+    // Float GEMM/conv steps count in GFLOPS, apart from the integer ones the VNNI peak applies to.
+    let fmacs: u64 = x.compiled().map_or(0, |c| {
+        c.plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.kernel, qcc_codegen::plan::Kernel::FGemm | qcc_codegen::plan::Kernel::FDwConv))
+            .map(|s| s.macs)
+            .sum()
+    });
+    let gops = 2.0 * (macs - fmacs) as f64 / (q(0.5) * 1e6);
+    let gflops = 2.0 * fmacs as f64 / (q(0.5) * 1e6);
     println!(
         "median {:.3} ms  p10 {:.3} ms  p90 {:.3} ms  ({} runs, {threads} threads, {}{})",
         q(0.5),
@@ -829,11 +839,12 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         q(0.9),
         times.len(),
         if b.m.interp { "interpreter".to_string() } else { format!("jit {}", target_isa(&b.m.target_cpu)?.name()) },
-        if macs > 0 { format!(", {:.1} int8 GOPS in GEMM/conv", gops) } else { String::new() }
+        if macs > fmacs { format!(", {:.1} int8 GOPS in GEMM/conv", gops) } else { String::new() }
+            + &if fmacs > 0 { format!(", {gflops:.1} f32 GFLOPS in GEMM/conv") } else { String::new() }
     );
     // Measured here, so GOPS figures compare with this CPU's limit, not another's.
     let peak = qcc_runtime::kernels::gemm::vnni_peak_gops();
-    if let Some(p) = peak {
+    if let Some(p) = peak.filter(|_| macs > fmacs) {
         println!(
             "vpdpbusd peak of one core (measured): {p:.1} GOPS; this model's GEMM/conv at {:.0}% of the peak of its threads",
             100.0 * gops / (p * threads as f64)
