@@ -349,6 +349,41 @@ fn batched_models_calibrate_on_single_samples() {
     }
 }
 
+/// 1x1 convolutions with a stride (ResNet's downsampling shortcuts) gather their pixels first and run as
+/// plain GEMMs (measured faster than reading the strided windows in place); byte-identical to the
+/// interpreter, with and without padding, odd sizes included.
+#[test]
+fn strided_pointwise_convolutions_equal_the_interpreter() {
+    let mut b = Builder::new();
+    b.input("x", &[1, 8, 11, 11]).output("y", &[1, 12, 4, 4]);
+    b.init("w0", &[16, 8, 1, 1], values(128, 81).iter().map(|v| v * 0.5).collect());
+    b.init("w1", &[12, 16, 1, 1], values(192, 82).iter().map(|v| v * 0.4).collect());
+    b.node("Conv", "down0", &["x", "w0"], &["c0"], vec![ints("strides", &[2, 2])]);
+    b.node("Relu", "relu0", &["c0"], &["r0"], vec![]);
+    b.node("Conv", "down1", &["r0", "w1"], &["y"], vec![ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]);
+    let d = tmp("strided-pointwise");
+    let model = d.join("net.onnx");
+    std::fs::write(&model, b.bytes()).unwrap();
+    let cal = d.join("calib");
+    std::fs::create_dir_all(&cal).unwrap();
+    let sample = |s: u32| Tensor::from_f32(&[1, 8, 11, 11], values(968, s).iter().map(|v| v * 2.0).collect()).unwrap();
+    for i in 0..4 {
+        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &sample(90 + i)).unwrap();
+    }
+    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
+    let inst = Instrumentation { verify: true, ..Default::default() };
+    let c = calibrate(g, OptLevel::O2, CalibOptions::default(), &set, &inst, &mut std::io::sink()).unwrap();
+    let q = c.finish(&quant_config("sym-per-channel", "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap();
+    for isa in isas() {
+        let comp = Compiled::new(&q, isa).unwrap();
+        assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{}", comp.plan.summary());
+        for s in 0..3 {
+            assert_eq!(comp.run(&[sample(s)]).unwrap(), qcc_runtime::run(&q, vec![sample(s)]).unwrap(), "{isa:?}, sample {s}");
+        }
+    }
+}
+
 /// Softmax is compiled (no host step, so object files take it) and computes the interpreter's bits: over
 /// the last, a middle and the channel axis, and with opset 11's flattening of the trailing dimensions.
 #[test]
