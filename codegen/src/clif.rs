@@ -1,8 +1,9 @@
 //! Cranelift IR for a plan: `<prefix>_steps(blob, arena)` calls each step's kernel in order;
 //! `<prefix>_run(inputs, outputs, scratch)` checks the CPU and the scratch alignment, copies the inputs into
 //! the arena, runs the steps and copies the outputs out (0 = ok, -2 = misaligned scratch, -3 = the CPU
-//! lacks the kernels' instruction set, -4 = an interpreted step failed); `<prefix>_scratch_bytes()` returns the arena size. The same
-//! functions go into the JIT and into object files, so `qcc run` exercises exactly what applications link.
+//! lacks the kernels' instruction set, -4 = an interpreted step failed); `<prefix>_scratch_bytes()`
+//! returns the arena size. The same functions go into the JIT and into object files, so `qcc run`
+//! exercises exactly what applications link.
 use crate::plan::{Kernel, Plan};
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName};

@@ -77,7 +77,11 @@ unsafe fn run(h: &HostHdr, blob: *const u8, arena: *mut u8) -> Result<(), String
     let out = crate::run(&g, inputs).map_err(|e| e.to_string())?.pop().ok_or("the step computed no output")?;
     let out = if h.out_nhwc && out.shape().len() == 4 { permute(out, [0, 2, 3, 1]) } else { out.into_standard() };
     let bytes = out.to_le_bytes();
-    // SAFETY: the plan sized the output buffer for the graph's output type, which the interpreter produced.
+    let ty = g.ty(g.outputs()[0]);
+    if Some(bytes.len()) != ty.numel().zip(ty.dtype()).map(|(n, d)| n * d.size_bytes()) {
+        return Err(format!("interpreted step: computed {} bytes for an output of type {ty}", bytes.len()));
+    }
+    // SAFETY: the plan sized the output buffer for the graph's output type, which `bytes` has.
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), arena.add(h.out), bytes.len()) };
     Ok(())
 }
