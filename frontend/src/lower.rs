@@ -543,12 +543,15 @@ fn lower_op(ctx: &mut Ctx, n: &N, op_type: &str) -> R<Option<Lowered>> {
         "Sum" | "Mean" => {
             let ins = all_inputs(ctx)?;
             let Some((&first, rest)) = ins.split_first() else { return n.err("needs at least one input") };
+            if rest.is_empty() {
+                return unary(ctx, Op::Identity);
+            }
             let mut acc = first;
             for &v in rest {
                 acc = add(ctx, n, Op::Add, vec![acc, v], Type::Unknown)?;
             }
-            if op_type == "Sum" || ins.len() == 1 {
-                return Ok(Some(Lowered::Value(if ins.len() == 1 { add(ctx, n, Op::Identity, vec![acc], Type::Unknown)? } else { acc })));
+            if op_type == "Sum" {
+                return Ok(Some(Lowered::Value(acc)));
             }
             let count = ctx.g.add_const(Tensor::from_f32(&[], vec![ins.len() as f32]).expect("scalar"), None);
             L(Op::Div, vec![acc, count])
