@@ -109,6 +109,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// Element strides of each logical dim of `v` in its storage (the row-major strides of `physical`,
+    /// in logical order).
+    pub(crate) fn storage_strides(&self, v: ValueId) -> Vec<usize> {
+        let st = contiguous(&self.physical(v));
+        if self.nhwc(v) {
+            vec![st[0], st[3], st[1], st[2]]
+        } else {
+            st
+        }
+    }
+
     /// Whether the stored bytes equal the logical row-major bytes.
     pub(crate) fn logical_bytes(&self, v: ValueId) -> bool {
         !self.nhwc(v) || self.g.ty(v).shape().is_some_and(|s| s[1] == 1 || s[2] * s[3] == 1)
@@ -482,4 +493,13 @@ impl Ctx<'_> {
         let sat = sat.iter().any(|s| *s != 0).then_some(sat);
         Some((wv, sw, zw, bias, sat))
     }
+}
+
+/// Row-major element strides of shape `s`.
+pub(crate) fn contiguous(s: &[usize]) -> Vec<usize> {
+    let mut st = vec![1; s.len()];
+    for d in (0..s.len().saturating_sub(1)).rev() {
+        st[d] = st[d + 1] * s[d + 1];
+    }
+    st
 }

@@ -585,7 +585,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 }
             }
             Choice::Strided => {
-                let (is, os, od, xs) = (storage_strides(&cx, ins[0]), storage_strides(&cx, out), shape(g, out), shape(g, ins[0]));
+                let (is, os, od, xs) = (cx.storage_strides(ins[0]), cx.storage_strides(out), shape(g, out), shape(g, ins[0]));
                 let lead = 6 - od.len();
                 let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
                 let esize = oty.dtype().map_or(4, |d| d.size_bytes());
@@ -613,8 +613,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     // dims, its storage strides against the other side's row-major ones.
                     Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Identity | Op::Dropout => {
                         let four = if cx.nhwc(ins[0]) { ins[0] } else { out };
-                        let (d4, s4) = (shape(g, four), storage_strides(&cx, four));
-                        let row = contiguous(&d4);
+                        let (d4, s4) = (shape(g, four), cx.storage_strides(four));
+                        let row = crate::choose::contiguous(&d4);
                         let (from, to) = if four == ins[0] { (s4, row) } else { (row, s4) };
                         for d in 0..4 {
                             (dims[2 + d], ss[2 + d], ds[2 + d]) = (d4[d], from[d], to[d]);
@@ -735,22 +735,4 @@ fn host_graph(g: &Graph, n: NodeId, at: &dyn Fn(ValueId) -> (usize, bool)) -> Re
     let o = sg.add_node(node.op.clone(), ins, g.ty(node.output).clone(), node.loc.clone());
     sg.set_outputs(vec![o]);
     Ok((print_graph(&sg, PrintOptions { elide_constants: false }), arena_ins))
-}
-
-/// Element strides of each logical dim of `v` in its storage: channels-last (NHWC) or row-major.
-fn storage_strides(cx: &Ctx, v: ValueId) -> Vec<usize> {
-    let s = shape(cx.g, v);
-    if cx.nhwc(v) {
-        return vec![s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]];
-    }
-    contiguous(&s)
-}
-
-/// Row-major element strides of shape `s`.
-fn contiguous(s: &[usize]) -> Vec<usize> {
-    let mut st = vec![1; s.len()];
-    for d in (0..s.len().saturating_sub(1)).rev() {
-        st[d] = st[d + 1] * s[d + 1];
-    }
-    st
 }
