@@ -3,8 +3,8 @@
 //! convolution is a GEMM over contiguous pixels and depthwise kernels vectorize across channels; float
 //! values and graph inputs/outputs keep the logical row-major layout. A node without a kernel becomes a
 //! host step (runtime/src/host.rs: the interpreter runs it, in the JIT and in object files alike) with
-//! the reason kept. Weights are packed for the target ISA once,
-//! here, with every constant zero-point term folded into the bias (see runtime/src/kernels/gemm.rs).
+//! the reason kept. Weights are packed for the target ISA once, here, with every constant zero-point
+//! term folded into the bias (see runtime/src/kernels/gemm.rs).
 use crate::choose::{int_elem, per_tensor, Choice, Ctx};
 use crate::emit::*;
 use crate::memory::{self, Interval};
