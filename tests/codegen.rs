@@ -140,6 +140,24 @@ fn isas() -> Vec<Isa> {
     v
 }
 
+/// The model `b` (written to `d`), calibrated at -O2 on `samples` and quantized with symmetric per-channel
+/// weights, u8 asymmetric activations and minmax ranges.
+fn quantize_builder(b: &Builder, d: &std::path::Path, samples: &[Tensor]) -> Graph {
+    let model = d.join("net.onnx");
+    std::fs::write(&model, b.bytes()).unwrap();
+    let cal = d.join("calib");
+    std::fs::create_dir_all(&cal).unwrap();
+    for (i, t) in samples.iter().enumerate() {
+        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), t).unwrap();
+    }
+    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    let input = g.value(g.inputs()[0]).name.clone().unwrap();
+    let set = CalibSet::open(&cal, &[input], None, None).unwrap();
+    let inst = Instrumentation { verify: true, ..Default::default() };
+    let c = calibrate(g, OptLevel::O2, CalibOptions { ema_c: 0.01, ..Default::default() }, &set, &inst, &mut std::io::sink()).unwrap();
+    c.finish(&quant_config("sym-per-channel", "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap()
+}
+
 #[test]
 fn compiled_networks_equal_the_interpreter_byte_for_byte() {
     let configs = [
@@ -361,20 +379,8 @@ fn strided_pointwise_convolutions_equal_the_interpreter() {
     b.node("Conv", "down0", &["x", "w0"], &["c0"], vec![ints("strides", &[2, 2])]);
     b.node("Relu", "relu0", &["c0"], &["r0"], vec![]);
     b.node("Conv", "down1", &["r0", "w1"], &["y"], vec![ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]);
-    let d = tmp("strided-pointwise");
-    let model = d.join("net.onnx");
-    std::fs::write(&model, b.bytes()).unwrap();
-    let cal = d.join("calib");
-    std::fs::create_dir_all(&cal).unwrap();
     let sample = |s: u32| Tensor::from_f32(&[1, 8, 11, 11], values(968, s).iter().map(|v| v * 2.0).collect()).unwrap();
-    for i in 0..4 {
-        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &sample(90 + i)).unwrap();
-    }
-    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
-    let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
-    let inst = Instrumentation { verify: true, ..Default::default() };
-    let c = calibrate(g, OptLevel::O2, CalibOptions::default(), &set, &inst, &mut std::io::sink()).unwrap();
-    let q = c.finish(&quant_config("sym-per-channel", "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap();
+    let q = quantize_builder(&b, &tmp("strided-pointwise"), &(90..94).map(sample).collect::<Vec<_>>());
     for isa in isas() {
         let comp = Compiled::new(&q, isa).unwrap();
         assert_eq!(comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{}", comp.plan.summary());
@@ -477,20 +483,8 @@ fn compiled_transposes_and_slices_equal_the_interpreter() {
     b.node("Concat", "twice", &["c1f", "c1f"], &["c1d"], vec![int("axis", 2)]);
     b.node("Reshape", "to_4d", &["c1d", "wide"], &["c1w"], vec![]);
     b.node("Conv", "conv2", &["c1w", "w2"], &["y"], vec![]);
-    let d = tmp("transpose-int8");
-    let model = d.join("net.onnx");
-    std::fs::write(&model, b.bytes()).unwrap();
-    let cal = d.join("calib");
-    std::fs::create_dir_all(&cal).unwrap();
     let sample = |s: u32| Tensor::from_f32(&[1, 9, 7, 3], values(189, s).iter().map(|v| v * 2.0).collect()).unwrap();
-    for i in 0..4 {
-        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &sample(50 + i)).unwrap();
-    }
-    let g = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
-    let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
-    let inst = Instrumentation { verify: true, ..Default::default() };
-    let c = calibrate(g, OptLevel::O2, CalibOptions { ema_c: 0.01, ..Default::default() }, &set, &inst, &mut std::io::sink()).unwrap();
-    let q = c.finish(&quant_config("sym-per-channel", "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap();
+    let q = quantize_builder(&b, &tmp("transpose-int8"), &(50..54).map(sample).collect::<Vec<_>>());
     for isa in isas() {
         let comp = Compiled::new(&q, isa).unwrap();
         let summary = comp.plan.summary();
@@ -602,15 +596,7 @@ fn classic_and_newer_ops_compile_and_quantize() {
         close(&want, &qcc_runtime::run(&g2, vec![x(s)]).unwrap()[0].to_f32_vec(), "export");
     }
 
-    let cal = d.join("calib");
-    std::fs::create_dir_all(&cal).unwrap();
-    for i in 0..8 {
-        qcc::npy::write_npy(&cal.join(format!("s{i}.npy")), &x(100 + i)).unwrap();
-    }
-    let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
-    let inst = Instrumentation { verify: true, ..Default::default() };
-    let c = calibrate(g0, OptLevel::O2, CalibOptions::default(), &set, &inst, &mut std::io::sink()).unwrap();
-    let q = c.finish(&quant_config("sym-per-channel", "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap();
+    let q = quantize_builder(&b, &tmp("classic-int8"), &(100..108).map(x).collect::<Vec<_>>());
     let qtext = qcc_ir::print_graph(&q, Default::default());
     assert!(qtext.contains("qconv") && qtext.contains("act=\"mish\""), "{qtext}");
     for isa in isas() {
