@@ -173,8 +173,13 @@ impl Ctx<'_> {
                     // A strided 1x1 (ResNet's downsampling shortcut) gathers its pixels and runs the plain
                     // GEMM: ResNet-50's three took 0.54-0.57 ms read in place, 0.49-0.55 ms gathered (the
                     // gather is 2% of that).
-                    let strided_pointwise = ws[2] == 1 && ws[3] == 1 && pads.iter().all(|p| *p == 0);
-                    if self.isa == Isa::Avx512Vnni && cin % 4 == 0 && ws[2] * ws[3] <= 64 && !strided_pointwise {
+                    let os = oty.shape().unwrap_or(&[]);
+                    let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m);
+                    let gathered = Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false, rows: false };
+                    if ws[2] == 1 && ws[3] == 1 && pads.iter().all(|p| *p == 0) {
+                        return gathered;
+                    }
+                    if self.isa == Isa::Avx512Vnni && cin % 4 == 0 && ws[2] * ws[3] <= 64 {
                         return Choice::ConvGemm { im2col: None, implicit: true, rows: false };
                     }
                     // Row segments need no row sums: symmetric weights only (the zero-point term would
@@ -185,9 +190,7 @@ impl Ctx<'_> {
                     if self.isa == Isa::Avx512Vnni && symmetric && row_ok {
                         return Choice::ConvGemm { im2col: None, implicit: true, rows: true };
                     }
-                    let os = oty.shape().unwrap_or(&[]);
-                    let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m);
-                    return Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false, rows: false };
+                    return gathered;
                 }
                 if *group as usize == cin && m == cin && ws[1] == 1 && dilations.len() == 2 {
                     return Choice::DwConv;
@@ -322,7 +325,7 @@ impl Ctx<'_> {
                 if ok {
                     Choice::FGemm
                 } else {
-                    host("float Gemm other than up to 16 rows times constant weights (alpha = beta = 1)")
+                    Choice::Host(format!("float Gemm other than up to {GEMV_ROWS} rows times constant weights (alpha = beta = 1)"))
                 }
             }
             Op::GlobalAveragePool if act_in(0) && self.f32_value(ins[0]) && g.ty(ins[0]).shape().is_some_and(|s| s.len() == 4) => {
