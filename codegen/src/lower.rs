@@ -673,10 +673,11 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::FMaxPool, h.encode(), 0, &mut blob);
             }
             Choice::Host(_) => {
-                let (text, arena_ins) = host_graph(g, n, &|v| (off(v), cx.nhwc(v)))?;
-                let words: Vec<u64> = arena_ins.iter().flat_map(|&(o, nhwc)| [o as u64, nhwc as u64]).collect();
+                let (text, arena_ins) = host_graph(g, n)?;
+                let words: Vec<u64> = arena_ins.iter().flat_map(|&v| [off(v) as u64, cx.nhwc(v) as u64]).collect();
                 let h = HostHdr {
                     text: Arr { off: blob.push_bytes(text.as_bytes()), len: text.len() },
+                    hash: qcc_runtime::host::text_hash(text.as_bytes()) as usize,
                     ins: Arr { off: blob.push_words(&words), len: words.len() },
                     out: off(out),
                     out_nhwc: cx.nhwc(out),
@@ -707,9 +708,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
 }
 
 /// The one-node graph an interpreted step runs, as .qir text with its constants in full, and per graph
-/// input the arena offset and layout of the value it reads.
-#[allow(clippy::type_complexity)]
-fn host_graph(g: &Graph, n: NodeId, at: &dyn Fn(ValueId) -> (usize, bool)) -> Result<(String, Vec<(usize, bool)>), CodegenError> {
+/// input the value of `g` it reads.
+fn host_graph(g: &Graph, n: NodeId) -> Result<(String, Vec<ValueId>), CodegenError> {
     let node = g.node(n);
     let mut sg = Graph::new("step");
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();
@@ -725,7 +725,7 @@ fn host_graph(g: &Graph, n: NodeId, at: &dyn Fn(ValueId) -> (usize, bool)) -> Re
                 sg.add_const_typed(ConstData::Data(t.clone()), val.ty.clone(), val.name.clone())
             }
             _ => {
-                arena_ins.push(at(v));
+                arena_ins.push(v);
                 sg.add_input(val.ty.clone(), val.name.clone())
             }
         };

@@ -413,10 +413,10 @@ impl UnaryHdr {
     }
 }
 header!(
-    /// An interpreted step (host.rs): `text` is the .qir of a one-node graph, its constants in full;
-    /// `ins` holds, per graph input, two words (arena offset, 1 if stored channels-last); `out` is the
-    /// output's arena offset.
-    HostHdr { text: Arr, ins: Arr, out: usize, out_nhwc: bool }
+    /// An interpreted step (host.rs): `text` is the .qir of a one-node graph, its constants in full, and
+    /// `hash` its host::text_hash; `ins` holds, per graph input, two words (arena offset, 1 if stored
+    /// channels-last); `out` is the output's arena offset.
+    HostHdr { text: Arr, hash: usize, ins: Arr, out: usize, out_nhwc: bool }
 );
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! text of a one-node graph (constants in full), and `qcc_k_host` runs it through this interpreter,
 //! reading its inputs from the arena and writing its output back. The JIT and object files share it, so
 //! everything `qcc run` compiles can also be linked ahead of time. The parsed graph is cached by the
-//! text's address, checked against the text itself: a freed JIT module's address can come back with
-//! other contents.
+//! text's address, checked against the text's hash (computed at compile time, so a run compares one
+//! word, not the text): a freed JIT module's address can come back with other contents.
 use crate::abi::HostHdr;
 use qcc_ir::{map_tensor, Graph, Tensor};
 use std::cell::RefCell;
@@ -16,8 +16,13 @@ thread_local! {
 }
 
 struct Cached {
-    text: Box<[u8]>,
+    hash: u64,
     graph: Arc<Graph>,
+}
+
+/// FNV-1a over the step's text: what the header carries and the cache compares.
+pub fn text_hash(text: &[u8]) -> u64 {
+    text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 static CACHE: Mutex<Option<HashMap<usize, Cached>>> = Mutex::new(None);
@@ -29,11 +34,11 @@ pub fn take_error() -> Option<String> {
     ERROR.with(|e| e.borrow_mut().take()).map(|c| c.to_string_lossy().into_owned())
 }
 
-fn graph_for(text: &[u8]) -> Result<Arc<Graph>, String> {
+fn graph_for(text: &[u8], hash: u64) -> Result<Arc<Graph>, String> {
     let addr = text.as_ptr() as usize;
     let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = guard.get_or_insert_with(HashMap::new);
-    if let Some(c) = cache.get(&addr).filter(|c| *c.text == *text) {
+    if let Some(c) = cache.get(&addr).filter(|c| c.hash == hash) {
         return Ok(c.graph.clone());
     }
     let src = std::str::from_utf8(text).map_err(|_| "interpreted step: its graph text is not UTF-8".to_string())?;
@@ -45,7 +50,7 @@ fn graph_for(text: &[u8]) -> Result<Arc<Graph>, String> {
     if cache.len() >= CACHE_MAX {
         cache.clear();
     }
-    cache.insert(addr, Cached { text: text.into(), graph: graph.clone() });
+    cache.insert(addr, Cached { hash, graph: graph.clone() });
     Ok(graph)
 }
 
@@ -58,7 +63,7 @@ fn permute(t: Tensor, perm: [usize; 4]) -> Tensor {
 unsafe fn run(h: &HostHdr, blob: *const u8, arena: *mut u8) -> Result<(), String> {
     // SAFETY: the compiler laid out the text and the input words in the blob.
     let (text, words) = unsafe { (h.text.slice::<u8>(blob), h.ins.slice::<u64>(blob)) };
-    let g = graph_for(text)?;
+    let g = graph_for(text, h.hash as u64)?;
     if words.len() != 2 * g.inputs().len() {
         return Err(format!("interpreted step: {} input words for {} inputs", words.len(), g.inputs().len()));
     }

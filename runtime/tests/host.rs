@@ -2,7 +2,7 @@
 //! graph text in a blob, values in an arena. Failures reach the caller through the status and message
 //! calls, and the parsed-graph cache never serves a graph for text that changed at the same address.
 use qcc_runtime::abi::{Arr, HostHdr};
-use qcc_runtime::host::{qcc_k_host, qcc_last_error, qcc_rt_host_begin, qcc_rt_host_status, take_error};
+use qcc_runtime::host::{qcc_k_host, qcc_last_error, qcc_rt_host_begin, qcc_rt_host_status, take_error, text_hash};
 
 /// A zeroed buffer of `n` words (8-byte aligned, enough for the f32 and u64 values used here).
 fn words(n: usize) -> Vec<u64> {
@@ -19,7 +19,14 @@ fn blob_for(text: &str, ins: &[(usize, bool)], out: usize, out_nhwc: bool) -> (V
         bytes[at + 16 * i..at + 16 * i + 8].copy_from_slice(&(o as u64).to_le_bytes());
         bytes[at + 16 * i + 8..at + 16 * i + 16].copy_from_slice(&(nhwc as u64).to_le_bytes());
     }
-    let mut hdr = HostHdr { text: Arr { off: 0, len: text.len() }, ins: Arr { off: at, len: 2 * ins.len() }, out, out_nhwc }.encode();
+    let mut hdr = HostHdr {
+        text: Arr { off: 0, len: text.len() },
+        hash: text_hash(text.as_bytes()) as usize,
+        ins: Arr { off: at, len: 2 * ins.len() },
+        out,
+        out_nhwc,
+    }
+    .encode();
     hdr.resize(16, 0);
     (blob, hdr)
 }
@@ -56,8 +63,10 @@ fn runs_the_graph_and_rereads_changed_text() {
     let (mut blob, hdr) = blob_for(relu, &[(0, false)], 64, false);
     assert_eq!(call(&mut blob, &hdr, &mut arena), 0);
     assert_eq!(f32s(&mut arena, 64, 4), vec![0.0, 0.5, 0.0, 3.0]);
-    // Same address, other text (as when a freed JIT module's memory is reused): the new graph runs.
+    // Same address, other text and its hash (as when a freed JIT module's memory is reused): the new
+    // graph runs.
     unsafe_bytes(&mut blob)[..tanh.len()].copy_from_slice(tanh.as_bytes());
+    let (_, hdr) = blob_for(tanh, &[(0, false)], 64, false);
     assert_eq!(call(&mut blob, &hdr, &mut arena), 0);
     assert_eq!(f32s(&mut arena, 64, 4), [-1.0f32, 0.5, -2.0, 3.0].map(f32::tanh).to_vec());
 }
