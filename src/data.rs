@@ -170,17 +170,35 @@ pub fn fit_input(t: Tensor, want: &[usize], what: &str) -> Result<Tensor> {
     bail!("{what}: shape {:?} does not match the model input {:?}", t.shape(), want)
 }
 
+/// The shape of one item of a batch of shape `want`: [1, want[1..]].
+fn one_item(want: &[usize]) -> Vec<usize> {
+    std::iter::once(1).chain(want.iter().skip(1).copied()).collect()
+}
+
+/// Single samples (each with the path it came from, fitted to one item) stacked into one input of shape
+/// `want` (a model compiled for a batch).
+pub fn stack_samples(samples: Vec<(Tensor, String)>, want: &[usize]) -> Result<Tensor> {
+    let one = one_item(want);
+    let mut dtype = None;
+    let mut bytes = Vec::new();
+    for (t, what) in samples {
+        let t = fit_input(t, &one, &what)?;
+        if *dtype.get_or_insert(t.dtype()) != t.dtype() {
+            bail!("{what}: the samples of one batch have different element types");
+        }
+        bytes.extend(t.to_le_bytes());
+    }
+    Tensor::from_le_bytes(dtype.unwrap_or(qcc_ir::DType::F32), want, &bytes)
+        .ok_or_else(|| anyhow!("the samples do not fill a batch of {want:?}"))
+}
+
 /// For calibration: like [`fit_input`], and a single sample for a model compiled for a batch of B is
 /// repeated B times. Every statistic calibration gathers (ranges, histograms, means, input sums) is then
 /// the batch-1 one, only counted B times.
 pub fn fit_calibration_input(t: Tensor, want: &[usize], what: &str) -> Result<Tensor> {
     let batch = want.first().copied().unwrap_or(1);
-    let single = t.shape() == &want[1.min(want.len())..] || t.shape().first() == Some(&1) && t.shape()[1..] == want[1.min(want.len())..];
-    if batch > 1 && single {
-        let one: Vec<usize> = std::iter::once(1).chain(want[1..].iter().copied()).collect();
-        let t = fit_input(t, &one, what)?;
-        let bytes = t.to_le_bytes().repeat(batch);
-        return Tensor::from_le_bytes(t.dtype(), want, &bytes).ok_or_else(|| anyhow::anyhow!("{what}: cannot repeat the sample"));
+    if batch > 1 && fit_input(t.clone(), &one_item(want), what).is_ok() {
+        return stack_samples(vec![(t, what.to_string()); batch], want);
     }
     fit_input(t, want, what)
 }

@@ -1,5 +1,5 @@
 //! Accuracy measurement: top-1/top-5 of a classifier over a labeled data set.
-use crate::data::{fit_input, Dataset};
+use crate::data::{fit_input, stack_samples, Dataset};
 use crate::exec::Exec;
 use anyhow::{bail, Context, Result};
 use qcc_ir::Tensor;
@@ -79,19 +79,9 @@ fn batch_input(data: &Dataset, start: usize, want: &[usize]) -> Result<(Tensor, 
     if batch <= 1 {
         return Ok((fit_input(data.load(start)?, want, &path(start))?, 1));
     }
-    let one: Vec<usize> = std::iter::once(1).chain(want[1..].iter().copied()).collect();
     let real = batch.min(data.items.len() - start);
-    let mut bytes = Vec::new();
-    for j in 0..batch {
-        let i = start + j.min(real - 1);
-        let x = fit_input(data.load(i)?, &one, &path(i))?;
-        if x.dtype() != qcc_ir::DType::F32 {
-            bail!("{}: samples must be float32, are {}", path(i), x.dtype());
-        }
-        bytes.extend(x.to_le_bytes());
-    }
-    let x = Tensor::from_le_bytes(qcc_ir::DType::F32, want, &bytes).context("stacking a batch")?;
-    Ok((x, real))
+    let samples = (0..batch).map(|j| start + j.min(real - 1)).map(|i| Ok((data.load(i)?, path(i)))).collect::<Result<_>>()?;
+    Ok((stack_samples(samples, want)?, real))
 }
 
 /// Runs every graph on every sample (graph 0 is the reference for agreement), a batch at a time when the
@@ -102,6 +92,7 @@ pub fn evaluate_many(graphs: &[&Exec], data: &Dataset, label_offset: i64, mut pr
     let want = g0.ty(input).shape().context("input shape unknown")?.to_vec();
     let k = graphs.len();
     let mut c = Comparison { n: 0, top1: vec![0; k], top5: vec![0; k], agree: vec![0; k], sqnr_db: vec![0.0; k] };
+    let rows = want.first().copied().unwrap_or(1).max(1);
     let mut start = 0;
     while start < data.items.len() {
         let (x, real) = batch_input(data, start, &want)?;
@@ -109,7 +100,6 @@ pub fn evaluate_many(graphs: &[&Exec], data: &Dataset, label_offset: i64, mut pr
         for (j, g) in graphs.iter().enumerate() {
             let out = g.run(vec![x.clone()]).with_context(|| format!("running on {}", data.items[start].0.display()))?;
             let all = scores(&out[0])?;
-            let rows = want.first().copied().unwrap_or(1).max(1);
             if all.len() % rows != 0 {
                 bail!("the output's {} scores do not split into the batch's {rows} samples", all.len());
             }
