@@ -159,6 +159,12 @@ impl<'g> Ex<'g> {
         self.act_to(x, a, out)
     }
 
+    /// A node `op` without attributes writing a fresh value (named after `hint`), returned.
+    fn tmp(&mut self, op: &str, hint: &str, ins: Vec<String>) -> String {
+        let out = self.fresh(hint);
+        self.node(op, hint, ins, out, vec![])
+    }
+
     fn f32_scalar(&mut self, hint: &str, v: f32) -> String {
         self.init(hint, &Tensor::from_f32(&[], vec![v]).expect("scalar"))
     }
@@ -185,42 +191,30 @@ impl<'g> Ex<'g> {
             Act::Softplus => self.node("Softplus", "softplus", vec![x], out, vec![]),
             Act::Softsign => self.node("Softsign", "softsign", vec![x], out, vec![]),
             Act::Mish => {
-                let sp = self.fresh("mish_softplus");
-                let sp = self.node("Softplus", "mish", vec![x.clone()], sp, vec![]);
-                let th = self.fresh("mish_tanh");
-                let th = self.node("Tanh", "mish", vec![sp], th, vec![]);
+                let sp = self.tmp("Softplus", "mish", vec![x.clone()]);
+                let th = self.tmp("Tanh", "mish", vec![sp]);
                 self.node("Mul", "mish", vec![x, th], out, vec![])
             }
             Act::Gelu { tanh } => {
                 // 0.5 · x · (1 + erf(x / √2)), or with tanh(√(2/π) · (x + 0.044715 x³)).
                 let inner = if tanh {
-                    let x2 = self.fresh("gelu_x2");
-                    let x2 = self.node("Mul", "gelu", vec![x.clone(), x.clone()], x2, vec![]);
-                    let x3 = self.fresh("gelu_x3");
-                    let x3 = self.node("Mul", "gelu", vec![x2, x.clone()], x3, vec![]);
+                    let x2 = self.tmp("Mul", "gelu", vec![x.clone(), x.clone()]);
+                    let x3 = self.tmp("Mul", "gelu", vec![x2, x.clone()]);
                     let c = self.f32_scalar("gelu_c", 0.044715);
-                    let t = self.fresh("gelu_t");
-                    let t = self.node("Mul", "gelu", vec![x3, c], t, vec![]);
-                    let u = self.fresh("gelu_u");
-                    let u = self.node("Add", "gelu", vec![x.clone(), t], u, vec![]);
+                    let t = self.tmp("Mul", "gelu", vec![x3, c]);
+                    let u = self.tmp("Add", "gelu", vec![x.clone(), t]);
                     let k = self.f32_scalar("gelu_k", (2.0 / std::f32::consts::PI).sqrt());
-                    let v = self.fresh("gelu_v");
-                    let v = self.node("Mul", "gelu", vec![u, k], v, vec![]);
-                    let th = self.fresh("gelu_tanh");
-                    self.node("Tanh", "gelu", vec![v], th, vec![])
+                    let v = self.tmp("Mul", "gelu", vec![u, k]);
+                    self.tmp("Tanh", "gelu", vec![v])
                 } else {
                     let k = self.f32_scalar("gelu_k", std::f32::consts::FRAC_1_SQRT_2);
-                    let v = self.fresh("gelu_v");
-                    let v = self.node("Mul", "gelu", vec![x.clone(), k], v, vec![]);
-                    let e = self.fresh("gelu_erf");
-                    self.node("Erf", "gelu", vec![v], e, vec![])
+                    let v = self.tmp("Mul", "gelu", vec![x.clone(), k]);
+                    self.tmp("Erf", "gelu", vec![v])
                 };
                 let one = self.f32_scalar("gelu_one", 1.0);
-                let p = self.fresh("gelu_p");
-                let p = self.node("Add", "gelu", vec![inner, one], p, vec![]);
+                let p = self.tmp("Add", "gelu", vec![inner, one]);
                 let half = self.f32_scalar("gelu_half", 0.5);
-                let h = self.fresh("gelu_h");
-                let h = self.node("Mul", "gelu", vec![x, half], h, vec![]);
+                let h = self.tmp("Mul", "gelu", vec![x, half]);
                 self.node("Mul", "gelu", vec![h, p], out, vec![])
             }
         }
