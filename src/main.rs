@@ -799,7 +799,7 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         println!("{:>9} {:>6} {:>8}  {:<10} node", "ms", "%", "GOPS", "kernel");
         let mut per_kernel: Vec<(&str, f64, u64)> = Vec::new();
         for (s, t) in c.plan.steps.iter().zip(&t) {
-            let k = &s.kernel.symbol()[6..];
+            let k = s.kernel.name();
             match per_kernel.iter_mut().find(|e| e.0 == k) {
                 Some(e) => (e.1, e.2) = (e.1 + t, e.2 + s.macs),
                 None => per_kernel.push((k, *t, s.macs)),
@@ -815,7 +815,7 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
             let s = &c.plan.steps[i];
             let per = t[i];
             let gops = if s.macs > 0 { format!("{:.1}", 2.0 * s.macs as f64 / per / 1e9) } else { String::new() };
-            println!("{:>9.4} {:>5.1}% {:>8}  {:<10} {}", per * 1e3, 100.0 * t[i] / total, gops, &s.kernel.symbol()[6..], s.node);
+            println!("{:>9.4} {:>5.1}% {:>8}  {:<10} {}", per * 1e3, 100.0 * t[i] / total, gops, s.kernel.name(), s.node);
         }
     }
     let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];

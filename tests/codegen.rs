@@ -143,6 +143,11 @@ fn isas() -> Vec<Isa> {
 /// The model `b` (written to `d`), calibrated at -O2 on `samples` and quantized with symmetric per-channel
 /// weights, u8 asymmetric activations and minmax ranges.
 fn quantize_builder(b: &Builder, d: &std::path::Path, samples: &[Tensor]) -> Graph {
+    quantize_builder_with(b, d, samples, "sym-per-channel")
+}
+
+/// `quantize_builder` with the weight scheme `weights`.
+fn quantize_builder_with(b: &Builder, d: &std::path::Path, samples: &[Tensor], weights: &str) -> Graph {
     let model = d.join("net.onnx");
     std::fs::write(&model, b.bytes()).unwrap();
     let cal = d.join("calib");
@@ -155,7 +160,7 @@ fn quantize_builder(b: &Builder, d: &std::path::Path, samples: &[Tensor]) -> Gra
     let set = CalibSet::open(&cal, &[input], None, None).unwrap();
     let inst = Instrumentation { verify: true, ..Default::default() };
     let c = calibrate(g, OptLevel::O2, CalibOptions { ema_c: 0.01, ..Default::default() }, &set, &inst, &mut std::io::sink()).unwrap();
-    c.finish(&quant_config("sym-per-channel", "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap()
+    c.finish(&quant_config(weights, "asym", "u8", "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap()
 }
 
 #[test]
@@ -387,6 +392,60 @@ fn strided_pointwise_convolutions_equal_the_interpreter() {
         assert!(comp.plan.steps.iter().any(|s| s.kernel == Kernel::Im2col && s.node == "down0"), "{}", comp.plan.summary());
         for s in 0..3 {
             assert_eq!(comp.run(&[sample(s)]).unwrap(), qcc_runtime::run(&q, vec![sample(s)]).unwrap(), "{isa:?}, sample {s}");
+        }
+    }
+}
+
+/// The generated loop nests of convolutions read in place (codegen/src/nest.rs) address every window as
+/// the interpreter does: taps of 4k channels and kernel rows of RGB inputs, strides, dilations,
+/// asymmetric pads, windows that never lie inside the image, tiles that cross output rows and images
+/// (batch 2), one and two column panels, weights with and without zero points; at 1 and 3 threads.
+#[test]
+fn gemm_loop_nests_address_every_window() {
+    // (cin, cout, input h × w, kernel h × w, strides, pads (top, left, bottom, right), dilations)
+    type Case = (i64, i64, [i64; 2], [i64; 2], [i64; 2], [i64; 4], [i64; 2]);
+    let cases: [Case; 7] = [
+        (8, 20, [9, 7], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1]),
+        (8, 70, [9, 11], [3, 3], [2, 2], [0, 1, 1, 0], [1, 1]),
+        (4, 16, [10, 9], [3, 3], [1, 1], [2, 2, 2, 2], [2, 2]),
+        (3, 20, [15, 13], [7, 7], [2, 2], [3, 3, 3, 3], [1, 1]),
+        (3, 24, [6, 5], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1]),
+        (8, 12, [3, 3], [5, 5], [1, 1], [2, 2, 2, 2], [1, 1]),
+        (8, 20, [5, 9], [1, 3], [1, 2], [0, 1, 0, 1], [1, 1]),
+    ];
+    for (i, (cin, cout, [h, w], [kh, kw], st, pads, dil)) in cases.into_iter().enumerate() {
+        let oh = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) / st[0] + 1;
+        let ow = (w + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) / st[1] + 1;
+        let mut b = Builder::new();
+        b.input("x", &[2, cin, h, w]).output("y", &[2, cout, oh, ow]);
+        let nw = (cout * cin * kh * kw) as usize;
+        b.init("w", &[cout, cin, kh, kw], values(nw, 60 + i as u32).iter().map(|v| v * 0.5).collect());
+        b.init("b", &[cout], values(cout as usize, 70 + i as u32));
+        let attrs = vec![ints("strides", &st), ints("pads", &pads), ints("dilations", &dil)];
+        b.node("Conv", "conv", &["x", "w", "b"], &["c"], attrs);
+        b.node("Relu", "relu", &["c"], &["y"], vec![]);
+        let shape = [2usize, cin as usize, h as usize, w as usize];
+        let n: usize = shape.iter().product();
+        let sample = |s: u32| Tensor::from_f32(&shape, values(n, s).iter().map(|v| v * 2.0).collect()).unwrap();
+        let samples: Vec<Tensor> = (80..84).map(sample).collect();
+        for weights in ["sym-per-channel", "asym-per-channel"] {
+            let q = quantize_builder_with(&b, &tmp(&format!("nest{i}{weights}")), &samples, weights);
+            let want: Vec<_> = (0..2).map(|s| qcc_runtime::run(&q, vec![sample(s)]).unwrap()).collect();
+            for isa in isas() {
+                let comp = Compiled::new(&q, isa).unwrap();
+                let gemm = comp.plan.steps.iter().filter(|s| s.kernel == Kernel::Gemm).count();
+                assert_eq!(gemm, 1, "case {i}, {weights}: {}", comp.plan.summary());
+                // Symmetric weights are read in place on VNNI (asymmetric ones too, but for RGB inputs).
+                if isa == Isa::Avx512Vnni && weights.starts_with("sym") {
+                    assert!(!comp.plan.steps.iter().any(|s| s.kernel == Kernel::Im2col), "case {i}: {}", comp.plan.summary());
+                }
+                for threads in [1, 3] {
+                    qcc_runtime::kernels::pool::set_threads(threads);
+                    for (s, w) in want.iter().enumerate() {
+                        assert_eq!(&comp.run(&[sample(s as u32)]).unwrap(), w, "case {i}, {weights}, {isa:?}, {threads} threads");
+                    }
+                }
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! lacks the kernels' instruction set, -4 = an interpreted step failed); `<prefix>_scratch_bytes()`
 //! returns the arena size. The same functions go into the JIT and into object files, so `qcc run`
 //! exercises exactly what applications link.
+use crate::nest;
 use crate::plan::{Kernel, Plan};
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName};
@@ -11,11 +12,14 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
+use qcc_runtime::abi::GemmHdr;
 use std::collections::HashMap;
 
 pub struct Entry {
     pub run: FuncId,
     pub scratch_bytes: FuncId,
+    /// Per step, the generated function it calls (None: the runtime kernel of its Kernel).
+    pub steps: Vec<Option<FuncId>>,
 }
 
 fn err(e: impl std::fmt::Display) -> CodegenError {
@@ -53,8 +57,7 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
 
     let ksig = sig(cc, &[ptr, ptr, ptr], None);
     let mut kernels: HashMap<&'static str, FuncId> = HashMap::new();
-    for s in &plan.steps {
-        let name = s.kernel.symbol();
+    for name in plan.steps.iter().filter_map(|s| s.kernel.symbol()) {
         if !kernels.contains_key(name) {
             kernels.insert(name, module.declare_function(name, Linkage::Import, &ksig).map_err(err)?);
         }
@@ -72,6 +75,15 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     };
 
     let mut fctx = FunctionBuilderContext::new();
+    // Steps whose function is generated (GEMMs: loop nests around runtime microkernels).
+    let mut step_fns = vec![None; plan.steps.len()];
+    if plan.steps.iter().any(|s| s.kernel == Kernel::Gemm) {
+        let uk = nest::Microkernels::declare(module)?;
+        for (i, s) in plan.steps.iter().enumerate().filter(|(_, s)| s.kernel == Kernel::Gemm) {
+            let h = GemmHdr::decode(&plan.blob.words(s.hdr, 64));
+            step_fns[i] = Some(nest::define_gemm_step(module, &mut fctx, &uk, &h, &format!("{prefix}_step{i}"))?);
+        }
+    }
     let mut ctx = module.make_context();
 
     // <prefix>_steps(blob, arena)
@@ -85,8 +97,13 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
         b.append_block_params_for_function_params(block);
         b.switch_to_block(block);
         let (blob_v, arena) = (b.block_params(block)[0], b.block_params(block)[1]);
-        for s in &plan.steps {
-            let f = module.declare_func_in_func(kernels[s.kernel.symbol()], b.func);
+        for (s, generated) in plan.steps.iter().zip(&step_fns) {
+            let id = match (generated, s.kernel.symbol()) {
+                (Some(id), _) => *id,
+                (None, Some(sym)) => kernels[sym],
+                (None, None) => return Err(CodegenError::Cranelift(format!("step \"{}\" has no function", s.node))),
+            };
+            let f = module.declare_func_in_func(id, b.func);
             let hdr = b.ins().iadd_imm_s(blob_v, s.hdr as i64);
             b.ins().call(f, &[hdr, blob_v, arena]);
         }
@@ -181,5 +198,5 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     }
     module.define_function(scratch_bytes, &mut ctx).map_err(err)?;
     module.clear_context(&mut ctx);
-    Ok(Entry { run, scratch_bytes })
+    Ok(Entry { run, scratch_bytes, steps: step_fns })
 }

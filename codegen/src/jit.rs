@@ -47,6 +47,8 @@ pub struct CodegenTimes {
 pub struct Compiled {
     module: Option<JITModule>,
     run: RunFn,
+    /// Per step, the address of its generated function, if it has one (for profile()).
+    step_fns: Vec<Option<usize>>,
     pub plan: Plan,
     arena: Mutex<Arena>,
     pub times: CodegenTimes,
@@ -72,9 +74,10 @@ impl Compiled {
         // SAFETY: `code` is the finalized `<prefix>_run` function clif::define built with exactly this
         // signature (three pointers in, i32 out, the platform's default calling convention).
         let run = unsafe { std::mem::transmute::<*const u8, RunFn>(code) };
+        let step_fns = entry.steps.iter().map(|f| f.map(|id| module.get_finalized_function(id) as usize)).collect();
         let arena = Mutex::new(Arena::new(plan.arena_bytes)?);
         let times = CodegenTimes { lower: t1 - t0, cranelift: t1.elapsed() };
-        Ok(Compiled { module: Some(module), run, plan, arena, times })
+        Ok(Compiled { module: Some(module), run, step_fns, plan, arena, times })
     }
 
     /// Runs the compiled graph on `inputs` (one per graph input, in order).
@@ -143,9 +146,14 @@ impl Compiled {
         let p = &self.plan;
         let table: std::collections::HashMap<&str, *const u8> = qcc_runtime::entry::symbols().into_iter().collect();
         let mut fns = Vec::new();
-        for s in &p.steps {
-            let addr = table[s.kernel.symbol()];
-            // SAFETY: every kernel symbol has the (hdr, blob, arena) signature.
+        for (s, generated) in p.steps.iter().zip(&self.step_fns) {
+            let addr = match (generated, s.kernel.symbol()) {
+                (Some(a), _) => *a as *const u8,
+                (None, Some(sym)) => table[sym],
+                (None, None) => return Err(CodegenError::Run(format!("step \"{}\" has no function", s.node))),
+            };
+            // SAFETY: every kernel symbol and generated step function has the (hdr, blob, arena)
+            // signature; generated ones live as long as self.module.
             fns.push(unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u64, *const u8, *mut u8)>(addr) });
         }
         // The blob the JIT copied is private to the module; the plan's own copy has the same contents, but

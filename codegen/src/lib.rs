@@ -6,6 +6,7 @@ mod emit;
 pub mod jit;
 pub mod lower;
 pub mod memory;
+mod nest;
 pub mod object;
 pub mod plan;
 

@@ -5,7 +5,8 @@
 use qcc_ir::DType;
 use qcc_runtime::kernels::Isa;
 
-/// Kernels generated code calls; each is `qcc_k_<name>(hdr, blob, arena)`.
+/// What a step runs: a runtime kernel `qcc_k_<name>(hdr, blob, arena)`, or for GEMMs a function codegen
+/// generates with the same signature (codegen/src/nest.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Quantize,
@@ -39,11 +40,12 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub fn symbol(self) -> &'static str {
-        match self {
+    /// The runtime kernel's symbol; None for steps whose function is generated.
+    pub fn symbol(self) -> Option<&'static str> {
+        Some(match self {
+            Kernel::Gemm => return None,
             Kernel::Quantize => "qcc_k_quantize",
             Kernel::Dequantize => "qcc_k_dequantize",
-            Kernel::Gemm => "qcc_k_gemm",
             Kernel::Im2col => "qcc_k_im2col",
             Kernel::DwConv => "qcc_k_dwconv",
             Kernel::WideConv => "qcc_k_wideconv",
@@ -64,7 +66,12 @@ impl Kernel {
             Kernel::FMaxPool => "qcc_k_fmaxpool",
             Kernel::FAvgPool => "qcc_k_favgpool",
             Kernel::Host => "qcc_k_host",
-        }
+        })
+    }
+
+    /// The short name reports use.
+    pub fn name(self) -> &'static str {
+        self.symbol().map_or("gemm", |s| &s["qcc_k_".len()..])
     }
 }
 
@@ -112,7 +119,7 @@ impl Plan {
                 None => counts.push((s.kernel, 1)),
             }
         }
-        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{} {n}", &k.symbol()[6..])).collect();
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{} {n}", k.name())).collect();
         format!(
             "{} steps ({}), arena {:.1} KiB, constants {:.1} KiB, kernels {}{}",
             self.steps.len(),
@@ -162,6 +169,18 @@ impl Blob {
     pub fn push_i8(&mut self, v: &[i8]) -> usize {
         let b: Vec<u8> = v.iter().map(|v| *v as u8).collect();
         self.push_bytes(&b)
+    }
+    /// `n` 64-bit words from byte offset `off` (a header), zero past the end.
+    pub fn words(&self, off: usize, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|i| {
+                let mut w = [0u8; 8];
+                let at = (off + 8 * i).min(self.bytes.len());
+                let bytes = &self.bytes[at..(at + 8).min(self.bytes.len())];
+                w[..bytes.len()].copy_from_slice(bytes);
+                u64::from_le_bytes(w)
+            })
+            .collect()
     }
     /// The f32 values of an array pushed before.
     pub fn f32s(&self, a: qcc_runtime::abi::Arr) -> Vec<f32> {

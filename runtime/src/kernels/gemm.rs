@@ -11,9 +11,38 @@ use std::mem::MaybeUninit;
 /// Columns per block of packed weights (one zmm of i32 lanes).
 pub const NBLK: usize = 16;
 /// Columns per task panel.
-const PANEL: usize = 64;
-/// Rows per task.
+pub const PANEL: usize = 64;
+/// Rows per task, at most.
 const ROWS: usize = 48;
+/// Rows per micro-tile.
+pub const MR: usize = 4;
+/// Pointers a micro-tile row may read through (taps of a convolution window).
+pub const MAX_SEGS: usize = 64;
+
+/// How a product is cut into tasks: `row_blocks` blocks of `block` rows (the last may be shorter) times
+/// `panels` panels of PANEL columns; task t is panel t / row_blocks, row block t % row_blocks. Gemm::run
+/// and the loop nests codegen generates both follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub block: usize,
+    pub row_blocks: usize,
+    pub panels: usize,
+}
+
+impl Split {
+    pub fn new(m: usize, n: usize) -> Split {
+        let (_, np) = packed_dims(1, n);
+        // Equal row blocks of at most ROWS rows (a multiple of the micro-tile), so the last block is not a
+        // sliver that leaves a thread idle on small layers.
+        let row_blocks = m.div_ceil(ROWS).max(1);
+        let block = (m.div_ceil(row_blocks).div_ceil(MR) * MR).max(MR);
+        Split { block, row_blocks: m.div_ceil(block), panels: np.div_ceil(PANEL) }
+    }
+
+    pub fn tasks(&self) -> usize {
+        self.row_blocks * self.panels
+    }
+}
 
 /// Packed sizes: K rounded up to 4, N to 16.
 pub fn packed_dims(k: usize, n: usize) -> (usize, usize) {
@@ -85,35 +114,94 @@ pub struct Gemm<'a> {
 /// Kernel rows a row-segment convolution may have (one scratch row each per micro-tile row).
 pub const ROW_SEGS: usize = 16;
 /// A scratch row for a window crossing the image's edge.
-type EdgeRows = [MaybeUninit<[u8; 64]>; ROW_SEGS];
+pub type EdgeRows = [MaybeUninit<[u8; 64]>; ROW_SEGS];
 
 // SAFETY: the raw pointers address the arena; tasks write disjoint tiles of `out` and only read `a`.
 unsafe impl Sync for Gemm<'_> {}
 
 impl Gemm<'_> {
-    /// Runs the product on the thread pool.
+    /// Runs the product on the thread pool: the Rust form of the loop nest codegen generates in Cranelift
+    /// (codegen/src/nest.rs) around the same micro-tiles; the kernel tests drive the micro-tiles through it.
     ///
     /// # Safety
     /// `a` must be readable for (m-1)·lda + kp bytes and
     /// `out` writable for (m-1)·ldo + n bytes, not overlapping `a`.
     pub unsafe fn run(&self) {
-        let (_, np) = packed_dims(self.k, self.n);
-        // Equal row blocks of at most ROWS rows (a multiple of the 4-row micro-tile), so the last block is
-        // not a sliver that leaves a thread idle on small layers.
-        let row_blocks = self.m.div_ceil(ROWS);
-        let block = self.m.div_ceil(row_blocks).div_ceil(4) * 4;
-        let row_blocks = self.m.div_ceil(block);
-        let panels = np.div_ceil(PANEL);
-        pool::parallel_for(row_blocks * panels, &|t| {
-            let (p, rb) = (t / row_blocks, t % row_blocks);
-            let (r0, c0) = (rb * block, p * PANEL);
-            let rows = block.min(self.m - r0);
+        let split = Split::new(self.m, self.n);
+        pool::parallel_for(split.tasks(), &|t| {
+            let (p, rb) = (t / split.row_blocks, t % split.row_blocks);
+            let (r0, c0) = (rb * split.block, p * PANEL);
+            let rows = split.block.min(self.m - r0);
             let cols = PANEL.min(self.n - c0.min(self.n));
-            if cols > 0 {
-                // SAFETY: the tile lies inside the bounds run()'s caller guarantees.
-                unsafe { self.tile(r0, rows, c0, cols) }
+            let mut ptrs = [MaybeUninit::<*const u8>::uninit(); MR * MAX_SEGS];
+            let mut edge = [[MaybeUninit::uninit(); ROW_SEGS]; MR];
+            let (segs, _) = self.segments();
+            let mut r = r0;
+            while cols > 0 && r < r0 + rows {
+                let mr = MR.min(r0 + rows - r);
+                // SAFETY: rows r..r + mr and columns c0..c0 + cols lie inside the bounds run()'s caller
+                // guarantees; the table has MR rows of MAX_SEGS ≥ segs entries.
+                unsafe {
+                    for i in 0..mr {
+                        self.row_ptrs(r + i, ptrs[i * segs..].as_mut_ptr() as *mut *const u8, &mut edge[i]);
+                    }
+                    self.micro_tile(ptrs.as_ptr() as *const *const u8, r, mr, c0, cols);
+                }
+                r += mr;
             }
         });
+    }
+
+    /// How a row's K bytes are read: (pointers per row, k-groups of 4 bytes read from each). One pointer
+    /// for a plain GEMM; for an implicit convolution, one per tap (cin bytes), or with `conv_rows` one
+    /// per kernel row (kw·cin bytes padded to a multiple of 4).
+    pub fn segments(&self) -> (usize, usize) {
+        match self.conv {
+            Some((g, _)) if self.conv_rows => (g.kh, (g.kw * g.c).div_ceil(4)),
+            Some((g, _)) => (g.kh * g.kw, g.c / 4),
+            None => (1, packed_dims(self.k, self.n).0 / 4),
+        }
+    }
+
+    /// Writes the `segments()` pointers of row r to `out`; a convolution window crossing the image's edge
+    /// with `conv_rows` is assembled in `edge`, which must outlive the micro-tile reading it.
+    ///
+    /// # Safety
+    /// r < m; `out` is writable for segments() pointers.
+    pub unsafe fn row_ptrs(&self, r: usize, out: *mut *const u8, edge: &mut EdgeRows) {
+        let (segs, _) = self.segments();
+        // SAFETY: the caller's contract; MaybeUninit<*const u8> has the layout of *const u8.
+        let out = unsafe { std::slice::from_raw_parts_mut(out as *mut MaybeUninit<*const u8>, segs) };
+        if self.conv.is_some() {
+            // SAFETY: r < m, so the pixel is inside the output.
+            unsafe { self.tap_ptrs(self.pixel(r), out, edge) };
+        } else {
+            out[0].write(self.a.wrapping_add(r * self.lda));
+        }
+    }
+
+    /// One micro-tile: rows r..r + mr (mr ≤ MR) by columns c0..c0 + cols (c0 a multiple of PANEL, cols ≤
+    /// PANEL), with the epilogue. Row i reads its segments through `ptrs[i · segs ..]` (see row_ptrs; the
+    /// AVX2 and portable kernels, plain GEMMs only, read rows of `a` themselves).
+    ///
+    /// # Safety
+    /// The tile lies inside what run()'s caller guarantees; the pointers address what row_ptrs would.
+    pub unsafe fn micro_tile(&self, ptrs: *const *const u8, r: usize, mr: usize, c0: usize, cols: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has it; the caller's contract.
+            unsafe { vnni::tile(self, ptrs, r, mr, c0, cols) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2 {
+            // SAFETY: Isa::Avx2 is only chosen when the CPU has AVX2 and FMA; the compiler chooses implicit
+            // convolutions only for VNNI.
+            unsafe { super::gemm_avx2::tile(self, r, mr, c0, cols) };
+            return;
+        }
+        let _ = ptrs;
+        unsafe { self.tile_portable(r, mr, c0, cols) }
     }
 
     /// Σ_k a[r, k] (as u8 after the optional xor), for the weight zero-point term.
@@ -124,7 +212,7 @@ impl Gemm<'_> {
             let (segs, len) = if self.conv_rows { (g.kh, g.kw * g.c) } else { (g.kh * g.kw, g.c) };
             // SAFETY: tap_ptrs set the first `segs` entries, each addressing `len` bytes (run()'s contract).
             return unsafe {
-                self.tap_ptrs(self.pixel(r), &mut taps, &mut edge);
+                self.tap_ptrs(self.pixel(r), &mut taps[..], &mut edge);
                 taps[..segs]
                     .iter()
                     .map(|p| std::slice::from_raw_parts(p.assume_init(), len).iter().map(|v| (v ^ x) as i32).sum::<i32>())
@@ -144,22 +232,11 @@ impl Gemm<'_> {
         (b, p / g.ow, p % g.ow)
     }
 
-    /// The pixel after `p` in row order.
-    #[inline(always)]
-    fn next_pixel(&self, (b, oy, ox): (usize, usize, usize)) -> (usize, usize, usize) {
-        let Some((g, _)) = self.conv else { return (0, 0, 0) };
-        match (ox + 1 < g.ow, oy + 1 < g.oh) {
-            (true, _) => (b, oy, ox + 1),
-            (false, true) => (b, oy + 1, 0),
-            (false, false) => (b + 1, 0, 0),
-        }
-    }
-
     /// For implicit convolutions: the address of each tap's cin bytes for output pixel r, in the first
     /// kh·kw entries of `out` (left uninitialised by callers: zeroing 64 per micro-tile cost a memset);
     /// with `conv_rows`, of each kernel row's segment in the first kh, edge windows built in `edge`.
     #[inline(always)]
-    unsafe fn tap_ptrs(&self, (b, oy, ox): (usize, usize, usize), out: &mut [MaybeUninit<*const u8>; 64], edge: &mut EdgeRows) {
+    unsafe fn tap_ptrs(&self, (b, oy, ox): (usize, usize, usize), out: &mut [MaybeUninit<*const u8>], edge: &mut EdgeRows) {
         let Some((g, pad)) = self.conv else { return };
         if self.conv_rows {
             let (ix0, len) = ((ox * g.stride[1]) as isize - g.pad[1] as isize, g.kw * g.c);
@@ -208,23 +285,6 @@ impl Gemm<'_> {
         }
     }
 
-    unsafe fn tile(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512Vnni {
-            // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has it; bounds as in run().
-            unsafe { vnni::tile(self, r0, rows, c0, cols) };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
-            // SAFETY: Isa::Avx2 is only chosen when the CPU has AVX2 and FMA; bounds as in run(); the
-            // compiler chooses implicit convolutions only for VNNI.
-            unsafe { super::gemm_avx2::tile(self, r0, rows, c0, cols) };
-            return;
-        }
-        unsafe { self.tile_portable(r0, rows, c0, cols) }
-    }
-
     unsafe fn tile_portable(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
         let (kp, np) = packed_dims(self.k, self.n);
         let width = cols.div_ceil(NBLK) * NBLK;
@@ -270,10 +330,9 @@ pub(crate) use vnni::saturate16;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // register tiles are indexed by (row, block) on purpose
 mod vnni {
-    use super::{packed_dims, saturate, Gemm, NBLK, ROW_SEGS};
+    use super::{packed_dims, saturate, Gemm, NBLK};
     use crate::kernels::elementwise::IntElem;
     use std::arch::x86_64::*;
-    use std::mem::MaybeUninit;
 
     const RNE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
@@ -313,52 +372,52 @@ mod vnni {
         }
     }
 
-    /// Computes rows r0..r0+rows, columns c0..c0+cols in 4-row micro-tiles of up to 4 column blocks.
+    /// One micro-tile of `mr` rows (Gemm::micro_tile), up to 4 column blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn tile(g: &Gemm, r0: usize, rows: usize, c0: usize, cols: usize) {
-        // SAFETY: forwarded contract; FLIP is a compile-time copy of g.xor.
+    pub unsafe fn tile(g: &Gemm, ptrs: *const *const u8, r: usize, mr: usize, c0: usize, cols: usize) {
+        // SAFETY (all calls): forwarded contract; FLIP is a compile-time copy of g.xor.
         unsafe {
             if g.xor {
-                tile_rows::<true>(g, r0, rows, c0, cols)
+                tile_flip::<true>(g, ptrs, r, mr, c0, cols)
             } else {
-                tile_rows::<false>(g, r0, rows, c0, cols)
+                tile_flip::<false>(g, ptrs, r, mr, c0, cols)
             }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn tile_rows<const FLIP: bool>(g: &Gemm, r0: usize, rows: usize, c0: usize, cols: usize) {
-        let blocks = cols.div_ceil(NBLK);
-        let mut r = r0;
-        while r < r0 + rows {
-            let mr = 4.min(r0 + rows - r);
-            // SAFETY (all calls): rows and blocks stay inside the tile run() handed out.
-            unsafe {
-                match (mr, blocks) {
-                    (4, 4) => micro::<4, 4, FLIP>(g, r, c0, cols),
-                    (4, 3) => micro::<4, 3, FLIP>(g, r, c0, cols),
-                    (4, 2) => micro::<4, 2, FLIP>(g, r, c0, cols),
-                    (4, 1) => micro::<4, 1, FLIP>(g, r, c0, cols),
-                    (3, 4) => micro::<3, 4, FLIP>(g, r, c0, cols),
-                    (3, 3) => micro::<3, 3, FLIP>(g, r, c0, cols),
-                    (3, 2) => micro::<3, 2, FLIP>(g, r, c0, cols),
-                    (3, 1) => micro::<3, 1, FLIP>(g, r, c0, cols),
-                    (2, 4) => micro::<2, 4, FLIP>(g, r, c0, cols),
-                    (2, 3) => micro::<2, 3, FLIP>(g, r, c0, cols),
-                    (2, 2) => micro::<2, 2, FLIP>(g, r, c0, cols),
-                    (2, 1) => micro::<2, 1, FLIP>(g, r, c0, cols),
-                    (_, 4) => micro::<1, 4, FLIP>(g, r, c0, cols),
-                    (_, 3) => micro::<1, 3, FLIP>(g, r, c0, cols),
-                    (_, 2) => micro::<1, 2, FLIP>(g, r, c0, cols),
-                    _ => micro::<1, 1, FLIP>(g, r, c0, cols),
-                }
+    unsafe fn tile_flip<const FLIP: bool>(g: &Gemm, ptrs: *const *const u8, r: usize, mr: usize, c0: usize, cols: usize) {
+        // SAFETY (all calls): rows and blocks stay inside the tile the caller handed out.
+        unsafe {
+            match (mr, cols.div_ceil(NBLK)) {
+                (4, 4) => micro::<4, 4, FLIP>(g, ptrs, r, c0, cols),
+                (4, 3) => micro::<4, 3, FLIP>(g, ptrs, r, c0, cols),
+                (4, 2) => micro::<4, 2, FLIP>(g, ptrs, r, c0, cols),
+                (4, 1) => micro::<4, 1, FLIP>(g, ptrs, r, c0, cols),
+                (3, 4) => micro::<3, 4, FLIP>(g, ptrs, r, c0, cols),
+                (3, 3) => micro::<3, 3, FLIP>(g, ptrs, r, c0, cols),
+                (3, 2) => micro::<3, 2, FLIP>(g, ptrs, r, c0, cols),
+                (3, 1) => micro::<3, 1, FLIP>(g, ptrs, r, c0, cols),
+                (2, 4) => micro::<2, 4, FLIP>(g, ptrs, r, c0, cols),
+                (2, 3) => micro::<2, 3, FLIP>(g, ptrs, r, c0, cols),
+                (2, 2) => micro::<2, 2, FLIP>(g, ptrs, r, c0, cols),
+                (2, 1) => micro::<2, 1, FLIP>(g, ptrs, r, c0, cols),
+                (_, 4) => micro::<1, 4, FLIP>(g, ptrs, r, c0, cols),
+                (_, 3) => micro::<1, 3, FLIP>(g, ptrs, r, c0, cols),
+                (_, 2) => micro::<1, 2, FLIP>(g, ptrs, r, c0, cols),
+                _ => micro::<1, 1, FLIP>(g, ptrs, r, c0, cols),
             }
-            r += mr;
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn micro<const MR: usize, const NB: usize, const FLIP: bool>(g: &Gemm, r0: usize, c0: usize, cols: usize) {
+    unsafe fn micro<const MR: usize, const NB: usize, const FLIP: bool>(
+        g: &Gemm,
+        ptrs: *const *const u8,
+        r0: usize,
+        c0: usize,
+        cols: usize,
+    ) {
         let (kp, _) = packed_dims(g.k, g.n);
         // SAFETY: bias has np entries, so every block of 16 from c0 is inside it.
         let bias: [__m512i; NB] = std::array::from_fn(|j| unsafe { _mm512_loadu_si512(g.bias.as_ptr().add(c0 + j * NBLK) as *const _) });
@@ -367,30 +426,15 @@ mod vnni {
         let flip = _mm512_set1_epi32(if g.xor { 0x8080_8080u32 as i32 } else { 0 });
         let blk0 = c0 / NBLK;
         // SAFETY: every pointer below stays inside `a` rows r0..r0+MR (kp bytes each, the arena's
-        // slack covers kp > k) and the packed weight blocks blk0..blk0+NB; with a convolution,
-        // tap_ptrs set the taps' entries 0..kh·kw, the segments read.
+        // slack covers kp > k), the convolution's taps or pad (ptrs, as row_ptrs set them) and the packed
+        // weight blocks blk0..blk0+NB.
         unsafe {
             let bbase = g.b.as_ptr().add(blk0 * kp * NBLK);
             // Each segment is a run of k-groups read from one pointer per row: the whole row for a plain
             // GEMM, one tap's cin bytes for an implicit convolution.
-            let (segments, seg_groups) = match g.conv {
-                Some((cg, _)) if g.conv_rows => (cg.kh, (cg.kw * cg.c).div_ceil(4)),
-                Some((cg, _)) => (cg.kh * cg.kw, cg.c / 4),
-                None => (1, kp / 4),
-            };
-            let mut taps = [[MaybeUninit::<*const u8>::uninit(); 64]; MR];
-            let mut edge = [[MaybeUninit::<[u8; 64]>::uninit(); ROW_SEGS]; MR];
-            if g.conv.is_some() {
-                // One division for the tile; the rows after it are the next pixels.
-                let mut px = g.pixel(r0);
-                for (t, e) in taps.iter_mut().zip(edge.iter_mut()) {
-                    g.tap_ptrs(px, t, e);
-                    px = g.next_pixel(px);
-                }
-            }
+            let (segments, seg_groups) = g.segments();
             for seg in 0..segments {
-                let arows: [*const u8; MR] =
-                    std::array::from_fn(|i| if g.conv.is_some() { taps[i][seg].assume_init() } else { g.a.add((r0 + i) * g.lda) });
+                let arows: [*const u8; MR] = std::array::from_fn(|i| *ptrs.add(i * segments + seg));
                 for sg in 0..seg_groups {
                     let kg = seg * seg_groups + sg;
                     let mut bv = [_mm512_setzero_si512(); NB];

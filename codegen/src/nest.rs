@@ -1,0 +1,315 @@
+//! Cranelift loop nests: for each int8 GEMM step (1×1 and implicit convolutions, Gemm), a task function
+//! `tasks(gemm, blob, arena, task)` specialised to the step's shapes. It turns a task number into its rows
+//! and columns (the Split of runtime/src/kernels/gemm.rs), walks the rows in micro-tiles, addresses the
+//! convolution window of every row (interior windows as constant offsets from one pointer; windows
+//! crossing the image's edge through the runtime's `qcc_uk_gemm_row`) and calls the `qcc_uk_gemm`
+//! microkernel for each tile. The step's function `step(hdr, blob, arena)`, the signature of runtime
+//! kernels, hands the task function to `qcc_rt_gemm`, which runs it on the thread pool.
+use crate::CodegenError;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind, UserFuncName, Value,
+};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{FuncId, Linkage, Module};
+use qcc_runtime::abi::GemmHdr;
+use qcc_runtime::kernels::dwconv::DwGeom;
+use qcc_runtime::kernels::gemm::{packed_dims, Split, MAX_SEGS, MR, PANEL, ROW_SEGS};
+
+fn err(e: impl std::fmt::Display) -> CodegenError {
+    CodegenError::Cranelift(e.to_string())
+}
+
+/// The runtime functions generated GEMM steps call.
+pub struct Microkernels {
+    gemm: FuncId,
+    row: FuncId,
+    rt: FuncId,
+}
+
+impl Microkernels {
+    pub fn declare<M: Module>(module: &mut M) -> Result<Microkernels, CodegenError> {
+        let cc = module.isa().default_call_conv();
+        let ptr = module.target_config().pointer_type();
+        let sig = |params: &[types::Type]| {
+            let mut s = Signature::new(cc);
+            s.params.extend(params.iter().map(|t| AbiParam::new(*t)));
+            s
+        };
+        let gemm = module.declare_function("qcc_uk_gemm", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
+        let row = module.declare_function("qcc_uk_gemm_row", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr])).map_err(err)?;
+        let rt = module.declare_function("qcc_rt_gemm", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
+        Ok(Microkernels { gemm, row, rt })
+    }
+}
+
+fn ptr_signature<M: Module>(module: &M, n: usize) -> Signature {
+    let ptr = module.target_config().pointer_type();
+    let mut s = Signature::new(module.isa().default_call_conv());
+    s.params.extend((0..n).map(|_| AbiParam::new(ptr)));
+    s
+}
+
+/// Defines the function of the GEMM step whose header `h` is at blob offset `hdr`, named `name` (its
+/// task function `<name>_tasks`).
+pub fn define_gemm_step<M: Module>(
+    module: &mut M,
+    fctx: &mut FunctionBuilderContext,
+    uk: &Microkernels,
+    h: &GemmHdr,
+    name: &str,
+) -> Result<FuncId, CodegenError> {
+    let tasks = define_gemm_tasks(module, fctx, uk, h, &format!("{name}_tasks"))?;
+    let ptr = module.target_config().pointer_type();
+    let sig = ptr_signature(module, 3);
+    let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let rt = module.declare_func_in_func(uk.rt, b.func);
+        let t = module.declare_func_in_func(tasks, b.func);
+        let addr = b.ins().func_addr(ptr, t);
+        let n = b.ins().iconst(ptr, Split::new(h.m, h.n).tasks() as i64);
+        b.ins().call(rt, &[params[0], params[1], params[2], addr, n]);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+    }
+    module.define_function(id, &mut ctx).map_err(err)?;
+    Ok(id)
+}
+
+/// Pointers per GEMM row and their offsets from the window's first byte, for a step whose rows are
+/// convolution windows; None for a plain GEMM (one pointer, the row itself).
+struct Window {
+    g: DwGeom,
+    /// Byte offset of each segment from the window's top-left tap.
+    offsets: Vec<i64>,
+    /// Largest top row and left column (input coordinates) of a window lying wholly inside the image;
+    /// negative when none does.
+    last_y: i64,
+    last_x: i64,
+}
+
+fn window(h: &GemmHdr) -> Option<Window> {
+    if !h.implicit {
+        return None;
+    }
+    let g = h.conv;
+    let (w, c) = (g.w as i64, g.c as i64);
+    let (dy, dx) = (g.dil[0] as i64, g.dil[1] as i64);
+    let offsets = if h.conv_rows {
+        (0..g.kh as i64).map(|ky| ky * dy * w * c).collect()
+    } else {
+        (0..g.kh as i64).flat_map(|ky| (0..g.kw as i64).map(move |kx| (ky * dy * w + kx * dx) * c)).collect()
+    };
+    // A row segment reads kw·c contiguous bytes (kernel rows need unit column dilation).
+    let span_x = if h.conv_rows { g.kw as i64 } else { (g.kw as i64 - 1) * dx + 1 };
+    Some(Window { g, offsets, last_y: g.h as i64 - ((g.kh as i64 - 1) * dy + 1), last_x: g.w as i64 - span_x })
+}
+
+/// Defines the task function of the GEMM step whose header is `h`, named `name`.
+fn define_gemm_tasks<M: Module>(
+    module: &mut M,
+    fctx: &mut FunctionBuilderContext,
+    uk: &Microkernels,
+    h: &GemmHdr,
+    name: &str,
+) -> Result<FuncId, CodegenError> {
+    let ptr = module.target_config().pointer_type();
+    let tcfg = module.target_config();
+    let sig = ptr_signature(module, 4);
+    let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    let split = Split::new(h.m, h.n);
+    let win = window(h);
+    let segs = win.as_ref().map_or(1, |w| w.offsets.len());
+    if segs > MAX_SEGS {
+        return Err(CodegenError::Cranelift(format!("{name}: {segs} window segments (at most {MAX_SEGS})")));
+    }
+    debug_assert_eq!(packed_dims(h.k, h.n).1.div_ceil(PANEL), split.panels);
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        let uk_gemm = module.declare_func_in_func(uk.gemm, b.func);
+        let uk_row = module.declare_func_in_func(uk.row, b.func);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let [gemm, _blob, arena, task] = [0, 1, 2, 3].map(|i| b.block_params(entry)[i]);
+        let ptrs_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * segs * 8) as u32, 3));
+        let edge_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * ROW_SEGS * 64) as u32, 6));
+        let ptrs = b.ins().stack_addr(ptr, ptrs_slot, 0);
+        let edge = b.ins().stack_addr(ptr, edge_slot, 0);
+
+        // The task's rows r0..rend and columns c0..c0 + cols.
+        let panel = b.ins().udiv_imm_u(task, split.row_blocks as i64);
+        let rb = b.ins().urem_imm_u(task, split.row_blocks as i64);
+        let r0 = b.ins().imul_imm_s(rb, split.block as i64);
+        let block_end = b.ins().iadd_imm_s(r0, split.block as i64);
+        let m = b.ins().iconst(ptr, h.m as i64);
+        let rend = b.ins().umin(block_end, m);
+        let c0 = b.ins().imul_imm_s(panel, PANEL as i64);
+        let n = b.ins().iconst(ptr, h.n as i64);
+        let left = b.ins().isub(n, c0);
+        let panel_w = b.ins().iconst(ptr, PANEL as i64);
+        let cols = b.ins().umin(left, panel_w);
+        let a = b.ins().iadd_imm_s(arena, h.a as i64);
+
+        // Loop state: the tile's first row and, for convolutions, its output pixel (image, y, x).
+        let head = b.create_block();
+        let body = b.create_block();
+        let exit = b.create_block();
+        for blk in [head, body] {
+            for _ in 0..4 {
+                b.append_block_param(blk, ptr);
+            }
+        }
+        let start = match &win {
+            Some(w) => {
+                let plane = (w.g.oh * w.g.ow) as i64;
+                let img = b.ins().udiv_imm_u(r0, plane);
+                let rem = b.ins().urem_imm_u(r0, plane);
+                let oy = b.ins().udiv_imm_u(rem, w.g.ow as i64);
+                let ox = b.ins().urem_imm_u(rem, w.g.ow as i64);
+                [r0, img, oy, ox]
+            }
+            None => {
+                let z = b.ins().iconst(ptr, 0);
+                [r0, z, z, z]
+            }
+        };
+        b.ins().jump(head, &start.map(|v| v.into()));
+
+        b.switch_to_block(head);
+        let state: Vec<Value> = b.block_params(head).to_vec();
+        let more = b.ins().icmp(IntCC::UnsignedLessThan, state[0], rend);
+        let args: Vec<_> = state.iter().map(|v| (*v).into()).collect();
+        b.ins().brif(more, body, &args, exit, &[]);
+
+        b.switch_to_block(body);
+        let [r, img, oy, ox] = [0, 1, 2, 3].map(|i| b.block_params(body)[i]);
+        let rows_left = b.ins().isub(rend, r);
+        let four = b.ins().iconst(ptr, MR as i64);
+        let mr = b.ins().umin(rows_left, four);
+        let tile = b.create_block();
+        let next = match &win {
+            None => {
+                for i in 0..MR {
+                    let row = b.ins().iadd_imm_s(r, i as i64);
+                    let off = b.ins().imul_imm_s(row, h.lda as i64);
+                    let p = b.ins().iadd(a, off);
+                    b.ins().store(MemFlagsData::trusted(), p, ptrs, (8 * i) as i32);
+                }
+                b.ins().jump(tile, &[]);
+                [img, oy, ox]
+            }
+            Some(w) => {
+                // Every row's pixel, and the next tile's, computed before the rows branch.
+                let mut px = vec![[img, oy, ox]];
+                while px.len() <= MR {
+                    let p = advance(&mut b, w, px[px.len() - 1]);
+                    px.push(p);
+                }
+                for (i, &pixel) in px.iter().take(MR).enumerate() {
+                    let row_done = if i + 1 < MR { b.create_block() } else { tile };
+                    let fill = b.create_block();
+                    if i > 0 {
+                        // Rows past the task's end have no pixel to address.
+                        let live = b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, mr, i as i64);
+                        b.ins().brif(live, fill, &[], tile, &[]);
+                    } else {
+                        b.ins().jump(fill, &[]);
+                    }
+                    b.switch_to_block(fill);
+                    let row_ptrs = b.ins().iadd_imm_s(ptrs, (8 * i * segs) as i64);
+                    window_row(&mut b, w, (a, pixel, row_ptrs), (uk_row, gemm, r, i, edge), row_done);
+                    if i + 1 < MR {
+                        b.switch_to_block(row_done);
+                    }
+                }
+                px[MR]
+            }
+        };
+        b.switch_to_block(tile);
+        b.ins().call(uk_gemm, &[gemm, ptrs, r, mr, c0, cols]);
+        let r_next = b.ins().iadd_imm_s(r, MR as i64);
+        b.ins().jump(head, &[r_next.into(), next[0].into(), next[1].into(), next[2].into()]);
+
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(tcfg);
+    }
+    module.define_function(id, &mut ctx).map_err(err)?;
+    Ok(id)
+}
+
+/// The pixel after (img, oy, ox) in row order.
+fn advance(b: &mut FunctionBuilder, w: &Window, [img, oy, ox]: [Value; 3]) -> [Value; 3] {
+    let ptr = b.func.dfg.value_type(img);
+    let x1 = b.ins().iadd_imm_s(ox, 1);
+    let wrap_x = b.ins().icmp_imm_u(IntCC::Equal, x1, w.g.ow as i64);
+    let zero = b.ins().iconst(ptr, 0);
+    let ox = b.ins().select(wrap_x, zero, x1);
+    let carry = b.ins().uextend(ptr, wrap_x);
+    let y1 = b.ins().iadd(oy, carry);
+    let wrap_y = b.ins().icmp_imm_u(IntCC::Equal, y1, w.g.oh as i64);
+    let oy = b.ins().select(wrap_y, zero, y1);
+    let carry = b.ins().uextend(ptr, wrap_y);
+    let img = b.ins().iadd(img, carry);
+    [img, oy, ox]
+}
+
+/// Fills one row's segment pointers at `row_ptrs` and jumps to `done`: a window inside the image is
+/// one pointer plus constant offsets; any other goes through the runtime (padding, edge rows).
+fn window_row(
+    b: &mut FunctionBuilder,
+    w: &Window,
+    (a, [img, oy, ox], row_ptrs): (Value, [Value; 3], Value),
+    (uk_row, gemm, r, i, edge): (cranelift_codegen::ir::FuncRef, Value, Value, usize, Value),
+    done: Block,
+) {
+    let g = &w.g;
+    let iy = b.ins().imul_imm_s(oy, g.stride[0] as i64);
+    let iy = b.ins().iadd_imm_s(iy, -(g.pad[0] as i64));
+    let ix = b.ins().imul_imm_s(ox, g.stride[1] as i64);
+    let ix = b.ins().iadd_imm_s(ix, -(g.pad[1] as i64));
+    let inside = b.create_block();
+    let edge_row = b.create_block();
+    if w.last_y >= 0 && w.last_x >= 0 {
+        // Unsigned comparisons also reject negative coordinates.
+        let in_y = b.ins().icmp_imm_u(IntCC::UnsignedLessThanOrEqual, iy, w.last_y);
+        let in_x = b.ins().icmp_imm_u(IntCC::UnsignedLessThanOrEqual, ix, w.last_x);
+        let both = b.ins().band(in_y, in_x);
+        b.ins().brif(both, inside, &[], edge_row, &[]);
+    } else {
+        b.ins().jump(edge_row, &[]);
+    }
+
+    b.switch_to_block(inside);
+    let y = b.ins().imul_imm_s(img, g.h as i64);
+    let y = b.ins().iadd(y, iy);
+    let pix = b.ins().imul_imm_s(y, g.w as i64);
+    let pix = b.ins().iadd(pix, ix);
+    let at = b.ins().imul_imm_s(pix, g.c as i64);
+    let base = b.ins().iadd(a, at);
+    for (s, off) in w.offsets.iter().enumerate() {
+        let p = b.ins().iadd_imm_s(base, *off);
+        b.ins().store(MemFlagsData::trusted(), p, row_ptrs, (8 * s) as i32);
+    }
+    b.ins().jump(done, &[]);
+
+    b.switch_to_block(edge_row);
+    let row = b.ins().iadd_imm_s(r, i as i64);
+    let scratch = b.ins().iadd_imm_s(edge, (i * ROW_SEGS * 64) as i64);
+    b.ins().call(uk_row, &[gemm, row, row_ptrs, scratch]);
+    b.ins().jump(done, &[]);
+}
