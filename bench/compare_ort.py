@@ -2,7 +2,7 @@
 
 int8: ONNX Runtime's quantize_static (QDQ, per-channel weights, u8 activations, MinMax) against qcc -O2
 --int8 (its defaults). Models: MobileNetV2 and EfficientNet-Lite0 from ../shared (skipped, loudly, when
-absent) and ResNet-18/ResNet-50 shaped models with random weights generated here (latency does not depend
+absent) and ResNet-18/ResNet-50/ResNeXt-50 (32x4d) shaped models with random weights generated here (latency does not depend
 on weights). Prints median latencies, qcc/ORT ratios and the GOPS qcc's GEMM/conv kernels reach.
 Usage: bench/compare_ort.sh [--iters N] [--models a,b] (the .sh builds the venv and qcc first).
 """
@@ -27,9 +27,10 @@ import shared_models  # noqa: E402
 SHARED = shared_models.SHARED
 
 
-def resnet(depth, path):
-    """A ResNet-18/50 shaped float model (BN folded into conv biases), He-initialised random weights."""
-    rng = np.random.default_rng(depth)
+def resnet(depth, path, groups=1):
+    """A ResNet-18/50 shaped float model (BN folded into conv biases), He-initialised random weights; with
+    `groups`, ResNeXt-50 (32x4d: bottlenecks twice as wide, their 3x3 convolutions grouped)."""
+    rng = np.random.default_rng(depth + groups)
     inits, nodes = [], []
     count = [0]
 
@@ -37,11 +38,12 @@ def resnet(depth, path):
         count[0] += 1
         return f"{p}{count[0]}"
 
-    def conv(x, cin, cout, k, s, relu=True):
+    def conv(x, cin, cout, k, s, relu=True, group=1):
         w, b, y = name("w"), name("b"), name("conv")
-        inits.append(numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32), w))
+        cg = cin // group
+        inits.append(numpy_helper.from_array((rng.standard_normal((cout, cg, k, k)) * np.sqrt(2.0 / (cg * k * k))).astype(np.float32), w))
         inits.append(numpy_helper.from_array((rng.standard_normal(cout) * 0.05).astype(np.float32), b))
-        nodes.append(helper.make_node("Conv", [x, w, b], [y], kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4))
+        nodes.append(helper.make_node("Conv", [x, w, b], [y], kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4, group=group))
         if relu:
             r = name("relu")
             nodes.append(helper.make_node("Relu", [y], [r]))
@@ -66,8 +68,8 @@ def resnet(depth, path):
                 cout = width
                 y = conv(conv(x, cin, width, 3, s), width, width, 3, 1, relu=False)
             else:
-                cout = width * 4
-                y = conv(conv(conv(x, cin, width, 1, 1), width, width, 3, s), width, cout, 1, 1, relu=False)
+                cout, mid = width * 4, width * (2 if groups > 1 else 1)
+                y = conv(conv(conv(x, cin, mid, 1, 1), mid, mid, 3, s, group=groups), mid, cout, 1, 1, relu=False)
             short = x if (s == 1 and cin == cout) else conv(x, cin, cout, 1, s, relu=False)
             x, cin = add_relu(y, short), cout
     g, f = name("gap"), name("flat")
@@ -75,7 +77,7 @@ def resnet(depth, path):
     inits.append(numpy_helper.from_array((rng.standard_normal((1000, cin)) * np.sqrt(1.0 / cin)).astype(np.float32), "fc_w"))
     inits.append(numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b"))
     nodes.append(helper.make_node("Gemm", [f, "fc_w", "fc_b"], ["logits"], transB=1))
-    graph = helper.make_graph(nodes, f"resnet{depth}", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+    graph = helper.make_graph(nodes, f"resnet{depth}" if groups == 1 else f"resnext{depth}", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -143,7 +145,7 @@ def qcc_latency(model, threads, iters, extra=()):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--models", default="mobilenetv2,efficientnet_lite0,resnet18,resnet50")
+    ap.add_argument("--models", default="mobilenetv2,efficientnet_lite0,resnet18,resnet50,resnext50")
     ap.add_argument("--calib", type=int, default=20, help="calibration samples for both tools")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="qcc-bench-")
@@ -159,7 +161,10 @@ def main():
             pre = dict((f, spec) for f, spec, _ in shared_models.MODELS)[f]
         else:
             path = os.path.join(work, f"{m}.onnx")
-            resnet(int(m[len("resnet"):]), path)
+            if m.startswith("resnext"):
+                resnet(int(m[len("resnext"):]), path, groups=32)
+            else:
+                resnet(int(m[len("resnet"):]), path)
         # Calibration samples: the first dev images, preprocessed by qcc itself (so both tools see the same
         # tensors), or random tensors for the generated models.
         cal = os.path.join(work, f"{m}-calib")

@@ -450,6 +450,57 @@ fn gemm_loop_nests_address_every_window() {
     }
 }
 
+/// Grouped convolutions that are not depthwise (ResNeXt, RegNet, ShuffleNet) compile, one GEMM per group:
+/// int8 reading each group's channels in place (cin per group a multiple of 4, strided too), gathering
+/// them (6 per group), or as a pointwise GEMM; float as one product per group and image. Int8 equals the
+/// interpreter byte for byte on every ISA and thread count, float within rounding; batch 2.
+#[test]
+fn grouped_convolutions_compile() {
+    let mut b = Builder::new();
+    b.input("x", &[2, 16, 9, 9]).output("y", &[2, 24, 5, 5]);
+    let w = |n: usize, seed: u32, s: f32| values(n, seed).iter().map(|v| v * s).collect::<Vec<f32>>();
+    // g1: 16 → 32 in 4 groups (4 → 8), 3x3; g2: 32 → 24 in 2 groups, 1x1; g3: 24 → 24 in 4 groups (6 → 6),
+    // 3x3 (gathered); g4: 24 → 24 in 3 groups (8 → 8), 3x3 stride 2 with a bias.
+    b.init("w1", &[32, 4, 3, 3], w(32 * 36, 1, 0.5)).init("w2", &[24, 16, 1, 1], w(24 * 16, 2, 0.4));
+    b.init("w3", &[24, 6, 3, 3], w(24 * 54, 3, 0.4)).init("w4", &[24, 8, 3, 3], w(24 * 72, 4, 0.3));
+    b.init("b4", &[24], w(24, 5, 0.2));
+    let p1 = vec![int("group", 4), ints("pads", &[1, 1, 1, 1])];
+    b.node("Conv", "g1", &["x", "w1"], &["c1"], p1).node("Relu", "r1", &["c1"], &["a1"], vec![]);
+    b.node("Conv", "g2", &["a1", "w2"], &["c2"], vec![int("group", 2)]).node("Relu", "r2", &["c2"], &["a2"], vec![]);
+    let p3 = vec![int("group", 4), ints("pads", &[1, 1, 1, 1])];
+    b.node("Conv", "g3", &["a2", "w3"], &["c3"], p3).node("Relu", "r3", &["c3"], &["a3"], vec![]);
+    let p4 = vec![int("group", 3), ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])];
+    b.node("Conv", "g4", &["a3", "w4", "b4"], &["y"], p4);
+    let shape = [2usize, 16, 9, 9];
+    let n: usize = shape.iter().product();
+    let sample = |s: u32| Tensor::from_f32(&shape, values(n, s).iter().map(|v| v * 2.0).collect()).unwrap();
+    let d = tmp("grouped");
+    let q = quantize_builder(&b, &d, &(90..94).map(sample).collect::<Vec<_>>());
+    let mut f = qcc::driver::load_model(&d.join("net.onnx"), &Default::default()).unwrap().graph;
+    qcc::driver::compile(&mut f, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+    for isa in isas() {
+        let (cq, cf) = (Compiled::new(&q, isa).unwrap(), Compiled::new(&f, isa).unwrap());
+        for c in [&cq, &cf] {
+            assert_eq!(c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{}", c.plan.summary());
+        }
+        // One product per group (and per image for float).
+        assert_eq!(cq.plan.steps.iter().filter(|s| s.kernel == Kernel::Gemm).count(), 4 + 2 + 4 + 3, "{}", cq.plan.summary());
+        assert_eq!(cf.plan.steps.iter().filter(|s| s.kernel == Kernel::FGemm).count(), 2 * (4 + 2 + 4 + 3), "{}", cf.plan.summary());
+        for threads in [1, 3] {
+            qcc_runtime::kernels::pool::set_threads(threads);
+            for s in 0..2 {
+                let want = qcc_runtime::run(&q, vec![sample(s)]).unwrap();
+                assert_eq!(cq.run(&[sample(s)]).unwrap(), want, "{isa:?}, {threads} threads, sample {s}");
+                let want = qcc_runtime::run(&f, vec![sample(s)]).unwrap()[0].to_f32_vec();
+                let got = cf.run(&[sample(s)]).unwrap()[0].to_f32_vec();
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+                assert!(err < 1e-4, "{isa:?}, sample {s}: relative error {err}");
+            }
+        }
+    }
+}
+
 /// Softmax is compiled (no host step, so object files take it) and computes the interpreter's bits: over
 /// the last, a middle and the channel axis, and with opset 11's flattening of the trailing dimensions.
 #[test]

@@ -195,7 +195,21 @@ impl Ctx<'_> {
                 if *group as usize == cin && m == cin && ws[1] == 1 && dilations.len() == 2 {
                     return Choice::DwConv;
                 }
-                host("grouped convolution that is not depthwise")
+                // Other grouped convolutions (ResNeXt, RegNet, ShuffleNet) run one GEMM per group, which
+                // reads its channels of each pixel in place (or gathers its windows).
+                let groups = *group as usize;
+                if groups == 0 || cin != groups * ws[1] || m % groups != 0 {
+                    return host("grouped convolution whose channels do not divide into its groups");
+                }
+                let os = oty.shape().unwrap_or(&[]);
+                let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m / groups);
+                if ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0) {
+                    return Choice::ConvGemm { im2col: None, implicit: false, rows: false };
+                }
+                if self.isa == Isa::Avx512Vnni && ws[1].is_multiple_of(4) && ws[2] * ws[3] <= 64 {
+                    return Choice::ConvGemm { im2col: None, implicit: true, rows: false };
+                }
+                Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false, rows: false }
             }
             Op::QGemm { .. } => {
                 if self.wide_ok(n) {
@@ -354,16 +368,16 @@ impl Ctx<'_> {
         if ins.get(3).is_some_and(|r| g.is_const(*r) || !self.f32_value(*r)) {
             return Err("float convolution with a constant or non-f32 residual".into());
         }
-        if group == 1 {
-            if ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0) {
-                return Ok(Choice::FConv { gather: false });
-            }
-            return Ok(Choice::FConv { gather: true });
-        }
-        if group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 && ins.len() < 4 {
+        if group != 1 && group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 && ins.len() < 4 {
             return Ok(Choice::FDwConv);
         }
-        Err("grouped float convolution that is not depthwise".into())
+        // Other grouped convolutions run one product per group.
+        let groups = group.max(1) as usize;
+        if xs[1] != groups * ws[1] || ws[0] % groups != 0 {
+            return Err("grouped float convolution whose channels do not divide into its groups".into());
+        }
+        let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
+        Ok(Choice::FConv { gather: !pointwise })
     }
 
     /// The nodes dequantize → relu/clip → quantize that follow qadd `n` and only feed each other, with

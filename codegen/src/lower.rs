@@ -137,56 +137,66 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::Dequantize, h.encode(), 0, &mut blob);
             }
             Choice::ConvGemm { im2col, implicit, rows: row_segs } => {
-                let Op::QConv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
+                let Op::QConv { strides, pads, dilations, act, group } = &node.op else { return Err(internal(&name)) };
                 let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
-                let (cin, m, kh, kw) = (xs[1], ws[0], ws[2], ws[3]);
+                // A grouped convolution is one product per group, reading its cin channels of each input
+                // pixel (xs[1] bytes apart) and writing its m channels of each output pixel.
+                let groups = *group as usize;
+                let (cin, m, kh, kw) = (ws[1], ws[0] / groups, ws[2], ws[3]);
                 // Row segments: each kernel row's kw·cin bytes padded to a multiple of 4 (zero weights).
                 let seg = (kw * cin).div_ceil(4) * 4;
                 let k = if *row_segs { kh * seg } else { cin * kh * kw };
                 let (kp, _) = packed_dims(k, m);
                 let rows = os[0] * os[2] * os[3];
                 let (wv, sw, zw, bias, sat) = cx.weights(n).ok_or_else(|| internal(&name))?;
-                // Row k of the GEMM is (ky, kx, c), the order im2col writes (with row segments, each
-                // kernel row padded).
-                let at = |kk: usize, nn: usize| {
-                    let (ky, j) = if *row_segs { (kk / seg, kk % seg) } else { (kk / (kw * cin), kk % (kw * cin)) };
-                    if j >= kw * cin {
-                        return 0;
+                let (_, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
+                let raw = if xq.storage == DType::I8 { zx as i8 as u8 } else { zx as u8 };
+                for gi in 0..groups {
+                    // Row k of the GEMM is (ky, kx, c), the order im2col writes (with row segments, each
+                    // kernel row padded).
+                    let at = |kk: usize, nn: usize| {
+                        let (ky, j) = if *row_segs { (kk / seg, kk % seg) } else { (kk / (kw * cin), kk % (kw * cin)) };
+                        if j >= kw * cin {
+                            return 0;
+                        }
+                        let (kx, c) = (j / cin, j % cin);
+                        wv[(((gi * m + nn) * cin + c) * kh + ky) * kw + kx] as i8
+                    };
+                    let x = off(ins[0]) + gi * cin;
+                    let a = match im2col {
+                        Some(_) => {
+                            let temp = offsets[temp_of[&i]];
+                            let h = Im2colHdr {
+                                g: geom(&xs, &os, kh, kw, strides, pads, dilations),
+                                cin,
+                                pad_byte: raw as usize,
+                                kp,
+                                x,
+                                out: temp,
+                            };
+                            push(Kernel::Im2col, h.encode(), 0, &mut blob);
+                            (temp, kp)
+                        }
+                        None => (x, xs[1]),
+                    };
+                    let cols = gi * m..(gi + 1) * m;
+                    let sat = sat.as_ref().map(|s| s[cols.clone()].to_vec());
+                    let params = (&sw[cols.clone()], &zw[cols.clone()], &bias[cols], &sat);
+                    let mut h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out) + gi * m), (rows, k, m), a, &at, params, *act)?;
+                    h.ldo = ws[0];
+                    if let Some(&r) = ins.get(3) {
+                        with_residual(&mut h.epi, g, r, off(r), m).map_err(|e| node_err(&name, e))?;
                     }
-                    let (kx, c) = (j / cin, j % cin);
-                    wv[((nn * cin + c) * kh + ky) * kw + kx] as i8
-                };
-                let a = match im2col {
-                    Some(_) => {
-                        let temp = offsets[temp_of[&i]];
-                        let (_, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
-                        let h = Im2colHdr {
-                            g: geom(&xs, &os, kh, kw, strides, pads, dilations),
-                            cin,
-                            pad_byte: if xq.storage == DType::I8 { zx as i8 as u8 as usize } else { zx as u8 as usize },
-                            kp,
-                            x: off(ins[0]),
-                            out: temp,
-                        };
-                        push(Kernel::Im2col, h.encode(), 0, &mut blob);
-                        (temp, kp)
+                    if *implicit {
+                        h.implicit = true;
+                        h.conv_rows = *row_segs;
+                        h.conv = geom(&xs, &os, kh, kw, strides, pads, dilations);
+                        h.conv.c = cin;
+                        let pad_len = if *row_segs { seg } else { cin };
+                        h.pad = Arr { off: blob.push_bytes(&vec![raw; pad_len]), len: pad_len };
                     }
-                    None => (off(ins[0]), cin),
-                };
-                let mut h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out)), (rows, k, m), a, &at, (&sw, &zw, &bias, &sat), *act)?;
-                if let Some(&r) = ins.get(3) {
-                    with_residual(&mut h.epi, g, r, off(r), m).map_err(|e| node_err(&name, e))?;
+                    push(Kernel::Gemm, h.encode(), (rows * k * m) as u64, &mut blob);
                 }
-                if *implicit {
-                    let (_, zx, xq) = per_tensor(g.ty(ins[0])).ok_or_else(|| internal(&name))?;
-                    let raw = if xq.storage == DType::I8 { zx as i8 as u8 } else { zx as u8 };
-                    h.implicit = true;
-                    h.conv_rows = *row_segs;
-                    h.conv = geom(&xs, &os, kh, kw, strides, pads, dilations);
-                    let pad_len = if *row_segs { seg } else { cin };
-                    h.pad = Arr { off: blob.push_bytes(&vec![raw; pad_len]), len: pad_len };
-                }
-                push(Kernel::Gemm, h.encode(), (rows * k * m) as u64, &mut blob);
             }
             Choice::QGemm => {
                 let Op::QGemm { trans_b, act } = &node.op else { return Err(internal(&name)) };
@@ -429,38 +439,45 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
             }
             Choice::Absorbed => {}
             Choice::FConv { gather } => {
-                let Op::Conv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
+                let Op::Conv { strides, pads, dilations, act, group } = &node.op else { return Err(internal(&name)) };
                 let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
-                let (m, k, p) = (ws[0], ws[1] * ws[2] * ws[3], os[2] * os[3]);
+                // A grouped convolution is one product per group: its input channels and output channels
+                // are contiguous planes of the NCHW tensors.
+                let groups = *group as usize;
+                let (m, k, p) = (ws[0] / groups, ws[1] * ws[2] * ws[3], os[2] * os[3]);
                 let w = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
-                let packed = pack_a(m, k, |r, kk| w[r * k + kk]);
                 let bias = f32_arr(g, ins.get(2), &mut blob);
-                let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
-                // One step per image of the batch (the kernel's geometry is one image's).
-                let (x_img, out_img) = (4 * xs[1] * xs[2] * xs[3], 4 * m * p);
+                let (x_img, out_img, x_group) = (4 * xs[1] * xs[2] * xs[3], 4 * ws[0] * p, 4 * ws[1] * xs[2] * xs[3]);
                 let mut g1 = geom(&xs, &os, ws[2], ws[3], strides, pads, dilations);
-                g1.n = 1;
-                for img in 0..xs[0] {
-                    let (res_on, res) = ins.get(3).map_or((false, 0), |r| (true, off(*r) + img * out_img));
-                    let h = FGemmHdr {
-                        isa,
-                        m,
-                        k,
-                        p,
-                        a,
-                        b: off(ins[0]) + img * x_img,
-                        ldb: p,
-                        conv_on: *gather,
-                        g: if *gather { g1 } else { DwGeom::default() },
-                        bias,
-                        act: *act,
-                        res_on,
-                        res,
-                        out: off(out) + img * out_img,
-                        rs: p,
-                        cs: 1,
-                    };
-                    push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
+                (g1.n, g1.c) = (1, ws[1]);
+                for gi in 0..groups {
+                    let packed = pack_a(m, k, |r, kk| w[(gi * m + r) * k + kk]);
+                    let a = Arr { off: blob.push_f32(&packed), len: packed.len() };
+                    let bias = if bias.len > 0 { Arr { off: bias.off + 4 * gi * m, len: m } } else { bias };
+                    // One step per image of the batch (the kernel's geometry is one image's).
+                    for img in 0..xs[0] {
+                        let at = img * out_img + gi * 4 * m * p;
+                        let (res_on, res) = ins.get(3).map_or((false, 0), |r| (true, off(*r) + at));
+                        let h = FGemmHdr {
+                            isa,
+                            m,
+                            k,
+                            p,
+                            a,
+                            b: off(ins[0]) + img * x_img + gi * x_group,
+                            ldb: p,
+                            conv_on: *gather,
+                            g: if *gather { g1 } else { DwGeom::default() },
+                            bias,
+                            act: *act,
+                            res_on,
+                            res,
+                            out: off(out) + at,
+                            rs: p,
+                            cs: 1,
+                        };
+                        push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
+                    }
                 }
             }
             Choice::FDwConv => {

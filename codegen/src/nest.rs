@@ -89,6 +89,8 @@ pub fn define_gemm_step<M: Module>(
 /// convolution windows; None for a plain GEMM (one pointer, the row itself).
 struct Window {
     g: DwGeom,
+    /// Bytes between input pixels.
+    stride: i64,
     /// Byte offset of each segment from the window's top-left tap.
     offsets: Vec<i64>,
     /// Largest top row and left column (input coordinates) of a window lying wholly inside the image;
@@ -102,7 +104,8 @@ fn window(h: &GemmHdr) -> Option<Window> {
         return None;
     }
     let g = h.conv;
-    let (w, c) = (g.w as i64, g.c as i64);
+    // Pixels are lda bytes apart (the input's channel count; a grouped convolution reads g.c of them).
+    let (w, c) = (g.w as i64, h.lda as i64);
     let (dy, dx) = (g.dil[0] as i64, g.dil[1] as i64);
     let offsets = if h.conv_rows {
         (0..g.kh as i64).map(|ky| ky * dy * w * c).collect()
@@ -111,7 +114,7 @@ fn window(h: &GemmHdr) -> Option<Window> {
     };
     // A row segment reads kw·c contiguous bytes (kernel rows need unit column dilation).
     let span_x = if h.conv_rows { g.kw as i64 } else { (g.kw as i64 - 1) * dx + 1 };
-    Some(Window { g, offsets, last_y: g.h as i64 - ((g.kh as i64 - 1) * dy + 1), last_x: g.w as i64 - span_x })
+    Some(Window { g, stride: c, offsets, last_y: g.h as i64 - ((g.kh as i64 - 1) * dy + 1), last_x: g.w as i64 - span_x })
 }
 
 /// Defines the task function of the GEMM step whose header is `h`, named `name`.
@@ -299,7 +302,7 @@ fn window_row(
     let y = b.ins().iadd(y, iy);
     let pix = b.ins().imul_imm_s(y, g.w as i64);
     let pix = b.ins().iadd(pix, ix);
-    let at = b.ins().imul_imm_s(pix, g.c as i64);
+    let at = b.ins().imul_imm_s(pix, w.stride);
     let base = b.ins().iadd(a, at);
     for (s, off) in w.offsets.iter().enumerate() {
         let p = b.ins().iadd_imm_s(base, *off);

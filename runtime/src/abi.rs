@@ -273,7 +273,8 @@ header!(GemmHdr {
 });
 header!(
     /// Gathers convolution windows of NHWC bytes into rows of kp bytes ((ky, kx, c) order); taps outside
-    /// the input hold the input's zero point.
+    /// the input hold the input's zero point. `g.c` is the input's channel count, `cin` the channels
+    /// a window reads from `x` on (one group's, for a grouped convolution).
     Im2colHdr { g: DwGeom, cin: usize, pad_byte: usize, kp: usize, x: usize, out: usize }
 );
 header!(DwConvHdr {

@@ -116,7 +116,7 @@ pub unsafe extern "C" fn qcc_k_im2col(hdr: *const u64, _blob: *const u8, arena: 
     unsafe {
         let h = Im2colHdr::decode(words(hdr));
         let g = DwGeom { c: h.cin, ..h.g };
-        crate::kernels::im2col::im2col_u8(arena.add(h.x), g, h.pad_byte as u8, h.kp, arena.add(h.out));
+        crate::kernels::im2col::im2col_u8(arena.add(h.x), g, h.g.c, h.pad_byte as u8, h.kp, arena.add(h.out));
     }
 }
 

@@ -88,6 +88,8 @@ pub struct Gemm<'a> {
     pub k: usize,
     pub n: usize,
     pub a: *const u8,
+    /// Bytes between rows of `a`; with `conv`, between pixels of the input (its channel count, more than
+    /// the window's cin for one group of a grouped convolution; equal to it with `conv_rows`).
     pub lda: usize,
     pub xor: bool,
     pub b: &'a [i8],
@@ -243,12 +245,12 @@ impl Gemm<'_> {
             for ky in 0..g.kh {
                 let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
                 // Dereferenced only when the row is inside the image.
-                let row = self.a.wrapping_add((b * g.h + iy.max(0) as usize) * g.w * g.c);
+                let row = self.a.wrapping_add((b * g.h + iy.max(0) as usize) * g.w * self.lda);
                 out[ky].write(if iy < 0 || iy >= g.h as isize {
                     pad
                 } else if ix0 >= 0 && ix0 as usize + g.kw <= g.w {
                     // SAFETY: columns ix0..ix0 + kw of row iy are inside the image.
-                    unsafe { row.add(ix0 as usize * g.c) }
+                    unsafe { row.add(ix0 as usize * self.lda) }
                 } else {
                     let e = edge[ky].as_mut_ptr() as *mut u8;
                     for kx in 0..g.kw {
@@ -257,7 +259,7 @@ impl Gemm<'_> {
                             // SAFETY: e has 64 bytes ≥ the padded segment; taps inside read the row.
                             unsafe {
                                 *e.add(kx * g.c + ch) =
-                                    if ix < 0 || ix >= g.w as isize { *pad.add(ch) } else { *row.add(ix as usize * g.c + ch) };
+                                    if ix < 0 || ix >= g.w as isize { *pad.add(ch) } else { *row.add(ix as usize * self.lda + ch) };
                             }
                         }
                     }
@@ -279,7 +281,7 @@ impl Gemm<'_> {
                     pad
                 } else {
                     // SAFETY: inside the input image.
-                    unsafe { self.a.add(((b * g.h + iy as usize) * g.w + ix as usize) * g.c) }
+                    unsafe { self.a.add(((b * g.h + iy as usize) * g.w + ix as usize) * self.lda) }
                 });
             }
         }

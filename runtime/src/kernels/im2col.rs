@@ -5,11 +5,12 @@ use super::dwconv::DwGeom;
 use super::elementwise::Ptr;
 use super::pool;
 
-/// Fills `out` (n·oh·ow rows of kp bytes) from `x` (n·h·w·c bytes, c = g.c).
+/// Fills `out` (n·oh·ow rows of kp bytes) from the first c = g.c channels of `x` (n·h·w pixels of
+/// `stride` ≥ c bytes: one group's channels of a grouped convolution).
 ///
 /// # Safety
 /// X and out hold those sizes and do not overlap; kp ≥ kh·kw·c and kp − kh·kw·c < 8.
-pub unsafe fn im2col_u8(x: *const u8, g: DwGeom, pad_byte: u8, kp: usize, out: *mut u8) {
+pub unsafe fn im2col_u8(x: *const u8, g: DwGeom, stride: usize, pad_byte: u8, kp: usize, out: *mut u8) {
     let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
     let c = g.c;
     let used = g.kh * g.kw * c;
@@ -25,7 +26,7 @@ pub unsafe fn im2col_u8(x: *const u8, g: DwGeom, pad_byte: u8, kp: usize, out: *
         unsafe {
             let src_row = |ky: usize| {
                 let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                (iy >= 0 && iy < g.h as isize).then(|| (xp.get() as *const u8).add((b * g.h + iy as usize) * g.w * c))
+                (iy >= 0 && iy < g.h as isize).then(|| (xp.get() as *const u8).add((b * g.h + iy as usize) * g.w * stride))
             };
             for ox in 0..g.ow {
                 let row = op.get().add(((b * g.oh + oy) * g.ow + ox) * kp);
@@ -41,12 +42,12 @@ pub unsafe fn im2col_u8(x: *const u8, g: DwGeom, pad_byte: u8, kp: usize, out: *
                 for ky in 0..g.kh {
                     let dst = row.add(ky * g.kw * c);
                     match src_row(ky) {
-                        Some(src) if inside && g.dil[1] == 1 => copy_small(src.offset(ix0 * c as isize), dst, g.kw * c),
+                        Some(src) if inside && g.dil[1] == 1 && stride == c => copy_small(src.offset(ix0 * c as isize), dst, g.kw * c),
                         Some(src) => {
                             for kx in 0..g.kw {
                                 let ix = ix0 + (kx * g.dil[1]) as isize;
                                 if ix >= 0 && ix < g.w as isize {
-                                    copy_small(src.add(ix as usize * c), dst.add(kx * c), c);
+                                    copy_small(src.add(ix as usize * stride), dst.add(kx * c), c);
                                 } else {
                                     std::ptr::write_bytes(dst.add(kx * c), pad_byte, c);
                                 }
