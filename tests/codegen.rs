@@ -5,7 +5,7 @@
 //! weight scheme and activation type, for every instruction-set variant this CPU runs and several thread
 //! counts; and the bundled MNIST model.
 mod common;
-use common::{int, ints, values, Builder};
+use common::{int, ints, string, values, Builder};
 use qcc::calib::{calibrate, quant_config, CalibOptions, CalibSet};
 use qcc::codegen::plan::Kernel;
 use qcc::codegen::{Compiled, Isa};
@@ -632,7 +632,7 @@ fn qdq_export_of_every_integer_op_reimports_exactly() {
     }
 }
 
-/// A CNN of the ops older and newer exporters write besides the MobileNets' (Gelu, Elu and Mish after
+/// A CNN of the ops older and newer exporters write besides the MobileNets' (Gelu exact and tanh, Elu and Mish after
 /// convolutions, PRelu per channel and with one slope, LRN, GlobalMaxPool, LogSoftmax): compiled in float within 1e-4 of the interpreter
 /// with the activations fused into the convolutions; quantized, byte-identical to the interpreter for
 /// every instruction set; and its float ONNX export re-imports to the same results.
@@ -646,7 +646,7 @@ fn classic_and_newer_ops_compile_and_quantize() {
     b.init("w0", &[8, 3, 3, 3], w(216, 61, 0.5)).init("w1", &[8, 8, 3, 3], w(576, 62, 0.3));
     b.init("slope", &[8, 1, 1], w(8, 63, 0.5)).init("w2", &[8, 8, 1, 1], w(64, 64, 0.5)).init("w3", &[8, 8, 1, 1], w(64, 65, 0.5));
     b.init("wf", &[10, 8], w(80, 66, 0.5)).init("bf", &[10], w(10, 67, 0.1));
-    b.init("w4", &[8, 8, 1, 1], w(64, 68, 0.5)).init("slope1", &[1], vec![0.25]);
+    b.init("w4", &[8, 8, 1, 1], w(64, 68, 0.5)).init("slope1", &[1], vec![0.25]).init("w5", &[8, 8, 1, 1], w(64, 69, 0.5));
     b.node("Conv", "c0", &["x", "w0"], &["a0"], vec![ints("pads", &[1, 1, 1, 1])]);
     b.node("Gelu", "gelu", &["a0"], &["g0"], vec![]);
     b.node("Conv", "c1", &["g0", "w1"], &["a1"], vec![ints("pads", &[1, 1, 1, 1])]);
@@ -659,7 +659,9 @@ fn classic_and_newer_ops_compile_and_quantize() {
     b.node("Conv", "c4", &["m3", "w4"], &["a4"], vec![]);
     // One slope for all channels: a LeakyRelu.
     b.node("PRelu", "prelu1", &["a4", "slope1"], &["p4"], vec![]);
-    b.node("GlobalMaxPool", "gmp", &["p4"], &["gp"], vec![]);
+    b.node("Conv", "c5", &["p4", "w5"], &["a5"], vec![]);
+    b.node("Gelu", "gelu_tanh", &["a5"], &["g5"], vec![string("approximate", "tanh")]);
+    b.node("GlobalMaxPool", "gmp", &["g5"], &["gp"], vec![]);
     b.node("Flatten", "flat", &["gp"], &["f"], vec![]);
     b.node("Gemm", "fc", &["f", "wf", "bf"], &["z"], vec![int("transB", 1)]);
     b.node("LogSoftmax", "lsm", &["z"], &["y"], vec![]);
@@ -672,7 +674,7 @@ fn classic_and_newer_ops_compile_and_quantize() {
     let mut g = g0.clone();
     qcc::driver::compile(&mut g, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
     let text = qcc_ir::print_graph(&g, Default::default());
-    for fused in ["act=\"gelu\"", "act=\"elu(1.0)\"", "act=\"mish\"", "act=\"leaky_relu(0.25)\""] {
+    for fused in ["act=\"gelu\"", "act=\"gelu_tanh\"", "act=\"elu(1.0)\"", "act=\"mish\"", "act=\"leaky_relu(0.25)\""] {
         assert!(text.contains(fused), "{fused} not fused into its conv:\n{text}");
     }
     let close = |want: &[f32], got: &[f32], what: &str| {
@@ -698,7 +700,7 @@ fn classic_and_newer_ops_compile_and_quantize() {
         }
     }
 
-    // The float graph's ONNX export (Gelu and Mish as opset-17 formulas) computes the same.
+    // The float graph's ONNX export (Gelu, both forms, and Mish as opset-17 formulas) computes the same.
     let exported = d.join("export.onnx");
     std::fs::write(&exported, qcc_frontend::export_onnx(&g).unwrap()).unwrap();
     let g2 = qcc::driver::load_model(&exported, &Default::default()).unwrap().graph;
