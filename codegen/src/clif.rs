@@ -78,10 +78,10 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     // Steps whose function is generated (GEMMs: loop nests around runtime microkernels).
     let mut step_fns = vec![None; plan.steps.len()];
     if plan.steps.iter().any(|s| s.kernel == Kernel::Gemm) {
-        let uk = nest::Microkernels::declare(module)?;
+        let mut nests = nest::Nests::declare(module)?;
         for (i, s) in plan.steps.iter().enumerate().filter(|(_, s)| s.kernel == Kernel::Gemm) {
             let h = GemmHdr::decode(&plan.blob.words(s.hdr, 64));
-            step_fns[i] = Some(nest::define_gemm_step(module, &mut fctx, &uk, &h, &format!("{prefix}_step{i}"))?);
+            step_fns[i] = Some(nests.define_step(module, &mut fctx, &h, &format!("{prefix}_step{i}"))?);
         }
     }
     let mut ctx = module.make_context();

@@ -1,5 +1,6 @@
 //! Cranelift loop nests: for each int8 GEMM step (1×1 and implicit convolutions, Gemm), a task function
-//! `tasks(gemm, blob, arena, task)` specialised to the step's shapes. It turns a task number into its rows
+//! `tasks(gemm, a, task)` specialised to the step's shapes (steps of the same shapes share one: the groups
+//! of a grouped convolution). It turns a task number into its rows
 //! and columns (the Split of runtime/src/kernels/gemm.rs), walks the rows in micro-tiles, addresses the
 //! convolution window of every row (interior windows as constant offsets from one pointer; windows
 //! crossing the image's edge through the runtime's `qcc_uk_gemm_row`) and calls the `qcc_uk_gemm`
@@ -15,20 +16,22 @@ use cranelift_module::{FuncId, Linkage, Module};
 use qcc_runtime::abi::GemmHdr;
 use qcc_runtime::kernels::dwconv::DwGeom;
 use qcc_runtime::kernels::gemm::{packed_dims, Split, MAX_SEGS, MR, PANEL, ROW_SEGS};
+use std::collections::HashMap;
 
 fn err(e: impl std::fmt::Display) -> CodegenError {
     CodegenError::Cranelift(e.to_string())
 }
 
-/// The runtime functions generated GEMM steps call.
-pub struct Microkernels {
+/// The runtime functions generated GEMM steps call, and the task functions defined so far by shape.
+pub struct Nests {
     gemm: FuncId,
     row: FuncId,
     rt: FuncId,
+    tasks: HashMap<String, FuncId>,
 }
 
-impl Microkernels {
-    pub fn declare<M: Module>(module: &mut M) -> Result<Microkernels, CodegenError> {
+impl Nests {
+    pub fn declare<M: Module>(module: &mut M) -> Result<Nests, CodegenError> {
         let cc = module.isa().default_call_conv();
         let ptr = module.target_config().pointer_type();
         let sig = |params: &[types::Type]| {
@@ -39,7 +42,29 @@ impl Microkernels {
         let gemm = module.declare_function("qcc_uk_gemm", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
         let row = module.declare_function("qcc_uk_gemm_row", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr])).map_err(err)?;
         let rt = module.declare_function("qcc_rt_gemm", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
-        Ok(Microkernels { gemm, row, rt })
+        Ok(Nests { gemm, row, rt, tasks: HashMap::new() })
+    }
+
+    /// Defines the function of the GEMM step whose header is `h`, named `name` (and its task function,
+    /// unless one of the same shapes exists).
+    pub fn define_step<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        h: &GemmHdr,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        // Everything the task function bakes in (the input's address comes from the Gemm).
+        let key = format!("{} {} {} {} {} {:?}", h.m, h.n, h.lda, h.implicit, h.conv_rows, h.conv);
+        let tasks = match self.tasks.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = define_gemm_tasks(module, fctx, self, h, &format!("{name}_tasks"))?;
+                self.tasks.insert(key, id);
+                id
+            }
+        };
+        define_gemm_step(module, fctx, self, tasks, Split::new(h.m, h.n).tasks(), name)
     }
 }
 
@@ -50,16 +75,15 @@ fn ptr_signature<M: Module>(module: &M, n: usize) -> Signature {
     s
 }
 
-/// Defines the function of the GEMM step whose header `h` is at blob offset `hdr`, named `name` (its
-/// task function `<name>_tasks`).
-pub fn define_gemm_step<M: Module>(
+/// `step(hdr, blob, arena)`: qcc_rt_gemm(hdr, blob, arena, tasks, ntasks).
+fn define_gemm_step<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    uk: &Microkernels,
-    h: &GemmHdr,
+    uk: &Nests,
+    tasks: FuncId,
+    ntasks: usize,
     name: &str,
 ) -> Result<FuncId, CodegenError> {
-    let tasks = define_gemm_tasks(module, fctx, uk, h, &format!("{name}_tasks"))?;
     let ptr = module.target_config().pointer_type();
     let sig = ptr_signature(module, 3);
     let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
@@ -75,7 +99,7 @@ pub fn define_gemm_step<M: Module>(
         let rt = module.declare_func_in_func(uk.rt, b.func);
         let t = module.declare_func_in_func(tasks, b.func);
         let addr = b.ins().func_addr(ptr, t);
-        let n = b.ins().iconst(ptr, Split::new(h.m, h.n).tasks() as i64);
+        let n = b.ins().iconst(ptr, ntasks as i64);
         b.ins().call(rt, &[params[0], params[1], params[2], addr, n]);
         b.ins().return_(&[]);
         b.seal_all_blocks();
@@ -121,13 +145,13 @@ fn window(h: &GemmHdr) -> Option<Window> {
 fn define_gemm_tasks<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    uk: &Microkernels,
+    uk: &Nests,
     h: &GemmHdr,
     name: &str,
 ) -> Result<FuncId, CodegenError> {
     let ptr = module.target_config().pointer_type();
     let tcfg = module.target_config();
-    let sig = ptr_signature(module, 4);
+    let sig = ptr_signature(module, 3);
     let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
     let mut ctx = module.make_context();
     ctx.func.signature = sig;
@@ -146,7 +170,7 @@ fn define_gemm_tasks<M: Module>(
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
-        let [gemm, _blob, arena, task] = [0, 1, 2, 3].map(|i| b.block_params(entry)[i]);
+        let [gemm, a, task] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
         let ptrs_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * segs * 8) as u32, 3));
         let edge_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * ROW_SEGS * 64) as u32, 6));
         let ptrs = b.ins().stack_addr(ptr, ptrs_slot, 0);
@@ -164,7 +188,6 @@ fn define_gemm_tasks<M: Module>(
         let left = b.ins().isub(n, c0);
         let panel_w = b.ins().iconst(ptr, PANEL as i64);
         let cols = b.ins().umin(left, panel_w);
-        let a = b.ins().iadd_imm_s(arena, h.a as i64);
 
         // Loop state: the tile's first row and, for convolutions, its output pixel (image, y, x).
         let head = b.create_block();
