@@ -153,6 +153,9 @@ struct GemmCase {
     zy: i32,
     /// A fused residual input (stored like the output) and its multiplier.
     residual: Option<(i32, f32)>,
+    /// With a tap convolution: input channels of other groups around the window's (the input's pixels
+    /// are c + extra bytes apart, and the window reads the last c of each).
+    extra: usize,
     seed: u64,
 }
 
@@ -194,8 +197,8 @@ fn gemm_case() -> impl Strategy<Value = GemmCase> {
         0i32..=255,
     );
     let residual = prop_oneof![Just(None), (0i32..=255, prop_oneof![Just(1e-3f32), Just(0.7), Just(300.0)]).prop_map(Some)];
-    (1usize..=40, 1usize..=70, 1usize..=140, conv, quant, residual, any::<u64>()).prop_map(
-        |(m, k, n, conv, (zx, xor, asym, mscale, signed, a, b, zy), residual, seed)| {
+    (1usize..=40, 1usize..=70, 1usize..=140, conv, quant, residual, 0usize..=2, any::<u64>()).prop_map(
+        |(m, k, n, conv, (zx, xor, asym, mscale, signed, a, b, zy), residual, extra, seed)| {
             let off = if signed { -128 } else { 0 };
             let (m, k) = match conv {
                 Some((g, _)) => (g.oh * g.ow, g.kh * g.kw * g.c),
@@ -205,7 +208,9 @@ fn gemm_case() -> impl Strategy<Value = GemmCase> {
             let asym = asym && !conv.is_some_and(|(_, rows)| rows);
             // The residual is stored like the output (its zero point in the same range).
             let residual = residual.map(|(zr, mult)| (zr + off, mult));
-            GemmCase { m, k, n, conv, zx, xor, asym, mscale, qlo: a.min(b) + off, qhi: a.max(b) + off, zy: zy + off, residual, seed }
+            // Row segments read whole kernel rows: ungrouped inputs only (the compiler's rule).
+            let extra = if conv.is_some_and(|(_, rows)| !rows) { 4 * extra } else { 0 };
+            GemmCase { m, k, n, conv, zx, xor, asym, mscale, qlo: a.min(b) + off, qhi: a.max(b) + off, zy: zy + off, residual, extra, seed }
         },
     )
 }
@@ -221,7 +226,7 @@ proptest! {
         // taps at the zero point), w as K × N.
         let (x, a): (Vec<u8>, Vec<u8>) = match t.conv {
             Some((g, _)) => {
-                let x: Vec<u8> = (0..g.h * g.w * g.c).map(|_| r.next() as u8).collect();
+                let x: Vec<u8> = (0..g.h * g.w * (g.c + t.extra)).map(|_| r.next() as u8).collect();
                 let mut a = Vec::with_capacity(t.m * t.k);
                 for p in 0..t.m {
                     let (oy, ox) = (p / g.ow, p % g.ow);
@@ -231,7 +236,8 @@ proptest! {
                             let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
                             let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
                             for ch in 0..g.c {
-                                a.push(if inside { x[(iy as usize * g.w + ix as usize) * g.c + ch] } else { t.zx as u8 ^ flip });
+                                let at = (iy as usize * g.w + ix as usize) * (g.c + t.extra) + t.extra + ch;
+                                a.push(if inside { x[at] } else { t.zx as u8 ^ flip });
                             }
                         }
                     }
@@ -297,8 +303,9 @@ proptest! {
                 m: t.m,
                 k: kl,
                 n: t.n,
-                a: xs.as_ptr(),
-                lda: if t.conv.is_some() { 0 } else { t.k },
+                // SAFETY: extra < the input's length.
+                a: unsafe { xs.as_ptr().add(t.extra) },
+                lda: t.conv.map_or(t.k, |(g, _)| g.c + t.extra),
                 xor: t.xor,
                 b: &b,
                 bias: &biasp,
