@@ -1,11 +1,11 @@
 //! Cranelift loop nests: for each int8 GEMM step (1×1 and implicit convolutions, Gemm), a task function
-//! `tasks(gemm, a, task)` specialised to the step's shapes (steps of the same shapes share one: the groups
-//! of a grouped convolution). It turns a task number into its rows
-//! and columns (the Split of runtime/src/kernels/gemm.rs), walks the rows in micro-tiles, addresses the
-//! convolution window of every row (interior windows as constant offsets from one pointer; windows
-//! crossing the image's edge through the runtime's `qcc_uk_gemm_row`) and calls the `qcc_uk_gemm`
-//! microkernel for each tile. The step's function `step(hdr, blob, arena)`, the signature of runtime
-//! kernels, hands the task function to `qcc_rt_gemm`, which runs it on the thread pool.
+//! `tasks(gemm, a, task)` specialised to the step's shapes (steps of the same shapes, such as the groups
+//! of a grouped convolution, share one). It turns a task number into its rows and columns (the Split of
+//! runtime/src/kernels/gemm.rs), walks the rows in micro-tiles, addresses the convolution window of every
+//! row (a window inside the image as constant offsets from one pointer; one crossing the image's edge
+//! through the runtime's `qcc_uk_gemm_row`) and calls the `qcc_uk_gemm` microkernel for each tile. The
+//! step's own function `step(hdr, blob, arena)`, with the signature of runtime kernels, hands the task
+//! function to `qcc_rt_gemm`, which runs it on the thread pool.
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -79,7 +79,7 @@ fn ptr_signature<M: Module>(module: &M, n: usize) -> Signature {
 fn define_gemm_step<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    uk: &Nests,
+    nests: &Nests,
     tasks: FuncId,
     ntasks: usize,
     name: &str,
@@ -96,7 +96,7 @@ fn define_gemm_step<M: Module>(
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let params = b.block_params(entry).to_vec();
-        let rt = module.declare_func_in_func(uk.rt, b.func);
+        let rt = module.declare_func_in_func(nests.rt, b.func);
         let t = module.declare_func_in_func(tasks, b.func);
         let addr = b.ins().func_addr(ptr, t);
         let n = b.ins().iconst(ptr, ntasks as i64);
@@ -109,8 +109,7 @@ fn define_gemm_step<M: Module>(
     Ok(id)
 }
 
-/// Pointers per GEMM row and their offsets from the window's first byte, for a step whose rows are
-/// convolution windows; None for a plain GEMM (one pointer, the row itself).
+/// How the rows of a GEMM step that reads convolution windows in place are addressed.
 struct Window {
     g: DwGeom,
     /// Bytes between input pixels.
@@ -123,6 +122,7 @@ struct Window {
     last_x: i64,
 }
 
+/// The window of an implicit convolution's step; None for a plain GEMM (one pointer per row, the row).
 fn window(h: &GemmHdr) -> Option<Window> {
     if !h.implicit {
         return None;
@@ -145,7 +145,7 @@ fn window(h: &GemmHdr) -> Option<Window> {
 fn define_gemm_tasks<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    uk: &Nests,
+    nests: &Nests,
     h: &GemmHdr,
     name: &str,
 ) -> Result<FuncId, CodegenError> {
@@ -165,20 +165,19 @@ fn define_gemm_tasks<M: Module>(
     debug_assert_eq!(packed_dims(h.k, h.n).1.div_ceil(PANEL), split.panels);
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-        let uk_gemm = module.declare_func_in_func(uk.gemm, b.func);
-        let uk_row = module.declare_func_in_func(uk.row, b.func);
+        let uk_gemm = module.declare_func_in_func(nests.gemm, b.func);
+        let uk_row = module.declare_func_in_func(nests.row, b.func);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let [gemm, a, task] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
         let ptrs_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * segs * 8) as u32, 3));
-        let edge_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * ROW_SEGS * 64) as u32, 6));
         let ptrs = b.ins().stack_addr(ptr, ptrs_slot, 0);
-        let edge = b.ins().stack_addr(ptr, edge_slot, 0);
 
-        // The task's rows r0..rend and columns c0..c0 + cols.
-        let panel = b.ins().udiv_imm_u(task, split.row_blocks as i64);
-        let rb = b.ins().urem_imm_u(task, split.row_blocks as i64);
+        // The task's rows r0..rend and columns c0..c0 + cols (no task runs when m = 0).
+        let row_blocks = split.row_blocks.max(1) as i64;
+        let panel = b.ins().udiv_imm_u(task, row_blocks);
+        let rb = b.ins().urem_imm_u(task, row_blocks);
         let r0 = b.ins().imul_imm_s(rb, split.block as i64);
         let block_end = b.ins().iadd_imm_s(r0, split.block as i64);
         let m = b.ins().iconst(ptr, h.m as i64);
@@ -238,6 +237,9 @@ fn define_gemm_tasks<M: Module>(
                 [img, oy, ox]
             }
             Some(w) => {
+                // Scratch rows for windows that qcc_uk_gemm_row assembles (row segments at the edge).
+                let edge_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * ROW_SEGS * 64) as u32, 6));
+                let edge = b.ins().stack_addr(ptr, edge_slot, 0);
                 // Every row's pixel, and the next tile's, computed before the rows branch.
                 let mut px = vec![[img, oy, ox]];
                 while px.len() <= MR {

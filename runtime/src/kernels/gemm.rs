@@ -203,6 +203,7 @@ impl Gemm<'_> {
             return;
         }
         let _ = ptrs;
+        // SAFETY: the caller's contract (a plain GEMM: the compiler reads windows in place on VNNI only).
         unsafe { self.tile_portable(r, mr, c0, cols) }
     }
 
