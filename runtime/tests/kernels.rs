@@ -236,8 +236,8 @@ proptest! {
                             let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
                             let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
                             for ch in 0..g.c {
-                                let at = (iy as usize * g.w + ix as usize) * (g.c + t.extra) + t.extra + ch;
-                                a.push(if inside { x[at] } else { t.zx as u8 ^ flip });
+                                let at = || (iy as usize * g.w + ix as usize) * (g.c + t.extra) + t.extra + ch;
+                                a.push(if inside { x[at()] } else { t.zx as u8 ^ flip });
                             }
                         }
                     }
