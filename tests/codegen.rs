@@ -453,7 +453,8 @@ fn gemm_loop_nests_address_every_window() {
 /// Grouped convolutions that are not depthwise (ResNeXt, RegNet, ShuffleNet) compile, one GEMM per group:
 /// int8 reading each group's channels in place (cin per group a multiple of 4, strided too), gathering
 /// them (6 per group), or as a pointwise GEMM; float as one product per group and image. Int8 equals the
-/// interpreter byte for byte on every ISA and thread count, float within rounding; batch 2.
+/// interpreter byte for byte on every ISA and thread count, float within rounding; batch 2. The QDQ
+/// export re-imports to the same integer results.
 #[test]
 fn grouped_convolutions_compile() {
     let mut b = Builder::new();
@@ -498,6 +499,14 @@ fn grouped_convolutions_compile() {
                 assert!(err < 1e-4, "{isa:?}, sample {s}: relative error {err}");
             }
         }
+    }
+    // The quantized graph's QDQ export keeps the groups: re-imported, it computes the same bytes.
+    let path = d.join("q.onnx");
+    std::fs::write(&path, qcc_frontend::export_onnx(&q).unwrap()).unwrap();
+    let mut q2 = qcc::driver::load_model(&path, &Default::default()).unwrap().graph;
+    qcc::driver::compile(&mut q2, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+    for s in 0..2 {
+        assert_eq!(qcc_runtime::run(&q2, vec![sample(s)]).unwrap(), qcc_runtime::run(&q, vec![sample(s)]).unwrap(), "export, sample {s}");
     }
 }
 

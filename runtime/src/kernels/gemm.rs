@@ -290,9 +290,10 @@ impl Gemm<'_> {
 
     unsafe fn tile_portable(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
         let (kp, np) = packed_dims(self.k, self.n);
+        // A micro-tile has at most PANEL columns: its rows fit on the stack (no allocation per tile).
         let width = cols.div_ceil(NBLK) * NBLK;
-        let mut acc = vec![0i32; width];
-        let mut bytes = vec![0u8; width];
+        let (mut acc_buf, mut bytes_buf) = ([0i32; PANEL], [0u8; PANEL]);
+        let (acc, bytes) = (&mut acc_buf[..width], &mut bytes_buf[..width]);
         for r in r0..r0 + rows {
             // SAFETY: row r is inside a.
             let arow = unsafe { std::slice::from_raw_parts(self.a.add(r * self.lda), kp) };
@@ -311,7 +312,7 @@ impl Gemm<'_> {
                     }
                 }
             );
-            dot(self.isa, &mut acc, arow, self.b, np, c0, self.xor);
+            dot(self.isa, acc, arow, self.b, np, c0, self.xor);
             for j in 0..width {
                 let mut v = acc[j].wrapping_add(self.bias[c0 + j]);
                 if let Some(zw) = self.zw {
