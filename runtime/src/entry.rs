@@ -1,6 +1,7 @@
 //! The kernels' C entry points, `qcc_k_<kind>(hdr, blob, arena)`, each decoding its header (abi.rs) and
-//! calling the kernel; plus the runtime calls generated entry functions make (`qcc_rt_*`) and
-//! `qcc_set_threads` for applications. libqcc_runtime.a exports these symbols to object files; the JIT
+//! calling the kernel; the microkernels generated loop nests call (`qcc_uk_*`); the runtime calls
+//! generated functions make (`qcc_rt_*`, among them `qcc_rt_gemm`, which runs a GEMM step's loop nest
+//! on the thread pool); and `qcc_set_threads` for applications. libqcc_runtime.a exports these symbols to object files; the JIT
 //! resolves them through `symbols()`.
 use crate::abi::*;
 use crate::kernels::dwconv::{DwConv, DwGeom};
@@ -55,6 +56,7 @@ pub type GemmTasks = unsafe extern "C" fn(gemm: *const u8, a: *const u8, task: u
 /// As qcc_k_quantize; `tasks` follows the header's Split and ntasks is its task count.
 #[no_mangle]
 pub unsafe extern "C" fn qcc_rt_gemm(hdr: *const u64, blob: *const u8, arena: *mut u8, tasks: GemmTasks, ntasks: usize) {
+    // SAFETY: the caller's contract; each task writes its own tiles of the output.
     unsafe {
         let g = gemm(hdr, blob, arena);
         let (gp, a) = (&g as *const Gemm as usize, g.a as usize);
@@ -96,6 +98,7 @@ unsafe fn gemm<'a>(hdr: *const u64, blob: *const u8, arena: *mut u8) -> Gemm<'a>
 /// Gemm::micro_tile requires.
 #[no_mangle]
 pub unsafe extern "C" fn qcc_uk_gemm(gemm: *const u8, ptrs: *const *const u8, r: usize, mr: usize, c0: usize, cols: usize) {
+    // SAFETY: the caller's contract.
     unsafe { (*(gemm as *const Gemm)).micro_tile(ptrs, r, mr, c0, cols) }
 }
 
@@ -106,6 +109,7 @@ pub unsafe extern "C" fn qcc_uk_gemm(gemm: *const u8, ptrs: *const *const u8, r:
 /// As qcc_uk_gemm; r < m, `ptrs` has room for the row's segments, `edge` is an EdgeRows.
 #[no_mangle]
 pub unsafe extern "C" fn qcc_uk_gemm_row(gemm: *const u8, r: usize, ptrs: *mut *const u8, edge: *mut u8) {
+    // SAFETY: the caller's contract (each task function passes scratch rows of its own stack).
     unsafe { (*(gemm as *const Gemm)).row_ptrs(r, ptrs, &mut *(edge as *mut crate::kernels::gemm::EdgeRows)) }
 }
 
