@@ -165,51 +165,39 @@ impl Ctx<'_> {
                 if residual.is_some_and(|(_, eight)| !eight) {
                     return if self.wide_ok(n) { Choice::WideConv } else { host("8-bit convolution with a 16-bit residual") };
                 }
-                if *group == 1 {
-                    let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
-                    if pointwise {
-                        return Choice::ConvGemm { im2col: None, implicit: false, rows: false };
-                    }
-                    // A strided 1x1 (ResNet's downsampling shortcut) gathers its pixels and runs the plain
-                    // GEMM: ResNet-50's three took 0.54-0.57 ms read in place, 0.49-0.55 ms gathered (the
-                    // gather is 2% of that).
-                    let os = oty.shape().unwrap_or(&[]);
-                    let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m);
-                    let gathered = Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false, rows: false };
-                    if ws[2] == 1 && ws[3] == 1 && pads.iter().all(|p| *p == 0) {
-                        return gathered;
-                    }
-                    if self.isa == Isa::Avx512Vnni && cin % 4 == 0 && ws[2] * ws[3] <= 64 {
-                        return Choice::ConvGemm { im2col: None, implicit: true, rows: false };
-                    }
-                    // Row segments need no row sums: symmetric weights only (the zero-point term would
-                    // count the padding bytes).
-                    let symmetric =
-                        g.ty(ins[1]).quant().and_then(|q| per_channel(q, m).ok()).is_some_and(|(_, zw)| zw.iter().all(|z| *z == 0));
-                    let row_ok = ws[3] * cin <= 64 && ws[2] <= ROW_SEGS && dilations.get(1).is_none_or(|d| *d == 1);
-                    if self.isa == Isa::Avx512Vnni && symmetric && row_ok {
-                        return Choice::ConvGemm { im2col: None, implicit: true, rows: true };
-                    }
-                    return gathered;
-                }
-                if *group as usize == cin && m == cin && ws[1] == 1 && dilations.len() == 2 {
+                if *group != 1 && *group as usize == cin && m == cin && ws[1] == 1 && dilations.len() == 2 {
                     return Choice::DwConv;
                 }
-                // Other grouped convolutions (ResNeXt, RegNet, ShuffleNet) run one GEMM per group, which
-                // reads its channels of each pixel in place (or gathers its windows).
+                // Other convolutions are GEMMs, one per group for grouped ones (ResNeXt, RegNet,
+                // ShuffleNet), each reading its group's ws[1] channels of every input pixel.
                 let groups = *group as usize;
                 if groups == 0 || cin != groups * ws[1] || m % groups != 0 {
                     return host("grouped convolution whose channels do not divide into its groups");
                 }
+                let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
+                if pointwise {
+                    return Choice::ConvGemm { im2col: None, implicit: false, rows: false };
+                }
+                // A strided 1x1 (ResNet's downsampling shortcut) gathers its pixels and runs the plain
+                // GEMM: ResNet-50's three took 0.54-0.57 ms read in place, 0.49-0.55 ms gathered (the
+                // gather is 2% of that).
                 let os = oty.shape().unwrap_or(&[]);
                 let (kp, _) = packed_dims(ws[1] * ws[2] * ws[3], m / groups);
-                if ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0) {
-                    return Choice::ConvGemm { im2col: None, implicit: false, rows: false };
+                let gathered = Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false, rows: false };
+                if ws[2] == 1 && ws[3] == 1 && pads.iter().all(|p| *p == 0) {
+                    return gathered;
                 }
                 if self.isa == Isa::Avx512Vnni && ws[1].is_multiple_of(4) && ws[2] * ws[3] <= 64 {
                     return Choice::ConvGemm { im2col: None, implicit: true, rows: false };
                 }
-                Choice::ConvGemm { im2col: Some(os[0] * os[2] * os[3] * kp), implicit: false, rows: false }
+                // Row segments need no row sums: symmetric weights only (the zero-point term would
+                // count the padding bytes); they read whole kernel rows of pixels, so ungrouped inputs only.
+                let symmetric = g.ty(ins[1]).quant().and_then(|q| per_channel(q, m).ok()).is_some_and(|(_, zw)| zw.iter().all(|z| *z == 0));
+                let row_ok = groups == 1 && ws[3] * cin <= 64 && ws[2] <= ROW_SEGS && dilations.get(1).is_none_or(|d| *d == 1);
+                if self.isa == Isa::Avx512Vnni && symmetric && row_ok {
+                    return Choice::ConvGemm { im2col: None, implicit: true, rows: true };
+                }
+                gathered
             }
             Op::QGemm { .. } => {
                 if self.wide_ok(n) {

@@ -185,7 +185,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     let mut h = gemm_hdr(g, &mut blob, isa, (ins[0], out, off(out) + gi * m), (rows, k, m), a, &at, params, *act)?;
                     h.ldo = ws[0];
                     if let Some(&r) = ins.get(3) {
-                        with_residual(&mut h.epi, g, r, off(r), m).map_err(|e| node_err(&name, e))?;
+                        // The residual is stored like the output: this group's columns of its rows.
+                        with_residual(&mut h.epi, g, r, off(r) + gi * m, ws[0]).map_err(|e| node_err(&name, e))?;
                     }
                     if *implicit {
                         h.implicit = true;
