@@ -822,14 +822,7 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
     let threads = qcc_runtime::kernels::pool::threads();
     let macs = x.compiled().map_or(0, |c| c.plan.macs());
     // Float GEMM/conv steps count in GFLOPS, apart from the integer ones the VNNI peak applies to.
-    let fmacs: u64 = x.compiled().map_or(0, |c| {
-        c.plan
-            .steps
-            .iter()
-            .filter(|s| matches!(s.kernel, qcc_codegen::plan::Kernel::FGemm | qcc_codegen::plan::Kernel::FDwConv))
-            .map(|s| s.macs)
-            .sum()
-    });
+    let fmacs: u64 = x.compiled().map_or(0, |c| c.plan.steps.iter().filter(|s| s.kernel.is_float()).map(|s| s.macs).sum());
     let gops = 2.0 * (macs - fmacs) as f64 / (q(0.5) * 1e6);
     let gflops = 2.0 * fmacs as f64 / (q(0.5) * 1e6);
     println!(

@@ -47,7 +47,17 @@ pub(crate) enum Choice {
     FConv {
         gather: bool,
     },
+    /// Float convolution over channels-last values; `convert`: the input is in logical order (a graph
+    /// input) and is first copied channels-last into a temporary of that many bytes.
+    FConvNhwc {
+        convert: Option<usize>,
+    },
     FDwConv,
+    /// Float depthwise convolution over channels-last values.
+    FDwNhwc,
+    FGapNhwc,
+    FMaxPoolNhwc,
+    FAvgPoolNhwc,
     /// Float Gemm with one row (the classifier of batch-1 models).
     FGemm,
     FGap,
@@ -93,10 +103,12 @@ impl Ctx<'_> {
         self.g.inputs().contains(&v) || self.g.outputs().contains(&v)
     }
 
-    /// Integer 4-D activations inside the graph are NHWC.
+    /// Integer 4-D activations inside the graph are NHWC, and so are f32 ones on AVX-512 CPUs, where
+    /// the float kernels vectorise over channels (fnhwc.rs); elsewhere f32 values keep logical order.
     pub(crate) fn nhwc(&self, v: ValueId) -> bool {
         let t = self.g.ty(v);
-        t.quant().is_some() && t.shape().is_some_and(|s| s.len() == 4) && !self.is_io(v) && !self.g.is_const(v)
+        let inner = t.shape().is_some_and(|s| s.len() == 4) && !self.is_io(v) && !self.g.is_const(v);
+        inner && (t.quant().is_some() || (self.isa == Isa::Avx512Vnni && self.f32_value(v)))
     }
 
     /// The dims in storage order: NHWC for channels-last values, else the logical shape.
@@ -138,12 +150,16 @@ impl Ctx<'_> {
                 if !act_in(0) || g.ty(ins[0]).dtype() != Some(DType::F32) {
                     return host("quantize of a constant or non-f32 value");
                 }
+                if self.nhwc(ins[0]) && !self.nhwc(out) {
+                    return host("quantize of a channels-last value into logical order");
+                }
                 match per_tensor(oty) {
                     Some(_) => Choice::Quantize,
                     None => host("per-axis or i32 quantize"),
                 }
             }
             Op::Dequantize => match (act_in(0), per_tensor(g.ty(ins[0]))) {
+                (true, Some(_)) if !self.nhwc(ins[0]) && self.nhwc(out) => host("dequantize of a logical value into channels-last order"),
                 (true, Some(_)) => Choice::Dequantize,
                 _ => host("dequantize of a constant or per-axis value"),
             },
@@ -249,10 +265,15 @@ impl Ctx<'_> {
                 }
             }
             Op::MaxPool { kernel, .. } => {
+                let same = self.nhwc(ins[0]) == self.nhwc(out);
                 if act_in(0) && kernel.len() == 2 && self.nhwc(ins[0]) && self.nhwc(out) && per_tensor(oty).is_some() {
                     Choice::MaxPool
-                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) {
-                    Choice::FMaxPool
+                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) && same {
+                    if self.nhwc(out) {
+                        Choice::FMaxPoolNhwc
+                    } else {
+                        Choice::FMaxPool
+                    }
                 } else {
                     host("max pooling that is not 2-D over f32 or channels-last integers")
                 }
@@ -271,14 +292,18 @@ impl Ctx<'_> {
             op if BinOp::from_op(op).is_some() => {
                 let f32s = ins.iter().chain([&out]).all(|v| g.ty(*v).elem() == Some(&qcc_ir::ElemType::Plain(DType::F32)));
                 let consts_known = ins.iter().all(|v| !g.is_const(*v) || g.const_tensor(*v).is_some());
-                match (ins.len() == 2 && f32s && consts_known && !ins.iter().all(|v| g.is_const(*v)), BinOp::from_op(op)) {
+                // Channels-last operands are read through their storage strides, into a 4-D output.
+                let rank = oty.shape().map_or(0, |s| s.len());
+                let layouts = ins.iter().all(|v| !self.nhwc(*v) || rank == 4);
+                match (ins.len() == 2 && f32s && consts_known && layouts && !ins.iter().all(|v| g.is_const(*v)), BinOp::from_op(op)) {
                     (true, Some(b)) => Choice::Binary(b),
                     _ => host("binary op on non-f32 values or with more than two inputs"),
                 }
             }
             op if UnOp::from_op(op).is_some() => {
                 let f32s = g.ty(ins[0]).elem() == Some(&qcc_ir::ElemType::Plain(DType::F32)) && oty.dtype() == Some(DType::F32);
-                match (act_in(0) && f32s && oty.quant().is_none(), UnOp::from_op(op)) {
+                let layout = self.nhwc(ins[0]) == self.nhwc(out) || (self.logical_bytes(ins[0]) && self.logical_bytes(out));
+                match (act_in(0) && f32s && layout && oty.quant().is_none(), UnOp::from_op(op)) {
                     (true, Some(u)) => Choice::Unary(u),
                     _ => host("unary op on a constant or a non-f32 value"),
                 }
@@ -306,7 +331,7 @@ impl Ctx<'_> {
                 }
             }
             Op::Softmax { .. } => {
-                if act_in(0) && self.f32_value(ins[0]) && self.f32_value(out) {
+                if act_in(0) && self.f32_value(ins[0]) && self.f32_value(out) && self.logical_bytes(ins[0]) && self.logical_bytes(out) {
                     Choice::Softmax
                 } else {
                     host("softmax of a constant or a non-f32 value")
@@ -331,9 +356,20 @@ impl Ctx<'_> {
                 }
             }
             Op::GlobalAveragePool if act_in(0) && self.f32_value(ins[0]) && g.ty(ins[0]).shape().is_some_and(|s| s.len() == 4) => {
-                Choice::FGap
+                // The output has one pixel: its bytes are the same in either layout.
+                if self.nhwc(ins[0]) {
+                    Choice::FGapNhwc
+                } else {
+                    Choice::FGap
+                }
             }
-            Op::AveragePool { kernel, .. } if act_in(0) && self.f32_value(ins[0]) && kernel.len() == 2 => Choice::FAvgPool,
+            Op::AveragePool { kernel, .. } if act_in(0) && self.f32_value(ins[0]) && kernel.len() == 2 => {
+                match (self.nhwc(ins[0]), self.nhwc(out)) {
+                    (true, true) => Choice::FAvgPoolNhwc,
+                    (false, false) => Choice::FAvgPool,
+                    _ => host("average pooling between layouts"),
+                }
+            }
             op => Choice::Host(format!("no compiled kernel for {}", op.name())),
         }
     }
@@ -346,23 +382,34 @@ impl Ctx<'_> {
     /// constant f32 weights and bias.
     pub(crate) fn choose_fconv(&self, n: NodeId, strides: &[i64], pads: &[i64], group: i64) -> Result<Choice, String> {
         let g = self.g;
-        let ins = &g.node(n).inputs;
+        let (ins, out) = (&g.node(n).inputs, g.node(n).output);
         let (xs, ws) = (g.ty(ins[0]).shape().unwrap_or(&[]), g.ty(ins[1]).shape().unwrap_or(&[]));
         let consts = g.const_tensor(ins[1]).is_some() && ins.get(2).is_none_or(|b| g.const_tensor(*b).is_some());
         if g.is_const(ins[0]) || !self.f32_value(ins[0]) || xs.len() != 4 || ws.len() != 4 || !consts {
             return Err("float convolution other than 2-D with constant weights".into());
         }
-        // A residual is read in the output's (logical NCHW) layout.
-        if ins.get(3).is_some_and(|r| g.is_const(*r) || !self.f32_value(*r)) {
-            return Err("float convolution with a constant or non-f32 residual".into());
+        // A residual is read in the output's layout.
+        if ins.get(3).is_some_and(|r| g.is_const(*r) || !self.f32_value(*r) || self.nhwc(*r) != self.nhwc(out)) {
+            return Err("float convolution with a constant or non-f32 residual, or one in another layout".into());
         }
+        // The channels-last kernel reads channels-last inputs (a logical one is copied channels-last
+        // first) and writes either layout; the NCHW kernels read and write logical order.
+        let (nhwc_in, nhwc_out) = (self.nhwc(ins[0]), self.nhwc(out));
         if group != 1 && group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 && ins.len() < 4 {
-            return Ok(Choice::FDwConv);
+            return match (nhwc_in, nhwc_out) {
+                (true, true) => Ok(Choice::FDwNhwc),
+                (false, false) => Ok(Choice::FDwConv),
+                _ => Err("float depthwise convolution between layouts".into()),
+            };
         }
         // Other grouped convolutions run one product per group.
         let groups = group.max(1) as usize;
         if xs[1] != groups * ws[1] || ws[0] % groups != 0 {
             return Err("grouped float convolution whose channels do not divide into its groups".into());
+        }
+        if nhwc_in || nhwc_out {
+            let convert = (!nhwc_in).then(|| 4 * xs.iter().product::<usize>());
+            return Ok(Choice::FConvNhwc { convert });
         }
         let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
         Ok(Choice::FConv { gather: !pointwise })

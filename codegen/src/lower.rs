@@ -16,6 +16,7 @@ use qcc_runtime::kernels::dwconv::DwGeom;
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::fgemm::pack_a;
 use qcc_runtime::kernels::float::UnOp;
+use qcc_runtime::kernels::fnhwc::pack_conv_weights;
 use qcc_runtime::kernels::gemm::packed_dims;
 use qcc_runtime::kernels::Isa;
 use std::collections::HashMap;
@@ -70,7 +71,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
-        if let Choice::ConvGemm { im2col: Some(b), .. } = choices[i] {
+        if let Choice::ConvGemm { im2col: Some(b), .. } | Choice::FConvNhwc { convert: Some(b) } = choices[i] {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: b, first: i + 1, last: i + 1 });
         }
@@ -111,7 +112,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     isa,
                     x: off(ins[0]),
                     len: oty.numel().unwrap_or(0),
-                    to_nhwc: cx.nhwc(out),
+                    to_nhwc: cx.nhwc(out) && !cx.nhwc(ins[0]),
                     dims: dims4(oty),
                     scale,
                     zp,
@@ -127,7 +128,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let h = DequantizeHdr {
                     x: off(ins[0]),
                     len: oty.numel().unwrap_or(0),
-                    from_nhwc: cx.nhwc(ins[0]),
+                    from_nhwc: cx.nhwc(ins[0]) && !cx.nhwc(out),
                     dims: dims4(g.ty(ins[0])),
                     scale,
                     zp,
@@ -419,9 +420,17 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
             }
             Choice::Binary(op) => {
                 let os = shape(g, out);
+                // The output is written in storage order; each operand is read through its strides per
+                // logical dim (storage strides for channels-last ones), listed in that order.
+                let order: Vec<usize> = if cx.nhwc(out) { vec![0, 2, 3, 1] } else { (0..os.len()).collect() };
                 let operand = |v: ValueId, blob: &mut Blob| -> Result<(usize, bool, Arr), CodegenError> {
                     let s = shape(g, v);
-                    let strides = broadcast_strides(&s, &os);
+                    let mut strides = broadcast_strides(&s, &os);
+                    if cx.nhwc(v) {
+                        let st = cx.storage_strides(v);
+                        strides = (0..4).map(|d| if s[d] == 1 { 0 } else { st[d] }).collect();
+                    }
+                    let strides: Vec<usize> = order.iter().map(|&d| strides[d]).collect();
                     let st = Arr { off: blob.push_words(&strides.iter().map(|x| *x as u64).collect::<Vec<_>>()), len: os.len() };
                     match g.const_tensor(v) {
                         Some(t) if g.is_const(v) => Ok((blob.push_f32(&t.to_f32_vec()), true, st)),
@@ -430,7 +439,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 };
                 let (a, a_const, sa) = operand(ins[0], &mut blob)?;
                 let (b, b_const, sb) = operand(ins[1], &mut blob)?;
-                let dims = Arr { off: blob.push_words(&os.iter().map(|x| *x as u64).collect::<Vec<_>>()), len: os.len() };
+                let dims = Arr { off: blob.push_words(&order.iter().map(|&d| os[d] as u64).collect::<Vec<_>>()), len: os.len() };
                 let h = BinaryHdr { isa, op: op.code() as usize, dims, a, a_const, sa, b, b_const, sb, out: off(out) };
                 push(Kernel::Binary, h.encode(), 0, &mut blob);
             }
@@ -480,6 +489,113 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                         push(Kernel::FGemm, h.encode(), (m * k * p) as u64, &mut blob);
                     }
                 }
+            }
+            Choice::FConvNhwc { convert } => {
+                let Op::Conv { strides, pads, dilations, act, group } = &node.op else { return Err(internal(&name)) };
+                let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
+                let mut x = off(ins[0]);
+                if convert.is_some() {
+                    // The logical input copied channels-last: its dims, row-major strides against NHWC ones.
+                    let temp = offsets[temp_of[&i]];
+                    let (row, (c, h, w)) = (crate::choose::contiguous(&xs), (xs[1], xs[2], xs[3]));
+                    let nhwc = [h * w * c, 1, w * c, c];
+                    let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
+                    for d in 0..4 {
+                        (dims[2 + d], ss[2 + d], ds[2 + d]) = (xs[d], row[d], nhwc[d]);
+                    }
+                    push(Kernel::Strided, StridedHdr { esize: 4, dims, ss, ds, src: x, dst: temp }.encode(), 0, &mut blob);
+                    x = temp;
+                }
+                // A grouped convolution is one product per group, reading its channels of each pixel and
+                // writing its channels of each output pixel in place.
+                let groups = *group as usize;
+                let (m, cin) = (ws[0] / groups, ws[1]);
+                let wt = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
+                let bias = f32_arr(g, ins.get(2), &mut blob);
+                let mut g1 = geom(&xs, &os, ws[2], ws[3], strides, pads, dilations);
+                (g1.n, g1.c) = (1, cin);
+                let (x_img, out_img) = (4 * xs[1] * xs[2] * xs[3], 4 * ws[0] * os[2] * os[3]);
+                // Pixel and channel strides of the output: NHWC, or NCHW for a graph output.
+                let (ldo, cso) = if cx.nhwc(out) { (ws[0], 1) } else { (1, os[2] * os[3]) };
+                for gi in 0..groups {
+                    let packed =
+                        pack_conv_weights(m, cin, ws[2], ws[3], |o, c, ky, kx| wt[(((gi * m + o) * cin + c) * ws[2] + ky) * ws[3] + kx]);
+                    let w = Arr { off: blob.push_f32(&packed), len: packed.len() };
+                    let bias = if bias.len > 0 { Arr { off: bias.off + 4 * gi * m, len: m } } else { bias };
+                    for img in 0..xs[0] {
+                        let at = img * out_img + 4 * gi * m * cso;
+                        let (res_on, res) = ins.get(3).map_or((false, 0), |r| (true, off(*r) + at));
+                        let h = FConvNhwcHdr {
+                            isa,
+                            g: g1,
+                            x: x + img * x_img + 4 * gi * cin,
+                            ldx: xs[1],
+                            m,
+                            w,
+                            bias,
+                            act: *act,
+                            res_on,
+                            res,
+                            out: off(out) + at,
+                            ldo,
+                            cso,
+                        };
+                        push(Kernel::FConvNhwc, h.encode(), (m * cin * ws[2] * ws[3] * os[2] * os[3]) as u64, &mut blob);
+                    }
+                }
+            }
+            Choice::FDwNhwc => {
+                let Op::Conv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };
+                let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
+                let wt = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
+                // [c][taps] → [taps][c]: a tap's weights for consecutive channels are one vector.
+                let taps = ws[2] * ws[3];
+                let w: Vec<f32> = (0..taps * xs[1]).map(|i| wt[(i % xs[1]) * taps + i / xs[1]]).collect();
+                let h = FDwNhwcHdr {
+                    isa,
+                    g: geom(&xs, &os, ws[2], ws[3], strides, pads, dilations),
+                    x: off(ins[0]),
+                    w: Arr { off: blob.push_f32(&w), len: w.len() },
+                    bias: f32_arr(g, ins.get(2), &mut blob),
+                    act: *act,
+                    max: false,
+                    out: off(out),
+                };
+                push(Kernel::FDwNhwc, h.encode(), 0, &mut blob);
+            }
+            Choice::FMaxPoolNhwc => {
+                let Op::MaxPool { kernel, strides, pads, dilations, .. } = &node.op else { return Err(internal(&name)) };
+                let (xs, os) = (shape(g, ins[0]), shape(g, out));
+                let h = FDwNhwcHdr {
+                    isa,
+                    g: geom(&xs, &os, kernel[0] as usize, kernel[1] as usize, strides, pads, dilations),
+                    x: off(ins[0]),
+                    w: Arr::default(),
+                    bias: Arr::default(),
+                    act: None,
+                    max: true,
+                    out: off(out),
+                };
+                push(Kernel::FDwNhwc, h.encode(), 0, &mut blob);
+            }
+            Choice::FAvgPoolNhwc => {
+                let Op::AveragePool { kernel, strides, pads, dilations, count_include_pad, .. } = &node.op else {
+                    return Err(internal(&name));
+                };
+                let (xs, os) = (shape(g, ins[0]), shape(g, out));
+                let h = FAvgPoolHdr {
+                    g: geom(&xs, &os, kernel[0] as usize, kernel[1] as usize, strides, pads, dilations),
+                    pe: [pads.get(2).map_or(0, |p| *p as usize), pads.get(3).map_or(0, |p| *p as usize)],
+                    include_pad: *count_include_pad,
+                    x: off(ins[0]),
+                    out: off(out),
+                };
+                push(Kernel::FAvgPoolNhwc, h.encode(), 0, &mut blob);
+            }
+            Choice::FGapNhwc => {
+                let xs = shape(g, ins[0]);
+                let h = FGapNhwcHdr { x: off(ins[0]), n: xs[0], pixels: xs[2] * xs[3], c: xs[1], out: off(out) };
+                push(Kernel::FGapNhwc, h.encode(), 0, &mut blob);
             }
             Choice::FDwConv => {
                 let Op::Conv { strides, pads, dilations, act, .. } = &node.op else { return Err(internal(&name)) };

@@ -35,6 +35,12 @@ pub enum Kernel {
     FGap,
     FMaxPool,
     FAvgPool,
+    /// f32 convolution over channels-last values (fnhwc.rs).
+    FConvNhwc,
+    /// f32 depthwise convolution or max pooling over channels-last values.
+    FDwNhwc,
+    FGapNhwc,
+    FAvgPoolNhwc,
     /// The interpreter runs the node (runtime/src/host.rs).
     Host,
 }
@@ -65,8 +71,17 @@ impl Kernel {
             Kernel::FGap => "qcc_k_fgap",
             Kernel::FMaxPool => "qcc_k_fmaxpool",
             Kernel::FAvgPool => "qcc_k_favgpool",
+            Kernel::FConvNhwc => "qcc_k_fconv_nhwc",
+            Kernel::FDwNhwc => "qcc_k_fdw_nhwc",
+            Kernel::FGapNhwc => "qcc_k_fgap_nhwc",
+            Kernel::FAvgPoolNhwc => "qcc_k_favgpool_nhwc",
             Kernel::Host => "qcc_k_host",
         })
+    }
+
+    /// Whether the step computes in f32 (reports count its multiply-accumulates as float).
+    pub fn is_float(self) -> bool {
+        matches!(self, Kernel::FGemm | Kernel::FDwConv | Kernel::FConvNhwc | Kernel::FDwNhwc)
     }
 
     /// The short name reports use.

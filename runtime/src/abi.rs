@@ -350,6 +350,19 @@ header!(
 );
 header!(FDwConvHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, out: usize });
 header!(FGapHdr { x: usize, planes: usize, hw: usize, out: usize });
+header!(
+    /// f32 convolution of one image (one group), channels-last in and out (fnhwc::FConvNhwc): input pixels
+    /// ldx floats apart, output (and residual) pixels ldo apart, weights packed in panels.
+    FConvNhwcHdr {
+        isa: Isa, g: DwGeom, x: usize, ldx: usize, m: usize, w: Arr, bias: Arr, act: Option<Act>, res_on: bool, res: usize,
+        out: usize, ldo: usize, cso: usize,
+    }
+);
+header!(
+    /// f32 depthwise convolution (weights [taps][c]) or, with `max`, max pooling of NHWC images.
+    FDwNhwcHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, max: bool, out: usize }
+);
+header!(FGapNhwcHdr { x: usize, n: usize, pixels: usize, c: usize, out: usize });
 header!(FMaxPoolHdr { isa: Isa, g: DwGeom, x: usize, out: usize });
 header!(FAvgPoolHdr { g: DwGeom, pe: [usize; 2], include_pad: bool, x: usize, out: usize });
 header!(

@@ -6,13 +6,13 @@
 use crate::abi::*;
 use crate::kernels::dwconv::{DwConv, DwGeom};
 use crate::kernels::elementwise::{self, QAdd};
-use crate::kernels::fconv;
 use crate::kernels::fgemm::{FGemm, FSrc};
 use crate::kernels::float::{self, BinOp, Binary, UnOp};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::qpool::{self, RequantRows};
 use crate::kernels::wideconv::WideConv;
 use crate::kernels::Isa;
+use crate::kernels::{fconv, fnhwc};
 
 /// Reads a header: `hdr` points at its words inside the blob.
 unsafe fn words<'a>(hdr: *const u64) -> &'a [u64] {
@@ -381,6 +381,70 @@ pub unsafe extern "C" fn qcc_k_fdwconv(hdr: *const u64, blob: *const u8, arena: 
 /// # Safety
 /// As qcc_k_quantize.
 #[no_mangle]
+pub unsafe extern "C" fn qcc_k_fconv_nhwc(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FConvNhwcHdr::decode(words(hdr));
+        fnhwc::FConvNhwc {
+            isa: h.isa,
+            g: h.g,
+            x: arena.add(h.x) as *const f32,
+            ldx: h.ldx,
+            m: h.m,
+            w: h.w.slice(blob),
+            bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),
+            act: h.act,
+            res: h.res_on.then(|| arena.add(h.res) as *const f32),
+            out: arena.add(h.out) as *mut f32,
+            ldo: h.ldo,
+            cso: h.cso,
+        }
+        .run();
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_fdw_nhwc(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FDwNhwcHdr::decode(words(hdr));
+        fnhwc::FDwNhwc {
+            isa: h.isa,
+            g: h.g,
+            x: arena.add(h.x) as *const f32,
+            w: h.w.slice(blob),
+            bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),
+            act: h.act,
+            max: h.max,
+            out: arena.add(h.out) as *mut f32,
+        }
+        .run();
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_fgap_nhwc(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FGapNhwcHdr::decode(words(hdr));
+        fnhwc::gap(arena.add(h.x) as *const f32, h.n, h.pixels, h.c, arena.add(h.out) as *mut f32);
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_k_favgpool_nhwc(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FAvgPoolHdr::decode(words(hdr));
+        fnhwc::avgpool(arena.add(h.x) as *const f32, h.g, h.pe, h.include_pad, arena.add(h.out) as *mut f32);
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
 pub unsafe extern "C" fn qcc_k_fgap(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = FGapHdr::decode(words(hdr));
@@ -461,6 +525,10 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),
+        ("qcc_k_fconv_nhwc", qcc_k_fconv_nhwc as *const u8),
+        ("qcc_k_fdw_nhwc", qcc_k_fdw_nhwc as *const u8),
+        ("qcc_k_fgap_nhwc", qcc_k_fgap_nhwc as *const u8),
+        ("qcc_k_favgpool_nhwc", qcc_k_favgpool_nhwc as *const u8),
         ("qcc_k_fmaxpool", qcc_k_fmaxpool as *const u8),
         ("qcc_k_favgpool", qcc_k_favgpool as *const u8),
         ("qcc_k_host", crate::host::qcc_k_host as *const u8),

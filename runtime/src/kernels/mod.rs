@@ -20,6 +20,7 @@ mod fgemm_avx2;
 #[cfg(target_arch = "x86_64")]
 mod fgemm_shift;
 pub mod float;
+pub mod fnhwc;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod gemm_avx2;

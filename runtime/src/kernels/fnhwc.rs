@@ -1,0 +1,476 @@
+//! f32 kernels over channels-last (NHWC) activations, the layout float networks take on AVX-512 CPUs:
+//! convolution as an implicit GEMM vectorised over output channels, depthwise convolution, max pooling
+//! and global average pooling. With the channels of a pixel contiguous, one register holds 16 channels
+//! of one pixel whatever the image size or stride: no column of a 7x7 image is padded to a tile, no
+//! window is packed, a strided window is just another pointer. Float results need not equal the
+//! interpreter bit for bit (the summation order differs; tests compare within a relative tolerance).
+use super::dwconv::DwGeom;
+use super::{clamp_bounds, pool, Isa};
+use qcc_ir::Act;
+
+/// Output channels per weight panel: four AVX-512 registers per pixel of a tile.
+pub const NB: usize = 64;
+/// Output pixels per micro-tile: 6 × 4 accumulators, 4 weight registers and a broadcast fit the 32
+/// registers; per k, 4 weight loads and 6 broadcasts feed 24 FMAs.
+const R: usize = 6;
+
+/// Channels of panel j of m output channels, rounded up to whole registers (the packed width).
+fn panel_width(m: usize, j: usize) -> usize {
+    (m - j * NB).min(NB).next_multiple_of(16)
+}
+
+/// Packs convolution weights (element (o, c, ky, kx) given by `at`) into panels of NB output channels,
+/// panel j at j·K·NB floats holding [K][its width] with k = (ky·kw + kx)·cin + c: the order a pixel's
+/// window is read in (tap by tap, each tap's channels contiguous in the input).
+pub fn pack_conv_weights(m: usize, cin: usize, kh: usize, kw: usize, at: impl Fn(usize, usize, usize, usize) -> f32) -> Vec<f32> {
+    let k = cin * kh * kw;
+    let panels = m.div_ceil(NB);
+    // Only the last panel can be narrower than NB, so panel j starts at j·K·NB.
+    let len = if panels == 0 { 0 } else { (panels - 1) * k * NB + panel_width(m, panels - 1) * k };
+    let mut out = vec![0f32; len];
+    for j in 0..panels {
+        let width = panel_width(m, j);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                for c in 0..cin {
+                    let kk = (ky * kw + kx) * cin + c;
+                    for o in j * NB..(j * NB + width).min(m) {
+                        out[j * k * NB + kk * width + o - j * NB] = at(o, c, ky, kx);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The taps t of a window axis that land inside the input: output position o, stride s, dilation d,
+/// leading pad `pad`, input length n, k taps. Taps lo..hi (possibly empty).
+fn inside(o: usize, s: usize, d: usize, pad: usize, n: usize, k: usize) -> (usize, usize) {
+    let base = (o * s) as isize - pad as isize;
+    let lo = if base >= 0 { 0 } else { (-base as usize).div_ceil(d) };
+    let hi = if base >= n as isize { 0 } else { ((n as isize - base) as usize).div_ceil(d).min(k) };
+    (lo.min(hi), hi)
+}
+
+/// A convolution of one image (one group of it), NHWC in: out[p, o] (at out + p·ldo + o·cso) =
+/// act(Σ_{ky,kx,c} w[o, c, ky, kx] · x[window(p, ky, kx), c] + bias[o] (+ res[p, o])), where the input
+/// pixel (iy, ix) starts at x + (iy·w + ix)·ldx (ldx ≥ the group's channels g.c: a group reads its
+/// channels of wider pixels in place). The output is NHWC (cso = 1) or, for a graph output, NCHW
+/// (ldo = 1, cso = the pixel count).
+pub struct FConvNhwc<'a> {
+    pub isa: Isa,
+    pub g: DwGeom,
+    pub x: *const f32,
+    pub ldx: usize,
+    pub m: usize,
+    /// pack_conv_weights' panels.
+    pub w: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub act: Option<Act>,
+    /// Laid out like out.
+    pub res: Option<*const f32>,
+    pub out: *mut f32,
+    pub ldo: usize,
+    pub cso: usize,
+}
+
+// SAFETY: tasks read x, w and res and write disjoint (pixel range, panel) blocks of out.
+unsafe impl Sync for FConvNhwc<'_> {}
+
+impl FConvNhwc<'_> {
+    /// # Safety
+    /// x must hold g.h·g.w pixels ldx floats apart (g.c read from each), out and res g.oh·g.ow pixels ldo
+    /// apart (m channels cso apart written or read), w pack_conv_weights' layout for these shapes.
+    pub unsafe fn run(&self) {
+        let g = &self.g;
+        let (p, taps) = (g.oh * g.ow, g.kh * g.kw);
+        if p == 0 || self.m == 0 {
+            return;
+        }
+        // Taps outside the image read these zeros instead: every tap of a tile then has a row pointer
+        // per pixel and the inner loop has no edge cases.
+        let zeros = vec![0f32; g.c];
+        let (panels, tiles) = (self.m.div_ceil(NB), p.div_ceil(R));
+        // Pixel chunks × panels, at least four tasks per thread so they share the work; consecutive tasks
+        // are the panels of one chunk, whose input rows stay in the claiming thread's caches.
+        let chunks = (4 * pool::threads()).div_ceil(panels).clamp(1, tiles);
+        let pointwise = taps == 1 && g.stride == [1, 1] && g.pad == [0, 0];
+        pool::parallel_for(panels * chunks, &|t| {
+            let (chunk, j) = (t / panels, t % panels);
+            let mut ptrs = vec![[zeros.as_ptr(); R]; taps];
+            for tile in chunk * tiles / chunks..(chunk + 1) * tiles / chunks {
+                let p0 = tile * R;
+                let n = R.min(p - p0);
+                // Rows past the image repeat its last pixel (computed, never stored).
+                if pointwise {
+                    for r in 0..R {
+                        // SAFETY: pixel p0 + min(r, n − 1) is inside the image (run()'s contract).
+                        ptrs[0][r] = unsafe { self.x.add((p0 + r.min(n - 1)) * self.ldx) };
+                    }
+                } else {
+                    let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
+                    for r in 0..R {
+                        let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+                        let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                ptrs[ky * g.kw + kx][r] = if (ky0..ky1).contains(&ky) && (kx0..kx1).contains(&kx) {
+                                    let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
+                                    let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
+                                    // SAFETY: (iy, ix) is inside the image (run()'s contract).
+                                    unsafe { self.x.add((iy * g.w + ix) * self.ldx) }
+                                } else {
+                                    zeros.as_ptr()
+                                };
+                            }
+                        }
+                        if r + 1 < n {
+                            ox += 1;
+                            if ox == g.ow {
+                                (oy, ox) = (oy + 1, 0);
+                            }
+                        }
+                    }
+                }
+                // SAFETY: every pointer addresses g.c readable floats; the tile's pixels are inside out.
+                unsafe { self.tile(j, &ptrs, p0, n) };
+            }
+        });
+    }
+
+    /// Pixels p0..p0 + n (n ≤ R) of panel j, the window rows of each pixel given per tap.
+    unsafe fn tile(&self, j: usize, ptrs: &[[*const f32; R]], p0: usize, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the caller's bounds.
+            unsafe {
+                match panel_width(self.m, j) / 16 {
+                    4 => avx512::tile::<4>(self, j, ptrs, p0, n),
+                    3 => avx512::tile::<3>(self, j, ptrs, p0, n),
+                    2 => avx512::tile::<2>(self, j, ptrs, p0, n),
+                    _ => avx512::tile::<1>(self, j, ptrs, p0, n),
+                }
+            }
+            return;
+        }
+        let (cin, k) = (self.g.c, ptrs.len() * self.g.c);
+        let width = panel_width(self.m, j);
+        let w = &self.w[j * k * NB..];
+        for r in 0..n {
+            let q = p0 + r;
+            for o in 0..(self.m - j * NB).min(NB) {
+                let mut s = 0f32;
+                for (t, tp) in ptrs.iter().enumerate() {
+                    for c in 0..cin {
+                        // SAFETY: the caller's bounds: each pointer holds cin floats.
+                        s += w[(t * cin + c) * width + o] * unsafe { *tp[r].add(c) };
+                    }
+                }
+                let at = q * self.ldo + (j * NB + o) * self.cso;
+                // SAFETY: pixel q, channel j·NB + o is inside out (and res).
+                unsafe {
+                    let v = s + self.bias.map_or(0.0, |b| b[j * NB + o]) + self.res.map_or(0.0, |res| *res.add(at));
+                    *self.out.add(at) = self.act.map_or(v, |f| f.apply(v));
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise convolution (or, with `max`, max pooling: no weights, no bias) of NHWC images: out[n, oy,
+/// ox, c] = act(Σ_taps w[tap][c] · x[n, iy, ix, c] + bias[c]) over the taps inside the image.
+pub struct FDwNhwc<'a> {
+    pub isa: Isa,
+    pub g: DwGeom,
+    pub x: *const f32,
+    /// [kh·kw][c]; empty for max pooling.
+    pub w: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub act: Option<Act>,
+    pub max: bool,
+    pub out: *mut f32,
+}
+
+// SAFETY: tasks read x and w and write disjoint output rows.
+unsafe impl Sync for FDwNhwc<'_> {}
+
+impl FDwNhwc<'_> {
+    /// # Safety
+    /// x must hold g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·g.c, w kh·kw·c unless `max`.
+    pub unsafe fn run(&self) {
+        let g = &self.g;
+        pool::parallel_for(g.n * g.oh, &|t| {
+            #[cfg(target_arch = "x86_64")]
+            if self.isa == Isa::Avx512Vnni {
+                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; row t exists.
+                unsafe { avx512::dw_row(self, t / g.oh, t % g.oh) };
+                return;
+            }
+            // SAFETY: row t exists.
+            unsafe { self.row(t / g.oh, t % g.oh) };
+        });
+    }
+
+    /// Output row oy of image img, one channel at a time.
+    unsafe fn row(&self, img: usize, oy: usize) {
+        let g = &self.g;
+        let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+        for ox in 0..g.ow {
+            let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
+            for c in 0..g.c {
+                let mut s = if self.max { f32::NEG_INFINITY } else { self.bias.map_or(0.0, |b| b[c]) };
+                for ky in ky0..ky1 {
+                    for kx in kx0..kx1 {
+                        let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0] - g.pad[0], ox * g.stride[1] + kx * g.dil[1] - g.pad[1]);
+                        // SAFETY: (iy, ix) is inside image img.
+                        let v = unsafe { *self.x.add(((img * g.h + iy) * g.w + ix) * g.c + c) };
+                        s = if self.max { s.max(v) } else { s + self.w[(ky * g.kw + kx) * g.c + c] * v };
+                    }
+                }
+                // SAFETY: (img, oy, ox, c) is inside out.
+                unsafe { *self.out.add(((img * g.oh + oy) * g.ow + ox) * g.c + c) = self.act.map_or(s, |f| f.apply(s)) };
+            }
+        }
+    }
+}
+
+/// Average pooling of NHWC images (end pads pe; with `include_pad` the divisor counts the padding taps
+/// as nn::avg_pool_taps says).
+///
+/// # Safety
+/// x must hold g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·g.c.
+pub unsafe fn avgpool(x: *const f32, g: DwGeom, pe: [usize; 2], include_pad: bool, out: *mut f32) {
+    let (rows, cols) = g.avg_pool_taps(pe);
+    let (xp, op) = (super::elementwise::Ptr(x as *mut u8), super::elementwise::Ptr(out as *mut u8));
+    pool::parallel_for(g.n * g.oh, &|t| {
+        let (img, oy) = (t / g.oh, t % g.oh);
+        let (ry, py) = &rows[oy];
+        // SAFETY: image img of x; row oy of image img of out.
+        let (src, dst) = unsafe {
+            (
+                std::slice::from_raw_parts((xp.get() as *const f32).add(img * g.h * g.w * g.c), g.h * g.w * g.c),
+                std::slice::from_raw_parts_mut((op.get() as *mut f32).add((img * g.oh + oy) * g.ow * g.c), g.ow * g.c),
+            )
+        };
+        for (ox, (cx, px)) in cols.iter().enumerate() {
+            let acc = &mut dst[ox * g.c..(ox + 1) * g.c];
+            acc.fill(0.0);
+            for iy in ry {
+                for ix in cx {
+                    for (a, v) in acc.iter_mut().zip(&src[(iy * g.w + ix) * g.c..]) {
+                        *a += v;
+                    }
+                }
+            }
+            let count = if include_pad { py * px } else { ry.len() * cx.len() };
+            for a in acc.iter_mut() {
+                *a = if count > 0 { *a / count as f32 } else { 0.0 };
+            }
+        }
+    });
+}
+
+/// out[n, c] = mean over the pixels of x[n, :, :, c] (NHWC, `pixels` per image).
+///
+/// # Safety
+/// x must hold n·pixels·c floats, out n·c.
+pub unsafe fn gap(x: *const f32, n: usize, pixels: usize, c: usize, out: *mut f32) {
+    for img in 0..n {
+        // SAFETY: the caller's bounds.
+        let (src, dst) = unsafe {
+            (std::slice::from_raw_parts(x.add(img * pixels * c), pixels * c), std::slice::from_raw_parts_mut(out.add(img * c), c))
+        };
+        dst.fill(0.0);
+        for px in src.chunks_exact(c.max(1)) {
+            for (d, v) in dst.iter_mut().zip(px) {
+                *d += v;
+            }
+        }
+        for d in dst.iter_mut() {
+            *d /= pixels as f32;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{clamp_bounds, inside, panel_width, FConvNhwc, FDwNhwc, NB, R};
+    use crate::kernels::fgemm::lanes;
+    use qcc_ir::Act;
+    use std::arch::x86_64::*;
+
+    /// Bias (or residual) added, activation applied: the epilogue of 16 channels.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn finish(v: __m512, act: Option<Act>) -> __m512 {
+        match (clamp_bounds(act), act) {
+            // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
+            (Some((lo, hi)), _) => _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), v)),
+            (None, Some(f)) => {
+                let mut tmp = [0f32; 16];
+                // SAFETY: tmp holds 16 floats.
+                unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), v) };
+                for t in tmp.iter_mut() {
+                    *t = f.apply(*t);
+                }
+                // SAFETY: as above.
+                unsafe { _mm512_loadu_ps(tmp.as_ptr()) }
+            }
+            (None, None) => v,
+        }
+    }
+
+    /// FConvNhwc::tile with V registers (16·V channels) per pixel.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub unsafe fn tile<const V: usize>(f: &FConvNhwc, j: usize, ptrs: &[[*const f32; R]], p0: usize, n: usize) {
+        let cin = f.g.c;
+        let k = ptrs.len() * cin;
+        let width = panel_width(f.m, j);
+        debug_assert_eq!(width, 16 * V);
+        // SAFETY: panel j holds k rows of `width` floats; every pointer holds cin floats (the caller's
+        // bounds); the stored channels are masked to those below m.
+        unsafe {
+            let mut wp = f.w.as_ptr().add(j * k * NB);
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            for tp in ptrs {
+                for c in 0..cin {
+                    let mut wv = [_mm512_setzero_ps(); V];
+                    for (v, w) in wv.iter_mut().enumerate() {
+                        *w = _mm512_loadu_ps(wp.add(16 * v));
+                    }
+                    wp = wp.add(width);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*tp[r].add(c));
+                        for (a, w) in a.iter_mut().zip(&wv) {
+                            *a = _mm512_fmadd_ps(x, *w, *a);
+                        }
+                    }
+                }
+            }
+            // A whole tile with a clamp (or no) activation is finished in the registers and stored.
+            let act = match (clamp_bounds(f.act), f.act) {
+                (Some(b), _) => Some(b),
+                (None, None) => Some((f32::NEG_INFINITY, f32::INFINITY)),
+                (None, Some(_)) => None,
+            };
+            if let (true, true, 1, Some((lo, hi))) = (n == R, j * NB + 16 * V <= f.m, f.cso, act) {
+                let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+                let bias: [__m512; V] =
+                    std::array::from_fn(|v| f.bias.map_or(_mm512_setzero_ps(), |b| _mm512_loadu_ps(b.as_ptr().add(j * NB + 16 * v))));
+                for (r, a) in acc.iter().enumerate() {
+                    let at = (p0 + r) * f.ldo + j * NB;
+                    for (v, a) in a.iter().enumerate() {
+                        let mut y = _mm512_add_ps(*a, bias[v]);
+                        if let Some(res) = f.res {
+                            y = _mm512_add_ps(y, _mm512_loadu_ps(res.add(at + 16 * v)));
+                        }
+                        // Bound first: a NaN comes through (vmaxps/vminps return the second operand).
+                        _mm512_storeu_ps(f.out.add(at + 16 * v), _mm512_min_ps(hi, _mm512_max_ps(lo, y)));
+                    }
+                }
+                return;
+            }
+            // The sums leave the registers through one block of stores: the epilogue's loops (dynamic
+            // lengths, calls) would otherwise make LLVM keep the accumulators in memory, also in the k loop.
+            let mut sums = [0f32; 16 * 4 * R];
+            for (r, a) in acc.iter().enumerate() {
+                for (v, a) in a.iter().enumerate() {
+                    _mm512_storeu_ps(sums.as_mut_ptr().add(16 * (r * V + v)), *a);
+                }
+            }
+            if f.cso != 1 {
+                for r in 0..n {
+                    for o in 0..(f.m - j * NB).min(16 * V) {
+                        let at = (p0 + r) * f.ldo + (j * NB + o) * f.cso;
+                        let v = sums[16 * r * V + o] + f.bias.map_or(0.0, |b| b[j * NB + o]) + f.res.map_or(0.0, |res| *res.add(at));
+                        *f.out.add(at) = f.act.map_or(v, |a| a.apply(v));
+                    }
+                }
+                return;
+            }
+            for r in 0..n {
+                let q = p0 + r;
+                for v in 0..V {
+                    let ch = j * NB + 16 * v;
+                    if ch >= f.m {
+                        break;
+                    }
+                    let mask = lanes(0, f.m - ch);
+                    let mut y = _mm512_loadu_ps(sums.as_ptr().add(16 * (r * V + v)));
+                    if let Some(b) = f.bias {
+                        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(ch)));
+                    }
+                    if let Some(res) = f.res {
+                        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, res.add(q * f.ldo + ch)));
+                    }
+                    _mm512_mask_storeu_ps(f.out.add(q * f.ldo + ch), mask, finish(y, f.act));
+                }
+            }
+        }
+    }
+
+    /// FDwNhwc for output row oy of image img, in blocks of 64 channels (four registers; the last block
+    /// as many registers as it needs).
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub unsafe fn dw_row(d: &FDwNhwc, img: usize, oy: usize) {
+        let mut c0 = 0;
+        while c0 < d.g.c {
+            // SAFETY: the caller's bounds; block c0 holds at least one channel.
+            unsafe {
+                match (d.g.c - c0).div_ceil(16).min(4) {
+                    4 => dw_block::<4>(d, img, oy, c0),
+                    3 => dw_block::<3>(d, img, oy, c0),
+                    2 => dw_block::<2>(d, img, oy, c0),
+                    _ => dw_block::<1>(d, img, oy, c0),
+                }
+            }
+            c0 += 64;
+        }
+    }
+
+    /// Channels c0..c0 + 16·V (masked to c) of output row oy of image img.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    unsafe fn dw_block<const V: usize>(d: &FDwNhwc, img: usize, oy: usize, c0: usize) {
+        let g = &d.g;
+        let c = g.c;
+        let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+        let mask: [u16; V] = std::array::from_fn(|v| lanes(0, (c - c0).saturating_sub(16 * v)));
+        // SAFETY: every address below is a pixel inside image img (taps limited by `inside`) or inside
+        // out's row; channel lanes are masked to those below c.
+        unsafe {
+            let init: [__m512; V] = match (d.max, d.bias) {
+                (true, _) => [_mm512_set1_ps(f32::NEG_INFINITY); V],
+                (false, Some(b)) => std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask[v], b.as_ptr().add(c0 + 16 * v))),
+                (false, None) => [_mm512_setzero_ps(); V],
+            };
+            let x = d.x.add(img * g.h * g.w * c + c0);
+            let out = d.out.add((img * g.oh + oy) * g.ow * c + c0);
+            for ox in 0..g.ow {
+                let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
+                let mut acc = init;
+                for ky in ky0..ky1 {
+                    let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
+                    for kx in kx0..kx1 {
+                        let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
+                        let xp = x.add((iy * g.w + ix) * c);
+                        if d.max {
+                            for (v, a) in acc.iter_mut().enumerate() {
+                                *a = _mm512_max_ps(*a, _mm512_mask_loadu_ps(*a, mask[v], xp.add(16 * v)));
+                            }
+                        } else {
+                            let wp = d.w.as_ptr().add((ky * g.kw + kx) * c + c0);
+                            for (v, a) in acc.iter_mut().enumerate() {
+                                let xv = _mm512_maskz_loadu_ps(mask[v], xp.add(16 * v));
+                                *a = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(mask[v], wp.add(16 * v)), *a);
+                            }
+                        }
+                    }
+                }
+                for (v, a) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(out.add(ox * c + 16 * v), mask[v], finish(*a, d.act));
+                }
+            }
+        }
+    }
+}
