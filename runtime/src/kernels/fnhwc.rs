@@ -104,12 +104,13 @@ impl FConvNhwc<'_> {
                 let n = R.min(p - p0);
                 // Rows past the image repeat its last pixel (computed, never stored).
                 if pointwise {
-                    for r in 0..R {
+                    for (r, ptr) in ptrs[0].iter_mut().enumerate() {
                         // SAFETY: pixel p0 + min(r, n − 1) is inside the image (run()'s contract).
-                        ptrs[0][r] = unsafe { self.x.add((p0 + r.min(n - 1)) * self.ldx) };
+                        *ptr = unsafe { self.x.add((p0 + r.min(n - 1)) * self.ldx) };
                     }
                 } else {
                     let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
+                    #[allow(clippy::needless_range_loop)] // r indexes the second dimension of ptrs
                     for r in 0..R {
                         let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
                         let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
