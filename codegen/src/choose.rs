@@ -47,10 +47,10 @@ pub(crate) enum Choice {
     FConv {
         gather: bool,
     },
-    /// Float convolution over channels-last values; `convert`: the input is in logical order (a graph
-    /// input) and is first copied channels-last into a temporary of that many bytes.
+    /// Float convolution over channels-last values; `nchw_in`: the input is in logical order (a graph
+    /// input), which the kernel copies channels-last itself.
     FConvNhwc {
-        convert: Option<usize>,
+        nchw_in: bool,
     },
     FDwConv,
     /// Float depthwise convolution over channels-last values.
@@ -408,8 +408,7 @@ impl Ctx<'_> {
             return Err("grouped float convolution whose channels do not divide into its groups".into());
         }
         if nhwc_in || nhwc_out {
-            let convert = (!nhwc_in).then(|| 4 * xs.iter().product::<usize>());
-            return Ok(Choice::FConvNhwc { convert });
+            return Ok(Choice::FConvNhwc { nchw_in: !nhwc_in });
         }
         let pointwise = ws[2] == 1 && ws[3] == 1 && strides.iter().all(|s| *s == 1) && pads.iter().all(|p| *p == 0);
         Ok(Choice::FConv { gather: !pointwise })

@@ -71,7 +71,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
-        if let Choice::ConvGemm { im2col: Some(b), .. } | Choice::FConvNhwc { convert: Some(b) } = choices[i] {
+        if let Choice::ConvGemm { im2col: Some(b), .. } = choices[i] {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: b, first: i + 1, last: i + 1 });
         }
@@ -490,24 +490,11 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     }
                 }
             }
-            Choice::FConvNhwc { convert } => {
+            Choice::FConvNhwc { nchw_in } => {
                 let Op::Conv { strides, pads, dilations, act, group } = &node.op else { return Err(internal(&name)) };
                 let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
-                let mut x = off(ins[0]);
-                if convert.is_some() {
-                    // The logical input copied channels-last: its dims, row-major strides against NHWC ones.
-                    let temp = offsets[temp_of[&i]];
-                    let (row, (c, h, w)) = (crate::choose::contiguous(&xs), (xs[1], xs[2], xs[3]));
-                    let nhwc = [h * w * c, 1, w * c, c];
-                    let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
-                    for d in 0..4 {
-                        (dims[2 + d], ss[2 + d], ds[2 + d]) = (xs[d], row[d], nhwc[d]);
-                    }
-                    push(Kernel::Strided, StridedHdr { esize: 4, dims, ss, ds, src: x, dst: temp }.encode(), 0, &mut blob);
-                    x = temp;
-                }
-                // A grouped convolution is one product per group, reading its channels of each pixel and
-                // writing its channels of each output pixel in place.
+                // A grouped convolution is one product per group, reading its channels of each pixel (or,
+                // from an NCHW input, its planes) and writing its channels of each output pixel in place.
                 let groups = *group as usize;
                 let (m, cin) = (ws[0] / groups, ws[1]);
                 let wt = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
@@ -528,8 +515,9 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                         let h = FConvNhwcHdr {
                             isa,
                             g: g1,
-                            x: x + img * x_img + 4 * gi * cin,
+                            x: off(ins[0]) + img * x_img + 4 * gi * cin * if *nchw_in { xs[2] * xs[3] } else { 1 },
                             ldx: xs[1],
+                            nchw: *nchw_in,
                             m,
                             w,
                             bias,

@@ -351,11 +351,12 @@ header!(
 header!(FDwConvHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, out: usize });
 header!(FGapHdr { x: usize, planes: usize, hw: usize, out: usize });
 header!(
-    /// f32 convolution of one image (one group), channels-last in and out (fnhwc::FConvNhwc): input pixels
-    /// ldx floats apart, output (and residual) pixels ldo apart, weights packed in panels.
+    /// f32 convolution of one image (one group) (fnhwc::FConvNhwc): channels-last input pixels ldx floats
+    /// apart (or, with `nchw`, planes), output (and residual) pixels ldo apart and channels cso apart,
+    /// weights packed in panels.
     FConvNhwcHdr {
-        isa: Isa, g: DwGeom, x: usize, ldx: usize, m: usize, w: Arr, bias: Arr, act: Option<Act>, res_on: bool, res: usize,
-        out: usize, ldo: usize, cso: usize,
+        isa: Isa, g: DwGeom, x: usize, ldx: usize, nchw: bool, m: usize, w: Arr, bias: Arr, act: Option<Act>, res_on: bool,
+        res: usize, out: usize, ldo: usize, cso: usize,
     }
 );
 header!(

@@ -389,6 +389,7 @@ pub unsafe extern "C" fn qcc_k_fconv_nhwc(hdr: *const u64, blob: *const u8, aren
             g: h.g,
             x: arena.add(h.x) as *const f32,
             ldx: h.ldx,
+            nchw: h.nchw,
             m: h.m,
             w: h.w.slice(blob),
             bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),

@@ -1,8 +1,8 @@
 //! Property tests of the channels-last f32 kernels (fnhwc.rs) against direct scalar evaluations of
 //! their definitions: random geometries (kernel sizes, strides, dilations, paddings), channel counts with
-//! tails of every width, groups read from wider pixels, residuals, both output layouts and activations,
-//! on every ISA this CPU runs (AVX-512 and the portable fallback). Float sums may differ in order, so
-//! results are compared within a relative tolerance.
+//! tails of every width, groups read from wider pixels or NCHW planes, residuals, both output layouts and
+//! activations, on every ISA this CPU runs (AVX-512 and the portable fallback). Float sums may differ in
+//! order, so results are compared within a relative tolerance.
 use proptest::prelude::*;
 use qcc_ir::Act;
 use qcc_runtime::kernels::dwconv::DwGeom;
@@ -61,7 +61,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(120))]
     #[test]
     fn convolution_equals_the_definition(g0 in geom(), cin in 1usize..20, extra in 0usize..5, m in 1usize..150,
-                                         res in any::<bool>(), act in 0usize..3, nchw in any::<bool>(), seed in any::<u64>()) {
+                                         res in any::<bool>(), act in 0usize..3, nchw in any::<bool>(), nchw_in in any::<bool>(),
+                                         seed in any::<u64>()) {
         let g = DwGeom { c: cin, ..g0 };
         let (ldx, p) = (cin + extra, g.oh * g.ow);
         // The group reads channels `extra`.. of each wider pixel.
@@ -92,11 +93,14 @@ proptest! {
                 want[q * ldo + o * cso] = act.map_or(s, |f| f.apply(s));
             }
         }
+        // The same image as NCHW planes (a graph input), which the kernel copies channels-last itself.
+        let planes: Vec<f32> = (0..cin * g.h * g.w).map(|i| x[(i % (g.h * g.w)) * ldx + extra + i / (g.h * g.w)]).collect();
         let packed = pack_conv_weights(m, cin, g.kh, g.kw, |o, c, ky, kx| w[((o * cin + c) * g.kh + ky) * g.kw + kx]);
         for isa in isas() {
             let mut out = vec![f32::NAN; p * m];
             let k = FConvNhwc {
-                isa, g, x: x[extra..].as_ptr(), ldx, m, w: &packed, bias: Some(&bias), act,
+                isa, g, x: if nchw_in { planes.as_ptr() } else { x[extra..].as_ptr() }, ldx, nchw: nchw_in, m, w: &packed,
+                bias: Some(&bias), act,
                 res: res.then_some(r.as_ptr()), out: out.as_mut_ptr(), ldo, cso,
             };
             // SAFETY: every buffer has the extent the kernel's contract asks for.

@@ -8,11 +8,18 @@ use super::dwconv::DwGeom;
 use super::{clamp_bounds, pool, Isa};
 use qcc_ir::Act;
 
+thread_local! {
+    /// The calling thread's padded channels-last copy of an NCHW input, kept between calls.
+    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Output channels per weight panel: four AVX-512 registers per pixel of a tile.
 pub const NB: usize = 64;
 /// Output pixels per micro-tile: 6 × 4 accumulators, 4 weight registers and a broadcast fit the 32
 /// registers; per k, 4 weight loads and 6 broadcasts feed 24 FMAs.
 const R: usize = 6;
+/// Packed weights up to this many bytes are read by every tile in turn (half of a 1 MB L2).
+const SMALL_WEIGHTS: usize = 512 << 10;
 
 /// Channels of panel j of m output channels, rounded up to whole registers (the packed width).
 fn panel_width(m: usize, j: usize) -> usize {
@@ -56,13 +63,16 @@ fn inside(o: usize, s: usize, d: usize, pad: usize, n: usize, k: usize) -> (usiz
 /// A convolution of one image (one group of it), NHWC in: out[p, o] (at out + p·ldo + o·cso) =
 /// act(Σ_{ky,kx,c} w[o, c, ky, kx] · x[window(p, ky, kx), c] + bias[o] (+ res[p, o])), where the input
 /// pixel (iy, ix) starts at x + (iy·w + ix)·ldx (ldx ≥ the group's channels g.c: a group reads its
-/// channels of wider pixels in place). The output is NHWC (cso = 1) or, for a graph output, NCHW
-/// (ldo = 1, cso = the pixel count).
+/// channels of wider pixels in place). With `nchw`, x is instead an NCHW image of g.c planes (a graph
+/// input: the first convolution of most networks), copied channels-last with its padding. The output is
+/// NHWC (cso = 1) or, for a graph output, NCHW (ldo = 1, cso = the pixel count).
+#[derive(Clone, Copy)]
 pub struct FConvNhwc<'a> {
     pub isa: Isa,
     pub g: DwGeom,
     pub x: *const f32,
     pub ldx: usize,
+    pub nchw: bool,
     pub m: usize,
     /// pack_conv_weights' panels.
     pub w: &'a [f32],
@@ -83,27 +93,81 @@ impl FConvNhwc<'_> {
     /// x must hold g.h·g.w pixels ldx floats apart (g.c read from each), out and res g.oh·g.ow pixels ldo
     /// apart (m channels cso apart written or read), w pack_conv_weights' layout for these shapes.
     pub unsafe fn run(&self) {
+        if !self.nchw {
+            // SAFETY: run()'s contract.
+            unsafe { self.run_on(false) };
+            return;
+        }
+        // The image copied channels-last into its padded extent (zeros around it): every window then
+        // lies inside, and with undilated columns each kernel row of a window is one contiguous run of
+        // kw·c floats, so the product reads kh runs per pixel (the stem's 3 input channels would
+        // otherwise make runs of 3).
+        let g = self.g;
+        let (h2, w2) = ((g.oh - 1) * g.stride[0] + (g.kh - 1) * g.dil[0] + 1, (g.ow - 1) * g.stride[1] + (g.kw - 1) * g.dil[1] + 1);
+        let mut buf = PADDED.take();
+        buf.clear();
+        buf.resize(h2 * w2 * g.c, 0.0);
+        for c in 0..g.c {
+            for iy in 0..g.h.min(h2.saturating_sub(g.pad[0])) {
+                for ix in 0..g.w.min(w2.saturating_sub(g.pad[1])) {
+                    // SAFETY: (c, iy, ix) is inside the NCHW image (run()'s contract).
+                    buf[((iy + g.pad[0]) * w2 + ix + g.pad[1]) * g.c + c] = unsafe { *self.x.add((c * g.h + iy) * g.w + ix) };
+                }
+            }
+        }
+        let inner = FConvNhwc { g: DwGeom { h: h2, w: w2, pad: [0, 0], ..g }, x: buf.as_ptr(), ldx: g.c, nchw: false, ..*self };
+        // SAFETY: buf holds the padded image; the rest is run()'s contract.
+        unsafe { inner.run_on(g.dil[1] == 1) };
+        PADDED.set(buf);
+    }
+
+    /// The product over a channels-last input; with `rows`, the input is padded (every window inside)
+    /// and each window is read as kh runs of kw·c floats.
+    unsafe fn run_on(&self, rows: bool) {
         let g = &self.g;
         let (p, taps) = (g.oh * g.ow, g.kh * g.kw);
         if p == 0 || self.m == 0 {
             return;
         }
+        // Pointers per pixel: one per kernel row or one per tap.
+        let (segs, seg) = if rows { (g.kh, g.kw * g.c) } else { (taps, g.c) };
         // Taps outside the image read these zeros instead: every tap of a tile then has a row pointer
         // per pixel and the inner loop has no edge cases.
         let zeros = vec![0f32; g.c];
         let (panels, tiles) = (self.m.div_ceil(NB), p.div_ceil(R));
-        // Pixel chunks × panels, at least four tasks per thread so they share the work; consecutive tasks
-        // are the panels of one chunk, whose input rows stay in the claiming thread's caches.
-        let chunks = (4 * pool::threads()).div_ceil(panels).clamp(1, tiles);
+        // Weights that stay in L2 are all read by every tile (each tile's window rows stay in L1 over the
+        // panels, its output pixels are written whole); larger ones go panel by panel, each task one
+        // panel over a chunk of pixels. At least four tasks per thread, so they share the work.
+        let tile_major = self.w.len() * 4 <= SMALL_WEIGHTS;
+        let (bands, chunks) = if tile_major {
+            (1, (4 * pool::threads()).min(tiles))
+        } else {
+            (panels, (4 * pool::threads()).div_ceil(panels).clamp(1, tiles))
+        };
         let pointwise = taps == 1 && g.stride == [1, 1] && g.pad == [0, 0];
-        pool::parallel_for(panels * chunks, &|t| {
-            let (chunk, j) = (t / panels, t % panels);
-            let mut ptrs = vec![[zeros.as_ptr(); R]; taps];
+        pool::parallel_for(bands * chunks, &|t| {
+            let (chunk, band) = (t / bands, t % bands);
+            let mut ptrs = vec![[zeros.as_ptr(); R]; segs];
             for tile in chunk * tiles / chunks..(chunk + 1) * tiles / chunks {
                 let p0 = tile * R;
                 let n = R.min(p - p0);
                 // Rows past the image repeat its last pixel (computed, never stored).
-                if pointwise {
+                if rows {
+                    let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
+                    for r in 0..R {
+                        for (ky, row) in ptrs.iter_mut().enumerate() {
+                            let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0], ox * g.stride[1]);
+                            // SAFETY: the padded image holds every window.
+                            row[r] = unsafe { self.x.add((iy * g.w + ix) * self.ldx) };
+                        }
+                        if r + 1 < n {
+                            ox += 1;
+                            if ox == g.ow {
+                                (oy, ox) = (oy + 1, 0);
+                            }
+                        }
+                    }
+                } else if pointwise {
                     for (r, ptr) in ptrs[0].iter_mut().enumerate() {
                         // SAFETY: pixel p0 + min(r, n − 1) is inside the image (run()'s contract).
                         *ptr = unsafe { self.x.add((p0 + r.min(n - 1)) * self.ldx) };
@@ -134,28 +198,31 @@ impl FConvNhwc<'_> {
                         }
                     }
                 }
-                // SAFETY: every pointer addresses g.c readable floats; the tile's pixels are inside out.
-                unsafe { self.tile(j, &ptrs, p0, n) };
+                for j in if tile_major { 0..panels } else { band..band + 1 } {
+                    // SAFETY: every pointer addresses seg readable floats; the tile's pixels are inside out.
+                    unsafe { self.tile(j, &ptrs, seg, p0, n) };
+                }
             }
         });
     }
 
-    /// Pixels p0..p0 + n (n ≤ R) of panel j, the window rows of each pixel given per tap.
-    unsafe fn tile(&self, j: usize, ptrs: &[[*const f32; R]], p0: usize, n: usize) {
+    /// Pixels p0..p0 + n (n ≤ R) of panel j, each pixel's window given as runs of `seg` floats (per tap
+    /// or per kernel row), in the order of K.
+    unsafe fn tile(&self, j: usize, ptrs: &[[*const f32; R]], seg: usize, p0: usize, n: usize) {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the caller's bounds.
             unsafe {
                 match panel_width(self.m, j) / 16 {
-                    4 => avx512::tile::<4>(self, j, ptrs, p0, n),
-                    3 => avx512::tile::<3>(self, j, ptrs, p0, n),
-                    2 => avx512::tile::<2>(self, j, ptrs, p0, n),
-                    _ => avx512::tile::<1>(self, j, ptrs, p0, n),
+                    4 => avx512::tile::<4>(self, j, ptrs, seg, p0, n),
+                    3 => avx512::tile::<3>(self, j, ptrs, seg, p0, n),
+                    2 => avx512::tile::<2>(self, j, ptrs, seg, p0, n),
+                    _ => avx512::tile::<1>(self, j, ptrs, seg, p0, n),
                 }
             }
             return;
         }
-        let (cin, k) = (self.g.c, ptrs.len() * self.g.c);
+        let (cin, k) = (seg, ptrs.len() * seg);
         let width = panel_width(self.m, j);
         let w = &self.w[j * k * NB..];
         for r in 0..n {
@@ -324,8 +391,8 @@ mod avx512 {
 
     /// FConvNhwc::tile with V registers (16·V channels) per pixel.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    pub unsafe fn tile<const V: usize>(f: &FConvNhwc, j: usize, ptrs: &[[*const f32; R]], p0: usize, n: usize) {
-        let cin = f.g.c;
+    pub unsafe fn tile<const V: usize>(f: &FConvNhwc, j: usize, ptrs: &[[*const f32; R]], seg: usize, p0: usize, n: usize) {
+        let cin = seg;
         let k = ptrs.len() * cin;
         let width = panel_width(f.m, j);
         debug_assert_eq!(width, 16 * V);
