@@ -51,6 +51,26 @@ pub fn pack_conv_weights(m: usize, cin: usize, kh: usize, kw: usize, at: impl Fn
     out
 }
 
+/// Bytes of a panel's weights one pass over a chunk of tiles reads (K is split into parts beyond).
+const PART_BYTES: usize = 256 << 10;
+
+/// The k range k0.. of a tile's runs (whole runs) in a K of kfull: the first part starts from zero,
+/// later ones from the partial sums in the output; all but the last store partial sums.
+#[derive(Clone, Copy)]
+struct Part {
+    k0: usize,
+    kfull: usize,
+    first: bool,
+    last: bool,
+}
+
+/// Cache lines (of 16 floats) of the packed weights, from float `at`, a tile asks for ahead of use.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    at: usize,
+    lines: usize,
+}
+
 /// The taps t of a window axis that land inside the input: output position o, stride s, dilation d,
 /// leading pad `pad`, input length n, k taps. Taps lo..hi (possibly empty).
 fn inside(o: usize, s: usize, d: usize, pad: usize, n: usize, k: usize) -> (usize, usize) {
@@ -145,83 +165,109 @@ impl FConvNhwc<'_> {
             (panels, (4 * pool::threads()).div_ceil(panels).clamp(1, tiles))
         };
         let pointwise = taps == 1 && g.stride == [1, 1] && g.pad == [0, 0];
+        // Panel by panel, K is taken in parts of at most PART_BYTES of a panel's weights, so a part
+        // stays in L2 over the chunk's tiles; partial sums wait in the output (NHWC only) between parts.
+        let (kfull, span) = (
+            segs * seg,
+            if !tile_major && self.cso == 1 && self.isa == Isa::Avx512Vnni { (PART_BYTES / (4 * NB * seg)).max(1) } else { segs },
+        );
         pool::parallel_for(bands * chunks, &|t| {
             let (chunk, band) = (t / bands, t % bands);
             let mut ptrs = vec![[zeros.as_ptr(); R]; segs];
-            for tile in chunk * tiles / chunks..(chunk + 1) * tiles / chunks {
-                let p0 = tile * R;
-                let n = R.min(p - p0);
-                // Rows past the image repeat its last pixel (computed, never stored).
-                if rows {
-                    let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
-                    for r in 0..R {
-                        for (ky, row) in ptrs.iter_mut().enumerate() {
-                            let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0], ox * g.stride[1]);
-                            // SAFETY: the padded image holds every window.
-                            row[r] = unsafe { self.x.add((iy * g.w + ix) * self.ldx) };
-                        }
-                        if r + 1 < n {
-                            ox += 1;
-                            if ox == g.ow {
-                                (oy, ox) = (oy + 1, 0);
-                            }
-                        }
-                    }
-                } else if pointwise {
-                    for (r, ptr) in ptrs[0].iter_mut().enumerate() {
-                        // SAFETY: pixel p0 + min(r, n − 1) is inside the image (run()'s contract).
-                        *ptr = unsafe { self.x.add((p0 + r.min(n - 1)) * self.ldx) };
-                    }
-                } else {
-                    let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
-                    #[allow(clippy::needless_range_loop)] // r indexes the second dimension of ptrs
-                    for r in 0..R {
-                        let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
-                        let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                ptrs[ky * g.kw + kx][r] = if (ky0..ky1).contains(&ky) && (kx0..kx1).contains(&kx) {
-                                    let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
-                                    let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
-                                    // SAFETY: (iy, ix) is inside the image (run()'s contract).
-                                    unsafe { self.x.add((iy * g.w + ix) * self.ldx) }
-                                } else {
-                                    zeros.as_ptr()
-                                };
-                            }
-                        }
-                        if r + 1 < n {
-                            ox += 1;
-                            if ox == g.ow {
-                                (oy, ox) = (oy + 1, 0);
-                            }
-                        }
+            let (t0, t1) = (chunk * tiles / chunks, (chunk + 1) * tiles / chunks);
+            let mut s0 = 0;
+            while s0 < segs {
+                let s1 = (s0 + span).min(segs);
+                let part = Part { k0: s0 * seg, kfull, first: s0 == 0, last: s1 == segs };
+                // Panel by panel, the weights come from memory (too large to stay in a cache between
+                // runs), so each tile asks for its share of the weights packed after this part's (the
+                // next part, or the next panel's first), one line every few k steps.
+                let ahead = (!tile_major).then(|| {
+                    let at = band * kfull * NB + s1 * seg * panel_width(self.m, band);
+                    (at, ((s1 - s0) * seg * panel_width(self.m, band)).min(self.w.len() - at) / 16)
+                });
+                for tile in t0..t1 {
+                    let (p0, n) = (tile * R, R.min(p - tile * R));
+                    // SAFETY: run()'s contract.
+                    unsafe { self.window_ptrs(rows, pointwise, zeros.as_ptr(), p0, n, &mut ptrs) };
+                    let pf = ahead.map_or(Prefetch { at: 0, lines: 0 }, |(at, lines)| {
+                        let (l0, l1) = ((tile - t0) * lines / (t1 - t0), (tile - t0 + 1) * lines / (t1 - t0));
+                        Prefetch { at: at + 16 * l0, lines: l1 - l0 }
+                    });
+                    for j in if tile_major { 0..panels } else { band..band + 1 } {
+                        // SAFETY: every pointer addresses seg readable floats; the tile's pixels are inside out.
+                        unsafe { self.tile(j, &ptrs[s0..s1], seg, part, p0, n, pf) };
                     }
                 }
-                for j in if tile_major { 0..panels } else { band..band + 1 } {
-                    // SAFETY: every pointer addresses seg readable floats; the tile's pixels are inside out.
-                    unsafe { self.tile(j, &ptrs, seg, p0, n) };
-                }
+                s0 = s1;
             }
         });
     }
 
+    /// Pointers to the window runs of pixels p0..p0 + n (rows past n repeat pixel p0 + n − 1: computed,
+    /// never stored): per kernel row of a padded input (`rows`), the pixel itself (`pointwise`), or per
+    /// tap, `zeros` for taps in the padding.
+    unsafe fn window_ptrs(&self, rows: bool, pointwise: bool, zeros: *const f32, p0: usize, n: usize, ptrs: &mut [[*const f32; R]]) {
+        let g = &self.g;
+        if pointwise {
+            for (r, ptr) in ptrs[0].iter_mut().enumerate() {
+                // SAFETY: pixel p0 + min(r, n − 1) is inside the image (run()'s contract).
+                *ptr = unsafe { self.x.add((p0 + r.min(n - 1)) * self.ldx) };
+            }
+            return;
+        }
+        let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
+        for r in 0..R {
+            if rows {
+                for (ky, row) in ptrs.iter_mut().enumerate() {
+                    let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0], ox * g.stride[1]);
+                    // SAFETY: the padded image holds every window.
+                    row[r] = unsafe { self.x.add((iy * g.w + ix) * self.ldx) };
+                }
+            } else {
+                let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+                let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        ptrs[ky * g.kw + kx][r] = if (ky0..ky1).contains(&ky) && (kx0..kx1).contains(&kx) {
+                            let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
+                            let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
+                            // SAFETY: (iy, ix) is inside the image (run()'s contract).
+                            unsafe { self.x.add((iy * g.w + ix) * self.ldx) }
+                        } else {
+                            zeros
+                        };
+                    }
+                }
+            }
+            if r + 1 < n {
+                ox += 1;
+                if ox == g.ow {
+                    (oy, ox) = (oy + 1, 0);
+                }
+            }
+        }
+    }
+
     /// Pixels p0..p0 + n (n ≤ R) of panel j, each pixel's window given as runs of `seg` floats (per tap
     /// or per kernel row), in the order of K.
-    unsafe fn tile(&self, j: usize, ptrs: &[[*const f32; R]], seg: usize, p0: usize, n: usize) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(&self, j: usize, ptrs: &[[*const f32; R]], seg: usize, part: Part, p0: usize, n: usize, pf: Prefetch) {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the caller's bounds.
             unsafe {
                 match panel_width(self.m, j) / 16 {
-                    4 => avx512::tile::<4>(self, j, ptrs, seg, p0, n),
-                    3 => avx512::tile::<3>(self, j, ptrs, seg, p0, n),
-                    2 => avx512::tile::<2>(self, j, ptrs, seg, p0, n),
-                    _ => avx512::tile::<1>(self, j, ptrs, seg, p0, n),
+                    4 => avx512::tile::<4>(self, j, ptrs, seg, part, p0, n, pf),
+                    3 => avx512::tile::<3>(self, j, ptrs, seg, part, p0, n, pf),
+                    2 => avx512::tile::<2>(self, j, ptrs, seg, part, p0, n, pf),
+                    _ => avx512::tile::<1>(self, j, ptrs, seg, part, p0, n, pf),
                 }
             }
             return;
         }
+        // Parts are AVX-512 only: here K is whole.
+        let _ = (part, pf);
         let (cin, k) = (seg, ptrs.len() * seg);
         let width = panel_width(self.m, j);
         let w = &self.w[j * k * NB..];
@@ -363,7 +409,7 @@ pub unsafe fn gap(x: *const f32, n: usize, pixels: usize, c: usize, out: *mut f3
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{clamp_bounds, inside, panel_width, FConvNhwc, FDwNhwc, NB, R};
+    use super::{clamp_bounds, inside, panel_width, FConvNhwc, FDwNhwc, Part, Prefetch, NB, R};
     use crate::kernels::fgemm::lanes;
     use qcc_ir::Act;
     use std::arch::x86_64::*;
@@ -391,7 +437,17 @@ mod avx512 {
 
     /// FConvNhwc::tile with V registers (16·V channels) per pixel.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    pub unsafe fn tile<const V: usize>(f: &FConvNhwc, j: usize, ptrs: &[[*const f32; R]], seg: usize, p0: usize, n: usize) {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile<const V: usize>(
+        f: &FConvNhwc,
+        j: usize,
+        ptrs: &[[*const f32; R]],
+        seg: usize,
+        part: Part,
+        p0: usize,
+        n: usize,
+        pf: Prefetch,
+    ) {
         let cin = seg;
         let k = ptrs.len() * cin;
         let width = panel_width(f.m, j);
@@ -399,10 +455,28 @@ mod avx512 {
         // SAFETY: panel j holds k rows of `width` floats; every pointer holds cin floats (the caller's
         // bounds); the stored channels are masked to those below m.
         unsafe {
-            let mut wp = f.w.as_ptr().add(j * k * NB);
+            let mut wp = f.w.as_ptr().add(j * part.kfull * NB + part.k0 * width);
             let mut acc = [[_mm512_setzero_ps(); V]; R];
+            let mask: [u16; V] = std::array::from_fn(|v| lanes(0, f.m.saturating_sub(j * NB + 16 * v)));
+            if !part.first {
+                // The partial sums of the earlier parts (rows past n read pixel n − 1's, never stored).
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let at = (p0 + r.min(n - 1)) * f.ldo + j * NB;
+                    for (v, a) in a.iter_mut().enumerate() {
+                        *a = _mm512_maskz_loadu_ps(mask[v], f.out.add(at + 16 * v));
+                    }
+                }
+            }
+            // pf.lines prefetches spread evenly over the k steps (a Bresenham count: no division).
+            let (mut due, mut pp) = (0usize, f.w.as_ptr().wrapping_add(pf.at));
             for tp in ptrs {
                 for c in 0..cin {
+                    due += pf.lines;
+                    if due >= k {
+                        due -= k;
+                        _mm_prefetch::<_MM_HINT_T1>(pp as *const i8);
+                        pp = pp.wrapping_add(16);
+                    }
                     let mut wv = [_mm512_setzero_ps(); V];
                     for (v, w) in wv.iter_mut().enumerate() {
                         *w = _mm512_loadu_ps(wp.add(16 * v));
@@ -415,6 +489,17 @@ mod avx512 {
                         }
                     }
                 }
+            }
+            if !part.last {
+                for (r, a) in acc.iter().enumerate() {
+                    if r < n {
+                        let at = (p0 + r) * f.ldo + j * NB;
+                        for (v, a) in a.iter().enumerate() {
+                            _mm512_mask_storeu_ps(f.out.add(at + 16 * v), mask[v], *a);
+                        }
+                    }
+                }
+                return;
             }
             // A whole tile with a clamp (or no) activation is finished in the registers and stored.
             let act = match (clamp_bounds(f.act), f.act) {
