@@ -1,5 +1,5 @@
 //! f32 kernels over channels-last (NHWC) activations, the layout float networks take on AVX-512 CPUs:
-//! convolution as an implicit GEMM vectorised over output channels, depthwise convolution, max pooling
+//! convolution as an implicit GEMM vectorised over output channels, depthwise convolution, max, average
 //! and global average pooling. With the channels of a pixel contiguous, one register holds 16 channels
 //! of one pixel whatever the image size or stride: no column of a 7x7 image is padded to a tile, no
 //! window is packed, a strided window is just another pointer. Float results need not equal the
@@ -113,6 +113,9 @@ impl FConvNhwc<'_> {
     /// x must hold g.h·g.w pixels ldx floats apart (g.c read from each), out and res g.oh·g.ow pixels ldo
     /// apart (m channels cso apart written or read), w pack_conv_weights' layout for these shapes.
     pub unsafe fn run(&self) {
+        if self.g.oh * self.g.ow == 0 || self.m == 0 {
+            return;
+        }
         if !self.nchw {
             // SAFETY: run()'s contract.
             unsafe { self.run_on(false) };
