@@ -452,26 +452,30 @@ fn gemm_loop_nests_address_every_window() {
 
 /// Grouped convolutions that are not depthwise (ResNeXt, RegNet, ShuffleNet) compile, one GEMM per group:
 /// int8 reading each group's channels in place (cin per group a multiple of 4, strided too), gathering
-/// them (6 per group), or as a pointwise GEMM; float as one product per group and image. Int8 equals the
-/// interpreter byte for byte on every ISA and thread count, float within rounding; batch 2. The QDQ
-/// export re-imports to the same integer results.
+/// them (6 per group), or as a pointwise GEMM; float as one product per group and image, or (channels-last,
+/// groups of fewer than 16 outputs) one step across groups. Int8 equals the interpreter byte for byte on
+/// every ISA and thread count, float within rounding; batch 2. The QDQ export re-imports to the same
+/// integer results.
 #[test]
 fn grouped_convolutions_compile() {
     let mut b = Builder::new();
     b.input("x", &[2, 16, 9, 9]).output("y", &[2, 24, 5, 5]);
     let w = |n: usize, seed: u32, s: f32| values(n, seed).iter().map(|v| v * s).collect::<Vec<f32>>();
     // g1: 16 → 32 in 4 groups (4 → 8), 3x3; g2: 32 → 24 in 2 groups, 1x1; g3: 24 → 24 in 4 groups (6 → 6),
-    // 3x3 (gathered); g4: 24 → 24 in 3 groups (8 → 8), 3x3 stride 2 with a bias.
+    // 3x3 (gathered); g5: 24 → 24 in 6 groups (4 → 4), 3x3; g4: 24 → 24 in 3 groups (8 → 8), 3x3 stride 2
+    // with a bias.
     b.init("w1", &[32, 4, 3, 3], w(32 * 36, 1, 0.5)).init("w2", &[24, 16, 1, 1], w(24 * 16, 2, 0.4));
     b.init("w3", &[24, 6, 3, 3], w(24 * 54, 3, 0.4)).init("w4", &[24, 8, 3, 3], w(24 * 72, 4, 0.3));
-    b.init("b4", &[24], w(24, 5, 0.2));
+    b.init("b4", &[24], w(24, 5, 0.2)).init("w5", &[24, 4, 3, 3], w(24 * 36, 6, 0.5));
     let p1 = vec![int("group", 4), ints("pads", &[1, 1, 1, 1])];
     b.node("Conv", "g1", &["x", "w1"], &["c1"], p1).node("Relu", "r1", &["c1"], &["a1"], vec![]);
     b.node("Conv", "g2", &["a1", "w2"], &["c2"], vec![int("group", 2)]).node("Relu", "r2", &["c2"], &["a2"], vec![]);
     let p3 = vec![int("group", 4), ints("pads", &[1, 1, 1, 1])];
     b.node("Conv", "g3", &["a2", "w3"], &["c3"], p3).node("Relu", "r3", &["c3"], &["a3"], vec![]);
+    let p5 = vec![int("group", 6), ints("pads", &[1, 1, 1, 1])];
+    b.node("Conv", "g5", &["a3", "w5"], &["c5"], p5).node("Relu", "r5", &["c5"], &["a5"], vec![]);
     let p4 = vec![int("group", 3), ints("pads", &[1, 1, 1, 1]), ints("strides", &[2, 2])];
-    b.node("Conv", "g4", &["a3", "w4", "b4"], &["y"], p4);
+    b.node("Conv", "g4", &["a5", "w4", "b4"], &["y"], p4);
     let shape = [2usize, 16, 9, 9];
     let n: usize = shape.iter().product();
     let sample = |s: u32| Tensor::from_f32(&shape, values(n, s).iter().map(|v| v * 2.0).collect()).unwrap();
@@ -485,9 +489,13 @@ fn grouped_convolutions_compile() {
             assert_eq!(c.plan.steps.iter().filter(|s| s.kernel == Kernel::Host).count(), 0, "{}", c.plan.summary());
         }
         // One product per group (and per image for float).
-        assert_eq!(cq.plan.steps.iter().filter(|s| s.kernel == Kernel::Gemm).count(), 4 + 2 + 4 + 3, "{}", cq.plan.summary());
-        let products = cf.plan.steps.iter().filter(|s| matches!(s.kernel, Kernel::FGemm | Kernel::FConvNhwc)).count();
-        assert_eq!(products, 2 * (4 + 2 + 4 + 3), "{}", cf.plan.summary());
+        assert_eq!(cq.plan.steps.iter().filter(|s| s.kernel == Kernel::Gemm).count(), 4 + 2 + 4 + 6 + 3, "{}", cq.plan.summary());
+        // Channels-last (AVX-512), g5's groups of 4 outputs are one step across groups for the batch (g1
+        // reads the graph input and g4 writes the graph output, both in logical order).
+        let products = cf.plan.steps.iter().filter(|s| matches!(s.kernel, Kernel::FGemm | Kernel::FConvNhwc | Kernel::FGroupNhwc)).count();
+        let across = if isa == Isa::Avx512Vnni { 1 } else { 0 };
+        assert_eq!(cf.plan.steps.iter().filter(|s| s.kernel == Kernel::FGroupNhwc).count(), across, "{}", cf.plan.summary());
+        assert_eq!(products, across + 2 * (4 + 2 + 4 + 6 * (1 - across) + 3), "{}", cf.plan.summary());
         for threads in [1, 3] {
             qcc_runtime::kernels::pool::set_threads(threads);
             for s in 0..2 {

@@ -4,6 +4,7 @@
 use qcc_ir::{DType, Graph, NodeId, Op, QParams, QuantType, Type, ValueId};
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::float::{BinOp, UnOp};
+use qcc_runtime::kernels::fnhwc::FGroupNhwc;
 use qcc_runtime::kernels::gemm::{packed_dims, ROW_SEGS};
 use qcc_runtime::kernels::Isa;
 use qcc_runtime::qops::per_channel;
@@ -55,6 +56,8 @@ pub(crate) enum Choice {
     FDwConv,
     /// Float depthwise convolution over channels-last values.
     FDwNhwc,
+    /// Float grouped convolution with groups of fewer than 16 output channels, channels-last.
+    FGroupNhwc,
     FGapNhwc,
     FMaxPoolNhwc,
     FAvgPoolNhwc,
@@ -406,6 +409,10 @@ impl Ctx<'_> {
         let groups = group.max(1) as usize;
         if xs[1] != groups * ws[1] || ws[0] % groups != 0 {
             return Err("grouped float convolution whose channels do not divide into its groups".into());
+        }
+        let small = FGroupNhwc::fits(ws[0] / groups, ws[1]) && groups > 1 && ins.len() < 4;
+        if nhwc_in && nhwc_out && small {
+            return Ok(Choice::FGroupNhwc);
         }
         if nhwc_in || nhwc_out {
             return Ok(Choice::FConvNhwc { nchw_in: !nhwc_in });

@@ -551,6 +551,26 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 };
                 push(Kernel::FDwNhwc, h.encode(), 0, &mut blob);
             }
+            Choice::FGroupNhwc => {
+                let Op::Conv { strides, pads, dilations, act, group } = &node.op else { return Err(internal(&name)) };
+                let (xs, ws, os) = (shape(g, ins[0]), shape(g, ins[1]), shape(g, out));
+                let wt = g.const_tensor(ins[1]).ok_or_else(|| internal(&name))?.to_f32_vec();
+                // [m][cg][kh][kw] → [tap][cg][m]: one vector load gives a tap's weights for 16 outputs.
+                let (m, cg, taps) = (ws[0], ws[1], ws[2] * ws[3]);
+                let w: Vec<f32> = (0..taps * cg * m).map(|i| wt[((i % m) * cg + i / m % cg) * taps + i / (m * cg)]).collect();
+                let h = FGroupNhwcHdr {
+                    isa,
+                    g: geom(&xs, &os, ws[2], ws[3], strides, pads, dilations),
+                    x: off(ins[0]),
+                    m,
+                    mg: m / *group as usize,
+                    w: Arr { off: blob.push_f32(&w), len: w.len() },
+                    bias: f32_arr(g, ins.get(2), &mut blob),
+                    act: *act,
+                    out: off(out),
+                };
+                push(Kernel::FGroupNhwc, h.encode(), (m * cg * taps * os[0] * os[2] * os[3]) as u64, &mut blob);
+            }
             Choice::FMaxPoolNhwc => {
                 let Op::MaxPool { kernel, strides, pads, dilations, .. } = &node.op else { return Err(internal(&name)) };
                 let (xs, os) = (shape(g, ins[0]), shape(g, out));
@@ -565,20 +585,6 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     out: off(out),
                 };
                 push(Kernel::FDwNhwc, h.encode(), 0, &mut blob);
-            }
-            Choice::FAvgPoolNhwc => {
-                let Op::AveragePool { kernel, strides, pads, dilations, count_include_pad, .. } = &node.op else {
-                    return Err(internal(&name));
-                };
-                let (xs, os) = (shape(g, ins[0]), shape(g, out));
-                let h = FAvgPoolHdr {
-                    g: geom(&xs, &os, kernel[0] as usize, kernel[1] as usize, strides, pads, dilations),
-                    pe: [pads.get(2).map_or(0, |p| *p as usize), pads.get(3).map_or(0, |p| *p as usize)],
-                    include_pad: *count_include_pad,
-                    x: off(ins[0]),
-                    out: off(out),
-                };
-                push(Kernel::FAvgPoolNhwc, h.encode(), 0, &mut blob);
             }
             Choice::FGapNhwc => {
                 let xs = shape(g, ins[0]);
@@ -769,7 +775,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let (outer, len, inner) = qcc_runtime::softmax_dims(&xs, a, *coerce_2d);
                 push(Kernel::Softmax, SoftmaxHdr { outer, len, inner, x: off(ins[0]), out: off(out) }.encode(), 0, &mut blob);
             }
-            Choice::FAvgPool => {
+            Choice::FAvgPool | Choice::FAvgPoolNhwc => {
                 let Op::AveragePool { kernel, strides, pads, dilations, count_include_pad, .. } = &node.op else {
                     return Err(internal(&name));
                 };
@@ -781,7 +787,9 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     x: off(ins[0]),
                     out: off(out),
                 };
-                push(Kernel::FAvgPool, h.encode(), 0, &mut blob);
+                // The same header for either layout: the kernels differ in how they walk the pixels.
+                let kernel = if matches!(choice, Choice::FAvgPoolNhwc) { Kernel::FAvgPoolNhwc } else { Kernel::FAvgPool };
+                push(kernel, h.encode(), 0, &mut blob);
             }
             Choice::FMaxPool => {
                 let Op::MaxPool { kernel, strides, pads, dilations, .. } = &node.op else { return Err(internal(&name)) };

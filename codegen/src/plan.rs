@@ -41,6 +41,8 @@ pub enum Kernel {
     FDwNhwc,
     FGapNhwc,
     FAvgPoolNhwc,
+    /// f32 grouped convolution with small groups over channels-last values.
+    FGroupNhwc,
     /// The interpreter runs the node (runtime/src/host.rs).
     Host,
 }
@@ -75,13 +77,14 @@ impl Kernel {
             Kernel::FDwNhwc => "qcc_k_fdw_nhwc",
             Kernel::FGapNhwc => "qcc_k_fgap_nhwc",
             Kernel::FAvgPoolNhwc => "qcc_k_favgpool_nhwc",
+            Kernel::FGroupNhwc => "qcc_k_fgroup_nhwc",
             Kernel::Host => "qcc_k_host",
         })
     }
 
     /// Whether the step computes in f32 (reports count its multiply-accumulates as float).
     pub fn is_float(self) -> bool {
-        matches!(self, Kernel::FGemm | Kernel::FDwConv | Kernel::FConvNhwc | Kernel::FDwNhwc)
+        matches!(self, Kernel::FGemm | Kernel::FDwConv | Kernel::FConvNhwc | Kernel::FDwNhwc | Kernel::FGroupNhwc)
     }
 
     /// The short name reports use.

@@ -363,6 +363,10 @@ header!(
     /// f32 depthwise convolution (weights [taps][c]) or, with `max`, max pooling of NHWC images.
     FDwNhwcHdr { isa: Isa, g: DwGeom, x: usize, w: Arr, bias: Arr, act: Option<Act>, max: bool, out: usize }
 );
+header!(
+    /// f32 grouped convolution with groups of mg < 16 output channels, NHWC (fnhwc::FGroupNhwc).
+    FGroupNhwcHdr { isa: Isa, g: DwGeom, x: usize, m: usize, mg: usize, w: Arr, bias: Arr, act: Option<Act>, out: usize }
+);
 header!(FGapNhwcHdr { x: usize, n: usize, pixels: usize, c: usize, out: usize });
 header!(FMaxPoolHdr { isa: Isa, g: DwGeom, x: usize, out: usize });
 header!(FAvgPoolHdr { g: DwGeom, pe: [usize; 2], include_pad: bool, x: usize, out: usize });

@@ -426,6 +426,27 @@ pub unsafe extern "C" fn qcc_k_fdw_nhwc(hdr: *const u64, blob: *const u8, arena:
 /// # Safety
 /// As qcc_k_quantize.
 #[no_mangle]
+pub unsafe extern "C" fn qcc_k_fgroup_nhwc(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+    unsafe {
+        let h = FGroupNhwcHdr::decode(words(hdr));
+        fnhwc::FGroupNhwc {
+            isa: h.isa,
+            g: h.g,
+            x: arena.add(h.x) as *const f32,
+            m: h.m,
+            mg: h.mg,
+            w: h.w.slice(blob),
+            bias: (h.bias.len > 0).then(|| h.bias.slice(blob)),
+            act: h.act,
+            out: arena.add(h.out) as *mut f32,
+        }
+        .run();
+    }
+}
+
+/// # Safety
+/// As qcc_k_quantize.
+#[no_mangle]
 pub unsafe extern "C" fn qcc_k_fgap_nhwc(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = FGapNhwcHdr::decode(words(hdr));
@@ -529,6 +550,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_fconv_nhwc", qcc_k_fconv_nhwc as *const u8),
         ("qcc_k_fdw_nhwc", qcc_k_fdw_nhwc as *const u8),
         ("qcc_k_fgap_nhwc", qcc_k_fgap_nhwc as *const u8),
+        ("qcc_k_fgroup_nhwc", qcc_k_fgroup_nhwc as *const u8),
         ("qcc_k_favgpool_nhwc", qcc_k_favgpool_nhwc as *const u8),
         ("qcc_k_fmaxpool", qcc_k_fmaxpool as *const u8),
         ("qcc_k_favgpool", qcc_k_favgpool as *const u8),

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use qcc_ir::Act;
 use qcc_runtime::kernels::dwconv::DwGeom;
-use qcc_runtime::kernels::fnhwc::{avgpool, pack_conv_weights, FConvNhwc, FDwNhwc};
+use qcc_runtime::kernels::fnhwc::{avgpool, pack_conv_weights, FConvNhwc, FDwNhwc, FGroupNhwc};
 use qcc_runtime::kernels::Isa;
 
 fn isas() -> Vec<Isa> {
@@ -163,6 +163,47 @@ proptest! {
             };
             // SAFETY: every buffer has the extent the kernel's contract asks for.
             unsafe { k.run() };
+            prop_assert!(close(&out, &want).is_ok(), "{isa:?}: {}", close(&out, &want).unwrap_err());
+        }
+    }
+
+    #[test]
+    fn small_groups_equal_the_definition(g0 in geom(), mgl in 0usize..4, cgs in 1usize..17, groups in 1usize..7, n in 1usize..3,
+                                         seed in any::<u64>()) {
+        // Groups of mg = 1, 2, 4 or 8 outputs and cg ≤ 2·mg inputs (the kernel's range), several blocks
+        // of 16 lanes and a partial last one.
+        let mg = 1 << mgl;
+        let cg = 1 + (cgs - 1) % (2 * mg);
+        prop_assume!(FGroupNhwc::fits(mg, cg));
+        let (m, c) = (groups * mg, groups * cg);
+        let g = DwGeom { c, n, ..g0 };
+        let taps = g.kh * g.kw;
+        let x = values(n * g.h * g.w * c, seed);
+        let w = values(taps * cg * m, seed ^ 1);
+        let bias = values(m, seed ^ 2);
+        let act = Some(Act::Clip { min: -0.5, max: 0.75 });
+        let mut want = vec![0f32; n * g.oh * g.ow * m];
+        for img in 0..n {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    for o in 0..m {
+                        let mut s = bias[o];
+                        for t in 0..taps {
+                            if let Some((iy, ix)) = at(&g, oy, ox, t / g.kw, t % g.kw) {
+                                for ci in 0..cg {
+                                    s += w[(t * cg + ci) * m + o] * x[((img * g.h + iy) * g.w + ix) * c + (o / mg) * cg + ci];
+                                }
+                            }
+                        }
+                        want[((img * g.oh + oy) * g.ow + ox) * m + o] = act.map_or(s, |f| f.apply(s));
+                    }
+                }
+            }
+        }
+        for isa in isas() {
+            let mut out = vec![f32::NAN; want.len()];
+            // SAFETY: every buffer has the extent the kernel's contract asks for.
+            unsafe { FGroupNhwc { isa, g, x: x.as_ptr(), m, mg, w: &w, bias: Some(&bias), act, out: out.as_mut_ptr() }.run() };
             prop_assert!(close(&out, &want).is_ok(), "{isa:?}: {}", close(&out, &want).unwrap_err());
         }
     }

@@ -352,6 +352,78 @@ impl FDwNhwc<'_> {
     }
 }
 
+/// A grouped convolution whose groups have fewer than 16 output channels (ResNeXt's 4 and 8), NHWC in
+/// and out: a register holds 16 output channels of one pixel across 16 / mg groups, and for input
+/// channel ci of a group each lane takes its own group's channel from the (one or two) registers of the
+/// block's input channels by a permute. The per-group product would fill only mg of 16 lanes.
+/// out[p, o] = act(Σ_{taps inside, ci} w[tap][ci][o] · x[window, (o / mg)·cg + ci] + bias[o]).
+pub struct FGroupNhwc<'a> {
+    pub isa: Isa,
+    /// g.c = all input channels.
+    pub g: DwGeom,
+    pub x: *const f32,
+    pub m: usize,
+    /// Output channels per group (divides 16); cg = g.c·mg / m input channels per group, at most 2·mg.
+    pub mg: usize,
+    /// [kh·kw][cg][m].
+    pub w: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub act: Option<Act>,
+    pub out: *mut f32,
+}
+
+// SAFETY: tasks read x and w and write disjoint output rows.
+unsafe impl Sync for FGroupNhwc<'_> {}
+
+impl FGroupNhwc<'_> {
+    /// Whether the kernel takes groups of mg output and cg input channels: mg divides 16 and a block's
+    /// input channels fit two registers.
+    pub fn fits(mg: usize, cg: usize) -> bool {
+        mg > 0 && 16 % mg == 0 && mg < 16 && (16 / mg) * cg <= 32
+    }
+
+    fn cg(&self) -> usize {
+        self.g.c * self.mg / self.m
+    }
+
+    /// # Safety
+    /// x must hold g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·m, w kh·kw·cg·m; `fits(mg, cg)`, mg divides m.
+    pub unsafe fn run(&self) {
+        let g = &self.g;
+        let cg = self.cg();
+        // Lane o of a block reads the block's input channel (o / mg)·cg + ci, for each ci.
+        let idx: Vec<[i32; 16]> = (0..cg).map(|ci| std::array::from_fn(|o| ((o / self.mg) * cg + ci) as i32)).collect();
+        pool::parallel_for(g.n * g.oh, &|t| {
+            #[cfg(target_arch = "x86_64")]
+            if self.isa == Isa::Avx512Vnni {
+                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; row t exists.
+                unsafe { avx512::group_row(self, &idx, t / g.oh, t % g.oh) };
+                return;
+            }
+            let (img, oy) = (t / g.oh, t % g.oh);
+            let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+            for ox in 0..g.ow {
+                let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
+                for o in 0..self.m {
+                    let mut s = self.bias.map_or(0.0, |b| b[o]);
+                    for ky in ky0..ky1 {
+                        for kx in kx0..kx1 {
+                            let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0] - g.pad[0], ox * g.stride[1] + kx * g.dil[1] - g.pad[1]);
+                            for ci in 0..cg {
+                                // SAFETY: (iy, ix) is inside image img; the channel is below g.c.
+                                let v = unsafe { *self.x.add(((img * g.h + iy) * g.w + ix) * g.c + (o / self.mg) * cg + ci) };
+                                s += self.w[((ky * g.kw + kx) * cg + ci) * self.m + o] * v;
+                            }
+                        }
+                    }
+                    // SAFETY: (img, oy, ox, o) is inside out.
+                    unsafe { *self.out.add(((img * g.oh + oy) * g.ow + ox) * self.m + o) = self.act.map_or(s, |f| f.apply(s)) };
+                }
+            }
+        });
+    }
+}
+
 /// Average pooling of NHWC images (end pads pe; with `include_pad` the divisor counts the padding taps
 /// as nn::avg_pool_taps says).
 ///
@@ -412,7 +484,7 @@ pub unsafe fn gap(x: *const f32, n: usize, pixels: usize, c: usize, out: *mut f3
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{clamp_bounds, inside, panel_width, FConvNhwc, FDwNhwc, Part, Prefetch, NB, R};
+    use super::{clamp_bounds, inside, panel_width, FConvNhwc, FDwNhwc, FGroupNhwc, Part, Prefetch, NB, R};
     use crate::kernels::fgemm::lanes;
     use qcc_ir::Act;
     use std::arch::x86_64::*;
@@ -625,6 +697,48 @@ mod avx512 {
                 }
                 for (v, a) in acc.iter().enumerate() {
                     _mm512_mask_storeu_ps(out.add(ox * c + 16 * v), mask[v], finish(*a, d.act));
+                }
+            }
+        }
+    }
+
+    /// FGroupNhwc for output row oy of image img, 16 output channels at a time.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub unsafe fn group_row(d: &FGroupNhwc, idx: &[[i32; 16]], img: usize, oy: usize) {
+        let g = &d.g;
+        let (c, m, mg, cg) = (g.c, d.m, d.mg, d.cg());
+        let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+        // SAFETY: every address below is a pixel inside image img (taps limited by `inside`), the block's
+        // input channels (masked to those its groups have) or inside out's row (masked to m).
+        unsafe {
+            let idx: Vec<__m512i> = idx.iter().map(|i| _mm512_loadu_si512(i.as_ptr() as *const _)).collect();
+            let x = d.x.add(img * g.h * g.w * c);
+            let out = d.out.add((img * g.oh + oy) * g.ow * m);
+            for ox in 0..g.ow {
+                let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
+                let mut o0 = 0;
+                while o0 < m {
+                    let omask = lanes(0, m - o0);
+                    // The input channels of the block's groups: `need` of them from (o0 / mg)·cg.
+                    let need = (m - o0).min(16).div_ceil(mg) * cg;
+                    let (ma, mb) = (lanes(0, need), lanes(0, need.saturating_sub(16)));
+                    let mut acc = d.bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(omask, b.as_ptr().add(o0)));
+                    for ky in ky0..ky1 {
+                        let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
+                        for kx in kx0..kx1 {
+                            let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
+                            let xp = x.add((iy * g.w + ix) * c + (o0 / mg) * cg);
+                            let xa = _mm512_maskz_loadu_ps(ma, xp);
+                            let xb = _mm512_maskz_loadu_ps(mb, xp.wrapping_add(16));
+                            let wp = d.w.as_ptr().add((ky * g.kw + kx) * cg * m + o0);
+                            for (ci, i) in idx.iter().enumerate() {
+                                let xv = _mm512_permutex2var_ps(xa, *i, xb);
+                                acc = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(omask, wp.add(ci * m)), acc);
+                            }
+                        }
+                    }
+                    _mm512_mask_storeu_ps(out.add(ox * m + o0), omask, finish(acc, d.act));
+                    o0 += 16;
                 }
             }
         }
