@@ -705,41 +705,58 @@ mod avx512 {
     /// FGroupNhwc for output row oy of image img, 16 output channels at a time.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
     pub unsafe fn group_row(d: &FGroupNhwc, idx: &[[i32; 16]], img: usize, oy: usize) {
+        let mut o0 = 0;
+        while o0 < d.m {
+            // SAFETY: the caller's bounds. ResNeXt's groups (4 and 8 input channels) get their permute
+            // loop unrolled with the indices in registers.
+            unsafe {
+                match idx.len() {
+                    4 => group_block::<4>(d, idx, img, oy, o0),
+                    8 => group_block::<8>(d, idx, img, oy, o0),
+                    _ => group_block::<0>(d, idx, img, oy, o0),
+                }
+            }
+            o0 += 16;
+        }
+    }
+
+    /// Output channels o0..o0 + 16 (masked to m) of row oy of image img; CG input channels per group
+    /// (0: as many as idx has).
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    unsafe fn group_block<const CG: usize>(d: &FGroupNhwc, idx: &[[i32; 16]], img: usize, oy: usize, o0: usize) {
         let g = &d.g;
-        let (c, m, mg, cg) = (g.c, d.m, d.mg, d.cg());
+        let (c, m, mg) = (g.c, d.m, d.mg);
+        let cg = if CG > 0 { CG } else { idx.len() };
         let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+        let omask = lanes(0, m - o0);
+        // The input channels of the block's groups: `need` of them from (o0 / mg)·cg.
+        let need = (m - o0).min(16).div_ceil(mg) * cg;
+        let (ma, mb) = (lanes(0, need), lanes(0, need.saturating_sub(16)));
         // SAFETY: every address below is a pixel inside image img (taps limited by `inside`), the block's
         // input channels (masked to those its groups have) or inside out's row (masked to m).
         unsafe {
             let idx: Vec<__m512i> = idx.iter().map(|i| _mm512_loadu_si512(i.as_ptr() as *const _)).collect();
-            let x = d.x.add(img * g.h * g.w * c);
-            let out = d.out.add((img * g.oh + oy) * g.ow * m);
+            let bias = d.bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(omask, b.as_ptr().add(o0)));
+            let x = d.x.add(img * g.h * g.w * c + (o0 / mg) * cg);
+            let out = d.out.add((img * g.oh + oy) * g.ow * m + o0);
             for ox in 0..g.ow {
                 let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
-                let mut o0 = 0;
-                while o0 < m {
-                    let omask = lanes(0, m - o0);
-                    // The input channels of the block's groups: `need` of them from (o0 / mg)·cg.
-                    let need = (m - o0).min(16).div_ceil(mg) * cg;
-                    let (ma, mb) = (lanes(0, need), lanes(0, need.saturating_sub(16)));
-                    let mut acc = d.bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(omask, b.as_ptr().add(o0)));
-                    for ky in ky0..ky1 {
-                        let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
-                        for kx in kx0..kx1 {
-                            let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
-                            let xp = x.add((iy * g.w + ix) * c + (o0 / mg) * cg);
-                            let xa = _mm512_maskz_loadu_ps(ma, xp);
-                            let xb = _mm512_maskz_loadu_ps(mb, xp.wrapping_add(16));
-                            let wp = d.w.as_ptr().add((ky * g.kw + kx) * cg * m + o0);
-                            for (ci, i) in idx.iter().enumerate() {
-                                let xv = _mm512_permutex2var_ps(xa, *i, xb);
-                                acc = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(omask, wp.add(ci * m)), acc);
-                            }
+                let mut acc = bias;
+                for ky in ky0..ky1 {
+                    let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
+                    for kx in kx0..kx1 {
+                        let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
+                        let xp = x.add((iy * g.w + ix) * c);
+                        let xa = _mm512_maskz_loadu_ps(ma, xp);
+                        let xb = _mm512_maskz_loadu_ps(mb, xp.wrapping_add(16));
+                        let wp = d.w.as_ptr().add((ky * g.kw + kx) * cg * m + o0);
+                        for ci in 0..cg {
+                            let xv = _mm512_permutex2var_ps(xa, idx[ci], xb);
+                            acc = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(omask, wp.add(ci * m)), acc);
                         }
                     }
-                    _mm512_mask_storeu_ps(out.add(ox * m + o0), omask, finish(acc, d.act));
-                    o0 += 16;
                 }
+                _mm512_mask_storeu_ps(out.add(ox * m), omask, finish(acc, d.act));
             }
         }
     }
