@@ -735,7 +735,11 @@ mod avx512 {
         // SAFETY: every address below is a pixel inside image img (taps limited by `inside`), the block's
         // input channels (masked to those its groups have) or inside out's row (masked to m).
         unsafe {
-            let idx: Vec<__m512i> = idx.iter().map(|i| _mm512_loadu_si512(i.as_ptr() as *const _)).collect();
+            // At most 16 index vectors (cg ≤ 2·mg ≤ 16, `fits`): on the stack, not a heap vector per call.
+            let mut iv = [_mm512_setzero_si512(); 16];
+            for (v, i) in iv.iter_mut().zip(idx) {
+                *v = _mm512_loadu_si512(i.as_ptr() as *const _);
+            }
             let bias = d.bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(omask, b.as_ptr().add(o0)));
             let x = d.x.add(img * g.h * g.w * c + (o0 / mg) * cg);
             let out = d.out.add((img * g.oh + oy) * g.ow * m + o0);
@@ -751,7 +755,7 @@ mod avx512 {
                         let xb = _mm512_maskz_loadu_ps(mb, xp.wrapping_add(16));
                         let wp = d.w.as_ptr().add((ky * g.kw + kx) * cg * m + o0);
                         for ci in 0..cg {
-                            let xv = _mm512_permutex2var_ps(xa, idx[ci], xb);
+                            let xv = _mm512_permutex2var_ps(xa, iv[ci], xb);
                             acc = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(omask, wp.add(ci * m)), acc);
                         }
                     }
