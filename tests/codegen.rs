@@ -450,6 +450,60 @@ fn gemm_loop_nests_address_every_window() {
     }
 }
 
+/// The row kernels' generated loop nests (depthwise convolution, max and average pooling) address every
+/// row: a batch of 3 with 15 output rows per image, so tasks of two rows cross from one image into the
+/// next; int8 equals the interpreter byte for byte and float (channels-last depthwise and max pooling on
+/// AVX-512) within rounding, at 1 and 3 threads.
+#[test]
+fn row_loop_nests_address_every_row() {
+    let (n, c, h) = (3usize, 24usize, 15usize);
+    let mut b = Builder::new();
+    b.input("x", &[n as i64, c as i64, h as i64, h as i64]).output("y", &[n as i64, c as i64, h as i64, h as i64]);
+    b.init("w", &[c as i64, 1, 3, 3], values(c * 9, 90).iter().map(|v| v * 0.8).collect());
+    b.init("b", &[c as i64], values(c, 91));
+    b.init("p0", &[c as i64, c as i64, 1, 1], values(c * c, 92).iter().map(|v| v * 0.3).collect());
+    b.init("p1", &[c as i64, c as i64, 1, 1], values(c * c, 93).iter().map(|v| v * 0.3).collect());
+    // Pointwise convolutions around them, so the float values between are channels-last on AVX-512.
+    b.node("Conv", "pw0", &["x", "p0"], &["x0"], vec![]);
+    b.node("Conv", "dw", &["x0", "w", "b"], &["d"], vec![ints("pads", &[1, 1, 1, 1]), int("group", c as i64)]);
+    b.node("Relu", "relu", &["d"], &["r"], vec![]);
+    b.node("MaxPool", "max", &["r"], &["m"], vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]);
+    let avg = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1]), int("count_include_pad", 0)];
+    b.node("AveragePool", "avg", &["m"], &["a"], avg);
+    b.node("Conv", "pw1", &["a", "p1"], &["y"], vec![]);
+    let shape = [n, c, h, h];
+    let len: usize = shape.iter().product();
+    let sample = |s: u32| Tensor::from_f32(&shape, values(len, s).iter().map(|v| v * 2.0).collect()).unwrap();
+    let d = tmp("row-nests");
+    let q = quantize_builder(&b, &d, &(100..104).map(sample).collect::<Vec<_>>());
+    let model = d.join("float.onnx");
+    std::fs::write(&model, b.bytes()).unwrap();
+    let mut f = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    qcc::driver::compile(&mut f, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+    for isa in isas() {
+        let (cq, cf) = (Compiled::new(&q, isa).unwrap(), Compiled::new(&f, isa).unwrap());
+        for k in [Kernel::DwConv, Kernel::MaxPool, Kernel::QAvgPool] {
+            assert_eq!(cq.plan.steps.iter().filter(|s| s.kernel == k).count(), 1, "{isa:?} {k:?}: {}", cq.plan.summary());
+        }
+        if isa == Isa::Avx512Vnni {
+            let rows = cf.plan.steps.iter().filter(|s| s.kernel == Kernel::FDwNhwc).count();
+            assert_eq!(rows, 2, "depthwise and max pooling: {}", cf.plan.summary());
+        }
+        for threads in [1, 3] {
+            qcc_runtime::kernels::pool::set_threads(threads);
+            for s in 0..2 {
+                let x = sample(s);
+                assert_eq!(cq.run(std::slice::from_ref(&x)).unwrap(), qcc_runtime::run(&q, vec![x.clone()]).unwrap(), "{isa:?}, {threads}");
+                let want = qcc_runtime::run(&f, vec![x.clone()]).unwrap()[0].to_f32_vec();
+                let got = cf.run(&[x]).unwrap()[0].to_f32_vec();
+                let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err < 1e-4, "{isa:?}, {threads} threads: float differs by {err}");
+            }
+        }
+    }
+    qcc_runtime::kernels::pool::set_threads(0);
+}
+
 /// Grouped convolutions that are not depthwise (ResNeXt, RegNet, ShuffleNet) compile, one GEMM per group:
 /// int8 reading each group's channels in place (cin per group a multiple of 4, strided too), gathering
 /// them (6 per group), or as a pointwise GEMM; float as one product per group and image, or (channels-last,

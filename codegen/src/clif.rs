@@ -77,11 +77,16 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     let mut fctx = FunctionBuilderContext::new();
     // Steps whose function is generated (GEMMs: loop nests around runtime microkernels).
     let mut step_fns = vec![None; plan.steps.len()];
-    if plan.steps.iter().any(|s| s.kernel == Kernel::Gemm) {
+    if plan.steps.iter().any(|s| s.kernel == Kernel::Gemm || s.kernel.row_kernel().is_some()) {
         let mut nests = nest::Nests::declare(module)?;
-        for (i, s) in plan.steps.iter().enumerate().filter(|(_, s)| s.kernel == Kernel::Gemm) {
-            let h = GemmHdr::decode(&plan.blob.words(s.hdr, 64));
-            step_fns[i] = Some(nests.define_step(module, &mut fctx, &h, &format!("{prefix}_step{i}"))?);
+        for (i, s) in plan.steps.iter().enumerate() {
+            let words = plan.blob.words(s.hdr, 64);
+            let name = format!("{prefix}_step{i}");
+            step_fns[i] = match (s.kernel, s.kernel.row_kernel()) {
+                (Kernel::Gemm, _) => Some(nests.define_step(module, &mut fctx, &GemmHdr::decode(&words), &name)?),
+                (k, Some(kind)) => Some(nests.define_row_step(module, &mut fctx, kind, nest::row_shape(k, &words), &name)?),
+                _ => None,
+            };
         }
     }
     let mut ctx = module.make_context();

@@ -1,11 +1,16 @@
-//! Cranelift loop nests: for each int8 GEMM step (1×1 and implicit convolutions, Gemm), a task function
+//! Cranelift loop nests. For each int8 GEMM step (1×1 and implicit convolutions, Gemm), a task function
 //! `tasks(gemm, a, task)` specialised to the step's shapes (steps of the same shapes, such as the groups
 //! of a grouped convolution, share one). It turns a task number into its rows and columns (the Split of
 //! runtime/src/kernels/gemm.rs), walks the rows in micro-tiles, addresses the convolution window of every
 //! row (a window inside the image as constant offsets from one pointer; one crossing the image's edge
-//! through the runtime's `qcc_uk_gemm_row`) and calls the `qcc_uk_gemm` microkernel for each tile. The
-//! step's own function `step(hdr, blob, arena)`, with the signature of runtime kernels, hands the task
-//! function to `qcc_rt_gemm`, which runs it on the thread pool.
+//! through the runtime's `qcc_uk_gemm_row`) and calls the `qcc_uk_gemm` microkernel for each tile. For
+//! each row kernel (depthwise and channels-last grouped convolution, max and average pooling:
+//! runtime/src/kernels/rows.rs), a task
+//! function `tasks(kernel, x, out, task)` that walks its task's output rows across images, addresses each
+//! row's input image and output row and calls the row microkernel `qcc_uk_<kind>_row`. The step's own
+//! function `step(hdr, blob, arena)`, with the signature of runtime kernels, hands the task function to
+//! `qcc_rt_gemm` or `qcc_rt_<kind>`, which decodes the header once and runs it on the thread pool.
+use crate::plan::Kernel;
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -13,21 +18,24 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
-use qcc_runtime::abi::GemmHdr;
+use qcc_runtime::abi::{DwConvHdr, FAvgPoolHdr, FDwNhwcHdr, FGroupNhwcHdr, GemmHdr, MaxPoolHdr, QAvgPoolHdr};
 use qcc_runtime::kernels::dwconv::DwGeom;
 use qcc_runtime::kernels::gemm::{packed_dims, Split, MAX_SEGS, MR, PANEL, ROW_SEGS};
+use qcc_runtime::kernels::rows::RowShape;
 use std::collections::HashMap;
 
 fn err(e: impl std::fmt::Display) -> CodegenError {
     CodegenError::Cranelift(e.to_string())
 }
 
-/// The runtime functions generated GEMM steps call, and the task functions defined so far by shape.
+/// The runtime functions generated steps call, and the task functions defined so far by shape.
 pub struct Nests {
     gemm: FuncId,
     row: FuncId,
     rt: FuncId,
     tasks: HashMap<String, FuncId>,
+    /// Per row kernel, its runtime function and row microkernel (declared when first used).
+    row_kernels: HashMap<&'static str, (FuncId, FuncId)>,
 }
 
 impl Nests {
@@ -42,7 +50,7 @@ impl Nests {
         let gemm = module.declare_function("qcc_uk_gemm", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
         let row = module.declare_function("qcc_uk_gemm_row", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr])).map_err(err)?;
         let rt = module.declare_function("qcc_rt_gemm", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
-        Ok(Nests { gemm, row, rt, tasks: HashMap::new() })
+        Ok(Nests { gemm, row, rt, tasks: HashMap::new(), row_kernels: HashMap::new() })
     }
 
     /// Defines the function of the GEMM step whose header is `h`, named `name` (and its task function,
@@ -64,7 +72,39 @@ impl Nests {
                 id
             }
         };
-        define_gemm_step(module, fctx, self, tasks, Split::new(h.m, h.n).tasks(), name)
+        define_rt_step(module, fctx, self.rt, tasks, Split::new(h.m, h.n).tasks(), name)
+    }
+
+    /// Defines the function of a row kernel's step (runtime/src/kernels/rows.rs): `kind` names its
+    /// runtime entry points `qcc_rt_<kind>` and `qcc_uk_<kind>_row`; `shape` is its iteration space.
+    pub fn define_row_step<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        kind: &'static str,
+        shape: RowShape,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        let (rt, uk) = match self.row_kernels.get(kind) {
+            Some(f) => *f,
+            None => {
+                let (rt_sig, uk_sig) = (ptr_signature(module, 5), ptr_signature(module, 4));
+                let rt = module.declare_function(&format!("qcc_rt_{kind}"), Linkage::Import, &rt_sig).map_err(err)?;
+                let uk = module.declare_function(&format!("qcc_uk_{kind}_row"), Linkage::Import, &uk_sig).map_err(err)?;
+                self.row_kernels.insert(kind, (rt, uk));
+                (rt, uk)
+            }
+        };
+        let key = format!("{kind} {shape:?}");
+        let tasks = match self.tasks.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = define_row_tasks(module, fctx, uk, shape, &format!("{name}_tasks"))?;
+                self.tasks.insert(key, id);
+                id
+            }
+        };
+        define_rt_step(module, fctx, rt, tasks, shape.tasks(), name)
     }
 }
 
@@ -75,11 +115,12 @@ fn ptr_signature<M: Module>(module: &M, n: usize) -> Signature {
     s
 }
 
-/// `step(hdr, blob, arena)`: qcc_rt_gemm(hdr, blob, arena, tasks, ntasks).
-fn define_gemm_step<M: Module>(
+/// `step(hdr, blob, arena)`: rt(hdr, blob, arena, tasks, ntasks), with rt the step's runtime function
+/// (qcc_rt_gemm, qcc_rt_<kind> for row kernels).
+fn define_rt_step<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    nests: &Nests,
+    rt: FuncId,
     tasks: FuncId,
     ntasks: usize,
     name: &str,
@@ -96,7 +137,7 @@ fn define_gemm_step<M: Module>(
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let params = b.block_params(entry).to_vec();
-        let rt = module.declare_func_in_func(nests.rt, b.func);
+        let rt = module.declare_func_in_func(rt, b.func);
         let t = module.declare_func_in_func(tasks, b.func);
         let addr = b.ins().func_addr(ptr, t);
         let n = b.ins().iconst(ptr, ntasks as i64);
@@ -340,4 +381,102 @@ fn window_row(
     let scratch = b.ins().iadd_imm_s(edge, (i * ROW_SEGS * 64) as i64);
     b.ins().call(uk_row, &[gemm, row, row_ptrs, scratch]);
     b.ins().jump(done, &[]);
+}
+
+/// The iteration space of a row kernel's step from its header words.
+pub fn row_shape(kernel: Kernel, words: &[u64]) -> RowShape {
+    match kernel {
+        Kernel::MaxPool => {
+            let h = MaxPoolHdr::decode(words);
+            RowShape::of(&h.g, h.elem.size(), h.elem.size())
+        }
+        Kernel::QAvgPool => {
+            let h = QAvgPoolHdr::decode(words);
+            RowShape::of(&h.g, h.ex.size(), h.eo.size())
+        }
+        Kernel::FDwNhwc => RowShape::of(&FDwNhwcHdr::decode(words).g, 4, 4),
+        Kernel::FAvgPoolNhwc => RowShape::of(&FAvgPoolHdr::decode(words).g, 4, 4),
+        Kernel::FGroupNhwc => {
+            let h = FGroupNhwcHdr::decode(words);
+            RowShape { n: h.g.n, oh: h.g.oh, image_bytes: h.g.h * h.g.w * h.g.c * 4, row_bytes: h.g.ow * h.m * 4 }
+        }
+        _ => RowShape::of(&DwConvHdr::decode(words).g, 1, 1),
+    }
+}
+
+/// Defines the task function `tasks(k, x, out, task)` of a row kernel: task t covers output rows
+/// t·per .. (t + 1)·per (of all images, in order); for each it addresses the image's input and the row's
+/// output and calls the row microkernel `uk(k, image, row, oy)`.
+fn define_row_tasks<M: Module>(
+    module: &mut M,
+    fctx: &mut FunctionBuilderContext,
+    uk: FuncId,
+    shape: RowShape,
+    name: &str,
+) -> Result<FuncId, CodegenError> {
+    let ptr = module.target_config().pointer_type();
+    let tcfg = module.target_config();
+    let sig = ptr_signature(module, 4);
+    let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    let per = shape.rows_per_task() as i64;
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+        let uk = module.declare_func_in_func(uk, b.func);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let [k, x, out, task] = [0, 1, 2, 3].map(|i| b.block_params(entry)[i]);
+        let r0 = b.ins().imul_imm_s(task, per);
+        let end = b.ins().iadd_imm_s(r0, per);
+        let rows = b.ins().iconst(ptr, shape.rows() as i64);
+        let rend = b.ins().umin(end, rows);
+        let oh = shape.oh.max(1) as i64;
+        let img = b.ins().udiv_imm_u(r0, oh);
+        let oy = b.ins().urem_imm_u(r0, oh);
+
+        // Loop state: the row, its image's input and its output row, and the row within the image.
+        let head = b.create_block();
+        let body = b.create_block();
+        let exit = b.create_block();
+        for blk in [head, body] {
+            for _ in 0..4 {
+                b.append_block_param(blk, ptr);
+            }
+        }
+        let at = b.ins().imul_imm_s(img, shape.image_bytes as i64);
+        let xi = b.ins().iadd(x, at);
+        let at = b.ins().imul_imm_s(r0, shape.row_bytes as i64);
+        let orow = b.ins().iadd(out, at);
+        b.ins().jump(head, &[r0.into(), xi.into(), orow.into(), oy.into()]);
+
+        b.switch_to_block(head);
+        let state: Vec<Value> = b.block_params(head).to_vec();
+        let more = b.ins().icmp(IntCC::UnsignedLessThan, state[0], rend);
+        let args: Vec<_> = state.iter().map(|v| (*v).into()).collect();
+        b.ins().brif(more, body, &args, exit, &[]);
+
+        b.switch_to_block(body);
+        let [r, xi, orow, oy] = [0, 1, 2, 3].map(|i| b.block_params(body)[i]);
+        b.ins().call(uk, &[k, xi, orow, oy]);
+        let r1 = b.ins().iadd_imm_s(r, 1);
+        let orow1 = b.ins().iadd_imm_s(orow, shape.row_bytes as i64);
+        // The next row: oy + 1, or row 0 of the next image (its input one image further).
+        let oy1 = b.ins().iadd_imm_s(oy, 1);
+        let wrap = b.ins().icmp_imm_u(IntCC::Equal, oy1, oh);
+        let zero = b.ins().iconst(ptr, 0);
+        let oy2 = b.ins().select(wrap, zero, oy1);
+        let next_image = b.ins().iadd_imm_s(xi, shape.image_bytes as i64);
+        let xi1 = b.ins().select(wrap, next_image, xi);
+        b.ins().jump(head, &[r1.into(), xi1.into(), orow1.into(), oy2.into()]);
+
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(tcfg);
+    }
+    module.define_function(id, &mut ctx).map_err(err)?;
+    Ok(id)
 }

@@ -5,8 +5,9 @@
 use qcc_ir::DType;
 use qcc_runtime::kernels::Isa;
 
-/// What a step runs: a runtime kernel `qcc_k_<name>(hdr, blob, arena)`, or for GEMMs a function codegen
-/// generates with the same signature (codegen/src/nest.rs).
+/// What a step runs: a runtime kernel `qcc_k_<name>(hdr, blob, arena)`, or for GEMMs and row kernels
+/// (depthwise and channels-last grouped convolution, pooling) a function codegen generates with the same signature
+/// (codegen/src/nest.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Quantize,
@@ -51,16 +52,19 @@ impl Kernel {
     /// The runtime kernel's symbol; None for steps whose function is generated.
     pub fn symbol(self) -> Option<&'static str> {
         Some(match self {
-            Kernel::Gemm => return None,
+            Kernel::Gemm
+            | Kernel::DwConv
+            | Kernel::MaxPool
+            | Kernel::QAvgPool
+            | Kernel::FDwNhwc
+            | Kernel::FGroupNhwc
+            | Kernel::FAvgPoolNhwc => return None,
             Kernel::Quantize => "qcc_k_quantize",
             Kernel::Dequantize => "qcc_k_dequantize",
             Kernel::Im2col => "qcc_k_im2col",
-            Kernel::DwConv => "qcc_k_dwconv",
             Kernel::WideConv => "qcc_k_wideconv",
             Kernel::QAdd => "qcc_k_qadd",
             Kernel::QGap => "qcc_k_qgap",
-            Kernel::MaxPool => "qcc_k_maxpool",
-            Kernel::QAvgPool => "qcc_k_qavgpool",
             Kernel::RequantRows => "qcc_k_requant_rows",
             Kernel::Copy => "qcc_k_copy",
             Kernel::Binary => "qcc_k_binary",
@@ -74,10 +78,7 @@ impl Kernel {
             Kernel::FMaxPool => "qcc_k_fmaxpool",
             Kernel::FAvgPool => "qcc_k_favgpool",
             Kernel::FConvNhwc => "qcc_k_fconv_nhwc",
-            Kernel::FDwNhwc => "qcc_k_fdw_nhwc",
             Kernel::FGapNhwc => "qcc_k_fgap_nhwc",
-            Kernel::FAvgPoolNhwc => "qcc_k_favgpool_nhwc",
-            Kernel::FGroupNhwc => "qcc_k_fgroup_nhwc",
             Kernel::Host => "qcc_k_host",
         })
     }
@@ -87,9 +88,26 @@ impl Kernel {
         matches!(self, Kernel::FGemm | Kernel::FDwConv | Kernel::FConvNhwc | Kernel::FDwNhwc | Kernel::FGroupNhwc)
     }
 
+    /// A row kernel's name: its generated loop nest calls `qcc_rt_<name>` and `qcc_uk_<name>_row`.
+    pub fn row_kernel(self) -> Option<&'static str> {
+        Some(match self {
+            Kernel::DwConv => "dwconv",
+            Kernel::MaxPool => "maxpool",
+            Kernel::QAvgPool => "qavgpool",
+            Kernel::FDwNhwc => "fdw_nhwc",
+            Kernel::FGroupNhwc => "fgroup_nhwc",
+            Kernel::FAvgPoolNhwc => "favgpool_nhwc",
+            _ => return None,
+        })
+    }
+
     /// The short name reports use.
     pub fn name(self) -> &'static str {
-        self.symbol().map_or("gemm", |s| &s["qcc_k_".len()..])
+        match (self.symbol(), self.row_kernel()) {
+            (Some(s), _) => &s["qcc_k_".len()..],
+            (None, Some(r)) => r,
+            (None, None) => "gemm",
+        }
     }
 }
 

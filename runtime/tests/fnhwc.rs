@@ -6,7 +6,8 @@
 use proptest::prelude::*;
 use qcc_ir::Act;
 use qcc_runtime::kernels::dwconv::DwGeom;
-use qcc_runtime::kernels::fnhwc::{avgpool, pack_conv_weights, FConvNhwc, FDwNhwc, FGroupNhwc};
+use qcc_runtime::kernels::fnhwc::{pack_conv_weights, FAvgPool, FConvNhwc, FDwNhwc, FGroupNhwc};
+use qcc_runtime::kernels::rows::RowKernel;
 use qcc_runtime::kernels::Isa;
 
 fn isas() -> Vec<Isa> {
@@ -244,7 +245,7 @@ proptest! {
                 match mode {
                     0 => FDwNhwc { isa, g, x: x.as_ptr(), w: &w, bias: Some(&bias), act, max: false, out: out.as_mut_ptr() }.run(),
                     1 => FDwNhwc { isa, g, x: x.as_ptr(), w: &[], bias: None, act: None, max: true, out: out.as_mut_ptr() }.run(),
-                    _ => avgpool(x.as_ptr(), g, g.pad, false, out.as_mut_ptr()),
+                    _ => FAvgPool { x: x.as_ptr(), g, include_pad: false, taps: g.avg_pool_taps(g.pad), out: out.as_mut_ptr() }.run(),
                 }
             }
             prop_assert!(close(&out, &want).is_ok(), "{isa:?}, mode {mode}: {}", close(&out, &want).unwrap_err());

@@ -6,6 +6,7 @@ use qcc_runtime::kernels::dwconv::{pair_weights, DwConv, DwGeom};
 use qcc_runtime::kernels::dwvnni;
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::epilogue::{Epilogue, ResidualIn};
+use qcc_runtime::kernels::rows::RowKernel;
 use qcc_runtime::kernels::Isa;
 
 fn isas() -> Vec<Isa> {

@@ -2,7 +2,8 @@
 //! acc[c] = bias[c] + Σ_taps (x[c] − zx) · (w[tap][c] − zw[c]), taps outside the input contributing 0.
 //! Vectorized across channels (the contiguous axis); rows of output are the parallel tasks.
 use super::epilogue::{saturate, Epilogue};
-use super::{multiversion, pool, Isa};
+use super::rows::{RowKernel, RowShape};
+use super::{multiversion, Isa};
 
 /// Geometry of one depthwise convolution.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,23 +65,22 @@ pub struct DwConv<'a> {
 // SAFETY: tasks read x and write disjoint output rows.
 unsafe impl Sync for DwConv<'_> {}
 
-impl DwConv<'_> {
-    ///
-    /// # Safety
-    /// X must hold n·h·w·c bytes and out n·oh·ow·c bytes, not overlapping.
-    pub unsafe fn run(&self) {
-        let g = self.g;
-        pool::parallel_for(g.n * g.oh, &|t| {
-            // SAFETY: row t of the output and the input rows it reads are inside the buffers.
-            unsafe { self.row(t / g.oh, t % g.oh) }
-        });
+impl RowKernel for DwConv<'_> {
+    fn shape(&self) -> RowShape {
+        RowShape::of(&self.g, 1, 1)
+    }
+    fn input(&self) -> *const u8 {
+        self.x
+    }
+    fn output(&self) -> *mut u8 {
+        self.out
     }
 
-    unsafe fn row(&self, b: usize, oy: usize) {
+    unsafe fn row(&self, x: *const u8, out: *mut u8, oy: usize) {
         let g = self.g;
-        // SAFETY: run()'s contract.
-        let x = unsafe { std::slice::from_raw_parts(self.x.add(b * g.h * g.w * g.c), g.h * g.w * g.c) };
-        let out = unsafe { std::slice::from_raw_parts_mut(self.out.add((b * g.oh + oy) * g.ow * g.c), g.ow * g.c) };
+        // SAFETY: the trait's contract.
+        let x = unsafe { std::slice::from_raw_parts(x, g.h * g.w * g.c) };
+        let out = unsafe { std::slice::from_raw_parts_mut(out, g.ow * g.c) };
         multiversion!(
             fn dw_row(x: &[u8], out: &mut [u8], d: &DwConv, oy: usize) {
                 let g = d.g;

@@ -4,7 +4,8 @@
 //! of one pixel whatever the image size or stride: no column of a 7x7 image is padded to a tile, no
 //! window is packed, a strided window is just another pointer. Float results need not equal the
 //! interpreter bit for bit (the summation order differs; tests compare within a relative tolerance).
-use super::dwconv::DwGeom;
+use super::dwconv::{DwGeom, PoolTaps};
+use super::rows::{RowKernel, RowShape};
 use super::{clamp_bounds, pool, Isa};
 use qcc_ir::Act;
 
@@ -312,25 +313,25 @@ pub struct FDwNhwc<'a> {
 // SAFETY: tasks read x and w and write disjoint output rows.
 unsafe impl Sync for FDwNhwc<'_> {}
 
-impl FDwNhwc<'_> {
-    /// # Safety
-    /// x must hold g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·g.c, w kh·kw·c unless `max`.
-    pub unsafe fn run(&self) {
-        let g = &self.g;
-        pool::parallel_for(g.n * g.oh, &|t| {
-            #[cfg(target_arch = "x86_64")]
-            if self.isa == Isa::Avx512Vnni {
-                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; row t exists.
-                unsafe { avx512::dw_row(self, t / g.oh, t % g.oh) };
-                return;
-            }
-            // SAFETY: row t exists.
-            unsafe { self.row(t / g.oh, t % g.oh) };
-        });
+impl RowKernel for FDwNhwc<'_> {
+    fn shape(&self) -> RowShape {
+        RowShape::of(&self.g, 4, 4)
+    }
+    fn input(&self) -> *const u8 {
+        self.x as *const u8
+    }
+    fn output(&self) -> *mut u8 {
+        self.out as *mut u8
     }
 
-    /// Output row oy of image img, one channel at a time.
-    unsafe fn row(&self, img: usize, oy: usize) {
+    unsafe fn row(&self, x: *const u8, out: *mut u8, oy: usize) {
+        let (x, out) = (x as *const f32, out as *mut f32);
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the trait's contract.
+            unsafe { avx512::dw_row(self, x, out, oy) };
+            return;
+        }
         let g = &self.g;
         let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
         for ox in 0..g.ow {
@@ -340,13 +341,13 @@ impl FDwNhwc<'_> {
                 for ky in ky0..ky1 {
                     for kx in kx0..kx1 {
                         let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0] - g.pad[0], ox * g.stride[1] + kx * g.dil[1] - g.pad[1]);
-                        // SAFETY: (iy, ix) is inside image img.
-                        let v = unsafe { *self.x.add(((img * g.h + iy) * g.w + ix) * g.c + c) };
+                        // SAFETY: (iy, ix) is inside the image.
+                        let v = unsafe { *x.add((iy * g.w + ix) * g.c + c) };
                         s = if self.max { s.max(v) } else { s + self.w[(ky * g.kw + kx) * g.c + c] * v };
                     }
                 }
-                // SAFETY: (img, oy, ox, c) is inside out.
-                unsafe { *self.out.add(((img * g.oh + oy) * g.ow + ox) * g.c + c) = self.act.map_or(s, |f| f.apply(s)) };
+                // SAFETY: (ox, c) is inside the output row.
+                unsafe { *out.add(ox * g.c + c) = self.act.map_or(s, |f| f.apply(s)) };
             }
         }
     }
@@ -385,62 +386,89 @@ impl FGroupNhwc<'_> {
     fn cg(&self) -> usize {
         self.g.c * self.mg / self.m
     }
+}
 
-    /// # Safety
-    /// x must hold g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·m, w kh·kw·cg·m; `fits(mg, cg)`, mg divides m.
-    pub unsafe fn run(&self) {
+impl RowKernel for FGroupNhwc<'_> {
+    fn shape(&self) -> RowShape {
+        RowShape { n: self.g.n, oh: self.g.oh, image_bytes: self.g.h * self.g.w * self.g.c * 4, row_bytes: self.g.ow * self.m * 4 }
+    }
+    fn input(&self) -> *const u8 {
+        self.x as *const u8
+    }
+    fn output(&self) -> *mut u8 {
+        self.out as *mut u8
+    }
+
+    /// Requires `fits(mg, cg)` and mg dividing m; w holds kh·kw·cg·m weights.
+    unsafe fn row(&self, x: *const u8, out: *mut u8, oy: usize) {
+        let (x, out) = (x as *const f32, out as *mut f32);
         let g = &self.g;
         let cg = self.cg();
-        // Lane o of a block reads the block's input channel (o / mg)·cg + ci, for each ci.
-        let idx: Vec<[i32; 16]> = (0..cg).map(|ci| std::array::from_fn(|o| ((o / self.mg) * cg + ci) as i32)).collect();
-        pool::parallel_for(g.n * g.oh, &|t| {
-            #[cfg(target_arch = "x86_64")]
-            if self.isa == Isa::Avx512Vnni {
-                // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; row t exists.
-                unsafe { avx512::group_row(self, &idx, t / g.oh, t % g.oh) };
-                return;
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // Lane o of a block reads the block's input channel (o / mg)·cg + ci, for each ci (cg ≤ 16
+            // by `fits`).
+            let mut idx = [[0i32; 16]; 16];
+            for (ci, v) in idx.iter_mut().enumerate().take(cg) {
+                *v = std::array::from_fn(|o| ((o / self.mg) * cg + ci) as i32);
             }
-            let (img, oy) = (t / g.oh, t % g.oh);
-            let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
-            for ox in 0..g.ow {
-                let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
-                for o in 0..self.m {
-                    let mut s = self.bias.map_or(0.0, |b| b[o]);
-                    for ky in ky0..ky1 {
-                        for kx in kx0..kx1 {
-                            let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0] - g.pad[0], ox * g.stride[1] + kx * g.dil[1] - g.pad[1]);
-                            for ci in 0..cg {
-                                // SAFETY: (iy, ix) is inside image img; the channel is below g.c.
-                                let v = unsafe { *self.x.add(((img * g.h + iy) * g.w + ix) * g.c + (o / self.mg) * cg + ci) };
-                                s += self.w[((ky * g.kw + kx) * cg + ci) * self.m + o] * v;
-                            }
+            // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the trait's contract.
+            unsafe { avx512::group_row(self, &idx[..cg], x, out, oy) };
+            return;
+        }
+        let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
+        for ox in 0..g.ow {
+            let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
+            for o in 0..self.m {
+                let mut s = self.bias.map_or(0.0, |b| b[o]);
+                for ky in ky0..ky1 {
+                    for kx in kx0..kx1 {
+                        let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0] - g.pad[0], ox * g.stride[1] + kx * g.dil[1] - g.pad[1]);
+                        for ci in 0..cg {
+                            // SAFETY: (iy, ix) is inside the image; the channel is below g.c.
+                            let v = unsafe { *x.add((iy * g.w + ix) * g.c + (o / self.mg) * cg + ci) };
+                            s += self.w[((ky * g.kw + kx) * cg + ci) * self.m + o] * v;
                         }
                     }
-                    // SAFETY: (img, oy, ox, o) is inside out.
-                    unsafe { *self.out.add(((img * g.oh + oy) * g.ow + ox) * self.m + o) = self.act.map_or(s, |f| f.apply(s)) };
                 }
+                // SAFETY: (ox, o) is inside the output row.
+                unsafe { *out.add(ox * self.m + o) = self.act.map_or(s, |f| f.apply(s)) };
             }
-        });
+        }
     }
 }
 
 /// Average pooling of NHWC images (end pads pe; with `include_pad` the divisor counts the padding taps
-/// as nn::avg_pool_taps says).
-///
-/// # Safety
-/// x must hold g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·g.c.
-pub unsafe fn avgpool(x: *const f32, g: DwGeom, pe: [usize; 2], include_pad: bool, out: *mut f32) {
-    let (rows, cols) = g.avg_pool_taps(pe);
-    let (xp, op) = (super::elementwise::Ptr(x as *mut u8), super::elementwise::Ptr(out as *mut u8));
-    pool::parallel_for(g.n * g.oh, &|t| {
-        let (img, oy) = (t / g.oh, t % g.oh);
+/// as nn::avg_pool_taps says). A row kernel: x holds g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·g.c.
+pub struct FAvgPool {
+    pub x: *const f32,
+    pub g: DwGeom,
+    pub include_pad: bool,
+    /// g.avg_pool_taps for the end pads.
+    pub taps: PoolTaps,
+    pub out: *mut f32,
+}
+
+// SAFETY: rows read x and write disjoint rows of out.
+unsafe impl Sync for FAvgPool {}
+
+impl RowKernel for FAvgPool {
+    fn shape(&self) -> RowShape {
+        RowShape::of(&self.g, 4, 4)
+    }
+    fn input(&self) -> *const u8 {
+        self.x as *const u8
+    }
+    fn output(&self) -> *mut u8 {
+        self.out as *mut u8
+    }
+
+    unsafe fn row(&self, x: *const u8, out: *mut u8, oy: usize) {
+        let (g, (rows, cols)) = (&self.g, &self.taps);
         let (ry, py) = &rows[oy];
-        // SAFETY: image img of x; row oy of image img of out.
+        // SAFETY: the trait's contract: one input image and one output row.
         let (src, dst) = unsafe {
-            (
-                std::slice::from_raw_parts((xp.get() as *const f32).add(img * g.h * g.w * g.c), g.h * g.w * g.c),
-                std::slice::from_raw_parts_mut((op.get() as *mut f32).add((img * g.oh + oy) * g.ow * g.c), g.ow * g.c),
-            )
+            (std::slice::from_raw_parts(x as *const f32, g.h * g.w * g.c), std::slice::from_raw_parts_mut(out as *mut f32, g.ow * g.c))
         };
         for (ox, (cx, px)) in cols.iter().enumerate() {
             let acc = &mut dst[ox * g.c..(ox + 1) * g.c];
@@ -452,12 +480,12 @@ pub unsafe fn avgpool(x: *const f32, g: DwGeom, pe: [usize; 2], include_pad: boo
                     }
                 }
             }
-            let count = if include_pad { py * px } else { ry.len() * cx.len() };
+            let count = if self.include_pad { py * px } else { ry.len() * cx.len() };
             for a in acc.iter_mut() {
                 *a = if count > 0 { *a / count as f32 } else { 0.0 };
             }
         }
-    });
+    }
 }
 
 /// out[n, c] = mean over the pixels of x[n, :, :, c] (NHWC, `pixels` per image).
@@ -638,42 +666,41 @@ mod avx512 {
         }
     }
 
-    /// FDwNhwc for output row oy of image img, in blocks of 64 channels (four registers; the last block
+    /// FDwNhwc for output row oy of the image at x into the row at out, in blocks of 64 channels (four registers; the last block
     /// as many registers as it needs).
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    pub unsafe fn dw_row(d: &FDwNhwc, img: usize, oy: usize) {
+    pub unsafe fn dw_row(d: &FDwNhwc, x: *const f32, out: *mut f32, oy: usize) {
         let mut c0 = 0;
         while c0 < d.g.c {
             // SAFETY: the caller's bounds; block c0 holds at least one channel.
             unsafe {
                 match (d.g.c - c0).div_ceil(16).min(4) {
-                    4 => dw_block::<4>(d, img, oy, c0),
-                    3 => dw_block::<3>(d, img, oy, c0),
-                    2 => dw_block::<2>(d, img, oy, c0),
-                    _ => dw_block::<1>(d, img, oy, c0),
+                    4 => dw_block::<4>(d, x, out, oy, c0),
+                    3 => dw_block::<3>(d, x, out, oy, c0),
+                    2 => dw_block::<2>(d, x, out, oy, c0),
+                    _ => dw_block::<1>(d, x, out, oy, c0),
                 }
             }
             c0 += 64;
         }
     }
 
-    /// Channels c0..c0 + 16·V (masked to c) of output row oy of image img.
+    /// Channels c0..c0 + 16·V (masked to c) of output row oy of the image at x into the row at out.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    unsafe fn dw_block<const V: usize>(d: &FDwNhwc, img: usize, oy: usize, c0: usize) {
+    unsafe fn dw_block<const V: usize>(d: &FDwNhwc, x: *const f32, out: *mut f32, oy: usize, c0: usize) {
         let g = &d.g;
         let c = g.c;
         let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
         let mask: [u16; V] = std::array::from_fn(|v| lanes(0, (c - c0).saturating_sub(16 * v)));
-        // SAFETY: every address below is a pixel inside image img (taps limited by `inside`) or inside
-        // out's row; channel lanes are masked to those below c.
+        // SAFETY: every address below is a pixel inside the image (taps limited by `inside`) or inside
+        // the output row; channel lanes are masked to those below c.
         unsafe {
             let init: [__m512; V] = match (d.max, d.bias) {
                 (true, _) => [_mm512_set1_ps(f32::NEG_INFINITY); V],
                 (false, Some(b)) => std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask[v], b.as_ptr().add(c0 + 16 * v))),
                 (false, None) => [_mm512_setzero_ps(); V],
             };
-            let x = d.x.add(img * g.h * g.w * c + c0);
-            let out = d.out.add((img * g.oh + oy) * g.ow * c + c0);
+            let (x, out) = (x.add(c0), out.add(c0));
             for ox in 0..g.ow {
                 let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
                 let mut acc = init;
@@ -702,28 +729,28 @@ mod avx512 {
         }
     }
 
-    /// FGroupNhwc for output row oy of image img, 16 output channels at a time.
+    /// FGroupNhwc for output row oy of the image at x into the row at out, 16 output channels at a time.
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    pub unsafe fn group_row(d: &FGroupNhwc, idx: &[[i32; 16]], img: usize, oy: usize) {
+    pub unsafe fn group_row(d: &FGroupNhwc, idx: &[[i32; 16]], x: *const f32, out: *mut f32, oy: usize) {
         let mut o0 = 0;
         while o0 < d.m {
             // SAFETY: the caller's bounds. ResNeXt's groups (4 and 8 input channels) get their permute
             // loop unrolled with the indices in registers.
             unsafe {
                 match idx.len() {
-                    4 => group_block::<4>(d, idx, img, oy, o0),
-                    8 => group_block::<8>(d, idx, img, oy, o0),
-                    _ => group_block::<0>(d, idx, img, oy, o0),
+                    4 => group_block::<4>(d, idx, x, out, oy, o0),
+                    8 => group_block::<8>(d, idx, x, out, oy, o0),
+                    _ => group_block::<0>(d, idx, x, out, oy, o0),
                 }
             }
             o0 += 16;
         }
     }
 
-    /// Output channels o0..o0 + 16 (masked to m) of row oy of image img; CG input channels per group
+    /// Output channels o0..o0 + 16 (masked to m) of row oy of the image at x into the row at out; CG input channels per group
     /// (0: as many as idx has).
     #[target_feature(enable = "avx512f,avx512vl,fma")]
-    unsafe fn group_block<const CG: usize>(d: &FGroupNhwc, idx: &[[i32; 16]], img: usize, oy: usize, o0: usize) {
+    unsafe fn group_block<const CG: usize>(d: &FGroupNhwc, idx: &[[i32; 16]], x: *const f32, out: *mut f32, oy: usize, o0: usize) {
         let g = &d.g;
         let (c, m, mg) = (g.c, d.m, d.mg);
         let cg = if CG > 0 { CG } else { idx.len() };
@@ -732,8 +759,8 @@ mod avx512 {
         // The input channels of the block's groups: `need` of them from (o0 / mg)·cg.
         let need = (m - o0).min(16).div_ceil(mg) * cg;
         let (ma, mb) = (lanes(0, need), lanes(0, need.saturating_sub(16)));
-        // SAFETY: every address below is a pixel inside image img (taps limited by `inside`), the block's
-        // input channels (masked to those its groups have) or inside out's row (masked to m).
+        // SAFETY: every address below is a pixel inside the image (taps limited by `inside`), the block's
+        // input channels (masked to those its groups have) or inside the output row (masked to m).
         unsafe {
             // At most 16 index vectors (cg ≤ 2·mg ≤ 16, `fits`): on the stack, not a heap vector per call.
             let mut iv = [_mm512_setzero_si512(); 16];
@@ -741,8 +768,8 @@ mod avx512 {
                 *v = _mm512_loadu_si512(i.as_ptr() as *const _);
             }
             let bias = d.bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(omask, b.as_ptr().add(o0)));
-            let x = d.x.add(img * g.h * g.w * c + (o0 / mg) * cg);
-            let out = d.out.add((img * g.oh + oy) * g.ow * m + o0);
+            let x = x.add((o0 / mg) * cg);
+            let out = out.add(o0);
             for ox in 0..g.ow {
                 let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
                 let mut acc = bias;
@@ -754,8 +781,8 @@ mod avx512 {
                         let xa = _mm512_maskz_loadu_ps(ma, xp);
                         let xb = _mm512_maskz_loadu_ps(mb, xp.wrapping_add(16));
                         let wp = d.w.as_ptr().add((ky * g.kw + kx) * cg * m + o0);
-                        for ci in 0..cg {
-                            let xv = _mm512_permutex2var_ps(xa, iv[ci], xb);
+                        for (ci, &i) in iv[..cg].iter().enumerate() {
+                            let xv = _mm512_permutex2var_ps(xa, i, xb);
                             acc = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(omask, wp.add(ci * m)), acc);
                         }
                     }

@@ -27,6 +27,7 @@ mod gemm_avx2;
 pub mod im2col;
 pub mod pool;
 pub mod qpool;
+pub mod rows;
 pub mod wideconv;
 
 /// Which instruction-set variant of the kernels a compiled model uses.

@@ -1,8 +1,9 @@
 //! Integer pooling kernels on NHWC activations (global average, max, average) and the requantizing row
 //! copy that concatenation is made of. Each equals its interpreter op (runtime/src/qops.rs) exactly.
-use super::dwconv::DwGeom;
+use super::dwconv::{DwGeom, PoolTaps};
 use super::elementwise::{quantize_one, IntElem, Ptr};
 use super::pool;
+use super::rows::{RowKernel, RowShape};
 use crate::quant::quantize_value;
 
 /// Global average pooling of NHWC integers: y[n, c] = quantize((f32(Σ (x − zx)) · sx) / f32(hw)).
@@ -43,109 +44,137 @@ pub unsafe fn qgap(
 }
 
 /// Max pooling of NHWC integers (padding never wins; an all-padding window gives the storage minimum,
-/// as in the interpreter).
-///
-/// # Safety
-/// x holds n·h·w·c elements, out n·oh·ow·c.
-pub unsafe fn qmaxpool(x: *const u8, e: IntElem, g: DwGeom, out: *mut u8) {
-    let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
-    /// One output row for element type T, channels innermost so the max vectorizes.
-    #[inline(always)]
-    fn row<T: Copy + Ord>(x: &[T], out: &mut [T], g: DwGeom, b: usize, oy: usize, min: T) {
-        let c = g.c;
-        for ox in 0..g.ow {
-            let best = &mut out[ox * c..(ox + 1) * c];
-            best.fill(min);
-            for ky in 0..g.kh {
-                let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                if iy < 0 || iy >= g.h as isize {
+/// as in the interpreter). A row kernel: x holds n·h·w·c elements, out n·oh·ow·c.
+pub struct QMaxPool {
+    pub x: *const u8,
+    pub elem: IntElem,
+    pub g: DwGeom,
+    pub out: *mut u8,
+}
+
+// SAFETY: rows read x and write disjoint rows of out.
+unsafe impl Sync for QMaxPool {}
+
+/// One output row of max pooling for element type T, channels innermost so the max vectorizes.
+#[inline(always)]
+fn max_row<T: Copy + Ord>(x: &[T], out: &mut [T], g: DwGeom, oy: usize, min: T) {
+    let c = g.c;
+    for ox in 0..g.ow {
+        let best = &mut out[ox * c..(ox + 1) * c];
+        best.fill(min);
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+            if iy < 0 || iy >= g.h as isize {
+                continue;
+            }
+            for kx in 0..g.kw {
+                let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                if ix < 0 || ix >= g.w as isize {
                     continue;
                 }
-                for kx in 0..g.kw {
-                    let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                    if ix < 0 || ix >= g.w as isize {
-                        continue;
-                    }
-                    let base = ((b * g.h + iy as usize) * g.w + ix as usize) * c;
-                    for (m, v) in best.iter_mut().zip(&x[base..base + c]) {
-                        *m = (*m).max(*v);
-                    }
+                let base = (iy as usize * g.w + ix as usize) * c;
+                for (m, v) in best.iter_mut().zip(&x[base..base + c]) {
+                    *m = (*m).max(*v);
                 }
             }
         }
     }
-    let (xlen, olen) = (g.n * g.h * g.w * g.c, g.n * g.oh * g.ow * g.c);
-    pool::parallel_for(g.n * g.oh, &|t| {
-        let (b, oy) = (t / g.oh, t % g.oh);
-        let span = (b * g.oh + oy) * g.ow * g.c..(b * g.oh + oy + 1) * g.ow * g.c;
-        // SAFETY: the buffers hold xlen and olen elements; tasks write disjoint output rows.
+}
+
+impl RowKernel for QMaxPool {
+    fn shape(&self) -> RowShape {
+        RowShape::of(&self.g, self.elem.size(), self.elem.size())
+    }
+    fn input(&self) -> *const u8 {
+        self.x
+    }
+    fn output(&self) -> *mut u8 {
+        self.out
+    }
+
+    unsafe fn row(&self, x: *const u8, out: *mut u8, oy: usize) {
+        let g = self.g;
+        let (xlen, olen) = (g.h * g.w * g.c, g.ow * g.c);
+        // SAFETY: the trait's contract: one input image and one output row of elem.
         unsafe {
-            match e {
-                IntElem::U8 => {
-                    let x = std::slice::from_raw_parts(xp.get() as *const u8, xlen);
-                    let o = &mut std::slice::from_raw_parts_mut(op.get(), olen)[span];
-                    row(x, o, g, b, oy, 0u8)
-                }
-                IntElem::I8 => {
-                    let x = std::slice::from_raw_parts(xp.get() as *const i8, xlen);
-                    let o = &mut std::slice::from_raw_parts_mut(op.get() as *mut i8, olen)[span];
-                    row(x, o, g, b, oy, i8::MIN)
-                }
-                IntElem::I16 => {
-                    let x = std::slice::from_raw_parts(xp.get() as *const i16, xlen);
-                    let o = &mut std::slice::from_raw_parts_mut(op.get() as *mut i16, olen)[span];
-                    row(x, o, g, b, oy, i16::MIN)
-                }
+            match self.elem {
+                IntElem::U8 => max_row(std::slice::from_raw_parts(x, xlen), std::slice::from_raw_parts_mut(out, olen), g, oy, 0u8),
+                IntElem::I8 => max_row(
+                    std::slice::from_raw_parts(x as *const i8, xlen),
+                    std::slice::from_raw_parts_mut(out as *mut i8, olen),
+                    g,
+                    oy,
+                    i8::MIN,
+                ),
+                IntElem::I16 => max_row(
+                    std::slice::from_raw_parts(x as *const i16, xlen),
+                    std::slice::from_raw_parts_mut(out as *mut i16, olen),
+                    g,
+                    oy,
+                    i16::MIN,
+                ),
             }
         }
-    });
+    }
 }
 
 /// Average pooling of NHWC integers: per window the exact sum of (x − zx) over the taps inside the input,
-/// then quantize((f32(sum) · sx) / f32(divisor)); `pe` = end pads (for a divisor that counts padding).
-///
-/// # Safety
-/// x holds n·h·w·c elements of ex, out n·oh·ow·c of eo.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn qavgpool(
-    x: *const u8,
-    ex: IntElem,
-    g: DwGeom,
-    pe: [usize; 2],
-    include_pad: bool,
-    (sx, zx): (f32, i32),
-    out: *mut u8,
-    eo: IntElem,
-    (sy, zy, lo, hi): (f32, i32, i32, i32),
-) {
-    let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
-    let (rows, cols) = g.avg_pool_taps(pe);
-    pool::parallel_for(g.n * g.oh, &|t| {
-        let (b, oy) = (t / g.oh, t % g.oh);
+/// then quantize((f32(sum) · sx) / f32(divisor)) into (sy, zy, lo, hi). A row kernel: x holds n·h·w·c
+/// elements of ex, out n·oh·ow·c of eo.
+pub struct QAvgPool {
+    pub x: *const u8,
+    pub ex: IntElem,
+    pub g: DwGeom,
+    pub include_pad: bool,
+    pub sx: f32,
+    pub zx: i32,
+    pub out: *mut u8,
+    pub eo: IntElem,
+    pub q: (f32, i32, i32, i32),
+    /// g.avg_pool_taps for the end pads.
+    pub taps: PoolTaps,
+}
+
+// SAFETY: rows read x and write disjoint rows of out.
+unsafe impl Sync for QAvgPool {}
+
+impl RowKernel for QAvgPool {
+    fn shape(&self) -> RowShape {
+        RowShape::of(&self.g, self.ex.size(), self.eo.size())
+    }
+    fn input(&self) -> *const u8 {
+        self.x
+    }
+    fn output(&self) -> *mut u8 {
+        self.out
+    }
+
+    unsafe fn row(&self, x: *const u8, out: *mut u8, oy: usize) {
+        let (g, (rows, cols), (sy, zy, lo, hi)) = (&self.g, &self.taps, self.q);
         let (ry, py) = &rows[oy];
         let mut sums = vec![0i32; g.c];
         for (ox, (cx, px)) in cols.iter().enumerate() {
             sums.fill(0);
             for iy in ry {
                 for ix in cx {
-                    let base = ((b * g.h + iy) * g.w + ix) * g.c;
+                    let base = (iy * g.w + ix) * g.c;
                     for (ch, s) in sums.iter_mut().enumerate() {
-                        // SAFETY: inside x. Window sums of 16-bit values fit i32 for windows below 2^15 taps.
-                        *s += unsafe { ex.read(xp.get(), base + ch) };
+                        // SAFETY: inside the image. Window sums of 16-bit values fit i32 for windows below
+                        // 2^15 taps.
+                        *s += unsafe { self.ex.read(x, base + ch) };
                     }
                 }
             }
             let inside = (ry.len() * cx.len()) as i32;
-            let count = if include_pad { py * px } else { ry.len() * cx.len() };
-            let at = ((b * g.oh + oy) * g.ow + ox) * g.c;
+            let count = if self.include_pad { py * px } else { ry.len() * cx.len() };
             for (ch, s) in sums.iter().enumerate() {
-                let r = if count > 0 { ((s - inside * zx) as f32 * sx) / count as f32 } else { 0.0 };
+                let r = if count > 0 { ((s - inside * self.zx) as f32 * self.sx) / count as f32 } else { 0.0 };
                 let v = quantize_one(r, sy, zy, lo, hi);
-                // SAFETY: inside out; tasks write disjoint output rows.
-                unsafe { eo.write(op.get(), at + ch, v) };
+                // SAFETY: inside the output row.
+                unsafe { self.eo.write(out, ox * g.c + ch, v) };
             }
         }
-    });
+    }
 }
 
 /// `rows` rows of `len` elements from src (stride len) into dst (stride dst_stride, from element dst_off),
