@@ -791,3 +791,122 @@ fn classic_and_newer_ops_compile_and_quantize() {
         }
     }
 }
+
+/// Integer adds and multiplies the compiler generates whole (codegen/src/elementwise.rs) equal the
+/// interpreter byte for byte: u8 and i8 values, relu, leaky and clip activations, a fused
+/// `dequantize → clip → quantize`, several chunks with a tail shorter than a vector; and the sigmoid
+/// table lookup. Each such step is asserted to be generated on CPUs with AVX2.
+#[test]
+fn elementwise_steps_equal_the_interpreter() {
+    // 8 × 47 × 47 = 17672 elements: two tasks, the second 1288 long (8 past a multiple of 16).
+    let (c, h) = (8usize, 47usize);
+    let mut b = Builder::new();
+    b.input("x", &[1, c as i64, h as i64, h as i64]).output("y", &[1, c as i64, h as i64, h as i64]);
+    b.init("w1", &[c as i64, c as i64, 1, 1], values(c * c, 70).iter().map(|v| v * 0.6).collect());
+    b.init("w2", &[c as i64, c as i64, 1, 1], values(c * c, 71).iter().map(|v| v * 0.4).collect());
+    b.init("lo", &[], vec![-0.5]).init("hi", &[], vec![1.5]);
+    b.node("Conv", "c1", &["x", "w1"], &["c1"], vec![]);
+    b.node("Conv", "c2", &["x", "w2"], &["c2"], vec![]);
+    b.node("Add", "add", &["c1", "c2"], &["s"], vec![]);
+    b.node("Relu", "relu", &["s"], &["r"], vec![]);
+    b.node("Mul", "mul", &["c1", "c2"], &["m"], vec![]);
+    b.node("LeakyRelu", "leaky", &["m"], &["l"], vec![]);
+    b.node("Add", "add2", &["r", "l"], &["s2"], vec![]);
+    // A sigmoid between 8-bit values that no add absorbs: a table.
+    b.node("MaxPool", "pool", &["s2"], &["p"], vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]);
+    b.node("Sigmoid", "sig", &["p"], &["g"], vec![]);
+    b.node("Mul", "mul2", &["g", "c1"], &["m2"], vec![]);
+    b.node("Clip", "clip", &["m2", "lo", "hi"], &["y"], vec![]);
+    let shape = [1, c, h, h];
+    let len: usize = shape.iter().product();
+    let sample = |s: u32| Tensor::from_f32(&shape, values(len, s).iter().map(|v| v * 3.0).collect()).unwrap();
+    let d = tmp("elementwise");
+    std::fs::write(d.join("net.onnx"), b.bytes()).unwrap();
+    let cal = d.join("calib");
+    std::fs::create_dir_all(&cal).unwrap();
+    for s in 0..4 {
+        qcc::npy::write_npy(&cal.join(format!("s{s}.npy")), &sample(100 + s)).unwrap();
+    }
+    let g = qcc::driver::load_model(&d.join("net.onnx"), &Default::default()).unwrap().graph;
+    let set = CalibSet::open(&cal, &["x".to_string()], None, None).unwrap();
+    let inst = Instrumentation { verify: true, ..Default::default() };
+    let cb = calibrate(g, OptLevel::O2, CalibOptions::default(), &set, &inst, &mut std::io::sink()).unwrap();
+    for (a, t) in [("asym", "u8"), ("sym", "i8")] {
+        let q = cb.finish(&quant_config("sym-per-channel", a, t, "minmax").unwrap(), &inst, &mut std::io::sink()).unwrap();
+        for isa in isas() {
+            let cq = Compiled::new(&q, isa).unwrap();
+            let adds: Vec<_> = cq.plan.steps.iter().filter(|s| s.kernel == Kernel::QAdd).collect();
+            assert_eq!(adds.len(), 4, "{t} {isa:?}: {}", cq.plan.summary());
+            assert!(cq.plan.steps.iter().any(|s| s.kernel == Kernel::Lut), "{t} {isa:?}: {}", cq.plan.summary());
+            if isa != Isa::Scalar {
+                for s in &adds {
+                    let hdr = qcc_runtime::abi::QAddHdr::decode(&cq.plan.blob.words(s.hdr, 64));
+                    assert!(qcc::codegen::elementwise::qadd_generated(isa, &hdr), "{t} {isa:?} {}: {hdr:?}", s.node);
+                }
+            }
+            for threads in [1, 3] {
+                qcc_runtime::kernels::pool::set_threads(threads);
+                for s in 0..2 {
+                    let x = sample(s);
+                    assert_eq!(cq.run(std::slice::from_ref(&x)).unwrap(), qcc_runtime::run(&q, vec![x]).unwrap(), "{t} {isa:?}, {threads}");
+                }
+            }
+        }
+    }
+    // i8 and u8 operands mixed, an i8 output, operands broadcast per channel and per pixel (rows of 20
+    // channels: one vector and a tail), and a `dequantize → clip → quantize` after the add that its
+    // kernel applies (an 8-bit grid 0.9 wide: values saturate at both ends); 20 × 37 × 53 = 39220
+    // elements (three tasks, the last 4 past a multiple of 16). The scales make the sums land on halves, so
+    // rounding ties to even matters. The last add's tiny scale keeps the NaN check `quantize` leaves out
+    // for ordinary scales (its outputs saturate).
+    let text = r#"graph @t(%0: f32[1,20,37,53] "a", %1: f32[1,20,37,53] "b", %13: f32[1,20,1,1] "c", %14: f32[1,1,37,53] "d") -> (%7: f32[1,20,37,53] "y", %8: f32[1,20,37,53] "z", %12: f32[1,20,37,53] "w", %17: f32[1,20,37,53] "u", %20: f32[1,20,37,53] "v") {
+  %2 = quantize %0 : i8[1,20,37,53] q<0.05, -3>
+  %3 = quantize %1 : u8[1,20,37,53] q<0.025, 131>
+  %4 = qadd %2, %3 : i8[1,20,37,53] q<0.1, 5>
+  %5 = dequantize %4 : f32[1,20,37,53]
+  %6 = clip %5 {max=0.6, min=-0.3} : f32[1,20,37,53]
+  %9 = quantize %6 : u8[1,20,37,53] q<0.0035, 90>
+  %7 = dequantize %9 : f32[1,20,37,53]
+  %10 = qmul %2, %3 {act="leaky_relu(0.1)"} : i8[1,20,37,53] q<0.02, -1>
+  %8 = dequantize %10 : f32[1,20,37,53]
+  %11 = qadd %2, %3 : u8[1,20,37,53] q<1e-35, 7>
+  %12 = dequantize %11 : f32[1,20,37,53]
+  %15 = quantize %13 : u8[1,20,1,1] q<0.02, 128>
+  %16 = qmul %2, %15 : i8[1,20,37,53] q<0.04, 3>
+  %17 = dequantize %16 : f32[1,20,37,53]
+  %18 = quantize %14 : i8[1,1,37,53] q<0.03, -2>
+  %19 = qadd %18, %3 {act="relu"} : u8[1,20,37,53] q<0.05, 0>
+  %20 = dequantize %19 : f32[1,20,37,53]
+}
+"#;
+    let q = qcc_ir::parse::parse_graph(text).unwrap();
+    let shape = [1, 20, 37, 53];
+    let n: usize = shape.iter().product();
+    for isa in isas() {
+        let cq = Compiled::new(&q, isa).unwrap();
+        let adds: Vec<_> = cq.plan.steps.iter().filter(|s| s.kernel == Kernel::QAdd).collect();
+        assert_eq!(adds.len(), 5, "{isa:?}: {}", cq.plan.summary());
+        let bcast = adds.iter().filter(|s| qcc_runtime::abi::QAddHdr::decode(&cq.plan.blob.words(s.hdr, 64)).bcast).count();
+        assert_eq!(bcast, 2, "{isa:?}: a per-channel and a per-pixel operand");
+        let mid = adds.iter().map(|s| qcc_runtime::abi::QAddHdr::decode(&cq.plan.blob.words(s.hdr, 64))).filter(|h| h.mid_on).count();
+        assert_eq!(mid, 1, "{isa:?}: the clamp is the add's");
+        if isa != Isa::Scalar {
+            for s in &adds {
+                let hdr = qcc_runtime::abi::QAddHdr::decode(&cq.plan.blob.words(s.hdr, 64));
+                assert!(qcc::codegen::elementwise::qadd_generated(isa, &hdr), "{isa:?} {}: {hdr:?}", s.node);
+            }
+        }
+        for s in 0..3 {
+            // Multiples of half a step of each input, spanning past both ends of its range.
+            let grid = |seed: u32, step: f32| values(n, seed).iter().map(|v| (v * 300.0).round() * step).collect::<Vec<f32>>();
+            let a = Tensor::from_f32(&shape, grid(s, 0.025)).unwrap();
+            let b = Tensor::from_f32(&shape, grid(s + 50, 0.0125)).unwrap();
+            let c = Tensor::from_f32(&[1, 20, 1, 1], values(20, s + 60).iter().map(|v| v * 3.0).collect()).unwrap();
+            let d = Tensor::from_f32(&[1, 1, 37, 53], values(37 * 53, s + 70).iter().map(|v| v * 4.0).collect()).unwrap();
+            let xs = vec![a, b, c, d];
+            let want = qcc_runtime::run(&q, xs.clone()).unwrap();
+            assert_eq!(cq.run(&xs).unwrap(), want, "{isa:?}, sample {s}");
+        }
+    }
+    qcc_runtime::kernels::pool::set_threads(0);
+}

@@ -4,6 +4,7 @@
 //! lacks the kernels' instruction set, -4 = an interpreted step failed); `<prefix>_scratch_bytes()`
 //! returns the arena size. The same functions go into the JIT and into object files, so `qcc run`
 //! exercises exactly what applications link.
+use crate::elementwise::{self, Elementwise};
 use crate::nest;
 use crate::plan::{Kernel, Plan};
 use crate::CodegenError;
@@ -12,7 +13,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
-use qcc_runtime::abi::GemmHdr;
+use qcc_runtime::abi::{GemmHdr, LutHdr, QAddHdr};
 use std::collections::HashMap;
 
 pub struct Entry {
@@ -87,6 +88,22 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
                 (k, Some(kind)) => Some(nests.define_row_step(module, &mut fctx, kind, nest::row_shape(k, &words), &name)?),
                 _ => None,
             };
+        }
+    }
+    // Elementwise steps generated whole (elementwise.rs).
+    let mut ew = Elementwise::default();
+    for (i, s) in plan.steps.iter().enumerate() {
+        let words = plan.blob.words(s.hdr, 64);
+        let name = format!("{prefix}_step{i}");
+        match s.kernel {
+            Kernel::Lut => step_fns[i] = Some(ew.define_lut(module, &mut fctx, &LutHdr::decode(&words), &name)?),
+            Kernel::QAdd => {
+                let h = QAddHdr::decode(&words);
+                if elementwise::has_sse41(module) && elementwise::qadd_generated(plan.isa, &h) {
+                    step_fns[i] = Some(ew.define_qadd(module, &mut fctx, &h, &name)?);
+                }
+            }
+            _ => {}
         }
     }
     let mut ctx = module.make_context();

@@ -2,6 +2,7 @@
 //! machine code with Cranelift, either in memory (JIT, `Compiled`) or as an ELF object plus C header.
 mod choose;
 pub mod clif;
+pub mod elementwise;
 mod emit;
 pub mod jit;
 pub mod lower;

@@ -108,7 +108,7 @@ impl Nests {
     }
 }
 
-fn ptr_signature<M: Module>(module: &M, n: usize) -> Signature {
+pub(crate) fn ptr_signature<M: Module>(module: &M, n: usize) -> Signature {
     let ptr = module.target_config().pointer_type();
     let mut s = Signature::new(module.isa().default_call_conv());
     s.params.extend((0..n).map(|_| AbiParam::new(ptr)));

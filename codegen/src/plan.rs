@@ -58,7 +58,8 @@ impl Kernel {
             | Kernel::QAvgPool
             | Kernel::FDwNhwc
             | Kernel::FGroupNhwc
-            | Kernel::FAvgPoolNhwc => return None,
+            | Kernel::FAvgPoolNhwc
+            | Kernel::Lut => return None,
             Kernel::Quantize => "qcc_k_quantize",
             Kernel::Dequantize => "qcc_k_dequantize",
             Kernel::Im2col => "qcc_k_im2col",
@@ -71,7 +72,6 @@ impl Kernel {
             Kernel::Unary => "qcc_k_unary",
             Kernel::Softmax => "qcc_k_softmax",
             Kernel::Strided => "qcc_k_strided",
-            Kernel::Lut => "qcc_k_lut",
             Kernel::FGemm => "qcc_k_fgemm",
             Kernel::FDwConv => "qcc_k_fdwconv",
             Kernel::FGap => "qcc_k_fgap",
@@ -106,6 +106,7 @@ impl Kernel {
         match (self.symbol(), self.row_kernel()) {
             (Some(s), _) => &s["qcc_k_".len()..],
             (None, Some(r)) => r,
+            (None, None) if self == Kernel::Lut => "lut",
             (None, None) => "gemm",
         }
     }

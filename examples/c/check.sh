@@ -2,7 +2,8 @@
 # Builds examples/c against object files qcc writes and checks the application's output equals
 # `qcc run` (the JIT) byte for byte on a few digits: the int8 MNIST CNN, and examples/c/hosted.qir
 # (a reflect pad and a resize that run through the interpreter in libqcc_runtime.a, then a conv), float
-# and int8. Needs `cargo build --release` first (for target/release/qcc and
+# and int8, and examples/c/elementwise.onnx (integer adds and multiplies, broadcasting ones included,
+# and sigmoid tables: steps generated whole by Cranelift; made by elementwise.py). Needs `cargo build --release` first (for target/release/qcc and
 # target/release/libqcc_runtime.a). Run from the repository root.
 set -euo pipefail
 QCC=target/release/qcc
@@ -38,3 +39,4 @@ PY
 check "int8 MNIST CNN" examples/mnist/mnist_cnn.onnx -O2 --int8 "${CALIB[@]}"
 check "interpreted pad and resize, float" examples/c/hosted.qir -O2
 check "interpreted pad and resize, int8" examples/c/hosted.qir -O2 --int8 "${CALIB[@]}"
+check "generated integer adds, multiplies and tables" examples/c/elementwise.onnx -O2 --int8 "${CALIB[@]}"

@@ -296,21 +296,6 @@ pub unsafe extern "C" fn qcc_k_unary(hdr: *const u64, _blob: *const u8, arena: *
 /// # Safety
 /// As qcc_k_quantize.
 #[no_mangle]
-pub unsafe extern "C" fn qcc_k_lut(hdr: *const u64, blob: *const u8, arena: *mut u8) {
-    unsafe {
-        let h = LutHdr::decode(words(hdr));
-        // SAFETY: the header's contract: 256 table bytes in the blob, len bytes at x and out (which may
-        // coincide: each byte is read before it is written).
-        let table = std::slice::from_raw_parts(blob.add(h.table), 256);
-        for i in 0..h.len {
-            *arena.add(h.out + i) = table[*arena.add(h.x + i) as usize];
-        }
-    }
-}
-
-/// # Safety
-/// As qcc_k_quantize.
-#[no_mangle]
 pub unsafe extern "C" fn qcc_k_strided(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
     unsafe {
         let h = StridedHdr::decode(words(hdr));
@@ -428,6 +413,22 @@ unsafe fn fdw_nhwc<'a>(hdr: *const u64, blob: *const u8, arena: *mut u8) -> fnhw
 /// task `task` through the step's row microkernel (`qcc_uk_<kind>_row`), with `k` the step's decoded
 /// kernel and `x`, `out` its input and output.
 pub type RowTasks = unsafe extern "C" fn(k: *const u8, x: *const u8, out: *mut u8, task: usize);
+
+/// A generated elementwise step's task function: handles task `task`'s chunk of elements, its buffers'
+/// offsets compiled in (codegen/src/elementwise.rs).
+pub type ChunkTasks = unsafe extern "C" fn(blob: *const u8, arena: *mut u8, task: usize);
+
+/// Runs a generated elementwise step's task function on the thread pool for tasks 0..ntasks.
+///
+/// # Safety
+/// `tasks` reads and writes only the plan's buffers in `arena`, each task its own elements.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_rt_parallel(blob: *const u8, arena: *mut u8, tasks: ChunkTasks, ntasks: usize) {
+    // Addresses cross to the pool's threads as integers (raw pointers are not Sync).
+    let (b, a) = (blob as usize, arena as usize);
+    // SAFETY: the caller's contract; tasks write disjoint chunks.
+    crate::kernels::pool::parallel_for(ntasks, &|t| unsafe { tasks(b as *const u8, a as *mut u8, t) });
+}
 
 /// Runs a row step's task function on the thread pool for tasks 0..ntasks.
 unsafe fn run_rows<K: RowKernel>(k: &K, tasks: RowTasks, ntasks: usize) {
@@ -570,6 +571,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_quantize", qcc_k_quantize as *const u8),
         ("qcc_k_dequantize", qcc_k_dequantize as *const u8),
         ("qcc_rt_gemm", qcc_rt_gemm as *const u8),
+        ("qcc_rt_parallel", qcc_rt_parallel as *const u8),
         ("qcc_uk_gemm", qcc_uk_gemm as *const u8),
         ("qcc_uk_gemm_row", qcc_uk_gemm_row as *const u8),
         ("qcc_k_im2col", qcc_k_im2col as *const u8),
@@ -588,7 +590,6 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_unary", qcc_k_unary as *const u8),
         ("qcc_k_softmax", qcc_k_softmax as *const u8),
         ("qcc_k_strided", qcc_k_strided as *const u8),
-        ("qcc_k_lut", qcc_k_lut as *const u8),
         ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),

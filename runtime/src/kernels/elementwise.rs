@@ -320,6 +320,10 @@ impl QAdd {
                         // f is never NaN (a dequantized integer), so the clamp is plain max/min.
                         q(f.max(min).min(max))
                     }),
+                    // The common activations as their own loops (through Act::apply's match they do
+                    // not vectorize: 8× slower on ResNet-50's adds).
+                    (Some(Act::Relu), None) => each(a, b, p, z, mul, |v| q(Act::Relu.apply(v))),
+                    (Some(Act::Clip { min, max }), None) => each(a, b, p, z, mul, |v| q(Act::Clip { min, max }.apply(v))),
                     (act, mid) => each(a, b, p, z, mul, |v| {
                         let v = act.map_or(v, |f| f.apply(v));
                         match mid {
