@@ -504,8 +504,21 @@ mod vnni {
                         f[j] = _mm512_add_round_ps::<RNE>(f[j], _mm512_mul_round_ps::<RNE>(d, rm));
                     }
                 }
-                let bytes = pack64(f, g.epi.zy, g.epi.qlo, g.epi.qhi);
-                _mm512_mask_storeu_epi8(g.out.add(r * g.ldo + c0) as *mut _, keep, bytes);
+                if NB <= 2 {
+                    // One or two blocks: each clamped in f32 (exact: rounding is monotonic and the bounds
+                    // are integers; a NaN becomes the upper bound, as in pack64), converted, and stored
+                    // as bytes by vpmovdb; packing 64 lanes would convert and pack 2–3 unused vectors.
+                    let (lo, hi) = (_mm512_set1_ps((g.epi.qlo - g.epi.zy) as f32), _mm512_set1_ps((g.epi.qhi - g.epi.zy) as f32));
+                    for (j, fj) in f.iter().enumerate().take(NB) {
+                        let q = _mm512_cvt_roundps_epi32::<RNE>(_mm512_max_ps(_mm512_min_ps(*fj, hi), lo));
+                        let q = _mm512_add_epi32(q, _mm512_set1_epi32(g.epi.zy));
+                        let block = ((keep >> (j * NBLK)) & 0xffff) as __mmask16;
+                        _mm512_mask_cvtepi32_storeu_epi8(g.out.add(r * g.ldo + c0 + j * NBLK) as *mut _, block, q);
+                    }
+                } else {
+                    let bytes = pack64(f, g.epi.zy, g.epi.qlo, g.epi.qhi);
+                    _mm512_mask_storeu_epi8(g.out.add(r * g.ldo + c0) as *mut _, keep, bytes);
+                }
             }
         }
     }
