@@ -76,7 +76,7 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     };
 
     let mut fctx = FunctionBuilderContext::new();
-    // Steps whose function is generated (GEMMs: loop nests around runtime microkernels).
+    // Steps whose function is generated (GEMMs and row kernels: loop nests around runtime microkernels).
     let mut step_fns = vec![None; plan.steps.len()];
     if plan.steps.iter().any(|s| s.kernel == Kernel::Gemm || s.kernel.row_kernel().is_some()) {
         let mut nests = nest::Nests::declare(module)?;

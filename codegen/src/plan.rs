@@ -5,9 +5,10 @@
 use qcc_ir::DType;
 use qcc_runtime::kernels::Isa;
 
-/// What a step runs: a runtime kernel `qcc_k_<name>(hdr, blob, arena)`, or for GEMMs and row kernels
-/// (depthwise and channels-last grouped convolution, pooling) a function codegen generates with the same signature
-/// (codegen/src/nest.rs).
+/// What a step runs: a runtime kernel `qcc_k_<name>(hdr, blob, arena)`, or a function codegen generates
+/// with the same signature: for GEMMs and row kernels (depthwise and channels-last grouped convolution,
+/// pooling) a loop nest (codegen/src/nest.rs), for table lookups and most qadd/qmul steps the whole
+/// computation (codegen/src/elementwise.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Quantize,
@@ -49,7 +50,8 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The runtime kernel's symbol; None for steps whose function is generated.
+    /// The runtime kernel's symbol; None for steps whose function is always generated (qadd keeps its
+    /// kernel for the steps elementwise.rs does not generate).
     pub fn symbol(self) -> Option<&'static str> {
         Some(match self {
             Kernel::Gemm

@@ -1,7 +1,8 @@
 //! The kernels' C entry points, `qcc_k_<kind>(hdr, blob, arena)`, each decoding its header (abi.rs) and
 //! calling the kernel; the microkernels generated loop nests call (`qcc_uk_*`); the runtime calls
 //! generated functions make (`qcc_rt_*`: `qcc_rt_gemm` and the row kernels' `qcc_rt_<kind>` run a step's
-//! generated task function on the thread pool); and `qcc_set_threads` for applications.
+//! generated task function on the thread pool, `qcc_rt_parallel` a generated elementwise step's); and
+//! `qcc_set_threads` for applications.
 //! libqcc_runtime.a exports these symbols to object files; the JIT resolves them through `symbols()`.
 use crate::abi::*;
 use crate::kernels::dwconv::{DwConv, DwGeom};

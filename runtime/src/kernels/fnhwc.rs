@@ -666,8 +666,8 @@ mod avx512 {
         }
     }
 
-    /// FDwNhwc for output row oy of the image at x into the row at out, in blocks of 64 channels (four registers; the last block
-    /// as many registers as it needs).
+    /// FDwNhwc for output row oy of the image at x into the row at out, in blocks of 64 channels (four
+    /// registers; the last block as many registers as it needs).
     #[target_feature(enable = "avx512f,avx512vl,fma")]
     pub unsafe fn dw_row(d: &FDwNhwc, x: *const f32, out: *mut f32, oy: usize) {
         let mut c0 = 0;
