@@ -910,3 +910,42 @@ fn elementwise_steps_equal_the_interpreter() {
     }
     qcc_runtime::kernels::pool::set_threads(0);
 }
+
+/// Float pooling, unary ops and depthwise convolutions that read the graph input (logical order) keep
+/// that order on AVX-512 — they have kernels for either layout, not between them — so none is left to
+/// the interpreter; the pointwise convolutions after them read the logical order themselves. Results
+/// within rounding of the interpreter on every ISA.
+#[test]
+fn float_layers_on_the_graph_input_compile() {
+    let (c, h) = (8usize, 20usize);
+    let mut b = Builder::new();
+    b.input("x", &[1, c as i64, h as i64, h as i64]).output("y1", &[1, 16, 10, 10]).output("y2", &[1, 16, h as i64, h as i64]);
+    let w = |n: usize, seed: u32, s: f32| values(n, seed).iter().map(|v| v * s).collect::<Vec<f32>>();
+    b.init("wd", &[c as i64, 1, 3, 3], w(c * 9, 80, 0.5)).init("bd", &[c as i64], w(c, 81, 0.1));
+    b.init("wd2", &[c as i64, 1, 3, 3], w(c * 9, 82, 0.5));
+    b.init("wp", &[16, c as i64, 1, 1], w(16 * c, 83, 0.4)).init("wp2", &[16, c as i64, 1, 1], w(16 * c, 84, 0.4));
+    b.node("MaxPool", "max", &["x"], &["p"], vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]);
+    b.node("Relu", "relu", &["p"], &["r"], vec![]);
+    b.node("Conv", "dw", &["r", "wd", "bd"], &["d"], vec![ints("pads", &[1, 1, 1, 1]), int("group", c as i64)]);
+    b.node("Conv", "pw", &["d", "wp"], &["y1"], vec![]);
+    let avg = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
+    b.node("AveragePool", "avg", &["x"], &["a"], avg);
+    b.node("Conv", "dw2", &["a", "wd2"], &["d2"], vec![ints("pads", &[1, 1, 1, 1]), int("group", c as i64)]);
+    b.node("Conv", "pw2", &["d2", "wp2"], &["y2"], vec![]);
+    let d = tmp("float-input-layers");
+    let model = d.join("net.onnx");
+    std::fs::write(&model, b.bytes()).unwrap();
+    let mut f = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    qcc::driver::compile(&mut f, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+    let x = Tensor::from_f32(&[1, c, h, h], values(c * h * h, 5).iter().map(|v| v * 2.0).collect()).unwrap();
+    let want = qcc_runtime::run(&f, vec![x.clone()]).unwrap();
+    for isa in isas() {
+        let cf = Compiled::new(&f, isa).unwrap();
+        assert!(cf.plan.steps.iter().all(|s| s.kernel != Kernel::Host), "{isa:?}: {}", cf.plan.summary());
+        let got = cf.run(std::slice::from_ref(&x)).unwrap();
+        for (w, g) in want.iter().zip(&got) {
+            let err = w.to_f32_vec().iter().zip(g.to_f32_vec()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < 1e-4, "{isa:?}: float differs by {err}");
+        }
+    }
+}

@@ -107,11 +107,43 @@ impl Ctx<'_> {
     }
 
     /// Integer 4-D activations inside the graph are NHWC, and so are f32 ones on AVX-512 CPUs, where
-    /// the float kernels vectorise over channels (fnhwc.rs); elsewhere f32 values keep logical order.
+    /// the float kernels vectorise over channels (fnhwc.rs); elsewhere f32 values keep logical order, and
+    /// so does an f32 value that a layout-keeping op (`keeps_layout`) computes from one in logical order
+    /// (a graph input): those ops have kernels for either layout but not between them, while the
+    /// convolutions after them read logical-order inputs themselves.
     pub(crate) fn nhwc(&self, v: ValueId) -> bool {
         let t = self.g.ty(v);
         let inner = t.shape().is_some_and(|s| s.len() == 4) && !self.is_io(v) && !self.g.is_const(v);
-        inner && (t.quant().is_some() || (self.isa == Isa::Avx512Vnni && self.f32_value(v)))
+        if !inner {
+            return false;
+        }
+        if t.quant().is_some() {
+            return true;
+        }
+        if self.isa != Isa::Avx512Vnni || !self.f32_value(v) {
+            return false;
+        }
+        let Some(n) = self.g.producer(v) else { return true };
+        let x = self.g.node(n).inputs.first().copied();
+        !(self.keeps_layout(n) && x.is_some_and(|x| !self.g.is_const(x) && self.f32_value(x) && !self.nhwc(x)))
+    }
+
+    /// Ops whose f32 kernels take their input and output in the same layout: unary ops, max and average
+    /// pooling, depthwise convolution.
+    fn keeps_layout(&self, n: NodeId) -> bool {
+        let node = self.g.node(n);
+        match &node.op {
+            Op::MaxPool { .. } | Op::AveragePool { .. } => true,
+            Op::Conv { group, .. } => {
+                let ws = node.inputs.get(1).and_then(|w| self.g.ty(*w).shape());
+                let xs = self.g.ty(node.inputs[0]).shape();
+                let depthwise = |x: &[usize], w: &[usize]| {
+                    x.len() == 4 && w.len() == 4 && *group != 1 && x[1] as i64 == *group && w[0] as i64 == *group && w[1] == 1
+                };
+                node.inputs.len() < 4 && matches!((xs, ws), (Some(x), Some(w)) if depthwise(x, w))
+            }
+            op => UnOp::from_op(op).is_some(),
+        }
     }
 
     /// The dims in storage order: NHWC for channels-last values, else the logical shape.
