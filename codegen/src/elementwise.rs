@@ -9,10 +9,10 @@
 //! A broadcasting add walks output rows, each operand's row contiguous or one element repeated (a
 //! squeeze-and-excitation scale). Steps outside that set (16-bit values, other activations, CPUs
 //! without SSE4.1's rounding) call the runtime's Rust kernel instead (`qadd_generated` says which).
-use crate::nest::ptr_signature;
+use crate::nest::{define_local, ptr_signature};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, UserFuncName, Value};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use qcc_ir::Act;
@@ -139,30 +139,14 @@ impl Elementwise {
                 *self.parallel.insert(f)
             }
         };
-        let ptr = module.target_config().pointer_type();
-        let tcfg = module.target_config();
-        let sig = ptr_signature(module, 3);
-        let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
-        let mut ctx = module.make_context();
-        ctx.func.signature = sig;
-        ctx.func.name = UserFuncName::user(0, id.as_u32());
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-            let entry = b.create_block();
-            b.append_block_params_for_function_params(entry);
-            b.switch_to_block(entry);
-            let (blob, arena) = (b.block_params(entry)[1], b.block_params(entry)[2]);
+        define_local(module, fctx, name, 3, |module, b, params| {
+            let ptr = module.target_config().pointer_type();
             let parallel = module.declare_func_in_func(parallel, b.func);
             let t = module.declare_func_in_func(tasks, b.func);
             let addr = b.ins().func_addr(ptr, t);
             let n = b.ins().iconst(ptr, ntasks as i64);
-            b.ins().call(parallel, &[blob, arena, addr, n]);
-            b.ins().return_(&[]);
-            b.seal_all_blocks();
-            b.finalize(tcfg);
-        }
-        module.define_function(id, &mut ctx).map_err(err)?;
-        Ok(id)
+            b.ins().call(parallel, &[params[1], params[2], addr, n]);
+        })
     }
 }
 
@@ -227,30 +211,15 @@ fn define_tasks<M: Module>(
     (len, per): (usize, usize),
     body: impl FnOnce(&mut FunctionBuilder, Value, Value, Value, Value),
 ) -> Result<FuncId, CodegenError> {
-    let ptr = module.target_config().pointer_type();
-    let tcfg = module.target_config();
-    let sig = ptr_signature(module, 3);
-    let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
-    let mut ctx = module.make_context();
-    ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, id.as_u32());
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let [blob, arena, task] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+    define_local(module, fctx, name, 3, |module, b, params| {
+        let ptr = module.target_config().pointer_type();
+        let [blob, arena, task] = [params[0], params[1], params[2]];
         let s = b.ins().imul_imm_s(task, per as i64);
         let e = b.ins().iadd_imm_s(s, per as i64);
         let len = b.ins().iconst(ptr, len as i64);
         let e = b.ins().umin(e, len);
-        body(&mut b, blob, arena, s, e);
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(tcfg);
-    }
-    module.define_function(id, &mut ctx).map_err(err)?;
-    Ok(id)
+        body(b, blob, arena, s, e);
+    })
 }
 
 /// `for (i = s; i < e; i += step) body(i)`, returning the first index not handled. Vector loops pass

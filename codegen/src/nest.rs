@@ -115,18 +115,17 @@ pub(crate) fn ptr_signature<M: Module>(module: &M, n: usize) -> Signature {
     s
 }
 
-/// `step(hdr, blob, arena)`: rt(hdr, blob, arena, tasks, ntasks), with rt the step's runtime function
-/// (qcc_rt_gemm, qcc_rt_<kind> for row kernels).
-fn define_rt_step<M: Module>(
+/// Declares and defines the local function `name(p0, .., p{nparams-1})` of pointer parameters and no
+/// result: `body(module, b, params)` emits its code from the entry block on and leaves `b` in the block
+/// that returns.
+pub(crate) fn define_local<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
-    rt: FuncId,
-    tasks: FuncId,
-    ntasks: usize,
     name: &str,
+    nparams: usize,
+    body: impl FnOnce(&mut M, &mut FunctionBuilder, &[Value]),
 ) -> Result<FuncId, CodegenError> {
-    let ptr = module.target_config().pointer_type();
-    let sig = ptr_signature(module, 3);
+    let sig = ptr_signature(module, nparams);
     let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
     let mut ctx = module.make_context();
     ctx.func.signature = sig;
@@ -137,17 +136,33 @@ fn define_rt_step<M: Module>(
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let params = b.block_params(entry).to_vec();
-        let rt = module.declare_func_in_func(rt, b.func);
-        let t = module.declare_func_in_func(tasks, b.func);
-        let addr = b.ins().func_addr(ptr, t);
-        let n = b.ins().iconst(ptr, ntasks as i64);
-        b.ins().call(rt, &[params[0], params[1], params[2], addr, n]);
+        body(module, &mut b, &params);
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(module.target_config());
     }
     module.define_function(id, &mut ctx).map_err(err)?;
     Ok(id)
+}
+
+/// `step(hdr, blob, arena)`: rt(hdr, blob, arena, tasks, ntasks), with rt the step's runtime function
+/// (qcc_rt_gemm, qcc_rt_<kind> for row kernels).
+fn define_rt_step<M: Module>(
+    module: &mut M,
+    fctx: &mut FunctionBuilderContext,
+    rt: FuncId,
+    tasks: FuncId,
+    ntasks: usize,
+    name: &str,
+) -> Result<FuncId, CodegenError> {
+    define_local(module, fctx, name, 3, |module, b, params| {
+        let ptr = module.target_config().pointer_type();
+        let rt = module.declare_func_in_func(rt, b.func);
+        let t = module.declare_func_in_func(tasks, b.func);
+        let addr = b.ins().func_addr(ptr, t);
+        let n = b.ins().iconst(ptr, ntasks as i64);
+        b.ins().call(rt, &[params[0], params[1], params[2], addr, n]);
+    })
 }
 
 /// How the rows of a GEMM step that reads convolution windows in place are addressed.
@@ -414,21 +429,11 @@ fn define_row_tasks<M: Module>(
     shape: RowShape,
     name: &str,
 ) -> Result<FuncId, CodegenError> {
-    let ptr = module.target_config().pointer_type();
-    let tcfg = module.target_config();
-    let sig = ptr_signature(module, 4);
-    let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
-    let mut ctx = module.make_context();
-    ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, id.as_u32());
     let per = shape.rows_per_task() as i64;
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
+    define_local(module, fctx, name, 4, |module, b, params| {
+        let ptr = module.target_config().pointer_type();
         let uk = module.declare_func_in_func(uk, b.func);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let [k, x, out, task] = [0, 1, 2, 3].map(|i| b.block_params(entry)[i]);
+        let [k, x, out, task] = [0, 1, 2, 3].map(|i| params[i]);
         let r0 = b.ins().imul_imm_s(task, per);
         let end = b.ins().iadd_imm_s(r0, per);
         let rows = b.ins().iconst(ptr, shape.rows() as i64);
@@ -473,10 +478,5 @@ fn define_row_tasks<M: Module>(
         b.ins().jump(head, &[r1.into(), xi1.into(), orow1.into(), oy2.into()]);
 
         b.switch_to_block(exit);
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(tcfg);
-    }
-    module.define_function(id, &mut ctx).map_err(err)?;
-    Ok(id)
+    })
 }
