@@ -76,35 +76,36 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     };
 
     let mut fctx = FunctionBuilderContext::new();
-    // Steps whose function is generated (GEMMs and row kernels: loop nests around runtime microkernels).
+    // Steps whose function is generated: GEMMs and row kernels (loop nests around runtime
+    // microkernels, nest.rs), table lookups and most qadd/qmul steps (elementwise.rs).
     let mut step_fns = vec![None; plan.steps.len()];
-    if plan.steps.iter().any(|s| s.kernel == Kernel::Gemm || s.kernel.row_kernel().is_some()) {
-        let mut nests = nest::Nests::declare(module)?;
-        for (i, s) in plan.steps.iter().enumerate() {
-            let words = plan.blob.words(s.hdr, 64);
-            let name = format!("{prefix}_step{i}");
-            step_fns[i] = match (s.kernel, s.kernel.row_kernel()) {
-                (Kernel::Gemm, _) => Some(nests.define_step(module, &mut fctx, &GemmHdr::decode(&words), &name)?),
-                (k, Some(kind)) => Some(nests.define_row_step(module, &mut fctx, kind, nest::row_shape(k, &words), &name)?),
-                _ => None,
-            };
-        }
-    }
-    // Elementwise steps generated whole (elementwise.rs).
+    let mut nests = None;
     let mut ew = Elementwise::default();
     for (i, s) in plan.steps.iter().enumerate() {
         let words = plan.blob.words(s.hdr, 64);
         let name = format!("{prefix}_step{i}");
-        match s.kernel {
-            Kernel::Lut => step_fns[i] = Some(ew.define_lut(module, &mut fctx, &LutHdr::decode(&words), &name)?),
-            Kernel::QAdd => {
+        step_fns[i] = match (s.kernel, s.kernel.row_kernel()) {
+            (Kernel::Gemm, _) | (_, Some(_)) => {
+                let n = match &mut nests {
+                    Some(n) => n,
+                    None => nests.insert(nest::Nests::declare(module)?),
+                };
+                Some(match s.kernel.row_kernel() {
+                    None => n.define_step(module, &mut fctx, &GemmHdr::decode(&words), &name)?,
+                    Some(kind) => n.define_row_step(module, &mut fctx, kind, nest::row_shape(s.kernel, &words), &name)?,
+                })
+            }
+            (Kernel::Lut, _) => Some(ew.define_lut(module, &mut fctx, &LutHdr::decode(&words), &name)?),
+            (Kernel::QAdd, _) => {
                 let h = QAddHdr::decode(&words);
                 if elementwise::has_sse41(module) && elementwise::qadd_generated(plan.isa, &h) {
-                    step_fns[i] = Some(ew.define_qadd(module, &mut fctx, &h, &name)?);
+                    Some(ew.define_qadd(module, &mut fctx, &h, &name)?)
+                } else {
+                    None
                 }
             }
-            _ => {}
-        }
+            _ => None,
+        };
     }
     let mut ctx = module.make_context();
 

@@ -9,7 +9,7 @@
 //! A broadcasting add walks output rows, each operand's row contiguous or one element repeated (a
 //! squeeze-and-excitation scale). Steps outside that set (16-bit values, other activations, CPUs
 //! without SSE4.1's rounding) call the runtime's Rust kernel instead (`qadd_generated` says which).
-use crate::nest::{define_local, ptr_signature};
+use crate::nest::{define_local, define_rt_step, ptr_signature};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
@@ -123,7 +123,7 @@ impl Elementwise {
         self.define_step(module, fctx, tasks, rows.div_ceil(per), name)
     }
 
-    /// `step(hdr, blob, arena)`: qcc_rt_parallel(blob, arena, tasks, ntasks).
+    /// `step(hdr, blob, arena)`: qcc_rt_parallel(hdr, blob, arena, tasks, ntasks).
     fn define_step<M: Module>(
         &mut self,
         module: &mut M,
@@ -135,18 +135,11 @@ impl Elementwise {
         let parallel = match self.parallel {
             Some(f) => f,
             None => {
-                let f = module.declare_function("qcc_rt_parallel", Linkage::Import, &ptr_signature(module, 4)).map_err(err)?;
+                let f = module.declare_function("qcc_rt_parallel", Linkage::Import, &ptr_signature(module, 5)).map_err(err)?;
                 *self.parallel.insert(f)
             }
         };
-        define_local(module, fctx, name, 3, |module, b, params| {
-            let ptr = module.target_config().pointer_type();
-            let parallel = module.declare_func_in_func(parallel, b.func);
-            let t = module.declare_func_in_func(tasks, b.func);
-            let addr = b.ins().func_addr(ptr, t);
-            let n = b.ins().iconst(ptr, ntasks as i64);
-            b.ins().call(parallel, &[params[1], params[2], addr, n]);
-        })
+        define_rt_step(module, fctx, parallel, tasks, ntasks, name)
     }
 }
 
@@ -287,12 +280,17 @@ fn dequant(b: &mut FunctionBuilder, fty: Type, x: Value, s: f32, z: i32) -> Valu
 /// `cc(x, k) ? x : k` lane by lane: with GreaterThan, Rust's `x.max(k)`, with LessThan `x.min(k)`, for
 /// k not NaN (a NaN x gives k, as Rust's max and min; Cranelift's fmax and fmin would keep the NaN).
 fn pick(b: &mut FunctionBuilder, fty: Type, cc: FloatCC, x: Value, k: Value) -> Value {
-    let c = b.ins().fcmp(cc, x, k);
+    select_if(b, fty, (cc, x, k), x, k)
+}
+
+/// `cc(l, r) ? yes : no` lane by lane (on vectors the comparison's mask selects bits).
+fn select_if(b: &mut FunctionBuilder, fty: Type, (cc, l, r): (FloatCC, Value, Value), yes: Value, no: Value) -> Value {
+    let c = b.ins().fcmp(cc, l, r);
     if fty.is_vector() {
         let mask = b.ins().bitcast(fty, MemFlagsData::new(), c);
-        b.ins().bitselect(mask, x, k)
+        b.ins().bitselect(mask, yes, no)
     } else {
-        b.ins().select(c, x, k)
+        b.ins().select(c, yes, no)
     }
 }
 
@@ -302,18 +300,12 @@ fn quantize(b: &mut FunctionBuilder, fty: Type, v: Value, (s, zp, lo, hi): (f32,
     let sc = fconst(b, fty, s);
     let r = b.ins().fdiv(v, sc);
     let r = b.ins().nearest(r);
-    // NaN to 0: r == r keeps r. Skipped where no value can be NaN (`nan_free`).
-    let zero = fconst(b, fty, 0.0);
-    let r = if !nan {
-        r
+    // NaN to 0: r == r keeps r. Skipped where no value can be NaN (`may_be_nan`).
+    let r = if nan {
+        let zero = fconst(b, fty, 0.0);
+        select_if(b, fty, (FloatCC::Equal, r, r), r, zero)
     } else {
-        let c = b.ins().fcmp(FloatCC::Equal, r, r);
-        if fty.is_vector() {
-            let mask = b.ins().bitcast(fty, MemFlagsData::new(), c);
-            b.ins().bitselect(mask, r, zero)
-        } else {
-            b.ins().select(c, r, zero)
-        }
+        r
     };
     let (lo, hi) = (fconst(b, fty, (lo - zp) as f32), fconst(b, fty, (hi - zp) as f32));
     let r = pick(b, fty, FloatCC::GreaterThan, r, lo);
@@ -339,13 +331,7 @@ fn activation(b: &mut FunctionBuilder, fty: Type, v: Value, act: Option<Act>) ->
             let a = fconst(b, fty, alpha);
             let ax = b.ins().fmul(v, a);
             let zero = fconst(b, fty, 0.0);
-            let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThanOrEqual, v, zero);
-            if fty.is_vector() {
-                let mask = b.ins().bitcast(fty, MemFlagsData::new(), c);
-                b.ins().bitselect(mask, v, ax)
-            } else {
-                b.ins().select(c, v, ax)
-            }
+            select_if(b, fty, (FloatCC::UnorderedOrGreaterThanOrEqual, v, zero), v, ax)
         }
         Some(other) => unreachable!("qadd_generated refuses {other:?}"),
     }

@@ -146,8 +146,8 @@ pub(crate) fn define_local<M: Module>(
 }
 
 /// `step(hdr, blob, arena)`: rt(hdr, blob, arena, tasks, ntasks), with rt the step's runtime function
-/// (qcc_rt_gemm, qcc_rt_<kind> for row kernels).
-fn define_rt_step<M: Module>(
+/// (qcc_rt_gemm, qcc_rt_<kind> for row kernels, qcc_rt_parallel for elementwise steps).
+pub(crate) fn define_rt_step<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
     rt: FuncId,

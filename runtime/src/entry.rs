@@ -419,12 +419,13 @@ pub type RowTasks = unsafe extern "C" fn(k: *const u8, x: *const u8, out: *mut u
 /// offsets compiled in (codegen/src/elementwise.rs).
 pub type ChunkTasks = unsafe extern "C" fn(blob: *const u8, arena: *mut u8, task: usize);
 
-/// Runs a generated elementwise step's task function on the thread pool for tasks 0..ntasks.
+/// Runs a generated elementwise step's task function on the thread pool for tasks 0..ntasks (the
+/// header is unused: the signature is the other `qcc_rt_*`'s, so one generated step function serves).
 ///
 /// # Safety
 /// `tasks` reads and writes only the plan's buffers in `arena`, each task its own elements.
 #[no_mangle]
-pub unsafe extern "C" fn qcc_rt_parallel(blob: *const u8, arena: *mut u8, tasks: ChunkTasks, ntasks: usize) {
+pub unsafe extern "C" fn qcc_rt_parallel(_hdr: *const u64, blob: *const u8, arena: *mut u8, tasks: ChunkTasks, ntasks: usize) {
     // Addresses cross to the pool's threads as integers (raw pointers are not Sync).
     let (b, a) = (blob as usize, arena as usize);
     // SAFETY: the caller's contract; tasks write disjoint chunks.

@@ -407,10 +407,11 @@ impl RowKernel for FGroupNhwc<'_> {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // Lane o of a block reads the block's input channel (o / mg)·cg + ci, for each ci (cg ≤ 16
-            // by `fits`).
+            // by `fits`); per row, since the kernel is decoded per call: 16 divisions, then adds.
+            let first: [i32; 16] = std::array::from_fn(|o| ((o / self.mg) * cg) as i32);
             let mut idx = [[0i32; 16]; 16];
             for (ci, v) in idx.iter_mut().enumerate().take(cg) {
-                *v = std::array::from_fn(|o| ((o / self.mg) * cg + ci) as i32);
+                *v = first.map(|f| f + ci as i32);
             }
             // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the trait's contract.
             unsafe { avx512::group_row(self, &idx[..cg], x, out, oy) };
