@@ -911,6 +911,81 @@ fn elementwise_steps_equal_the_interpreter() {
     qcc_runtime::kernels::pool::set_threads(0);
 }
 
+/// Quantize and dequantize steps the compiler generates (codegen/src/elementwise.rs) equal the
+/// interpreter byte for byte: u8 and i8, NaN, infinities, values past both ends and on half steps, tails
+/// shorter than a vector; and the quantize of planes into a convolution's channels-last input and the
+/// dequantize of its output back into planes, with channel counts a multiple of 4 and 3 or 1 past one,
+/// and pixels past a multiple of 4. Each such step is asserted to be generated wherever the CPU has SSE4.1 (every non-scalar ISA).
+#[test]
+fn quantize_and_dequantize_steps_equal_the_interpreter() {
+    // 37 × 47 pixels: two tasks of the dequantize into planes, the second 715 pixels long (3 past a
+    // multiple of 4); and 6661 values in logical order (a tail of 5 past the vectors).
+    let (h, w, n) = (37usize, 47usize, 6661usize);
+    for (ci, c, t, z) in [(4usize, 7usize, "u8", 131), (7, 13, "i8", -5)] {
+        let weights: Vec<String> = values(c * ci, c as u32).iter().map(|v| format!("{}", (v * 127.0).round())).collect();
+        let text = format!(
+            r#"graph @t(%0: f32[1,{ci},{h},{w}] "x", %6: f32[1,{n}] "v") -> (%3: f32[1,{c},{h},{w}] "y", %5: f32[1,{n}] "z") {{
+  const @w: i8[{c},{ci},1,1] q<0.01, 0, -127..127> = [{}]
+  %1 = quantize %0 : u8[1,{ci},{h},{w}] q<0.02, 120>
+  %2 = qconv %1, @w {{dilations=[1, 1], group=1, pads=[0, 0, 0, 0], strides=[1, 1]}} : {t}[1,{c},{h},{w}] q<0.004, {z}>
+  %3 = dequantize %2 : f32[1,{c},{h},{w}]
+  %4 = quantize %6 : {t}[1,{n}] q<0.013, {z}>
+  %5 = dequantize %4 : f32[1,{n}]
+}}"#,
+            weights.join(", ")
+        );
+        let q = qcc_ir::parse::parse_graph(&text).unwrap();
+        for isa in isas() {
+            let cq = Compiled::new(&q, isa).unwrap();
+            let hdr = |s: &qcc::codegen::plan::Step| cq.plan.blob.words(s.hdr, 64);
+            let (mut planes, mut pixels) = (0, 0);
+            for s in &cq.plan.steps {
+                let generated = match s.kernel {
+                    Kernel::Quantize => {
+                        let h = qcc_runtime::abi::QuantizeHdr::decode(&hdr(s));
+                        pixels += h.to_nhwc as usize;
+                        qcc::codegen::elementwise::quantize_generated(isa, &h)
+                    }
+                    Kernel::Dequantize => {
+                        let h = qcc_runtime::abi::DequantizeHdr::decode(&hdr(s));
+                        planes += h.from_nhwc as usize;
+                        qcc::codegen::elementwise::dequantize_generated(isa, &h)
+                    }
+                    _ => true,
+                };
+                assert!(generated || isa == Isa::Scalar, "{t} {isa:?} {}: not generated", s.node);
+            }
+            if isa == Isa::Avx512Vnni {
+                let summary = cq.plan.summary();
+                assert_eq!((pixels, planes), (1, 1), "{t}: the convolution's input and output are channels-last: {summary}");
+            }
+            for s in 0..3u32 {
+                let mut v: Vec<f32> = values(n, s + 90).iter().map(|v| (v * 500.0).round() * 0.0065).collect();
+                for (i, special) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.0065 * 3.0].into_iter().enumerate() {
+                    v[(i * 997 + s as usize * 13) % n] = special;
+                    v[n - 1 - i] = special;
+                }
+                let mut x: Vec<f32> = values(ci * h * w, s + 95).iter().map(|v| (v * 200.0).round() * 0.01).collect();
+                // NaN in the first and the last channel (a remainder one for 7 channels) and in the pixels past
+                // the last block of 4.
+                let (hw, s) = (h * w, s as usize);
+                for at in [s * 31, (ci - 1) * hw + 5 + s, hw - 1 - s] {
+                    x[at] = f32::NAN;
+                }
+                x[ci * hw - 1 - s] = 1e30;
+                let xs = vec![Tensor::from_f32(&[1, ci, h, w], x).unwrap(), Tensor::from_f32(&[1, n], v).unwrap()];
+                let want = qcc_runtime::run(&q, xs.clone()).unwrap();
+                let got = cq.run(&xs).unwrap();
+                for (k, (a, b)) in want.iter().zip(&got).enumerate() {
+                    let (a, b) = (a.to_f32_vec(), b.to_f32_vec());
+                    let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{t} {isa:?}, sample {s}, output {k}");
+                }
+            }
+        }
+    }
+}
+
 /// Float pooling, unary ops and depthwise convolutions that read the graph input (logical order) keep
 /// that order on AVX-512 — they have kernels for either layout, not between them — so none is left to
 /// the interpreter; the pointwise convolutions after them read the logical order themselves. Results

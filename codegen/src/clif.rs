@@ -13,7 +13,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
-use qcc_runtime::abi::{GemmHdr, LutHdr, QAddHdr};
+use qcc_runtime::abi::{DequantizeHdr, GemmHdr, LutHdr, QAddHdr, QuantizeHdr};
 use std::collections::HashMap;
 
 pub struct Entry {
@@ -96,6 +96,16 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
                 })
             }
             (Kernel::Lut, _) => Some(ew.define_lut(module, &mut fctx, &LutHdr::decode(&words), &name)?),
+            (Kernel::Quantize, _) => {
+                let h = QuantizeHdr::decode(&words);
+                let on = elementwise::has_sse41(module) && elementwise::quantize_generated(plan.isa, &h);
+                on.then(|| ew.define_quantize(module, &mut fctx, &h, &name)).transpose()?
+            }
+            (Kernel::Dequantize, _) => {
+                let h = DequantizeHdr::decode(&words);
+                let on = elementwise::has_sse41(module) && elementwise::dequantize_generated(plan.isa, &h);
+                on.then(|| ew.define_dequantize(module, &mut fctx, &h, &name)).transpose()?
+            }
             (Kernel::QAdd, _) => {
                 let h = QAddHdr::decode(&words);
                 if elementwise::has_sse41(module) && elementwise::qadd_generated(plan.isa, &h) {

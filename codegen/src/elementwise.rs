@@ -1,5 +1,7 @@
-//! Elementwise steps generated as Cranelift code: the byte table lookup of `qact` and the integer
-//! add and multiply (qadd, qmul, with a fused `dequantize → clip → quantize`). Each step's task function
+//! Elementwise steps generated as Cranelift code: the byte table lookup of `qact`, the integer add and
+//! multiply (qadd, qmul, with a fused `dequantize → clip → quantize`), and quantize and dequantize of
+//! 8-bit values, in place of layout or between planes and channels-last (4 × 4 blocks transposed by a
+//! byte shuffle). Each step's task function
 //! `tasks(blob, arena, task)` carries its buffers' offsets, scales and zero points as constants and
 //! handles one chunk of elements; `qcc_rt_parallel` runs the tasks on the thread pool. The arithmetic is
 //! the interpreter's, operation for operation (docs/semantics.md): integer minus zero point converted to
@@ -8,15 +10,16 @@
 //! lowers 128-bit vectors), sixteen elements per iteration, the chunk's tail one element at a time.
 //! A broadcasting add walks output rows, each operand's row contiguous or one element repeated (a
 //! squeeze-and-excitation scale). Steps outside that set (16-bit values, other activations, CPUs
-//! without SSE4.1's rounding) call the runtime's Rust kernel instead (`qadd_generated` says which).
+//! without SSE4.1's rounding, an image's three planes on AVX-512) call the runtime's Rust kernel
+//! instead (`qadd_generated`, `quantize_generated` and `dequantize_generated` say which).
 use crate::nest::{define_local, define_rt_step, ptr_signature};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use qcc_ir::Act;
-use qcc_runtime::abi::{LutHdr, QAddHdr};
+use qcc_runtime::abi::{DequantizeHdr, LutHdr, QAddHdr, QuantizeHdr};
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::Isa;
 
@@ -36,6 +39,24 @@ pub fn qadd_generated(isa: Isa, h: &QAddHdr) -> bool {
     let rows = !h.bcast || (h.sta[3] <= 1 && h.stb[3] <= 1);
     isa != Isa::Scalar && rows && act && bytes(h.ea) && bytes(h.eb) && bytes(h.eo)
 }
+
+/// Whether the quantize step `h` is generated: an 8-bit output, in the input's layout or from planes to
+/// channels-last (except three channels on AVX-512, an image, which the runtime's kernel reads faster).
+pub fn quantize_generated(isa: Isa, h: &QuantizeHdr) -> bool {
+    let rgb = h.to_nhwc && h.dims[1] == 3 && isa == Isa::Avx512Vnni;
+    // Plane offsets are 32-bit immediates.
+    isa != Isa::Scalar && !rgb && h.elem != IntElem::I16 && h.len * 4 <= i32::MAX as usize
+}
+
+/// Whether the dequantize step `h` is generated: 8-bit values, in their layout or from channels-last to
+/// the logical order.
+pub fn dequantize_generated(isa: Isa, h: &DequantizeHdr) -> bool {
+    // Plane offsets are 32-bit immediates.
+    isa != Isa::Scalar && h.elem != IntElem::I16 && h.len * 4 <= i32::MAX as usize
+}
+
+/// Pixels per task of a quantize or dequantize that changes the layout.
+const PIXELS: usize = 1024;
 
 /// Whether Cranelift may use SSE4.1 (`nearest` on f32 vectors is roundps) in `module`: true wherever
 /// x86-64-v3 and v4 code runs.
@@ -123,6 +144,95 @@ impl Elementwise {
         self.define_step(module, fctx, tasks, rows.div_ceil(per), name)
     }
 
+    /// `step(hdr, blob, arena)` of a quantize step for which `quantize_generated` holds.
+    pub fn define_quantize<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        h: &QuantizeHdr,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        let h = h.clone();
+        let k = (h.scale, h.zp, h.lo, h.hi);
+        if h.to_nhwc {
+            let [n, _, hh, ww] = h.dims;
+            let tiles = (hh * ww).div_ceil(PIXELS).max(1);
+            let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (n * tiles, 1), |b, _blob, arena, t, _| {
+                quantize_to_channels_last(b, arena, &h, t, tiles);
+            })?;
+            return self.define_step(module, fctx, tasks, n * tiles, name);
+        }
+        let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (h.len, CHUNK), |b, _blob, arena, s, e| {
+            let [x, out] = [h.x, h.out].map(|o| b.ins().iadd_imm_s(arena, o as i64));
+            let e16 = b.ins().iadd_imm_s(e, -15);
+            let rest = element_loop(b, s, e16, 16, |b, i| {
+                let xi = b.ins().imul_imm_s(i, 4);
+                let xi = b.ins().iadd(x, xi);
+                // Any float may arrive here: NaN goes to the zero point.
+                let q: Vec<Value> = (0..4)
+                    .map(|j| {
+                        let v = b.ins().load(types::F32X4, flags(), xi, 16 * j);
+                        quantize(b, types::F32X4, v, k, true)
+                    })
+                    .collect();
+                let v = narrow16(b, &q, h.elem);
+                let p = b.ins().iadd(out, i);
+                b.ins().store(flags(), v, p, 0);
+            });
+            element_loop(b, rest, e, 1, |b, i| {
+                let xi = b.ins().imul_imm_s(i, 4);
+                let xi = b.ins().iadd(x, xi);
+                let v = b.ins().load(types::F32, flags(), xi, 0);
+                let q = quantize(b, types::F32, v, k, true);
+                let p = b.ins().iadd(out, i);
+                b.ins().istore8(flags(), q, p, 0);
+            });
+        })?;
+        self.define_step(module, fctx, tasks, h.len.div_ceil(CHUNK), name)
+    }
+
+    /// `step(hdr, blob, arena)` of a dequantize step for which `dequantize_generated` holds.
+    pub fn define_dequantize<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        h: &DequantizeHdr,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        let h = h.clone();
+        if h.from_nhwc {
+            let [n, _, hh, ww] = h.dims;
+            let tiles = (hh * ww).div_ceil(PIXELS).max(1);
+            let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (n * tiles, 1), |b, _blob, arena, t, _| {
+                dequantize_to_planes(b, arena, &h, t, tiles);
+            })?;
+            return self.define_step(module, fctx, tasks, n * tiles, name);
+        }
+        let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (h.len, CHUNK), |b, _blob, arena, s, e| {
+            let [x, out] = [h.x, h.out].map(|o| b.ins().iadd_imm_s(arena, o as i64));
+            let e16 = b.ins().iadd_imm_s(e, -15);
+            let rest = element_loop(b, s, e16, 16, |b, i| {
+                let p = b.ins().iadd(x, i);
+                let v = b.ins().load(types::I8X16, flags(), p, 0);
+                let o = b.ins().imul_imm_s(i, 4);
+                let o = b.ins().iadd(out, o);
+                for (j, w) in widen4(b, v, h.elem).into_iter().enumerate() {
+                    let f = dequant(b, types::F32X4, w, h.scale, h.zp);
+                    b.ins().store(flags(), f, o, 16 * j as i32);
+                }
+            });
+            element_loop(b, rest, e, 1, |b, i| {
+                let p = b.ins().iadd(x, i);
+                let v = load_int(b, p, h.elem);
+                let f = dequant(b, types::F32, v, h.scale, h.zp);
+                let o = b.ins().imul_imm_s(i, 4);
+                let o = b.ins().iadd(out, o);
+                b.ins().store(flags(), f, o, 0);
+            });
+        })?;
+        self.define_step(module, fctx, tasks, h.len.div_ceil(CHUNK), name)
+    }
+
     /// `step(hdr, blob, arena)`: qcc_rt_parallel(hdr, blob, arena, tasks, ntasks).
     fn define_step<M: Module>(
         &mut self,
@@ -148,10 +258,7 @@ impl Elementwise {
 /// vector fits, then one at a time.
 fn qadd_run(b: &mut FunctionBuilder, h: &QAddHdr, ops: [(Value, bool); 2], out: Value, s: Value, e: Value) {
     let elems = [h.ea, h.eb];
-    let scalar = |b: &mut FunctionBuilder, p: Value, e: IntElem| match e {
-        IntElem::U8 => b.ins().uload8(types::I32, flags(), p, 0),
-        _ => b.ins().sload8(types::I32, flags(), p, 0),
-    };
+    let scalar = load_int;
     // A repeated operand is read once, before the loops.
     let fixed: Vec<Option<Value>> = (0..2).map(|k| ops[k].1.then(|| scalar(b, ops[k].0, elems[k]))).collect();
     let e16 = b.ins().iadd_imm_s(e, -15);
@@ -167,10 +274,7 @@ fn qadd_run(b: &mut FunctionBuilder, h: &QAddHdr, ops: [(Value, bool); 2], out: 
             })
             .collect();
         let q: Vec<Value> = (0..4).map(|j| qadd_lanes(b, types::F32X4, x[0][j], x[1][j], h)).collect();
-        let lo = b.ins().snarrow(q[0], q[1]);
-        let hi = b.ins().snarrow(q[2], q[3]);
-        // Every value is inside the output type's range already, so the saturating narrow is exact.
-        let v = if h.eo == IntElem::U8 { b.ins().unarrow(lo, hi) } else { b.ins().snarrow(lo, hi) };
+        let v = narrow16(b, &q, h.eo);
         let p = b.ins().iadd(out, i);
         b.ins().store(flags(), v, p, 0);
     });
@@ -188,6 +292,195 @@ fn qadd_run(b: &mut FunctionBuilder, h: &QAddHdr, ops: [(Value, bool); 2], out: 
         let p = b.ins().iadd(out, i);
         b.ins().istore8(flags(), q, p, 0);
     });
+}
+
+/// The pixels p0..p1 of task t (image t / tiles) of a step changing the layout of (n, c, h, w) values,
+/// and the image's planes (f32) and channels-last pixels (bytes) at offsets `planes` and `pixels`.
+struct Tile {
+    p0: Value,
+    p1: Value,
+    planes: Value,
+    pixels: Value,
+}
+
+fn tile(b: &mut FunctionBuilder, arena: Value, dims: [usize; 4], (planes, pixels): (usize, usize), t: Value, tiles: usize) -> Tile {
+    let [_, c, hh, ww] = dims;
+    let hw = hh * ww;
+    let ty = b.func.dfg.value_type(t);
+    let img = b.ins().udiv_imm_u(t, tiles as i64);
+    let tile = b.ins().urem_imm_u(t, tiles as i64);
+    let p0 = b.ins().imul_imm_s(tile, PIXELS as i64);
+    let p1 = b.ins().iadd_imm_s(p0, PIXELS as i64);
+    let hw_v = b.ins().iconst(ty, hw as i64);
+    let p1 = b.ins().umin(p1, hw_v);
+    let at = |b: &mut FunctionBuilder, bytes: usize, offset: usize| {
+        let o = b.ins().imul_imm_s(img, bytes as i64);
+        let o = b.ins().iadd_imm_s(o, offset as i64);
+        b.ins().iadd(arena, o)
+    };
+    Tile { p0, p1, planes: at(b, c * hw * 4, planes), pixels: at(b, hw * c, pixels) }
+}
+
+/// The byte shuffle transposing 4 × 4 bytes: byte k·4 + j goes to j·4 + k (its own inverse).
+fn transpose4x4(b: &mut FunctionBuilder) -> cranelift_codegen::ir::Immediate {
+    let order: Vec<u8> = (0..16).map(|i| ((i % 4) * 4 + i / 4) as u8).collect();
+    b.func.dfg.immediates.push(ConstantData::from(&order[..]))
+}
+
+/// Task t of a quantize from planes (n, c, h, w) to channels-last (n, h, w, c), as
+/// dequantize_to_planes backwards: 4 pixels of 4 planes quantized, narrowed to 16 bytes, transposed and
+/// stored as four 4-byte pixels.
+fn quantize_to_channels_last(b: &mut FunctionBuilder, arena: Value, h: &QuantizeHdr, t: Value, tiles: usize) {
+    let [_, c, hh, ww] = h.dims;
+    let hw = hh * ww;
+    let k = (h.scale, h.zp, h.lo, h.hi);
+    let ty = b.func.dfg.value_type(t);
+    let Tile { p0, p1, planes: x, pixels: out } = tile(b, arena, h.dims, (h.x, h.out), t, tiles);
+    let c4 = c / 4 * 4;
+    let order = transpose4x4(b);
+    let last = b.ins().iadd_imm_s(p1, -3);
+    let rest = element_loop(b, p0, last, 4, |b, p| {
+        let xp = b.ins().imul_imm_s(p, 4);
+        let xp = b.ins().iadd(x, xp);
+        let op = b.ins().imul_imm_s(p, c as i64);
+        let op = b.ins().iadd(out, op);
+        let zero = b.ins().iconst(ty, 0);
+        let c4_v = b.ins().iconst(ty, c4 as i64);
+        element_loop(b, zero, c4_v, 4, |b, ch| {
+            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+            let at = b.ins().iadd(xp, plane);
+            let q: Vec<Value> = (0..4)
+                .map(|j| {
+                    let v = b.ins().load(types::F32X4, flags(), at, (j * hw * 4) as i32);
+                    quantize(b, types::F32X4, v, k, true)
+                })
+                .collect();
+            let v = narrow16(b, &q, h.elem);
+            let v = b.ins().shuffle(v, v, order);
+            let v = b.ins().bitcast(types::I32X4, little(), v);
+            let o = b.ins().iadd(op, ch);
+            for k in 0..4 {
+                let word = b.ins().extractlane(v, k as u8);
+                b.ins().store(flags(), word, o, (k * c) as i32);
+            }
+        });
+        for ch in c4..c {
+            let v = b.ins().load(types::F32X4, flags(), xp, (ch * hw * 4) as i32);
+            let q = quantize(b, types::F32X4, v, k, true);
+            for k in 0..4 {
+                let byte = b.ins().extractlane(q, k as u8);
+                b.ins().istore8(flags(), byte, op, (k * c + ch) as i32);
+            }
+        }
+    });
+    element_loop(b, rest, p1, 1, |b, p| {
+        let xp = b.ins().imul_imm_s(p, 4);
+        let xp = b.ins().iadd(x, xp);
+        let op = b.ins().imul_imm_s(p, c as i64);
+        let op = b.ins().iadd(out, op);
+        let zero = b.ins().iconst(ty, 0);
+        let c_v = b.ins().iconst(ty, c as i64);
+        element_loop(b, zero, c_v, 1, |b, ch| {
+            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+            let at = b.ins().iadd(xp, plane);
+            let v = b.ins().load(types::F32, flags(), at, 0);
+            let q = quantize(b, types::F32, v, k, true);
+            let o = b.ins().iadd(op, ch);
+            b.ins().istore8(flags(), q, o, 0);
+        });
+    });
+}
+
+/// Vector bitcasts that change the lane count name their byte order.
+fn little() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
+}
+
+/// Task t of a dequantize from channels-last (n, h, w, c) to planes (n, c, h, w): pixels
+/// (t % tiles)·PIXELS.. of image t / tiles. Blocks of 4 pixels × 4 channels are read as four 4-byte
+/// loads, transposed by one byte shuffle and stored as 4 pixels of each of 4 planes; the channels past
+/// a multiple of 4 and the pixels past a multiple of 4 go one at a time.
+fn dequantize_to_planes(b: &mut FunctionBuilder, arena: Value, h: &DequantizeHdr, t: Value, tiles: usize) {
+    let [_, c, hh, ww] = h.dims;
+    let hw = hh * ww;
+    let ty = b.func.dfg.value_type(t);
+    let Tile { p0, p1, planes: out, pixels: x } = tile(b, arena, h.dims, (h.out, h.x), t, tiles);
+    let c4 = c / 4 * 4;
+    let order = transpose4x4(b);
+    let last = b.ins().iadd_imm_s(p1, -3);
+    let rest = element_loop(b, p0, last, 4, |b, p| {
+        let xp = b.ins().imul_imm_s(p, c as i64);
+        let xp = b.ins().iadd(x, xp);
+        let op = b.ins().imul_imm_s(p, 4);
+        let op = b.ins().iadd(out, op);
+        let zero = b.ins().iconst(ty, 0);
+        let c4_v = b.ins().iconst(ty, c4 as i64);
+        element_loop(b, zero, c4_v, 4, |b, ch| {
+            let at = b.ins().iadd(xp, ch);
+            let words: Vec<Value> = (0..4).map(|k| b.ins().load(types::I32, flags(), at, (k * c) as i32)).collect();
+            let mut v = b.ins().scalar_to_vector(types::I32X4, words[0]);
+            for (k, w) in words.iter().enumerate().skip(1) {
+                v = b.ins().insertlane(v, *w, k as u8);
+            }
+            let v = b.ins().bitcast(types::I8X16, little(), v);
+            let v = b.ins().shuffle(v, v, order);
+            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+            let o = b.ins().iadd(op, plane);
+            for (j, w) in widen4(b, v, h.elem).into_iter().enumerate() {
+                let f = dequant(b, types::F32X4, w, h.scale, h.zp);
+                b.ins().store(flags(), f, o, (j * hw * 4) as i32);
+            }
+        });
+        for ch in c4..c {
+            let vals: Vec<Value> = (0..4).map(|k| load_int_at(b, xp, (k * c + ch) as i32, h.elem)).collect();
+            let mut v = b.ins().scalar_to_vector(types::I32X4, vals[0]);
+            for (k, w) in vals.iter().enumerate().skip(1) {
+                v = b.ins().insertlane(v, *w, k as u8);
+            }
+            let f = dequant(b, types::F32X4, v, h.scale, h.zp);
+            b.ins().store(flags(), f, op, (ch * hw * 4) as i32);
+        }
+    });
+    element_loop(b, rest, p1, 1, |b, p| {
+        let xp = b.ins().imul_imm_s(p, c as i64);
+        let xp = b.ins().iadd(x, xp);
+        let op = b.ins().imul_imm_s(p, 4);
+        let op = b.ins().iadd(out, op);
+        let zero = b.ins().iconst(ty, 0);
+        let c_v = b.ins().iconst(ty, c as i64);
+        element_loop(b, zero, c_v, 1, |b, ch| {
+            let at = b.ins().iadd(xp, ch);
+            let v = load_int(b, at, h.elem);
+            let f = dequant(b, types::F32, v, h.scale, h.zp);
+            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+            let o = b.ins().iadd(op, plane);
+            b.ins().store(flags(), f, o, 0);
+        });
+    });
+}
+
+/// One 8-bit element at `p` as an i32.
+fn load_int(b: &mut FunctionBuilder, p: Value, e: IntElem) -> Value {
+    load_int_at(b, p, 0, e)
+}
+
+/// One 8-bit element at `p + offset` as an i32.
+fn load_int_at(b: &mut FunctionBuilder, p: Value, offset: i32, e: IntElem) -> Value {
+    match e {
+        IntElem::U8 => b.ins().uload8(types::I32, flags(), p, offset),
+        _ => b.ins().sload8(types::I32, flags(), p, offset),
+    }
+}
+
+/// Four i32x4 vectors of values inside `e`'s range as sixteen bytes (the saturating narrows are exact).
+fn narrow16(b: &mut FunctionBuilder, q: &[Value], e: IntElem) -> Value {
+    let lo = b.ins().snarrow(q[0], q[1]);
+    let hi = b.ins().snarrow(q[2], q[3]);
+    if e == IntElem::U8 {
+        b.ins().unarrow(lo, hi)
+    } else {
+        b.ins().snarrow(lo, hi)
+    }
 }
 
 /// Arena and blob accesses: unaligned, never trapping (the plan keeps them inside their buffers).
