@@ -475,10 +475,14 @@ mod vnni {
                 }
                 return;
             }
-            // The residual (8-bit storage only here: the compiler sends 16-bit ones elsewhere).
-            let res = g.epi.residual.map(|r| (r, _mm512_set1_epi32(r.zp), _mm512_set1_ps(r.mult)));
             // One store per row: bytes past `cols` (blocks past NB, lanes past a partial block) are masked off.
             let keep: __mmask64 = if cols >= 64 { !0 } else { (1u64 << cols) - 1 };
+            if g.zw.is_none() && g.sat.is_none() {
+                epilogue::<MR, NB>(g, &acc, r0, c0, keep);
+                return;
+            }
+            // The residual (8-bit storage only here: the compiler sends 16-bit ones elsewhere).
+            let res = g.epi.residual.map(|r| (r, _mm512_set1_epi32(r.zp), _mm512_set1_ps(r.mult)));
             for i in 0..MR {
                 let r = r0 + i;
                 let rs = if g.zw.is_some() { Some(_mm512_set1_epi32(g.row_sum(r))) } else { None };
@@ -497,28 +501,93 @@ mod vnni {
                     f[j] = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(v), m);
                     if let Some((rp, rz, rm)) = res {
                         let block = ((keep >> (j * NBLK)) & 0xffff) as __mmask16;
-                        let bytes = _mm_maskz_loadu_epi8(block, rp.ptr.add(r * rp.ld + c) as *const _);
-                        let wide = if rp.elem == IntElem::I8 { _mm512_cvtepi8_epi32(bytes) } else { _mm512_cvtepu8_epi32(bytes) };
-                        // r − zr is exact in f32; one product, then one sum, each rounded (as the interpreter).
-                        let d = _mm512_cvt_roundepi32_ps::<RNE>(_mm512_sub_epi32(wide, rz));
-                        f[j] = _mm512_add_round_ps::<RNE>(f[j], _mm512_mul_round_ps::<RNE>(d, rm));
+                        f[j] = add_residual(f[j], rp.ptr.add(r * rp.ld + c), block, rp.elem == IntElem::I8, rz, rm);
                     }
                 }
-                if NB <= 2 {
-                    // One or two blocks: each clamped in f32 (exact: rounding is monotonic and the bounds
-                    // are integers; a NaN becomes the upper bound, as in pack64), converted, and stored
-                    // as bytes by vpmovdb; packing 64 lanes would convert and pack 2–3 unused vectors.
-                    let (lo, hi) = (_mm512_set1_ps((g.epi.qlo - g.epi.zy) as f32), _mm512_set1_ps((g.epi.qhi - g.epi.zy) as f32));
-                    for (j, fj) in f.iter().enumerate().take(NB) {
-                        let q = _mm512_cvt_roundps_epi32::<RNE>(_mm512_max_ps(_mm512_min_ps(*fj, hi), lo));
-                        let q = _mm512_add_epi32(q, _mm512_set1_epi32(g.epi.zy));
-                        let block = ((keep >> (j * NBLK)) & 0xffff) as __mmask16;
-                        _mm512_mask_cvtepi32_storeu_epi8(g.out.add(r * g.ldo + c0 + j * NBLK) as *mut _, block, q);
+                store_row::<NB>(g, f, r, c0, keep);
+            }
+        }
+    }
+
+    /// The common epilogue (no weight zero points, no saturation, no float activation): a function of
+    /// its own, so that its constants do not crowd the k-loop's registers, and with no test inside its
+    /// loops, so that they unroll.
+    ///
+    /// # Safety
+    /// As micro's.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn epilogue<const MR: usize, const NB: usize>(g: &Gemm, acc: &[[__m512i; NB]; MR], r0: usize, c0: usize, keep: __mmask64) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let mut m = [_mm512_setzero_ps(); NB];
+            for (j, mj) in m.iter_mut().enumerate() {
+                *mj = _mm512_loadu_ps(g.epi.mult.as_ptr().add(c0 + j * NBLK));
+            }
+            match g.epi.residual {
+                None => {
+                    for i in 0..MR {
+                        let mut f = [_mm512_setzero_ps(); 4];
+                        for j in 0..NB {
+                            f[j] = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(acc[i][j]), m[j]);
+                        }
+                        store_row::<NB>(g, f, r0 + i, c0, keep);
                     }
-                } else {
-                    let bytes = pack64(f, g.epi.zy, g.epi.qlo, g.epi.qhi);
-                    _mm512_mask_storeu_epi8(g.out.add(r * g.ldo + c0) as *mut _, keep, bytes);
                 }
+                Some(rp) => {
+                    let (rz, rm, signed) = (_mm512_set1_epi32(rp.zp), _mm512_set1_ps(rp.mult), rp.elem == IntElem::I8);
+                    for i in 0..MR {
+                        let row = rp.ptr.add((r0 + i) * rp.ld + c0);
+                        let mut f = [_mm512_setzero_ps(); 4];
+                        for j in 0..NB {
+                            let v = _mm512_mul_round_ps::<RNE>(_mm512_cvt_roundepi32_ps::<RNE>(acc[i][j]), m[j]);
+                            f[j] = add_residual(v, row.add(j * NBLK), ((keep >> (j * NBLK)) & 0xffff) as __mmask16, signed, rz, rm);
+                        }
+                        store_row::<NB>(g, f, r0 + i, c0, keep);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `f` plus the residual's term for 16 outputs: its bytes at `p` (lanes in `block`), (r − zr) · rm.
+    /// r − zr is exact in f32; one product, then one sum, each rounded (as the interpreter).
+    ///
+    /// # Safety
+    /// `p` is readable for the lanes in `block`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn add_residual(f: __m512, p: *const u8, block: __mmask16, signed: bool, rz: __m512i, rm: __m512) -> __m512 {
+        // SAFETY: the caller's contract.
+        let bytes = unsafe { _mm_maskz_loadu_epi8(block, p as *const _) };
+        let wide = if signed { _mm512_cvtepi8_epi32(bytes) } else { _mm512_cvtepu8_epi32(bytes) };
+        let d = _mm512_cvt_roundepi32_ps::<RNE>(_mm512_sub_epi32(wide, rz));
+        _mm512_add_round_ps::<RNE>(f, _mm512_mul_round_ps::<RNE>(d, rm))
+    }
+
+    /// Stores row r's scaled outputs `f` (the first NB blocks; columns c0.., bytes in `keep`) as bytes.
+    ///
+    /// # Safety
+    /// The row's columns in `keep` lie inside `out`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store_row<const NB: usize>(g: &Gemm, f: [__m512; 4], r: usize, c0: usize, keep: __mmask64) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if NB <= 2 {
+                // One or two blocks: each clamped in f32 (exact: rounding is monotonic and the bounds
+                // are integers; a NaN becomes the upper bound, as in pack64), converted, and stored
+                // as bytes by vpmovdb; packing 64 lanes would convert and pack 2–3 unused vectors.
+                let (lo, hi) = (_mm512_set1_ps((g.epi.qlo - g.epi.zy) as f32), _mm512_set1_ps((g.epi.qhi - g.epi.zy) as f32));
+                for (j, fj) in f.iter().enumerate().take(NB) {
+                    let q = _mm512_cvt_roundps_epi32::<RNE>(_mm512_max_ps(_mm512_min_ps(*fj, hi), lo));
+                    let q = _mm512_add_epi32(q, _mm512_set1_epi32(g.epi.zy));
+                    let block = ((keep >> (j * NBLK)) & 0xffff) as __mmask16;
+                    _mm512_mask_cvtepi32_storeu_epi8(g.out.add(r * g.ldo + c0 + j * NBLK) as *mut _, block, q);
+                }
+            } else {
+                let bytes = pack64(f, g.epi.zy, g.epi.qlo, g.epi.qhi);
+                _mm512_mask_storeu_epi8(g.out.add(r * g.ldo + c0) as *mut _, keep, bytes);
             }
         }
     }
