@@ -104,6 +104,17 @@ pub unsafe extern "C" fn qcc_uk_gemm(gemm: *const u8, ptrs: *const *const u8, r:
     unsafe { (*(gemm as *const Gemm)).micro_tile(ptrs, r, mr, c0, cols) }
 }
 
+/// The tiles of rows r0..rend by columns c0..c0 + cols of a plain GEMM step (Gemm::strip), for
+/// generated loop nests: one call per task.
+///
+/// # Safety
+/// As qcc_uk_gemm for each of the rows' tiles; the step reads no convolution window.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_uk_gemm_strip(gemm: *const u8, r0: usize, rend: usize, c0: usize, cols: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { (*(gemm as *const Gemm)).strip(r0, rend, c0, cols) }
+}
+
 /// The pointers of a convolution row whose window crosses the image's edge (Gemm::row_ptrs), for
 /// generated loop nests that address interior windows themselves.
 ///
@@ -576,6 +587,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_rt_parallel", qcc_rt_parallel as *const u8),
         ("qcc_uk_gemm", qcc_uk_gemm as *const u8),
         ("qcc_uk_gemm_row", qcc_uk_gemm_row as *const u8),
+        ("qcc_uk_gemm_strip", qcc_uk_gemm_strip as *const u8),
         ("qcc_k_im2col", qcc_k_im2col as *const u8),
         ("qcc_rt_dwconv", qcc_rt_dwconv as *const u8),
         ("qcc_uk_dwconv_row", qcc_uk_dwconv_row as *const u8),

@@ -322,6 +322,22 @@ proptest! {
             unsafe { g.run() };
             prop_assert_eq!(&out[..want.len()], &want[..], "{:?}", isa);
             prop_assert!(out[want.len()..].iter().all(|&v| v == 0xa5), "{:?} wrote past the output", isa);
+            if t.conv.is_none() {
+                // The strip entry generated loop nests call for plain GEMMs: strips starting off the
+                // 4-row grid, every panel.
+                let mut out2 = vec![0xa5u8; want.len() + 64];
+                let g = Gemm { out: out2.as_mut_ptr(), ..g };
+                let cut = t.m / 3;
+                for c0 in (0..t.n).step_by(qcc_runtime::kernels::gemm::PANEL) {
+                    let cols = (t.n - c0).min(qcc_runtime::kernels::gemm::PANEL);
+                    for (r0, rend) in [(0, cut), (cut, t.m)] {
+                        // SAFETY: rows r0..rend and the panel lie inside the product, as above.
+                        unsafe { g.strip(r0, rend, c0, cols) };
+                    }
+                }
+                prop_assert_eq!(&out2[..want.len()], &want[..], "{:?} strip", isa);
+                prop_assert!(out2[want.len()..].iter().all(|&v| v == 0xa5), "{:?} strip wrote past the output", isa);
+            }
         }
     }
 }

@@ -207,6 +207,30 @@ impl Gemm<'_> {
         unsafe { self.tile_portable(r, mr, c0, cols) }
     }
 
+    /// The micro-tiles of rows r0..rend (in 4-row tiles from r0) by the panel's columns c0..c0 + cols, of
+    /// a plain GEMM (no convolution window: row r is at a + r·lda): one call per task and panel instead
+    /// of one per tile, with the tile shape chosen once.
+    ///
+    /// # Safety
+    /// As micro_tile's for every tile; `conv` is None.
+    pub unsafe fn strip(&self, r0: usize, rend: usize, c0: usize, cols: usize) {
+        debug_assert!(self.conv.is_none());
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: Isa::Avx512Vnni is only chosen when the CPU has it; the caller's contract.
+            unsafe { vnni::strip(self, r0, rend, c0, cols) };
+            return;
+        }
+        let mut r = r0;
+        while r < rend {
+            let mr = MR.min(rend - r);
+            let ptrs: [*const u8; MR] = std::array::from_fn(|i| self.a.wrapping_add((r + i) * self.lda));
+            // SAFETY: the caller's contract; a plain GEMM's row pointers are its rows.
+            unsafe { self.micro_tile(ptrs.as_ptr(), r, mr, c0, cols) };
+            r += mr;
+        }
+    }
+
     /// Σ_k a[r, k] (as u8 after the optional xor), for the weight zero-point term.
     pub(crate) unsafe fn row_sum(&self, r: usize) -> i32 {
         let x = if self.xor { 0x80u8 } else { 0 };
@@ -385,6 +409,45 @@ mod vnni {
                 tile_flip::<true>(g, ptrs, r, mr, c0, cols)
             } else {
                 tile_flip::<false>(g, ptrs, r, mr, c0, cols)
+            }
+        }
+    }
+
+    /// Gemm::strip on VNNI: the column blocks and the xor decided once for all the rows' tiles.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn strip(g: &Gemm, r0: usize, rend: usize, c0: usize, cols: usize) {
+        // SAFETY (all calls): forwarded contract.
+        unsafe {
+            match (cols.div_ceil(NBLK), g.xor) {
+                (4, false) => strip_nb::<4, false>(g, r0, rend, c0, cols),
+                (3, false) => strip_nb::<3, false>(g, r0, rend, c0, cols),
+                (2, false) => strip_nb::<2, false>(g, r0, rend, c0, cols),
+                (_, false) => strip_nb::<1, false>(g, r0, rend, c0, cols),
+                (4, true) => strip_nb::<4, true>(g, r0, rend, c0, cols),
+                (3, true) => strip_nb::<3, true>(g, r0, rend, c0, cols),
+                (2, true) => strip_nb::<2, true>(g, r0, rend, c0, cols),
+                (_, true) => strip_nb::<1, true>(g, r0, rend, c0, cols),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn strip_nb<const NB: usize, const FLIP: bool>(g: &Gemm, r0: usize, rend: usize, c0: usize, cols: usize) {
+        let row = |r: usize| g.a.wrapping_add(r * g.lda);
+        let mut r = r0;
+        // SAFETY (all calls): rows r..r + MR lie inside r0..rend, which the caller guarantees.
+        unsafe {
+            while r + 4 <= rend {
+                let ptrs = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+                micro::<4, NB, FLIP>(g, ptrs.as_ptr(), r, c0, cols);
+                r += 4;
+            }
+            let ptrs = [row(r), row(r + 1), row(r + 2)];
+            match rend - r {
+                3 => micro::<3, NB, FLIP>(g, ptrs.as_ptr(), r, c0, cols),
+                2 => micro::<2, NB, FLIP>(g, ptrs.as_ptr(), r, c0, cols),
+                1 => micro::<1, NB, FLIP>(g, ptrs.as_ptr(), r, c0, cols),
+                _ => {}
             }
         }
     }
