@@ -18,7 +18,7 @@ pub(crate) enum Choice {
     Quantize,
     Dequantize,
     /// qconv as a GEMM; `im2col` = gather windows first (into a temporary of that many bytes);
-    /// `implicit` = the VNNI kernel reads the windows straight from the input, per tap or, with
+    /// `implicit` = the VNNI or AVX2 kernel reads the windows straight from the input, per tap or, with
     /// `rows`, per kernel row (channels not a multiple of 4).
     ConvGemm {
         im2col: Option<usize>,
@@ -238,14 +238,14 @@ impl Ctx<'_> {
                 if ws[2] == 1 && ws[3] == 1 && pads.iter().all(|p| *p == 0) {
                     return gathered;
                 }
-                if self.isa == Isa::Avx512Vnni && ws[1].is_multiple_of(4) && ws[2] * ws[3] <= 64 {
+                if self.isa != Isa::Scalar && ws[1].is_multiple_of(4) && ws[2] * ws[3] <= 64 {
                     return Choice::ConvGemm { im2col: None, implicit: true, rows: false };
                 }
                 // Row segments need no row sums: symmetric weights only (the zero-point term would
                 // count the padding bytes); they read whole kernel rows of pixels, so ungrouped inputs only.
                 let symmetric = g.ty(ins[1]).quant().and_then(|q| per_channel(q, m).ok()).is_some_and(|(_, zw)| zw.iter().all(|z| *z == 0));
                 let row_ok = groups == 1 && ws[3] * cin <= 64 && ws[2] <= ROW_SEGS && dilations.get(1).is_none_or(|d| *d == 1);
-                if self.isa == Isa::Avx512Vnni && symmetric && row_ok {
+                if self.isa != Isa::Scalar && symmetric && row_ok {
                     return Choice::ConvGemm { im2col: None, implicit: true, rows: true };
                 }
                 gathered

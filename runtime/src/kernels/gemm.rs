@@ -102,7 +102,7 @@ pub struct Gemm<'a> {
     pub epi: Epilogue<'a>,
     pub out: *mut u8,
     pub ldo: usize,
-    /// Implicit im2col (VNNI only): row r of `a` is the convolution window of output pixel r, read
+    /// Implicit im2col (VNNI and AVX2): row r of `a` is the convolution window of output pixel r, read
     /// straight from the NHWC input `a` (K = taps × cin, cin a multiple of 4, so no group of 4 k
     /// straddles two taps); taps outside the image read `pad` (cin bytes of the zero point).
     pub conv: Option<(DwGeom, *const u8)>,
@@ -184,7 +184,7 @@ impl Gemm<'_> {
 
     /// One micro-tile: rows r..r + mr (mr ≤ MR) by columns c0..c0 + cols (c0 a multiple of PANEL, cols ≤
     /// PANEL), with the epilogue. Row i reads its segments through `ptrs[i · segs ..]` (see row_ptrs; the
-    /// AVX2 and portable kernels, plain GEMMs only, read rows of `a` themselves).
+    /// portable kernel, plain GEMMs only, reads rows of `a` itself).
     ///
     /// # Safety
     /// The tile lies inside what run()'s caller guarantees; the pointers address what row_ptrs would.
@@ -197,13 +197,12 @@ impl Gemm<'_> {
         }
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx2 {
-            // SAFETY: Isa::Avx2 is only chosen when the CPU has AVX2 and FMA; the compiler chooses implicit
-            // convolutions only for VNNI.
-            unsafe { super::gemm_avx2::tile(self, r, mr, c0, cols) };
+            // SAFETY: Isa::Avx2 is only chosen when the CPU has AVX2 and FMA; the caller's contract.
+            unsafe { super::gemm_avx2::tile(self, ptrs, r, mr, c0, cols) };
             return;
         }
         let _ = ptrs;
-        // SAFETY: the caller's contract (a plain GEMM: the compiler reads windows in place on VNNI only).
+        // SAFETY: the caller's contract (a plain GEMM: the compiler reads windows in place with AVX2 or VNNI only).
         unsafe { self.tile_portable(r, mr, c0, cols) }
     }
 

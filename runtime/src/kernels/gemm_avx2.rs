@@ -3,73 +3,75 @@
 //! replaces each vpdpbusd with two vpmaddwd on 16-bit halves: the even and the odd bytes of the
 //! activations (zero-extended) against the even and odd weight bytes (sign-extended), so each pair sum is
 //! at most 2·255·128 in magnitude and exact in i32. vpmaddubsw would take the bytes directly but saturates
-//! its 16-bit pair sums (255·127·2 > 32767), which would break bit-exactness.
+//! its 16-bit pair sums (255·127·2 > 32767), which would break bit-exactness. Rows are read through the
+//! segment pointers Gemm::row_ptrs gives (a plain GEMM's row, or a convolution's taps or kernel rows read
+//! in place), as the VNNI kernel does.
 use super::epilogue::saturate;
 use super::gemm::{packed_dims, Gemm, NBLK};
 use std::arch::x86_64::*;
 
-/// Computes rows r0..r0+rows, columns c0..c0+cols (a plain GEMM: implicit convolutions are VNNI only) in
-/// micro-tiles of 4 rows by one block of 16 columns.
+/// Gemm::micro_tile on AVX2: rows r..r + mr (mr ≤ 4, segment pointers at `ptrs`) by columns c0..c0 +
+/// cols, in micro-tiles of one block of 16 columns.
 ///
 /// # Safety
-/// The CPU has AVX2; the tile lies inside what Gemm::run's caller guarantees.
+/// The CPU has AVX2; the tile lies inside what Gemm::run's caller guarantees and `ptrs` holds its rows'
+/// segment pointers.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn tile(g: &Gemm, r0: usize, rows: usize, c0: usize, cols: usize) {
-    assert!(g.conv.is_none(), "implicit convolutions are compiled for AVX-512 VNNI only");
-    let mut r = r0;
-    while r < r0 + rows {
-        let mr = 4.min(r0 + rows - r);
-        let mut c = c0;
-        while c < c0 + cols {
-            let n = NBLK.min(c0 + cols - c);
-            // SAFETY: rows r..r + mr and the block at c lie inside the tile.
-            unsafe {
-                match (mr, g.xor) {
-                    (4, false) => micro::<4, false>(g, r, c, n),
-                    (4, true) => micro::<4, true>(g, r, c, n),
-                    (3, false) => micro::<3, false>(g, r, c, n),
-                    (3, true) => micro::<3, true>(g, r, c, n),
-                    (2, false) => micro::<2, false>(g, r, c, n),
-                    (2, true) => micro::<2, true>(g, r, c, n),
-                    (_, false) => micro::<1, false>(g, r, c, n),
-                    (_, true) => micro::<1, true>(g, r, c, n),
-                }
+pub(crate) unsafe fn tile(g: &Gemm, ptrs: *const *const u8, r: usize, mr: usize, c0: usize, cols: usize) {
+    let mut c = c0;
+    while c < c0 + cols {
+        let n = NBLK.min(c0 + cols - c);
+        // SAFETY: rows r..r + mr and the block at c lie inside the tile.
+        unsafe {
+            match (mr, g.xor) {
+                (4, false) => micro::<4, false>(g, ptrs, r, c, n),
+                (4, true) => micro::<4, true>(g, ptrs, r, c, n),
+                (3, false) => micro::<3, false>(g, ptrs, r, c, n),
+                (3, true) => micro::<3, true>(g, ptrs, r, c, n),
+                (2, false) => micro::<2, false>(g, ptrs, r, c, n),
+                (2, true) => micro::<2, true>(g, ptrs, r, c, n),
+                (_, false) => micro::<1, false>(g, ptrs, r, c, n),
+                (_, true) => micro::<1, true>(g, ptrs, r, c, n),
             }
-            c += NBLK;
         }
-        r += mr;
+        c += NBLK;
     }
 }
 
 /// MR rows by one block of 16 columns starting at c (a multiple of 16), n of them stored.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro<const MR: usize, const FLIP: bool>(g: &Gemm, r0: usize, c: usize, n: usize) {
+unsafe fn micro<const MR: usize, const FLIP: bool>(g: &Gemm, ptrs: *const *const u8, r0: usize, c: usize, n: usize) {
     let (kp, _) = packed_dims(g.k, g.n);
     let (lo_bytes, flip) = (_mm256_set1_epi32(0x00ff_00ff), _mm256_set1_epi8(0x80u8 as i8));
     // Two registers per row: columns c..c + 8 and c + 8..c + 16, each lane one column's sum.
     let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-    // SAFETY: rows r0..r0 + MR of a hold kp readable bytes (the arena's slack covers kp > k); block c / 16
-    // of the packed weights holds kp / 4 groups of 64 bytes.
+    // SAFETY: each row's segments hold their k-groups' readable bytes (the arena's slack covers kp > k);
+    // block c / 16 of the packed weights holds kp / 4 groups of 64 bytes.
     unsafe {
         let bblk = g.b.as_ptr().add(c / NBLK * kp * NBLK);
-        let arows: [*const u8; MR] = std::array::from_fn(|i| g.a.add((r0 + i) * g.lda));
-        for kg in 0..kp / 4 {
-            let bp = bblk.add(kg * 64) as *const __m256i;
-            let b = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
-            // Sign-extended even and odd weight bytes as 16-bit lanes.
-            let be = [_mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b[0])), _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b[1]))];
-            let bo = [_mm256_srai_epi16::<8>(b[0]), _mm256_srai_epi16::<8>(b[1])];
-            for (i, acc) in acc.iter_mut().enumerate() {
-                // One broadcast load; the odd bytes are the 16-bit lanes shifted right by 8.
-                let mut av = _mm256_set1_epi32((arows[i].add(kg * 4) as *const i32).read_unaligned());
-                if FLIP {
-                    av = _mm256_xor_si256(av, flip);
-                }
-                // Zero-extended even and odd activation bytes, the same four k in every lane.
-                let (ae, ao) = (_mm256_and_si256(av, lo_bytes), _mm256_srli_epi16::<8>(av));
-                for h in 0..2 {
-                    let s = _mm256_add_epi32(_mm256_madd_epi16(ae, be[h]), _mm256_madd_epi16(ao, bo[h]));
-                    acc[h] = _mm256_add_epi32(acc[h], s);
+        // Each segment is a run of k-groups read from one pointer per row (Gemm::segments).
+        let (segments, seg_groups) = g.segments();
+        for seg in 0..segments {
+            let arows: [*const u8; MR] = std::array::from_fn(|i| *ptrs.add(i * segments + seg));
+            for sg in 0..seg_groups {
+                let kg = seg * seg_groups + sg;
+                let bp = bblk.add(kg * 64) as *const __m256i;
+                let b = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
+                // Sign-extended even and odd weight bytes as 16-bit lanes.
+                let be = [_mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b[0])), _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b[1]))];
+                let bo = [_mm256_srai_epi16::<8>(b[0]), _mm256_srai_epi16::<8>(b[1])];
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // One broadcast load; the odd bytes are the 16-bit lanes shifted right by 8.
+                    let mut av = _mm256_set1_epi32((arows[i].add(sg * 4) as *const i32).read_unaligned());
+                    if FLIP {
+                        av = _mm256_xor_si256(av, flip);
+                    }
+                    // Zero-extended even and odd activation bytes, the same four k in every lane.
+                    let (ae, ao) = (_mm256_and_si256(av, lo_bytes), _mm256_srli_epi16::<8>(av));
+                    for h in 0..2 {
+                        let s = _mm256_add_epi32(_mm256_madd_epi16(ae, be[h]), _mm256_madd_epi16(ao, bo[h]));
+                        acc[h] = _mm256_add_epi32(acc[h], s);
+                    }
                 }
             }
         }
