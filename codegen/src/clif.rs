@@ -13,7 +13,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
-use qcc_runtime::abi::{DequantizeHdr, GemmHdr, LutHdr, QAddHdr, QuantizeHdr};
+use qcc_runtime::abi::{DequantizeHdr, GemmHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr};
 use std::collections::HashMap;
 
 pub struct Entry {
@@ -105,6 +105,11 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
                 let h = DequantizeHdr::decode(&words);
                 let on = elementwise::has_sse41(module) && elementwise::dequantize_generated(plan.isa, &h);
                 on.then(|| ew.define_dequantize(module, &mut fctx, &h, &name)).transpose()?
+            }
+            (Kernel::QGap, _) => {
+                let h = QGapHdr::decode(&words);
+                let on = elementwise::has_sse41(module) && elementwise::qgap_generated(plan.isa, &h);
+                on.then(|| ew.define_qgap(module, &mut fctx, &h, &name)).transpose()?
             }
             (Kernel::QAdd, _) => {
                 let h = QAddHdr::decode(&words);

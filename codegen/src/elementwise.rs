@@ -1,7 +1,7 @@
 //! Elementwise steps generated as Cranelift code: the byte table lookup of `qact`, the integer add and
 //! multiply (qadd, qmul, with a fused `dequantize → clip → quantize`), and quantize and dequantize of
 //! 8-bit values, in place of layout or between planes and channels-last (4 × 4 blocks transposed by a
-//! byte shuffle). Each step's task function
+//! byte shuffle), and integer global average pooling. Each step's task function
 //! `tasks(blob, arena, task)` carries its buffers' offsets, scales and zero points as constants and
 //! handles one chunk of elements; `qcc_rt_parallel` runs the tasks on the thread pool. The arithmetic is
 //! the interpreter's, operation for operation (docs/semantics.md): integer minus zero point converted to
@@ -11,7 +11,8 @@
 //! A broadcasting add walks output rows, each operand's row contiguous or one element repeated (a
 //! squeeze-and-excitation scale). Steps outside that set (16-bit values, other activations, CPUs
 //! without SSE4.1's rounding, an image's three planes on AVX-512) call the runtime's Rust kernel
-//! instead (`qadd_generated`, `quantize_generated` and `dequantize_generated` say which).
+//! instead (`qadd_generated`, `quantize_generated`, `dequantize_generated` and `qgap_generated` say
+//! which).
 use crate::nest::{define_local, define_rt_step, ptr_signature};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -19,7 +20,7 @@ use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use qcc_ir::Act;
-use qcc_runtime::abi::{DequantizeHdr, LutHdr, QAddHdr, QuantizeHdr};
+use qcc_runtime::abi::{DequantizeHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr};
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::Isa;
 
@@ -53,6 +54,12 @@ pub fn quantize_generated(isa: Isa, h: &QuantizeHdr) -> bool {
 pub fn dequantize_generated(isa: Isa, h: &DequantizeHdr) -> bool {
     // Plane offsets are 32-bit immediates.
     isa != Isa::Scalar && h.elem != IntElem::I16 && h.len * 4 <= i32::MAX as usize
+}
+
+/// Whether the global average pooling step `h` is generated: 8-bit values, and few enough pixels that
+/// a channel's sum of (x − zx) fits in i32 (then its conversion to f32 is the interpreter's, from i64).
+pub fn qgap_generated(isa: Isa, h: &QGapHdr) -> bool {
+    isa != Isa::Scalar && h.ex != IntElem::I16 && h.eo != IntElem::I16 && h.hw.saturating_mul(255) <= i32::MAX as usize
 }
 
 /// Pixels per task of a quantize or dequantize that changes the layout.
@@ -231,6 +238,75 @@ impl Elementwise {
             });
         })?;
         self.define_step(module, fctx, tasks, h.len.div_ceil(CHUNK), name)
+    }
+
+    /// `step(hdr, blob, arena)` of a global average pooling step for which `qgap_generated` holds: one
+    /// task per image; 16 channels at a time summed over the pixels in four i32x4 vectors, then
+    /// `quantize((f32(Σ (x − zx)) · sx) / f32(hw))`; the channels past a multiple of 16 one at a time.
+    pub fn define_qgap<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        h: &QGapHdr,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        let h = h.clone();
+        let (c, hw) = (h.c, h.hw);
+        let k = (h.sy, h.zy, h.lo, h.hi);
+        let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (h.n, 1), |b, _blob, arena, t, _| {
+            let ty = b.func.dfg.value_type(t);
+            let x = b.ins().imul_imm_s(t, (hw * c) as i64);
+            let x = b.ins().iadd_imm_s(x, h.x as i64);
+            let x = b.ins().iadd(arena, x);
+            let out = b.ins().imul_imm_s(t, c as i64);
+            let out = b.ins().iadd_imm_s(out, h.out as i64);
+            let out = b.ins().iadd(arena, out);
+            let (zero, pixels) = (b.ins().iconst(ty, 0), b.ins().iconst(ty, hw as i64));
+            // (f32(s − hw·zx) · sx) / hw for channel sums s of `fty`'s shape.
+            let mean = |b: &mut FunctionBuilder, fty: Type, s: Value| {
+                let v = dequant(b, fty, s, h.sx, (hw as i32).wrapping_mul(h.zx));
+                let n = fconst(b, fty, hw as f32);
+                b.ins().fdiv(v, n)
+            };
+            let c16 = b.ins().iconst(ty, (c / 16 * 16) as i64);
+            element_loop(b, zero, c16, 16, |b, ch| {
+                let xc = b.ins().iadd(x, ch);
+                let init = b.ins().iconst(types::I32, 0);
+                let init = b.ins().splat(types::I32X4, init);
+                let sums = fold_loop(b, (zero, pixels), vec![init; 4], |b, p, acc| {
+                    let at = b.ins().imul_imm_s(p, c as i64);
+                    let at = b.ins().iadd(xc, at);
+                    let v = b.ins().load(types::I8X16, flags(), at, 0);
+                    widen4(b, v, h.ex).iter().zip(acc).map(|(w, a)| b.ins().iadd(*a, *w)).collect()
+                });
+                let q: Vec<Value> = sums
+                    .into_iter()
+                    .map(|s| {
+                        let v = mean(b, types::F32X4, s);
+                        quantize(b, types::F32X4, v, k, true)
+                    })
+                    .collect();
+                let v = narrow16(b, &q, h.eo);
+                let o = b.ins().iadd(out, ch);
+                b.ins().store(flags(), v, o, 0);
+            });
+            let all = b.ins().iconst(ty, c as i64);
+            element_loop(b, c16, all, 1, |b, ch| {
+                let xc = b.ins().iadd(x, ch);
+                let init = b.ins().iconst(types::I32, 0);
+                let sum = fold_loop(b, (zero, pixels), vec![init], |b, p, acc| {
+                    let at = b.ins().imul_imm_s(p, c as i64);
+                    let at = b.ins().iadd(xc, at);
+                    let v = load_int(b, at, h.ex);
+                    vec![b.ins().iadd(acc[0], v)]
+                });
+                let v = mean(b, types::F32, sum[0]);
+                let q = quantize(b, types::F32, v, k, true);
+                let o = b.ins().iadd(out, ch);
+                b.ins().istore8(flags(), q, o, 0);
+            });
+        })?;
+        self.define_step(module, fctx, tasks, h.n, name)
     }
 
     /// `step(hdr, blob, arena)`: qcc_rt_parallel(hdr, blob, arena, tasks, ntasks).
@@ -530,6 +606,44 @@ fn element_loop(b: &mut FunctionBuilder, s: Value, e: Value, step: i64, body: im
     b.ins().jump(head, &[next.into()]);
     b.switch_to_block(exit);
     b.block_params(exit)[0]
+}
+
+/// `for (i = s; i < e; i++) acc = body(i, acc)` with the accumulators carried in block parameters;
+/// returns their final values.
+fn fold_loop(
+    b: &mut FunctionBuilder,
+    (s, e): (Value, Value),
+    init: Vec<Value>,
+    body: impl FnOnce(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value>,
+) -> Vec<Value> {
+    let ty = b.func.dfg.value_type(s);
+    let types: Vec<Type> = init.iter().map(|v| b.func.dfg.value_type(*v)).collect();
+    let (head, inner, exit) = (b.create_block(), b.create_block(), b.create_block());
+    for blk in [head, inner] {
+        b.append_block_param(blk, ty);
+        for t in &types {
+            b.append_block_param(blk, *t);
+        }
+    }
+    for t in &types {
+        b.append_block_param(exit, *t);
+    }
+    let args = |i: Value, acc: &[Value]| -> Vec<cranelift_codegen::ir::BlockArg> {
+        std::iter::once(i).chain(acc.iter().copied()).map(|v| v.into()).collect()
+    };
+    b.ins().jump(head, &args(s, &init));
+    b.switch_to_block(head);
+    let params = b.block_params(head).to_vec();
+    let more = b.ins().icmp(IntCC::SignedLessThan, params[0], e);
+    let acc_args: Vec<cranelift_codegen::ir::BlockArg> = params[1..].iter().map(|v| (*v).into()).collect();
+    b.ins().brif(more, inner, &args(params[0], &params[1..]), exit, &acc_args);
+    b.switch_to_block(inner);
+    let params = b.block_params(inner).to_vec();
+    let acc = body(b, params[0], &params[1..]);
+    let next = b.ins().iadd_imm_s(params[0], 1);
+    b.ins().jump(head, &args(next, &acc));
+    b.switch_to_block(exit);
+    b.block_params(exit).to_vec()
 }
 
 /// Sixteen bytes as four i32x4 vectors (elements 0–3, 4–7, 8–11, 12–15).
