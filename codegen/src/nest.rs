@@ -235,9 +235,9 @@ fn define_gemm_tasks<M: Module>(
         let ptrs = b.ins().stack_addr(ptr, ptrs_slot, 0);
 
         // The task's rows r0..rend and columns c0..c0 + cols (no task runs when m = 0).
-        let row_blocks = split.row_blocks.max(1) as i64;
-        let panel = b.ins().udiv_imm_u(task, row_blocks);
-        let rb = b.ins().urem_imm_u(task, row_blocks);
+        let panels = split.panels.max(1) as i64;
+        let rb = b.ins().udiv_imm_u(task, panels);
+        let panel = b.ins().urem_imm_u(task, panels);
         let r0 = b.ins().imul_imm_s(rb, split.block as i64);
         let block_end = b.ins().iadd_imm_s(r0, split.block as i64);
         let m = b.ins().iconst(ptr, h.m as i64);
