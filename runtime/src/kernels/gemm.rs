@@ -205,7 +205,7 @@ impl Gemm<'_> {
             return;
         }
         let _ = ptrs;
-        // SAFETY: the caller's contract (a plain GEMM: the compiler reads windows in place with AVX2 or VNNI only).
+        // SAFETY: the caller's contract (a plain GEMM: windows are read in place with AVX2 or VNNI only).
         unsafe { self.tile_portable(r, mr, c0, cols) }
     }
 
