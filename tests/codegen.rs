@@ -915,8 +915,9 @@ fn elementwise_steps_equal_the_interpreter() {
 /// interpreter byte for byte: u8 and i8, NaN, infinities, values past both ends and on half steps, tails
 /// shorter than a vector; and the quantize of planes into a convolution's channels-last input and the
 /// dequantize of its output back into planes, with channel counts a multiple of 4 and 3 or 1 past one,
-/// and pixels past a multiple of 4; and the global average pooling of that output (7 channels, and 21:
-/// one vector of 16 and 5 one at a time). Each such step is asserted to be generated wherever the CPU has SSE4.1 (every non-scalar ISA).
+/// and pixels past a multiple of 4; the global average pooling of that output (7 channels, and 21:
+/// one vector of 16 and 5 one at a time) and its concatenation with itself, copied (the output's
+/// parameters) and requantized (rows of 7 and 21: a tail, and a vector plus a tail). Each such step is asserted to be generated wherever the CPU has SSE4.1 (every non-scalar ISA).
 #[test]
 fn quantize_and_dequantize_steps_equal_the_interpreter() {
     // 37 × 47 pixels: two tasks of the dequantize into planes, the second 715 pixels long (3 past a
@@ -924,9 +925,9 @@ fn quantize_and_dequantize_steps_equal_the_interpreter() {
     let (h, w, n) = (37usize, 47usize, 6661usize);
     for (ci, c, t, z) in [(4usize, 7usize, "u8", 131), (7, 21, "i8", -5)] {
         let weights: Vec<String> = values(c * ci, c as u32).iter().map(|v| format!("{}", (v * 127.0).round())).collect();
-        let zp = z / 2 + 3;
+        let (zp, c2) = (z / 2 + 3, 2 * c);
         let text = format!(
-            r#"graph @t(%0: f32[1,{ci},{h},{w}] "x", %6: f32[1,{n}] "v") -> (%3: f32[1,{c},{h},{w}] "y", %5: f32[1,{n}] "z", %8: f32[1,{c},1,1] "p") {{
+            r#"graph @t(%0: f32[1,{ci},{h},{w}] "x", %6: f32[1,{n}] "v") -> (%3: f32[1,{c},{h},{w}] "y", %5: f32[1,{n}] "z", %8: f32[1,{c},1,1] "p", %10: f32[1,{c2},{h},{w}] "k", %12: f32[1,{c2},{h},{w}] "r") {{
   const @w: i8[{c},{ci},1,1] q<0.01, 0, -127..127> = [{}]
   %1 = quantize %0 : u8[1,{ci},{h},{w}] q<0.02, 120>
   %2 = qconv %1, @w {{dilations=[1, 1], group=1, pads=[0, 0, 0, 0], strides=[1, 1]}} : {t}[1,{c},{h},{w}] q<0.004, {z}>
@@ -935,6 +936,10 @@ fn quantize_and_dequantize_steps_equal_the_interpreter() {
   %5 = dequantize %4 : f32[1,{n}]
   %7 = qglobal_average_pool %2 : {t}[1,{c},1,1] q<0.0023, {zp}>
   %8 = dequantize %7 : f32[1,{c},1,1]
+  %9 = qconcat %2, %2 {{axis=1}} : {t}[1,{c2},{h},{w}] q<0.004, {z}>
+  %10 = dequantize %9 : f32[1,{c2},{h},{w}]
+  %11 = qconcat %2, %2 {{axis=1}} : {t}[1,{c2},{h},{w}] q<0.0047, {zp}>
+  %12 = dequantize %11 : f32[1,{c2},{h},{w}]
 }}"#,
             weights.join(", ")
         );
@@ -942,7 +947,7 @@ fn quantize_and_dequantize_steps_equal_the_interpreter() {
         for isa in isas() {
             let cq = Compiled::new(&q, isa).unwrap();
             let hdr = |s: &qcc::codegen::plan::Step| cq.plan.blob.words(s.hdr, 64);
-            let (mut planes, mut pixels) = (0, 0);
+            let (mut planes, mut pixels, mut copies) = (0, 0, 0);
             for s in &cq.plan.steps {
                 let generated = match s.kernel {
                     Kernel::Quantize => {
@@ -956,14 +961,22 @@ fn quantize_and_dequantize_steps_equal_the_interpreter() {
                         qcc::codegen::elementwise::dequantize_generated(isa, &h)
                     }
                     Kernel::QGap => qcc::codegen::elementwise::qgap_generated(isa, &qcc_runtime::abi::QGapHdr::decode(&hdr(s))),
+                    Kernel::RequantRows => {
+                        let h = qcc_runtime::abi::RequantRowsHdr::decode(&hdr(s));
+                        copies += (h.copy > 0) as usize;
+                        qcc::codegen::elementwise::requant_rows_generated(isa, &h)
+                    }
                     _ => true,
                 };
                 assert!(generated || isa == Isa::Scalar, "{t} {isa:?} {}: not generated", s.node);
             }
             if isa == Isa::Avx512Vnni {
                 let summary = cq.plan.summary();
-                // The pooled output is channels-last too (one pixel).
-                assert_eq!((pixels, planes), (1, 2), "{t}: the convolution's input and output are channels-last: {summary}");
+                // The pooled output and the concatenations are channels-last too.
+                assert_eq!((pixels, planes), (1, 4), "{t}: the convolution's input and output are channels-last: {summary}");
+            }
+            if isa != Isa::Scalar {
+                assert_eq!(copies, 2, "{t} {isa:?}: the first concatenation copies its inputs' rows");
             }
             for s in 0..3u32 {
                 let mut v: Vec<f32> = values(n, s + 90).iter().map(|v| (v * 500.0).round() * 0.0065).collect();

@@ -13,7 +13,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
-use qcc_runtime::abi::{DequantizeHdr, GemmHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr};
+use qcc_runtime::abi::{DequantizeHdr, GemmHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr, RequantRowsHdr};
 use std::collections::HashMap;
 
 pub struct Entry {
@@ -110,6 +110,11 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
                 let h = QGapHdr::decode(&words);
                 let on = elementwise::has_sse41(module) && elementwise::qgap_generated(plan.isa, &h);
                 on.then(|| ew.define_qgap(module, &mut fctx, &h, &name)).transpose()?
+            }
+            (Kernel::RequantRows, _) => {
+                let h = RequantRowsHdr::decode(&words);
+                let on = elementwise::has_sse41(module) && elementwise::requant_rows_generated(plan.isa, &h);
+                on.then(|| ew.define_requant_rows(module, &mut fctx, &h, &name)).transpose()?
             }
             (Kernel::QAdd, _) => {
                 let h = QAddHdr::decode(&words);

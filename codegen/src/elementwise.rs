@@ -1,7 +1,8 @@
 //! Elementwise steps generated as Cranelift code: the byte table lookup of `qact`, the integer add and
 //! multiply (qadd, qmul, with a fused `dequantize → clip → quantize`), and quantize and dequantize of
 //! 8-bit values, in place of layout or between planes and channels-last (4 × 4 blocks transposed by a
-//! byte shuffle), and integer global average pooling. Each step's task function
+//! byte shuffle), integer global average pooling and the row copies and requantizations concatenation
+//! is made of. Each step's task function
 //! `tasks(blob, arena, task)` carries its buffers' offsets, scales and zero points as constants and
 //! handles one chunk of elements; `qcc_rt_parallel` runs the tasks on the thread pool. The arithmetic is
 //! the interpreter's, operation for operation (docs/semantics.md): integer minus zero point converted to
@@ -11,8 +12,8 @@
 //! A broadcasting add walks output rows, each operand's row contiguous or one element repeated (a
 //! squeeze-and-excitation scale). Steps outside that set (16-bit values, other activations, CPUs
 //! without SSE4.1's rounding, an image's three planes on AVX-512) call the runtime's Rust kernel
-//! instead (`qadd_generated`, `quantize_generated`, `dequantize_generated` and `qgap_generated` say
-//! which).
+//! instead (`qadd_generated`, `quantize_generated`, `dequantize_generated`, `qgap_generated` and
+//! `requant_rows_generated` say which).
 use crate::nest::{define_local, define_rt_step, ptr_signature};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -20,7 +21,7 @@ use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use qcc_ir::Act;
-use qcc_runtime::abi::{DequantizeHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr};
+use qcc_runtime::abi::{DequantizeHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr, RequantRowsHdr};
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::Isa;
 
@@ -60,6 +61,12 @@ pub fn dequantize_generated(isa: Isa, h: &DequantizeHdr) -> bool {
 /// a channel's sum of (x − zx) fits in i32 (then its conversion to f32 is the interpreter's, from i64).
 pub fn qgap_generated(isa: Isa, h: &QGapHdr) -> bool {
     isa != Isa::Scalar && h.ex != IntElem::I16 && h.eo != IntElem::I16 && h.hw.saturating_mul(255) <= i32::MAX as usize
+}
+
+/// Whether the concatenation rows step `h` is generated: a copy (any element size), or a requantization
+/// between 8-bit types.
+pub fn requant_rows_generated(isa: Isa, h: &RequantRowsHdr) -> bool {
+    isa != Isa::Scalar && (h.copy > 0 || (h.es != IntElem::I16 && h.ed != IntElem::I16))
 }
 
 /// Pixels per task of a quantize or dequantize that changes the layout.
@@ -307,6 +314,77 @@ impl Elementwise {
             });
         })?;
         self.define_step(module, fctx, tasks, h.n, name)
+    }
+
+    /// `step(hdr, blob, arena)` of one input's rows of a concatenation (`requant_rows_generated` holds):
+    /// each row copied 16 bytes at a time, or requantized 16 elements at a time as
+    /// `quantize((x − zs) · ss)` with the output's parameters; rows split into tasks of about CHUNK
+    /// elements.
+    pub fn define_requant_rows<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        h: &RequantRowsHdr,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        let h = h.clone();
+        let per = (CHUNK / h.len.max(1)).max(1);
+        // Scales are finite and positive (the verifier's rule), so no value can be NaN; checked anyway.
+        let nan = !(h.ss.is_finite() && h.sd.is_finite() && h.sd > 0.0);
+        let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (h.rows, per), |b, _blob, arena, r0, r1| {
+            let ty = b.func.dfg.value_type(r0);
+            let [src, dst] = [h.src, h.dst].map(|o| b.ins().iadd_imm_s(arena, o as i64));
+            let zero = b.ins().iconst(ty, 0);
+            element_loop(b, r0, r1, 1, |b, r| {
+                let esize = h.copy.max(1);
+                let from = b.ins().imul_imm_s(r, (h.len * esize) as i64);
+                let from = b.ins().iadd(src, from);
+                let to = b.ins().imul_imm_s(r, (h.dst_stride * esize) as i64);
+                let to = b.ins().iadd_imm_s(to, (h.dst_off * esize) as i64);
+                let to = b.ins().iadd(dst, to);
+                let n = b.ins().iconst(ty, (h.len * esize) as i64);
+                let n16 = b.ins().iadd_imm_s(n, -15);
+                if h.copy > 0 {
+                    let rest = element_loop(b, zero, n16, 16, |b, i| {
+                        let p = b.ins().iadd(from, i);
+                        let v = b.ins().load(types::I8X16, flags(), p, 0);
+                        let q = b.ins().iadd(to, i);
+                        b.ins().store(flags(), v, q, 0);
+                    });
+                    element_loop(b, rest, n, 1, |b, i| {
+                        let p = b.ins().iadd(from, i);
+                        let v = b.ins().uload8(types::I32, flags(), p, 0);
+                        let q = b.ins().iadd(to, i);
+                        b.ins().istore8(flags(), v, q, 0);
+                    });
+                    return;
+                }
+                let k = (h.sd, h.zd, h.lo, h.hi);
+                let rest = element_loop(b, zero, n16, 16, |b, i| {
+                    let p = b.ins().iadd(from, i);
+                    let v = b.ins().load(types::I8X16, flags(), p, 0);
+                    let q: Vec<Value> = widen4(b, v, h.es)
+                        .into_iter()
+                        .map(|w| {
+                            let f = dequant(b, types::F32X4, w, h.ss, h.zs);
+                            quantize(b, types::F32X4, f, k, nan)
+                        })
+                        .collect();
+                    let v = narrow16(b, &q, h.ed);
+                    let o = b.ins().iadd(to, i);
+                    b.ins().store(flags(), v, o, 0);
+                });
+                element_loop(b, rest, n, 1, |b, i| {
+                    let p = b.ins().iadd(from, i);
+                    let v = load_int(b, p, h.es);
+                    let f = dequant(b, types::F32, v, h.ss, h.zs);
+                    let q = quantize(b, types::F32, f, k, nan);
+                    let o = b.ins().iadd(to, i);
+                    b.ins().istore8(flags(), q, o, 0);
+                });
+            });
+        })?;
+        self.define_step(module, fctx, tasks, h.rows.div_ceil(per), name)
     }
 
     /// `step(hdr, blob, arena)`: qcc_rt_parallel(hdr, blob, arena, tasks, ntasks).
