@@ -4,7 +4,7 @@
 //! lacks the kernels' instruction set, -4 = an interpreted step failed); `<prefix>_scratch_bytes()`
 //! returns the arena size. The same functions go into the JIT and into object files, so `qcc run`
 //! exercises exactly what applications link.
-use crate::elementwise::{self, Elementwise};
+use crate::elementwise::Elementwise;
 use crate::nest;
 use crate::plan::{Kernel, Plan};
 use crate::CodegenError;
@@ -13,7 +13,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
-use qcc_runtime::abi::{DequantizeHdr, GemmHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr, RequantRowsHdr};
+use qcc_runtime::abi::GemmHdr;
 use std::collections::HashMap;
 
 pub struct Entry {
@@ -77,7 +77,7 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
 
     let mut fctx = FunctionBuilderContext::new();
     // Steps whose function is generated: GEMMs and row kernels (loop nests around runtime
-    // microkernels, nest.rs), table lookups and most qadd/qmul steps (elementwise.rs).
+    // microkernels, nest.rs), and the elementwise steps Elementwise::define generates.
     let mut step_fns = vec![None; plan.steps.len()];
     let mut nests = None;
     let mut ew = Elementwise::default();
@@ -95,36 +95,7 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
                     Some(kind) => n.define_row_step(module, &mut fctx, kind, nest::row_shape(s.kernel, &words), &name)?,
                 })
             }
-            (Kernel::Lut, _) => Some(ew.define_lut(module, &mut fctx, &LutHdr::decode(&words), &name)?),
-            (Kernel::Quantize, _) => {
-                let h = QuantizeHdr::decode(&words);
-                let on = elementwise::has_sse41(module) && elementwise::quantize_generated(plan.isa, &h);
-                on.then(|| ew.define_quantize(module, &mut fctx, &h, &name)).transpose()?
-            }
-            (Kernel::Dequantize, _) => {
-                let h = DequantizeHdr::decode(&words);
-                let on = elementwise::has_sse41(module) && elementwise::dequantize_generated(plan.isa, &h);
-                on.then(|| ew.define_dequantize(module, &mut fctx, &h, &name)).transpose()?
-            }
-            (Kernel::QGap, _) => {
-                let h = QGapHdr::decode(&words);
-                let on = elementwise::has_sse41(module) && elementwise::qgap_generated(plan.isa, &h);
-                on.then(|| ew.define_qgap(module, &mut fctx, &h, &name)).transpose()?
-            }
-            (Kernel::RequantRows, _) => {
-                let h = RequantRowsHdr::decode(&words);
-                let on = elementwise::has_sse41(module) && elementwise::requant_rows_generated(plan.isa, &h);
-                on.then(|| ew.define_requant_rows(module, &mut fctx, &h, &name)).transpose()?
-            }
-            (Kernel::QAdd, _) => {
-                let h = QAddHdr::decode(&words);
-                if elementwise::has_sse41(module) && elementwise::qadd_generated(plan.isa, &h) {
-                    Some(ew.define_qadd(module, &mut fctx, &h, &name)?)
-                } else {
-                    None
-                }
-            }
-            _ => None,
+            _ => ew.define(module, &mut fctx, (plan.isa, s.kernel, &words), &name)?,
         };
     }
     let mut ctx = module.make_context();

@@ -15,6 +15,7 @@
 //! instead (`qadd_generated`, `quantize_generated`, `dequantize_generated`, `qgap_generated` and
 //! `requant_rows_generated` say which).
 use crate::nest::{define_local, define_rt_step, ptr_signature};
+use crate::plan::Kernel;
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type, Value};
@@ -85,8 +86,45 @@ pub struct Elementwise {
 }
 
 impl Elementwise {
+    /// The generated function `step(hdr, blob, arena)` of a step of `kernel` (header `words`) compiled
+    /// for `isa`, or None where the runtime's kernel runs it (the `*_generated` rules; without SSE4.1
+    /// only table lookups are generated).
+    pub fn define<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        (isa, kernel, words): (Isa, Kernel, &[u64]),
+        name: &str,
+    ) -> Result<Option<FuncId>, CodegenError> {
+        let on = has_sse41(module);
+        Ok(match kernel {
+            Kernel::Lut => Some(self.define_lut(module, fctx, &LutHdr::decode(words), name)?),
+            Kernel::QAdd => match QAddHdr::decode(words) {
+                h if on && qadd_generated(isa, &h) => Some(self.define_qadd(module, fctx, &h, name)?),
+                _ => None,
+            },
+            Kernel::Quantize => match QuantizeHdr::decode(words) {
+                h if on && quantize_generated(isa, &h) => Some(self.define_quantize(module, fctx, &h, name)?),
+                _ => None,
+            },
+            Kernel::Dequantize => match DequantizeHdr::decode(words) {
+                h if on && dequantize_generated(isa, &h) => Some(self.define_dequantize(module, fctx, &h, name)?),
+                _ => None,
+            },
+            Kernel::QGap => match QGapHdr::decode(words) {
+                h if on && qgap_generated(isa, &h) => Some(self.define_qgap(module, fctx, &h, name)?),
+                _ => None,
+            },
+            Kernel::RequantRows => match RequantRowsHdr::decode(words) {
+                h if on && requant_rows_generated(isa, &h) => Some(self.define_requant_rows(module, fctx, &h, name)?),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// `step(hdr, blob, arena)` of a table lookup step: out[i] = table[x[i]].
-    pub fn define_lut<M: Module>(
+    fn define_lut<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,
@@ -111,7 +149,7 @@ impl Elementwise {
     }
 
     /// `step(hdr, blob, arena)` of a qadd or qmul step for which `qadd_generated` holds.
-    pub fn define_qadd<M: Module>(
+    fn define_qadd<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,
@@ -159,7 +197,7 @@ impl Elementwise {
     }
 
     /// `step(hdr, blob, arena)` of a quantize step for which `quantize_generated` holds.
-    pub fn define_quantize<M: Module>(
+    fn define_quantize<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,
@@ -206,7 +244,7 @@ impl Elementwise {
     }
 
     /// `step(hdr, blob, arena)` of a dequantize step for which `dequantize_generated` holds.
-    pub fn define_dequantize<M: Module>(
+    fn define_dequantize<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,
@@ -250,7 +288,7 @@ impl Elementwise {
     /// `step(hdr, blob, arena)` of a global average pooling step for which `qgap_generated` holds: one
     /// task per image; 16 channels at a time summed over the pixels in four i32x4 vectors, then
     /// `quantize((f32(Σ (x − zx)) · sx) / f32(hw))`; the channels past a multiple of 16 one at a time.
-    pub fn define_qgap<M: Module>(
+    fn define_qgap<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,
@@ -320,7 +358,7 @@ impl Elementwise {
     /// each row copied 16 bytes at a time, or requantized 16 elements at a time as
     /// `quantize((x − zs) · ss)` with the output's parameters; rows split into tasks of about CHUNK
     /// elements.
-    pub fn define_requant_rows<M: Module>(
+    fn define_requant_rows<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,

@@ -209,13 +209,6 @@ fn define_gemm_tasks<M: Module>(
     h: &GemmHdr,
     name: &str,
 ) -> Result<FuncId, CodegenError> {
-    let ptr = module.target_config().pointer_type();
-    let tcfg = module.target_config();
-    let sig = ptr_signature(module, 3);
-    let id = module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
-    let mut ctx = module.make_context();
-    ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, id.as_u32());
     let split = Split::new(h.m, h.n);
     let win = window(h);
     let segs = win.as_ref().map_or(1, |w| w.offsets.len());
@@ -223,16 +216,9 @@ fn define_gemm_tasks<M: Module>(
         return Err(CodegenError::Cranelift(format!("{name}: {segs} window segments (at most {MAX_SEGS})")));
     }
     debug_assert_eq!(packed_dims(h.k, h.n).1.div_ceil(PANEL), split.panels);
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, fctx);
-        let uk_gemm = module.declare_func_in_func(nests.gemm, b.func);
-        let uk_row = module.declare_func_in_func(nests.row, b.func);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let [gemm, a, task] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
-        let ptrs_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * segs * 8) as u32, 3));
-        let ptrs = b.ins().stack_addr(ptr, ptrs_slot, 0);
+    define_local(module, fctx, name, 3, |module, b, params| {
+        let ptr = module.target_config().pointer_type();
+        let [gemm, a, task] = [params[0], params[1], params[2]];
 
         // The task's rows r0..rend and columns c0..c0 + cols (no task runs when m = 0).
         let panels = split.panels.max(1) as i64;
@@ -253,13 +239,17 @@ fn define_gemm_tasks<M: Module>(
             // with K = 16–24 15% faster).
             let uk_strip = module.declare_func_in_func(nests.strip, b.func);
             b.ins().call(uk_strip, &[gemm, r0, rend, c0, cols]);
-            b.ins().return_(&[]);
-            b.seal_all_blocks();
-            b.finalize(tcfg);
-            return finish(module, id, &mut ctx);
+            return;
         };
+        let uk_gemm = module.declare_func_in_func(nests.gemm, b.func);
+        let uk_row = module.declare_func_in_func(nests.row, b.func);
+        let ptrs_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * segs * 8) as u32, 3));
+        let ptrs = b.ins().stack_addr(ptr, ptrs_slot, 0);
+        // Scratch rows for windows that qcc_uk_gemm_row assembles (row segments at the edge).
+        let edge_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * ROW_SEGS * 64) as u32, 6));
+        let edge = b.ins().stack_addr(ptr, edge_slot, 0);
 
-        // Loop state: the tile's first row and, for convolutions, its output pixel (image, y, x).
+        // Loop state: the tile's first row and its output pixel (image, y, x).
         let head = b.create_block();
         let body = b.create_block();
         let exit = b.create_block();
@@ -268,15 +258,12 @@ fn define_gemm_tasks<M: Module>(
                 b.append_block_param(blk, ptr);
             }
         }
-        let start = {
-            let plane = (w.g.oh * w.g.ow) as i64;
-            let img = b.ins().udiv_imm_u(r0, plane);
-            let rem = b.ins().urem_imm_u(r0, plane);
-            let oy = b.ins().udiv_imm_u(rem, w.g.ow as i64);
-            let ox = b.ins().urem_imm_u(rem, w.g.ow as i64);
-            [r0, img, oy, ox]
-        };
-        b.ins().jump(head, &start.map(|v| v.into()));
+        let plane = (w.g.oh * w.g.ow) as i64;
+        let img = b.ins().udiv_imm_u(r0, plane);
+        let rem = b.ins().urem_imm_u(r0, plane);
+        let oy = b.ins().udiv_imm_u(rem, w.g.ow as i64);
+        let ox = b.ins().urem_imm_u(rem, w.g.ow as i64);
+        b.ins().jump(head, &[r0.into(), img.into(), oy.into(), ox.into()]);
 
         b.switch_to_block(head);
         let state: Vec<Value> = b.block_params(head).to_vec();
@@ -290,53 +277,37 @@ fn define_gemm_tasks<M: Module>(
         let four = b.ins().iconst(ptr, MR as i64);
         let mr = b.ins().umin(rows_left, four);
         let tile = b.create_block();
-        let next = {
-            {
-                // Scratch rows for windows that qcc_uk_gemm_row assembles (row segments at the edge).
-                let edge_slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (MR * ROW_SEGS * 64) as u32, 6));
-                let edge = b.ins().stack_addr(ptr, edge_slot, 0);
-                // Every row's pixel, and the next tile's, computed before the rows branch.
-                let mut px = vec![[img, oy, ox]];
-                while px.len() <= MR {
-                    let p = advance(&mut b, w, px[px.len() - 1]);
-                    px.push(p);
-                }
-                for (i, &pixel) in px.iter().take(MR).enumerate() {
-                    let row_done = if i + 1 < MR { b.create_block() } else { tile };
-                    let fill = b.create_block();
-                    if i > 0 {
-                        // Rows past the task's end have no pixel to address.
-                        let live = b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, mr, i as i64);
-                        b.ins().brif(live, fill, &[], tile, &[]);
-                    } else {
-                        b.ins().jump(fill, &[]);
-                    }
-                    b.switch_to_block(fill);
-                    let row_ptrs = b.ins().iadd_imm_s(ptrs, (8 * i * segs) as i64);
-                    window_row(&mut b, w, (a, pixel, row_ptrs), (uk_row, gemm, r, i, edge), row_done);
-                    if i + 1 < MR {
-                        b.switch_to_block(row_done);
-                    }
-                }
-                px[MR]
+        // Every row's pixel, and the next tile's, computed before the rows branch.
+        let mut px = vec![[img, oy, ox]];
+        while px.len() <= MR {
+            let p = advance(b, w, px[px.len() - 1]);
+            px.push(p);
+        }
+        for (i, &pixel) in px.iter().take(MR).enumerate() {
+            let row_done = if i + 1 < MR { b.create_block() } else { tile };
+            let fill = b.create_block();
+            if i > 0 {
+                // Rows past the task's end have no pixel to address.
+                let live = b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, mr, i as i64);
+                b.ins().brif(live, fill, &[], tile, &[]);
+            } else {
+                b.ins().jump(fill, &[]);
             }
-        };
+            b.switch_to_block(fill);
+            let row_ptrs = b.ins().iadd_imm_s(ptrs, (8 * i * segs) as i64);
+            window_row(b, w, (a, pixel, row_ptrs), (uk_row, gemm, r, i, edge), row_done);
+            if i + 1 < MR {
+                b.switch_to_block(row_done);
+            }
+        }
+        let next = px[MR];
         b.switch_to_block(tile);
         b.ins().call(uk_gemm, &[gemm, ptrs, r, mr, c0, cols]);
         let r_next = b.ins().iadd_imm_s(r, MR as i64);
         b.ins().jump(head, &[r_next.into(), next[0].into(), next[1].into(), next[2].into()]);
 
         b.switch_to_block(exit);
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(tcfg);
-    }
-    finish(module, id, &mut ctx)
-}
-
-fn finish<M: Module>(module: &mut M, id: FuncId, ctx: &mut cranelift_codegen::Context) -> Result<FuncId, CodegenError> {
-    module.define_function(id, ctx).map_err(err)?;
-    Ok(id)
+    })
 }
 
 /// The pixel after (img, oy, ox) in row order.
