@@ -266,10 +266,14 @@ pub fn analyze(
             let (scale, zero_point) = per_tensor(q).unwrap_or((1.0, 0));
             let rmse = (a.err / a.n as f64).sqrt();
             let levels = if q.storage == qcc_ir::DType::I16 { 65536 } else { 256 };
-            let method = cal
-                .observers
-                .get(&float.node(*fnode).output)
-                .map_or(method, |o| o.resolve(qcc_passes::range_method(float, *fnode, method), levels));
+            let fv = float.node(*fnode).output;
+            let searched = cal.searched.as_ref().and_then(|s| s.chosen(fv, method, levels));
+            let method = match searched {
+                Some(m) => format!("search: {}", m.name()),
+                None => {
+                    cal.observers.get(&fv).map_or(method, |o| o.resolve(qcc_passes::range_method(float, *fnode, method), levels)).name()
+                }
+            };
             LayerStats {
                 name: loc_key(quant, *qn),
                 op: node.op.name().to_string(),
@@ -282,7 +286,7 @@ pub fn analyze(
                 .into(),
                 scale,
                 zero_point,
-                method: method.name(),
+                method,
                 range: (a.lo, a.hi),
                 rmse,
                 rmse_over_scale: rmse / scale as f64,
@@ -301,7 +305,7 @@ pub fn analyze(
 }
 
 /// Σ x² and Σ (x − y)² over the float outputs of two runs.
-fn output_error(reference: &[qcc_ir::Tensor], other: &[qcc_ir::Tensor]) -> (f64, f64) {
+pub(crate) fn output_error(reference: &[qcc_ir::Tensor], other: &[qcc_ir::Tensor]) -> (f64, f64) {
     let (mut sig, mut err) = (0.0, 0.0);
     for (a, b) in reference.iter().zip(other) {
         if let (Some(a), Some(b)) = (a.as_f32(), b.as_f32()) {

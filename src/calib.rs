@@ -109,6 +109,8 @@ pub struct Calibrated {
     pub before_equalize: Option<Graph>,
     /// Per conv and gemm output, sums over its input patches (round-weights), when asked for.
     pub input_grams: std::sync::Arc<HashMap<ValueId, InputGram>>,
+    /// Activation ranges chosen by range search (`search_ranges`), for the scheme it was made for.
+    pub searched: Option<crate::range_search::SearchedRanges>,
 }
 
 /// What calibration does besides observing ranges.
@@ -226,15 +228,7 @@ pub fn calibrate(
         g.node_ids().filter(|n| g.node(*n).op == Op::Observe).map(|n| (n, g.node(n).output)).collect();
     let mut observers: HashMap<ValueId, Observer> = observed.values().map(|v| (*v, Observer::with_ema(opts.ema_c))).collect();
     let mut sums: HashMap<ValueId, (Vec<f64>, u64)> = HashMap::new();
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let b = indicatif::ProgressBar::new(set.samples.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} samples, {per_sec}, eta {eta}").expect("template"),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(set.samples.len(), "calibrating");
     // Per value, the convs and gemms that read it as data (their input sums come from it; merged in
     // sample order too).
     let mut readers: HashMap<ValueId, Vec<qcc_ir::NodeId>> = HashMap::new();
@@ -292,10 +286,28 @@ pub fn calibrate(
     bar.finish_and_clear();
     let channel_means = sums.into_iter().map(|(v, (s, n))| (v, s.iter().map(|x| (x / n.max(1) as f64) as f32).collect())).collect();
     let input_grams = std::sync::Arc::new(input_grams.into_iter().filter_map(|(v, t)| Some((v, t?))).collect());
-    Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before, before_equalize, input_grams })
+    Ok(Calibrated { graph: g, observers, channel_means, level, passes_run: n_before, before_equalize, input_grams, searched: None })
+}
+
+/// A progress bar over `len` samples on a terminal's stderr (hidden otherwise), with samples/s.
+pub(crate) fn progress_bar(len: usize, what: &str) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len as u64);
+    let template = format!("{what} {{bar:30}} {{pos}}/{{len}} samples, {{per_sec}}, eta {{eta}}");
+    b.set_style(indicatif::ProgressStyle::with_template(&template).expect("template"));
+    b
 }
 
 impl Calibrated {
+    /// Chooses each 8-bit activation's range for `cfg` by range search on the first `samples`
+    /// calibration samples (`finish` then uses them for configurations with the same activation scheme).
+    pub fn search_ranges(&mut self, cfg: &QuantConfig, set: &CalibSet, samples: usize) -> Result<()> {
+        self.searched = Some(crate::range_search::search(&self.graph, &self.observers, cfg, set, samples)?);
+        Ok(())
+    }
+
     /// The quantized graph for one scheme: assign-qparams, place-qdq, fold-qdq, canonicalize.
     pub fn finish(&self, cfg: &QuantConfig, inst: &Instrumentation, diag: &mut dyn Write) -> Result<Graph> {
         cfg.check_names(&self.graph).map_err(|e| anyhow!(e))?;
@@ -307,6 +319,7 @@ impl Calibrated {
             calib: self.observers.clone(),
             channel_means: self.channel_means.clone(),
             input_grams: self.input_grams.clone(),
+            ranges: self.searched.as_ref().filter(|s| s.applies(cfg)).map(|s| s.ranges()).unwrap_or_default(),
             ..Default::default()
         };
         let mut g = self.graph.clone();

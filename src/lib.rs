@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod mixed;
 pub mod npy;
+pub mod range_search;
 pub mod report;
 
 pub use qcc_codegen as codegen;

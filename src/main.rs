@@ -9,6 +9,9 @@ use qcc::fsutil::write_atomic;
 use qcc::mixed::Metric;
 use qcc::npy::{read_npy, write_npy};
 use qcc_frontend::ImportOptions;
+
+/// The --calib-method default.
+const DEFAULT_METHOD: &str = "percentile:99.999";
 use qcc_ir::{print_graph, Graph, PrintOptions};
 use qcc_passes::{Instrumentation, OptLevel};
 use std::io::Write;
@@ -115,8 +118,13 @@ struct ModelArgs {
     calib_samples: Option<usize>,
     /// How activation ranges are chosen: minmax | meanstd[:k] | percentile[:p] | moving-average[:c] |
     /// entropy | mse | auto (per tensor, the lowest estimated error). `qcc eval` also takes `all`.
-    #[arg(long, default_value = "percentile:99.999", value_name = "METHOD")]
+    #[arg(long, default_value = DEFAULT_METHOD, value_name = "METHOD")]
     calib_method: String,
+    /// Choose each activation's range, among those the range methods give, by the error it alone causes
+    /// in the float network's outputs on the first N calibration samples (slow: about a second per
+    /// sample per 20 activations; 16 is a good N).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    range_search: Option<u64>,
     /// Weight quantization: sym-per-channel | sym-per-tensor | asym-per-channel | asym-per-tensor.
     #[arg(long, default_value = "sym-per-channel", value_name = "SCHEME")]
     weights: String,
@@ -397,7 +405,25 @@ impl ModelArgs {
         // Equalization is weighed for the --weights/--activations scheme (with --schemes all too).
         let scheme = if self.no_equalize { None } else { Some(self.quant_config("minmax")?) };
         let opts = CalibOptions { equalize: scheme.as_ref(), input_grams: self.round_weights(), ema_c: ema };
-        calibrate(g, self.level(), opts, set, &self.instrumentation(), &mut std::io::stderr())
+        let mut cal = calibrate(g, self.level(), opts, set, &self.instrumentation(), &mut std::io::stderr())?;
+        // With `qcc eval --calib-method all` the search is its own row (cmd_eval).
+        if let (Some(k), false) = (self.range_search, self.calib_method == "all") {
+            self.search_ranges(&mut cal, &self.quant_config(&self.calib_method)?, set, k)?;
+        }
+        Ok(cal)
+    }
+
+    /// Range search from `cfg`'s method over the first `k` samples, summarized on stderr.
+    fn search_ranges(&self, cal: &mut Calibrated, cfg: &qcc_passes::QuantConfig, set: &CalibSet, k: u64) -> Result<()> {
+        cal.search_ranges(cfg, set, k as usize)?;
+        let s = cal.searched.as_ref().ok_or_else(|| anyhow!("internal: range search left no result"))?;
+        if std::env::var_os("QCC_DEBUG_RANGES").is_some() {
+            for line in &s.log {
+                eprintln!("range search: {line}");
+            }
+        }
+        eprintln!("{}", s.summary());
+        Ok(())
     }
 
     /// An executor for `g`: compiled code, or the interpreter with --interp.
@@ -661,6 +687,13 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
             for m in qcc_runtime::observe::RangeMethod::all() {
                 let cfg = e.m.quant_config(&m.name())?;
                 variants.push((m.name(), cal.finish(&cfg, &inst, &mut sink)?));
+            }
+            if let Some(k) = e.m.range_search {
+                // From the default method (the table's rows above ignore the search: another method each).
+                let cfg = e.m.quant_config(DEFAULT_METHOD)?;
+                let mut cal = cal;
+                e.m.search_ranges(&mut cal, &cfg, &set, k)?;
+                variants.push((format!("range-search:{k}"), cal.finish(&cfg, &inst, &mut sink)?));
             }
         } else if e.m.mixed_precision.is_some() {
             // The tuning set is --tune, not the data evaluated here.

@@ -108,6 +108,28 @@ fn bundled_example_runs_and_evaluates() {
 }
 
 #[test]
+fn range_search_from_the_cli() {
+    let digits = root().join("examples/mnist/digits").display().to_string();
+    let base = ["eval", &example(), "--int8", "--calib", &digits, "--calib-samples", "20", "--npy", &digits, "--limit", "40"];
+    let o = qcc(&[&base[..], &["--range-search", "3"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("range search on 3 samples"), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("int8")));
+    // With every method: the search is one more row, from the default method.
+    let o = qcc(&[&base[..], &["--range-search", "2", "--calib-method", "all"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("range-search:2")) && out.lines().any(|l| l.starts_with("mse")), "{out}");
+    // Compiling reports each layer's method as the search's pick.
+    let out = tmp("range-search").join("m.qir");
+    let o =
+        qcc(&[&example(), "--int8", "--calib", &digits, "--calib-samples", "8", "--range-search", "2", "-o", &out.display().to_string()]);
+    assert!(o.status.success() && stderr(&o).contains("search: ") && out.exists(), "{}", stderr(&o));
+    let o = qcc(&[&base[..], &["--range-search", "0"]].concat());
+    assert!(!o.status.success() && stderr(&o).contains("--range-search"), "{}", stderr(&o));
+}
+
+#[test]
 fn qir_round_trips_through_the_cli() {
     let d = tmp("roundtrip");
     let (a, b) = (d.join("a.qir"), d.join("b.qir"));

@@ -57,7 +57,11 @@ fn assign(g: &mut Graph, n: NodeId, cx: &PassContext) -> Result<(), PassError> {
         _ => 256,
     };
     let method = range_method(g, n, cfg.method);
-    let (a, b) = obs.range(method, levels);
+    // Ranges chosen by range search replace the method's (they were searched for 8-bit storage).
+    let (a, b) = match cx.ranges.get(&out) {
+        Some(r) if levels == 256 => *r,
+        _ => obs.range(method, levels),
+    };
     if std::env::var_os("QCC_DEBUG_RANGES").is_some() {
         eprintln!("{:<40} min {:>10.4} max {:>10.4} -> {:>10.4}..{:<10.4} ({})", g.node(n).name(), obs.min, obs.max, a, b, method.name());
     }

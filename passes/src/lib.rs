@@ -42,6 +42,8 @@ pub struct PassContext {
     pub notes: Vec<String>,
     pub quant: QuantConfig,
     pub calib: std::collections::HashMap<qcc_ir::ValueId, qcc_runtime::observe::Observer>,
+    /// Per observed value, a range chosen by range search (assign-qparams takes it over the method's).
+    pub ranges: std::collections::HashMap<qcc_ir::ValueId, (f32, f32)>,
     /// Per observed value, the mean of each channel (axis 1) over the calibration data (bias-correct).
     pub channel_means: std::collections::HashMap<qcc_ir::ValueId, Vec<f32>>,
     /// Per conv output, each channel's (min, max) over a few calibration samples, gathered before
