@@ -216,29 +216,33 @@ impl Elementwise {
         }
         let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (h.len, CHUNK), |b, _blob, arena, s, e| {
             let [x, out] = [h.x, h.out].map(|o| b.ins().iadd_imm_s(arena, o as i64));
-            let e16 = b.ins().iadd_imm_s(e, -15);
-            let rest = element_loop(b, s, e16, 16, |b, i| {
-                let xi = b.ins().imul_imm_s(i, 4);
-                let xi = b.ins().iadd(x, xi);
-                // Any float may arrive here: NaN goes to the zero point.
-                let q: Vec<Value> = (0..4)
-                    .map(|j| {
-                        let v = b.ins().load(types::F32X4, flags(), xi, 16 * j);
-                        quantize(b, types::F32X4, v, k, true)
-                    })
-                    .collect();
-                let v = narrow16(b, &q, h.elem);
-                let p = b.ins().iadd(out, i);
-                b.ins().store(flags(), v, p, 0);
-            });
-            element_loop(b, rest, e, 1, |b, i| {
-                let xi = b.ins().imul_imm_s(i, 4);
-                let xi = b.ins().iadd(x, xi);
-                let v = b.ins().load(types::F32, flags(), xi, 0);
-                let q = quantize(b, types::F32, v, k, true);
-                let p = b.ins().iadd(out, i);
-                b.ins().istore8(flags(), q, p, 0);
-            });
+            vector_then_scalar(
+                b,
+                (s, e),
+                16,
+                |b, i| {
+                    let xi = b.ins().imul_imm_s(i, 4);
+                    let xi = b.ins().iadd(x, xi);
+                    // Any float may arrive here: NaN goes to the zero point.
+                    let q: Vec<Value> = (0..4)
+                        .map(|j| {
+                            let v = b.ins().load(types::F32X4, flags(), xi, 16 * j);
+                            quantize(b, types::F32X4, v, k, true)
+                        })
+                        .collect();
+                    let v = narrow16(b, &q, h.elem);
+                    let p = b.ins().iadd(out, i);
+                    b.ins().store(flags(), v, p, 0);
+                },
+                |b, i| {
+                    let xi = b.ins().imul_imm_s(i, 4);
+                    let xi = b.ins().iadd(x, xi);
+                    let v = b.ins().load(types::F32, flags(), xi, 0);
+                    let q = quantize(b, types::F32, v, k, true);
+                    let p = b.ins().iadd(out, i);
+                    b.ins().istore8(flags(), q, p, 0);
+                },
+            );
         })?;
         self.define_step(module, fctx, tasks, h.len.div_ceil(CHUNK), name)
     }
@@ -262,25 +266,29 @@ impl Elementwise {
         }
         let tasks = define_tasks(module, fctx, &format!("{name}_tasks"), (h.len, CHUNK), |b, _blob, arena, s, e| {
             let [x, out] = [h.x, h.out].map(|o| b.ins().iadd_imm_s(arena, o as i64));
-            let e16 = b.ins().iadd_imm_s(e, -15);
-            let rest = element_loop(b, s, e16, 16, |b, i| {
-                let p = b.ins().iadd(x, i);
-                let v = b.ins().load(types::I8X16, flags(), p, 0);
-                let o = b.ins().imul_imm_s(i, 4);
-                let o = b.ins().iadd(out, o);
-                for (j, w) in widen4(b, v, h.elem).into_iter().enumerate() {
-                    let f = dequant(b, types::F32X4, w, h.scale, h.zp);
-                    b.ins().store(flags(), f, o, 16 * j as i32);
-                }
-            });
-            element_loop(b, rest, e, 1, |b, i| {
-                let p = b.ins().iadd(x, i);
-                let v = load_int(b, p, h.elem);
-                let f = dequant(b, types::F32, v, h.scale, h.zp);
-                let o = b.ins().imul_imm_s(i, 4);
-                let o = b.ins().iadd(out, o);
-                b.ins().store(flags(), f, o, 0);
-            });
+            vector_then_scalar(
+                b,
+                (s, e),
+                16,
+                |b, i| {
+                    let p = b.ins().iadd(x, i);
+                    let v = b.ins().load(types::I8X16, flags(), p, 0);
+                    let o = b.ins().imul_imm_s(i, 4);
+                    let o = b.ins().iadd(out, o);
+                    for (j, w) in widen4(b, v, h.elem).into_iter().enumerate() {
+                        let f = dequant(b, types::F32X4, w, h.scale, h.zp);
+                        b.ins().store(flags(), f, o, 16 * j as i32);
+                    }
+                },
+                |b, i| {
+                    let p = b.ins().iadd(x, i);
+                    let v = load_int(b, p, h.elem);
+                    let f = dequant(b, types::F32, v, h.scale, h.zp);
+                    let o = b.ins().imul_imm_s(i, 4);
+                    let o = b.ins().iadd(out, o);
+                    b.ins().store(flags(), f, o, 0);
+                },
+            );
         })?;
         self.define_step(module, fctx, tasks, h.len.div_ceil(CHUNK), name)
     }
@@ -313,43 +321,47 @@ impl Elementwise {
                 let n = fconst(b, fty, hw as f32);
                 b.ins().fdiv(v, n)
             };
-            let c16 = b.ins().iconst(ty, (c / 16 * 16) as i64);
-            element_loop(b, zero, c16, 16, |b, ch| {
-                let xc = b.ins().iadd(x, ch);
-                let init = b.ins().iconst(types::I32, 0);
-                let init = b.ins().splat(types::I32X4, init);
-                let sums = fold_loop(b, (zero, pixels), vec![init; 4], |b, p, acc| {
-                    let at = b.ins().imul_imm_s(p, c as i64);
-                    let at = b.ins().iadd(xc, at);
-                    let v = b.ins().load(types::I8X16, flags(), at, 0);
-                    widen4(b, v, h.ex).iter().zip(acc).map(|(w, a)| b.ins().iadd(*a, *w)).collect()
-                });
-                let q: Vec<Value> = sums
-                    .into_iter()
-                    .map(|s| {
-                        let v = mean(b, types::F32X4, s);
-                        quantize(b, types::F32X4, v, k, true)
-                    })
-                    .collect();
-                let v = narrow16(b, &q, h.eo);
-                let o = b.ins().iadd(out, ch);
-                b.ins().store(flags(), v, o, 0);
-            });
             let all = b.ins().iconst(ty, c as i64);
-            element_loop(b, c16, all, 1, |b, ch| {
-                let xc = b.ins().iadd(x, ch);
-                let init = b.ins().iconst(types::I32, 0);
-                let sum = fold_loop(b, (zero, pixels), vec![init], |b, p, acc| {
-                    let at = b.ins().imul_imm_s(p, c as i64);
-                    let at = b.ins().iadd(xc, at);
-                    let v = load_int(b, at, h.ex);
-                    vec![b.ins().iadd(acc[0], v)]
-                });
-                let v = mean(b, types::F32, sum[0]);
-                let q = quantize(b, types::F32, v, k, true);
-                let o = b.ins().iadd(out, ch);
-                b.ins().istore8(flags(), q, o, 0);
-            });
+            vector_then_scalar(
+                b,
+                (zero, all),
+                16,
+                |b, ch| {
+                    let xc = b.ins().iadd(x, ch);
+                    let init = b.ins().iconst(types::I32, 0);
+                    let init = b.ins().splat(types::I32X4, init);
+                    let sums = fold_loop(b, (zero, pixels), vec![init; 4], |b, p, acc| {
+                        let at = b.ins().imul_imm_s(p, c as i64);
+                        let at = b.ins().iadd(xc, at);
+                        let v = b.ins().load(types::I8X16, flags(), at, 0);
+                        widen4(b, v, h.ex).iter().zip(acc).map(|(w, a)| b.ins().iadd(*a, *w)).collect()
+                    });
+                    let q: Vec<Value> = sums
+                        .into_iter()
+                        .map(|s| {
+                            let v = mean(b, types::F32X4, s);
+                            quantize(b, types::F32X4, v, k, true)
+                        })
+                        .collect();
+                    let v = narrow16(b, &q, h.eo);
+                    let o = b.ins().iadd(out, ch);
+                    b.ins().store(flags(), v, o, 0);
+                },
+                |b, ch| {
+                    let xc = b.ins().iadd(x, ch);
+                    let init = b.ins().iconst(types::I32, 0);
+                    let sum = fold_loop(b, (zero, pixels), vec![init], |b, p, acc| {
+                        let at = b.ins().imul_imm_s(p, c as i64);
+                        let at = b.ins().iadd(xc, at);
+                        let v = load_int(b, at, h.ex);
+                        vec![b.ins().iadd(acc[0], v)]
+                    });
+                    let v = mean(b, types::F32, sum[0]);
+                    let q = quantize(b, types::F32, v, k, true);
+                    let o = b.ins().iadd(out, ch);
+                    b.ins().istore8(flags(), q, o, 0);
+                },
+            );
         })?;
         self.define_step(module, fctx, tasks, h.n, name)
     }
@@ -381,45 +393,54 @@ impl Elementwise {
                 let to = b.ins().iadd_imm_s(to, (h.dst_off * esize) as i64);
                 let to = b.ins().iadd(dst, to);
                 let n = b.ins().iconst(ty, (h.len * esize) as i64);
-                let n16 = b.ins().iadd_imm_s(n, -15);
                 if h.copy > 0 {
-                    let rest = element_loop(b, zero, n16, 16, |b, i| {
-                        let p = b.ins().iadd(from, i);
-                        let v = b.ins().load(types::I8X16, flags(), p, 0);
-                        let q = b.ins().iadd(to, i);
-                        b.ins().store(flags(), v, q, 0);
-                    });
-                    element_loop(b, rest, n, 1, |b, i| {
-                        let p = b.ins().iadd(from, i);
-                        let v = b.ins().uload8(types::I32, flags(), p, 0);
-                        let q = b.ins().iadd(to, i);
-                        b.ins().istore8(flags(), v, q, 0);
-                    });
+                    vector_then_scalar(
+                        b,
+                        (zero, n),
+                        16,
+                        |b, i| {
+                            let p = b.ins().iadd(from, i);
+                            let v = b.ins().load(types::I8X16, flags(), p, 0);
+                            let q = b.ins().iadd(to, i);
+                            b.ins().store(flags(), v, q, 0);
+                        },
+                        |b, i| {
+                            let p = b.ins().iadd(from, i);
+                            let v = b.ins().uload8(types::I32, flags(), p, 0);
+                            let q = b.ins().iadd(to, i);
+                            b.ins().istore8(flags(), v, q, 0);
+                        },
+                    );
                     return;
                 }
                 let k = (h.sd, h.zd, h.lo, h.hi);
-                let rest = element_loop(b, zero, n16, 16, |b, i| {
-                    let p = b.ins().iadd(from, i);
-                    let v = b.ins().load(types::I8X16, flags(), p, 0);
-                    let q: Vec<Value> = widen4(b, v, h.es)
-                        .into_iter()
-                        .map(|w| {
-                            let f = dequant(b, types::F32X4, w, h.ss, h.zs);
-                            quantize(b, types::F32X4, f, k, nan)
-                        })
-                        .collect();
-                    let v = narrow16(b, &q, h.ed);
-                    let o = b.ins().iadd(to, i);
-                    b.ins().store(flags(), v, o, 0);
-                });
-                element_loop(b, rest, n, 1, |b, i| {
-                    let p = b.ins().iadd(from, i);
-                    let v = load_int(b, p, h.es);
-                    let f = dequant(b, types::F32, v, h.ss, h.zs);
-                    let q = quantize(b, types::F32, f, k, nan);
-                    let o = b.ins().iadd(to, i);
-                    b.ins().istore8(flags(), q, o, 0);
-                });
+                vector_then_scalar(
+                    b,
+                    (zero, n),
+                    16,
+                    |b, i| {
+                        let p = b.ins().iadd(from, i);
+                        let v = b.ins().load(types::I8X16, flags(), p, 0);
+                        let q: Vec<Value> = widen4(b, v, h.es)
+                            .into_iter()
+                            .map(|w| {
+                                let f = dequant(b, types::F32X4, w, h.ss, h.zs);
+                                quantize(b, types::F32X4, f, k, nan)
+                            })
+                            .collect();
+                        let v = narrow16(b, &q, h.ed);
+                        let o = b.ins().iadd(to, i);
+                        b.ins().store(flags(), v, o, 0);
+                    },
+                    |b, i| {
+                        let p = b.ins().iadd(from, i);
+                        let v = load_int(b, p, h.es);
+                        let f = dequant(b, types::F32, v, h.ss, h.zs);
+                        let q = quantize(b, types::F32, f, k, nan);
+                        let o = b.ins().iadd(to, i);
+                        b.ins().istore8(flags(), q, o, 0);
+                    },
+                );
             });
         })?;
         self.define_step(module, fctx, tasks, h.rows.div_ceil(per), name)
@@ -453,37 +474,41 @@ fn qadd_run(b: &mut FunctionBuilder, h: &QAddHdr, ops: [(Value, bool); 2], out: 
     let scalar = load_int;
     // A repeated operand is read once, before the loops.
     let fixed: Vec<Option<Value>> = (0..2).map(|k| ops[k].1.then(|| scalar(b, ops[k].0, elems[k]))).collect();
-    let e16 = b.ins().iadd_imm_s(e, -15);
-    let rest = element_loop(b, s, e16, 16, |b, i| {
-        let x: Vec<[Value; 4]> = (0..2)
-            .map(|k| match fixed[k] {
-                Some(v) => [b.ins().splat(types::I32X4, v); 4],
-                None => {
-                    let p = b.ins().iadd(ops[k].0, i);
-                    let v = b.ins().load(types::I8X16, flags(), p, 0);
-                    widen4(b, v, elems[k])
-                }
-            })
-            .collect();
-        let q: Vec<Value> = (0..4).map(|j| qadd_lanes(b, types::F32X4, x[0][j], x[1][j], h)).collect();
-        let v = narrow16(b, &q, h.eo);
-        let p = b.ins().iadd(out, i);
-        b.ins().store(flags(), v, p, 0);
-    });
-    element_loop(b, rest, e, 1, |b, i| {
-        let x: Vec<Value> = (0..2)
-            .map(|k| match fixed[k] {
-                Some(v) => v,
-                None => {
-                    let p = b.ins().iadd(ops[k].0, i);
-                    scalar(b, p, elems[k])
-                }
-            })
-            .collect();
-        let q = qadd_lanes(b, types::F32, x[0], x[1], h);
-        let p = b.ins().iadd(out, i);
-        b.ins().istore8(flags(), q, p, 0);
-    });
+    vector_then_scalar(
+        b,
+        (s, e),
+        16,
+        |b, i| {
+            let x: Vec<[Value; 4]> = (0..2)
+                .map(|k| match fixed[k] {
+                    Some(v) => [b.ins().splat(types::I32X4, v); 4],
+                    None => {
+                        let p = b.ins().iadd(ops[k].0, i);
+                        let v = b.ins().load(types::I8X16, flags(), p, 0);
+                        widen4(b, v, elems[k])
+                    }
+                })
+                .collect();
+            let q: Vec<Value> = (0..4).map(|j| qadd_lanes(b, types::F32X4, x[0][j], x[1][j], h)).collect();
+            let v = narrow16(b, &q, h.eo);
+            let p = b.ins().iadd(out, i);
+            b.ins().store(flags(), v, p, 0);
+        },
+        |b, i| {
+            let x: Vec<Value> = (0..2)
+                .map(|k| match fixed[k] {
+                    Some(v) => v,
+                    None => {
+                        let p = b.ins().iadd(ops[k].0, i);
+                        scalar(b, p, elems[k])
+                    }
+                })
+                .collect();
+            let q = qadd_lanes(b, types::F32, x[0], x[1], h);
+            let p = b.ins().iadd(out, i);
+            b.ins().istore8(flags(), q, p, 0);
+        },
+    );
 }
 
 /// The pixels p0..p1 of task t (image t / tiles) of a step changing the layout of (n, c, h, w) values,
@@ -530,57 +555,61 @@ fn quantize_to_channels_last(b: &mut FunctionBuilder, arena: Value, h: &Quantize
     let Tile { p0, p1, planes: x, pixels: out } = tile(b, arena, h.dims, (h.x, h.out), t, tiles);
     let c4 = c / 4 * 4;
     let order = transpose4x4(b);
-    let last = b.ins().iadd_imm_s(p1, -3);
-    let rest = element_loop(b, p0, last, 4, |b, p| {
-        let xp = b.ins().imul_imm_s(p, 4);
-        let xp = b.ins().iadd(x, xp);
-        let op = b.ins().imul_imm_s(p, c as i64);
-        let op = b.ins().iadd(out, op);
-        let zero = b.ins().iconst(ty, 0);
-        let c4_v = b.ins().iconst(ty, c4 as i64);
-        element_loop(b, zero, c4_v, 4, |b, ch| {
-            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
-            let at = b.ins().iadd(xp, plane);
-            let q: Vec<Value> = (0..4)
-                .map(|j| {
-                    let v = b.ins().load(types::F32X4, flags(), at, (j * hw * 4) as i32);
-                    quantize(b, types::F32X4, v, k, true)
-                })
-                .collect();
-            let v = narrow16(b, &q, h.elem);
-            let v = b.ins().shuffle(v, v, order);
-            let v = b.ins().bitcast(types::I32X4, little(), v);
-            let o = b.ins().iadd(op, ch);
-            for k in 0..4 {
-                let word = b.ins().extractlane(v, k as u8);
-                b.ins().store(flags(), word, o, (k * c) as i32);
+    vector_then_scalar(
+        b,
+        (p0, p1),
+        4,
+        |b, p| {
+            let xp = b.ins().imul_imm_s(p, 4);
+            let xp = b.ins().iadd(x, xp);
+            let op = b.ins().imul_imm_s(p, c as i64);
+            let op = b.ins().iadd(out, op);
+            let zero = b.ins().iconst(ty, 0);
+            let c4_v = b.ins().iconst(ty, c4 as i64);
+            element_loop(b, zero, c4_v, 4, |b, ch| {
+                let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+                let at = b.ins().iadd(xp, plane);
+                let q: Vec<Value> = (0..4)
+                    .map(|j| {
+                        let v = b.ins().load(types::F32X4, flags(), at, (j * hw * 4) as i32);
+                        quantize(b, types::F32X4, v, k, true)
+                    })
+                    .collect();
+                let v = narrow16(b, &q, h.elem);
+                let v = b.ins().shuffle(v, v, order);
+                let v = b.ins().bitcast(types::I32X4, little(), v);
+                let o = b.ins().iadd(op, ch);
+                for k in 0..4 {
+                    let word = b.ins().extractlane(v, k as u8);
+                    b.ins().store(flags(), word, o, (k * c) as i32);
+                }
+            });
+            for ch in c4..c {
+                let v = b.ins().load(types::F32X4, flags(), xp, (ch * hw * 4) as i32);
+                let q = quantize(b, types::F32X4, v, k, true);
+                for k in 0..4 {
+                    let byte = b.ins().extractlane(q, k as u8);
+                    b.ins().istore8(flags(), byte, op, (k * c + ch) as i32);
+                }
             }
-        });
-        for ch in c4..c {
-            let v = b.ins().load(types::F32X4, flags(), xp, (ch * hw * 4) as i32);
-            let q = quantize(b, types::F32X4, v, k, true);
-            for k in 0..4 {
-                let byte = b.ins().extractlane(q, k as u8);
-                b.ins().istore8(flags(), byte, op, (k * c + ch) as i32);
-            }
-        }
-    });
-    element_loop(b, rest, p1, 1, |b, p| {
-        let xp = b.ins().imul_imm_s(p, 4);
-        let xp = b.ins().iadd(x, xp);
-        let op = b.ins().imul_imm_s(p, c as i64);
-        let op = b.ins().iadd(out, op);
-        let zero = b.ins().iconst(ty, 0);
-        let c_v = b.ins().iconst(ty, c as i64);
-        element_loop(b, zero, c_v, 1, |b, ch| {
-            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
-            let at = b.ins().iadd(xp, plane);
-            let v = b.ins().load(types::F32, flags(), at, 0);
-            let q = quantize(b, types::F32, v, k, true);
-            let o = b.ins().iadd(op, ch);
-            b.ins().istore8(flags(), q, o, 0);
-        });
-    });
+        },
+        |b, p| {
+            let xp = b.ins().imul_imm_s(p, 4);
+            let xp = b.ins().iadd(x, xp);
+            let op = b.ins().imul_imm_s(p, c as i64);
+            let op = b.ins().iadd(out, op);
+            let zero = b.ins().iconst(ty, 0);
+            let c_v = b.ins().iconst(ty, c as i64);
+            element_loop(b, zero, c_v, 1, |b, ch| {
+                let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+                let at = b.ins().iadd(xp, plane);
+                let v = b.ins().load(types::F32, flags(), at, 0);
+                let q = quantize(b, types::F32, v, k, true);
+                let o = b.ins().iadd(op, ch);
+                b.ins().istore8(flags(), q, o, 0);
+            });
+        },
+    );
 }
 
 /// Vector bitcasts that change the lane count name their byte order.
@@ -599,56 +628,60 @@ fn dequantize_to_planes(b: &mut FunctionBuilder, arena: Value, h: &DequantizeHdr
     let Tile { p0, p1, planes: out, pixels: x } = tile(b, arena, h.dims, (h.out, h.x), t, tiles);
     let c4 = c / 4 * 4;
     let order = transpose4x4(b);
-    let last = b.ins().iadd_imm_s(p1, -3);
-    let rest = element_loop(b, p0, last, 4, |b, p| {
-        let xp = b.ins().imul_imm_s(p, c as i64);
-        let xp = b.ins().iadd(x, xp);
-        let op = b.ins().imul_imm_s(p, 4);
-        let op = b.ins().iadd(out, op);
-        let zero = b.ins().iconst(ty, 0);
-        let c4_v = b.ins().iconst(ty, c4 as i64);
-        element_loop(b, zero, c4_v, 4, |b, ch| {
-            let at = b.ins().iadd(xp, ch);
-            let words: Vec<Value> = (0..4).map(|k| b.ins().load(types::I32, flags(), at, (k * c) as i32)).collect();
-            let mut v = b.ins().scalar_to_vector(types::I32X4, words[0]);
-            for (k, w) in words.iter().enumerate().skip(1) {
-                v = b.ins().insertlane(v, *w, k as u8);
+    vector_then_scalar(
+        b,
+        (p0, p1),
+        4,
+        |b, p| {
+            let xp = b.ins().imul_imm_s(p, c as i64);
+            let xp = b.ins().iadd(x, xp);
+            let op = b.ins().imul_imm_s(p, 4);
+            let op = b.ins().iadd(out, op);
+            let zero = b.ins().iconst(ty, 0);
+            let c4_v = b.ins().iconst(ty, c4 as i64);
+            element_loop(b, zero, c4_v, 4, |b, ch| {
+                let at = b.ins().iadd(xp, ch);
+                let words: Vec<Value> = (0..4).map(|k| b.ins().load(types::I32, flags(), at, (k * c) as i32)).collect();
+                let mut v = b.ins().scalar_to_vector(types::I32X4, words[0]);
+                for (k, w) in words.iter().enumerate().skip(1) {
+                    v = b.ins().insertlane(v, *w, k as u8);
+                }
+                let v = b.ins().bitcast(types::I8X16, little(), v);
+                let v = b.ins().shuffle(v, v, order);
+                let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+                let o = b.ins().iadd(op, plane);
+                for (j, w) in widen4(b, v, h.elem).into_iter().enumerate() {
+                    let f = dequant(b, types::F32X4, w, h.scale, h.zp);
+                    b.ins().store(flags(), f, o, (j * hw * 4) as i32);
+                }
+            });
+            for ch in c4..c {
+                let vals: Vec<Value> = (0..4).map(|k| load_int_at(b, xp, (k * c + ch) as i32, h.elem)).collect();
+                let mut v = b.ins().scalar_to_vector(types::I32X4, vals[0]);
+                for (k, w) in vals.iter().enumerate().skip(1) {
+                    v = b.ins().insertlane(v, *w, k as u8);
+                }
+                let f = dequant(b, types::F32X4, v, h.scale, h.zp);
+                b.ins().store(flags(), f, op, (ch * hw * 4) as i32);
             }
-            let v = b.ins().bitcast(types::I8X16, little(), v);
-            let v = b.ins().shuffle(v, v, order);
-            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
-            let o = b.ins().iadd(op, plane);
-            for (j, w) in widen4(b, v, h.elem).into_iter().enumerate() {
-                let f = dequant(b, types::F32X4, w, h.scale, h.zp);
-                b.ins().store(flags(), f, o, (j * hw * 4) as i32);
-            }
-        });
-        for ch in c4..c {
-            let vals: Vec<Value> = (0..4).map(|k| load_int_at(b, xp, (k * c + ch) as i32, h.elem)).collect();
-            let mut v = b.ins().scalar_to_vector(types::I32X4, vals[0]);
-            for (k, w) in vals.iter().enumerate().skip(1) {
-                v = b.ins().insertlane(v, *w, k as u8);
-            }
-            let f = dequant(b, types::F32X4, v, h.scale, h.zp);
-            b.ins().store(flags(), f, op, (ch * hw * 4) as i32);
-        }
-    });
-    element_loop(b, rest, p1, 1, |b, p| {
-        let xp = b.ins().imul_imm_s(p, c as i64);
-        let xp = b.ins().iadd(x, xp);
-        let op = b.ins().imul_imm_s(p, 4);
-        let op = b.ins().iadd(out, op);
-        let zero = b.ins().iconst(ty, 0);
-        let c_v = b.ins().iconst(ty, c as i64);
-        element_loop(b, zero, c_v, 1, |b, ch| {
-            let at = b.ins().iadd(xp, ch);
-            let v = load_int(b, at, h.elem);
-            let f = dequant(b, types::F32, v, h.scale, h.zp);
-            let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
-            let o = b.ins().iadd(op, plane);
-            b.ins().store(flags(), f, o, 0);
-        });
-    });
+        },
+        |b, p| {
+            let xp = b.ins().imul_imm_s(p, c as i64);
+            let xp = b.ins().iadd(x, xp);
+            let op = b.ins().imul_imm_s(p, 4);
+            let op = b.ins().iadd(out, op);
+            let zero = b.ins().iconst(ty, 0);
+            let c_v = b.ins().iconst(ty, c as i64);
+            element_loop(b, zero, c_v, 1, |b, ch| {
+                let at = b.ins().iadd(xp, ch);
+                let v = load_int(b, at, h.elem);
+                let f = dequant(b, types::F32, v, h.scale, h.zp);
+                let plane = b.ins().imul_imm_s(ch, (hw * 4) as i64);
+                let o = b.ins().iadd(op, plane);
+                b.ins().store(flags(), f, o, 0);
+            });
+        },
+    );
 }
 
 /// One 8-bit element at `p` as an i32.
@@ -698,6 +731,19 @@ fn define_tasks<M: Module>(
         let e = b.ins().umin(e, len);
         body(b, blob, arena, s, e);
     })
+}
+
+/// `for (i = s; i + step <= e; i += step) vector(i)`, then the elements left one at a time: `scalar(i)`.
+fn vector_then_scalar(
+    b: &mut FunctionBuilder,
+    (s, e): (Value, Value),
+    step: i64,
+    vector: impl FnOnce(&mut FunctionBuilder, Value),
+    scalar: impl FnOnce(&mut FunctionBuilder, Value),
+) {
+    let last = b.ins().iadd_imm_s(e, 1 - step);
+    let rest = element_loop(b, s, last, step, vector);
+    element_loop(b, rest, e, 1, scalar);
 }
 
 /// `for (i = s; i < e; i += step) body(i)`, returning the first index not handled. Vector loops pass
