@@ -126,7 +126,7 @@ unsafe impl Sync for Gemm<'_> {}
 
 impl Gemm<'_> {
     /// Runs the product on the thread pool: the Rust form of the loop nest codegen generates in Cranelift
-    /// (codegen/src/nest.rs) around the same micro-tiles; the kernel tests drive the micro-tiles through it.
+    /// (codegen/src/nest.rs) around the same micro-tiles and strips; the kernel tests drive them through it.
     ///
     /// # Safety
     /// `a` must be readable for (m-1)·lda + kp bytes and
@@ -138,11 +138,20 @@ impl Gemm<'_> {
             let (r0, c0) = (rb * split.block, p * PANEL);
             let rows = split.block.min(self.m - r0);
             let cols = PANEL.min(self.n - c0.min(self.n));
+            if cols == 0 {
+                return;
+            }
+            if self.conv.is_none() {
+                // As the generated nest does: a plain GEMM's task is one strip.
+                // SAFETY: rows r0..r0 + rows and columns c0..c0 + cols lie inside run()'s bounds.
+                unsafe { self.strip(r0, r0 + rows, c0, cols) };
+                return;
+            }
             let mut ptrs = [MaybeUninit::<*const u8>::uninit(); MR * MAX_SEGS];
             let mut edge = [[MaybeUninit::uninit(); ROW_SEGS]; MR];
             let (segs, _) = self.segments();
             let mut r = r0;
-            while cols > 0 && r < r0 + rows {
+            while r < r0 + rows {
                 let mr = MR.min(r0 + rows - r);
                 // SAFETY: rows r..r + mr and columns c0..c0 + cols lie inside the bounds run()'s caller
                 // guarantees; the table has MR rows of MAX_SEGS ≥ segs entries.
