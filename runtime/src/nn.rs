@@ -75,6 +75,14 @@ impl Win {
     }
 }
 
+/// The run k0..k1 of 0..n for which `at(k)` is inside the image (one run: `at` is monotonic in k).
+fn taps(n: usize, at: impl Fn(usize) -> Option<usize>) -> (usize, usize) {
+    match (0..n).position(|k| at(k).is_some()) {
+        Some(k0) => (k0, k0 + (k0..n).take_while(|k| at(*k).is_some()).count()),
+        None => (0, 0),
+    }
+}
+
 fn apply_act(out: &mut [f32], act: Option<Act>) {
     if let Some(a) = act {
         out.iter_mut().for_each(|v| *v = a.apply(*v));
@@ -153,23 +161,32 @@ pub fn conv_core<T: ndarray::LinalgScalar>(
     let (k, sp) = (cg * g.kh * g.kw, g.oh * g.ow);
     let mut out = vec![T::zero(); g.n * m * sp];
     if cg == 1 && mg == 1 {
+        // Per output row, each tap inside the image adds its product to a run of outputs (one run: the
+        // input column is monotonic in the output's); taps in (ky, kx) order, so every output sums the same
+        // terms in the same order as a per-pixel loop, while the inner loop runs over pixels.
+        let runs: Vec<(usize, usize)> = (0..g.kw).map(|kx| taps(g.ow, |ox| g.ix(ox, kx))).collect();
         for b in 0..g.n {
             for ch in 0..g.c {
                 let xc = &x[(b * g.c + ch) * g.h * g.w..][..g.h * g.w];
                 let wc = &w[ch * g.kh * g.kw..][..g.kh * g.kw];
                 let oc = &mut out[(b * m + ch) * sp..][..sp];
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let mut acc = T::zero();
-                        for ky in 0..g.kh {
-                            let Some(iy) = g.iy(oy, ky) else { continue };
-                            for kx in 0..g.kw {
-                                if let Some(ix) = g.ix(ox, kx) {
-                                    acc = acc + xc[iy * g.w + ix] * wc[ky * g.kw + kx];
+                for (oy, orow) in oc.chunks_exact_mut(g.ow.max(1)).enumerate().take(g.oh) {
+                    for ky in 0..g.kh {
+                        let Some(iy) = g.iy(oy, ky) else { continue };
+                        let row = &xc[iy * g.w..][..g.w];
+                        for (kx, &(o0, o1)) in runs.iter().enumerate() {
+                            let wv = wc[ky * g.kw + kx];
+                            let first = o0 * g.sw + kx * g.dw - g.pl;
+                            if g.sw == 1 {
+                                for (o, xv) in orow[o0..o1].iter_mut().zip(&row[first..first + (o1 - o0)]) {
+                                    *o = *o + *xv * wv;
+                                }
+                            } else {
+                                for (i, o) in orow[o0..o1].iter_mut().enumerate() {
+                                    *o = *o + row[first + i * g.sw] * wv;
                                 }
                             }
                         }
-                        oc[oy * g.ow + ox] = acc;
                     }
                 }
             }
