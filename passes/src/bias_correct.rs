@@ -27,7 +27,7 @@ fn correct(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
         Op::Gemm { trans_b, .. } => (usize::from(!trans_b), 1),
         _ => return false,
     };
-    let (wq, qt) = quantize_weights(&w, scheme, axis);
+    let (wq, qt) = quantize_weights(&w, scheme, axis, crate::place_qdq::min_weight_scales(g, n).as_deref());
     let Ok(wd) = qcc_runtime::quant::dequantize(&wq, &qt) else { return false };
     let err = &wd - &w;
     let out_ch = w.shape()[axis];

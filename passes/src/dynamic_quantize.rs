@@ -30,7 +30,7 @@ fn convert(g: &mut Graph, n: NodeId, cx: &PassContext) -> bool {
             return false;
         }
     }
-    let (t, qt) = quantize_weights(&w, scheme, axis);
+    let (t, qt) = quantize_weights(&w, scheme, axis, None);
     let shape = t.shape().to_vec();
     let name = g.value(node.inputs[1]).name.clone();
     let wq = g.add_const_typed(ConstData::Data(t), Type::Tensor { elem: ElemType::Q(qt), shape }, name);

@@ -10,35 +10,61 @@ use qcc_ir::{ConstData, ElemType, Graph, NodeId, Op, QParams, QuantType, Tensor,
 
 pub struct PlaceQdq;
 
-/// Scale and zero point for weights in [min, max].
-fn weight_params(min: f32, max: f32, sym: bool) -> (f32, i32) {
+/// Scale and zero point for weights in [min, max], the scale at least `floor`.
+fn weight_params(min: f32, max: f32, sym: bool, floor: f32) -> (f32, i32) {
     let (a, b) = (min.min(0.0) as f64, max.max(0.0) as f64);
     if sym {
         let m = a.abs().max(b);
-        (if m > 0.0 { (m / 127.0) as f32 } else { 1.0 }, 0)
+        (if m > 0.0 { ((m / 127.0) as f32).max(floor) } else { 1.0 }, 0)
     } else {
         let span = b - a;
-        let scale = if span > 0.0 { (span / 255.0) as f32 } else { 1.0 };
+        let scale = if span > 0.0 { ((span / 255.0) as f32).max(floor) } else { 1.0 };
         (scale, (-128.0 - a / scale as f64).round_ties_even().clamp(-128.0, 127.0) as i32)
     }
 }
 
-/// Quantizes a weight tensor; `axis` is the output-channel axis for per-channel schemes.
-pub fn quantize_weights(w: &ArrayD<f32>, scheme: WeightScheme, axis: usize) -> (Tensor, QuantType) {
+/// How far from zero a bias quantized at input scale × weight scale may be (see min_weight_scales).
+const BIAS_LIMIT: f64 = (1u32 << 29) as f64;
+
+/// Per output channel of conv/gemm `n`, the least weight scale its bias allows. A channel whose weights
+/// are tiny next to its bias (a dead channel: EfficientNet-Lite has channels of weights near 1e-8 and a
+/// bias of -0.5) would get a scale that puts its i32 bias, at input scale × weight scale, beyond the i32
+/// range: clamped there, and every compiled kernel on its saturating path for the layer. At this floor
+/// the bias stays within ±2^29 and the accumulator in i32; the coarser grid costs the channel at most
+/// K · 255 · |bias| / 2^30 of rounding error in all, lost next to the bias. None without a constant bias
+/// or a per-tensor input scale (dynamic quantization's inputs are scaled at run time).
+pub fn min_weight_scales(g: &Graph, n: NodeId) -> Option<Vec<f32>> {
+    let node = g.node(n);
+    let b = g.const_tensor(*node.inputs.get(2)?)?.as_f32()?;
+    let src = crate::insert_observers::data_source(g, node.inputs[0]);
+    let dq = g.producer(src).filter(|p| g.node(*p).op == Op::Dequantize)?;
+    let sx = match &g.ty(g.node(dq).inputs[0]).quant()?.params {
+        QParams::PerTensor { scale, .. } if *scale > 0.0 => *scale as f64,
+        _ => return None,
+    };
+    Some(b.iter().map(|v| (v.abs() as f64 / (sx * BIAS_LIMIT)) as f32).collect())
+}
+
+/// Quantizes a weight tensor; `axis` is the output-channel axis for per-channel schemes, `min_scale` the
+/// least scale of each output channel (min_weight_scales; ignored unless it has one per channel).
+pub fn quantize_weights(w: &ArrayD<f32>, scheme: WeightScheme, axis: usize, min_scale: Option<&[f32]>) -> (Tensor, QuantType) {
     let range = |v: ndarray::ArrayViewD<f32>| v.iter().fold((0f32, 0f32), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
     let (qmin, qmax) = if scheme.symmetric { (-127, 127) } else { (-128, 127) };
+    let floors = min_scale.filter(|m| m.len() == w.shape()[axis]);
+    let floor = |c: usize| floors.map_or(0.0, |m| m[c]);
     let (params, per) = if scheme.per_channel {
         let (s, z): (Vec<f32>, Vec<i32>) = w
             .axis_iter(Axis(axis))
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let (lo, hi) = range(c);
-                weight_params(lo, hi, scheme.symmetric)
+                weight_params(lo, hi, scheme.symmetric, floor(i))
             })
             .unzip();
         (QParams::PerAxis { axis, scales: s.clone(), zps: z.clone() }, Some((s, z)))
     } else {
         let (lo, hi) = range(w.view());
-        let (s, z) = weight_params(lo, hi, scheme.symmetric);
+        let (s, z) = weight_params(lo, hi, scheme.symmetric, floors.map_or(0.0, |m| m.iter().copied().fold(0.0, f32::max)));
         (QParams::PerTensor { scale: s, zp: z }, None)
     };
     let mut q = ArrayD::<i8>::zeros(w.raw_dim());
@@ -65,7 +91,7 @@ fn place(g: &mut Graph, n: NodeId, scheme: WeightScheme) -> bool {
         _ => return false,
     };
     let Some(w) = g.const_tensor(node.inputs[1]).and_then(|t| t.as_f32()).cloned() else { return false };
-    let (t, qt) = quantize_weights(&w, scheme, axis);
+    let (t, qt) = quantize_weights(&w, scheme, axis, min_weight_scales(g, n).as_deref());
     set_quantized_weights(g, n, t, qt);
     true
 }

@@ -128,7 +128,9 @@ fn round(g: &Graph, n: NodeId, gram: &InputGram, cx: &PassContext) -> Option<Rou
         Op::Gemm { trans_b: false, .. } => w.t().iter().map(|v| *v as f64).collect(),
         _ => w.iter().map(|v| *v as f64).collect(),
     };
-    let (Tensor::I8(mut q), qt) = quantize_weights(w, scheme, axis) else { return None };
+    let (Tensor::I8(mut q), qt) = quantize_weights(w, scheme, axis, crate::place_qdq::min_weight_scales(g, n).as_deref()) else {
+        return None;
+    };
     let grid = |r: usize| {
         let (scale, zp) = match &qt.params {
             QParams::PerAxis { scales, zps, .. } => (scales[r], zps[r]),
