@@ -9,13 +9,13 @@ use qcc::fsutil::write_atomic;
 use qcc::mixed::Metric;
 use qcc::npy::{read_npy, write_npy};
 use qcc_frontend::ImportOptions;
-
-/// The --calib-method default.
-const DEFAULT_METHOD: &str = "percentile:99.999";
 use qcc_ir::{print_graph, Graph, PrintOptions};
 use qcc_passes::{Instrumentation, OptLevel};
 use std::io::Write;
 use std::path::PathBuf;
+
+/// The --calib-method default.
+const DEFAULT_METHOD: &str = "percentile:99.999";
 
 /// qcc: an ahead-of-time quantizing compiler for ONNX models.
 ///
@@ -337,6 +337,9 @@ impl ModelArgs {
     }
 
     fn load(&self) -> Result<Graph> {
+        if self.range_search.is_some() && !self.int8 {
+            bail!("--range-search chooses calibration ranges: it needs --int8 --calib");
+        }
         let model = self.model.as_ref().ok_or_else(|| anyhow!("no model given (see qcc --help)"))?;
         let mut opts = ImportOptions { allow_unsupported: self.allow_unsupported, ..Default::default() };
         for s in &self.input_shape {

@@ -125,6 +125,8 @@ fn range_search_from_the_cli() {
     let o =
         qcc(&[&example(), "--int8", "--calib", &digits, "--calib-samples", "8", "--range-search", "2", "-o", &out.display().to_string()]);
     assert!(o.status.success() && stderr(&o).contains("search: ") && out.exists(), "{}", stderr(&o));
+    let o = qcc(&["eval", &example(), "--npy", &digits, "--range-search", "2"]);
+    assert_fails(&o, "--range-search", None);
     let o = qcc(&[&base[..], &["--range-search", "0"]].concat());
     assert!(!o.status.success() && stderr(&o).contains("--range-search"), "{}", stderr(&o));
 }

@@ -58,12 +58,11 @@ fn assign(g: &mut Graph, n: NodeId, cx: &PassContext) -> Result<(), PassError> {
     };
     let method = range_method(g, n, cfg.method);
     // Ranges chosen by range search replace the method's (they were searched for 8-bit storage).
-    let (a, b) = match cx.ranges.get(&out) {
-        Some(r) if levels == 256 => *r,
-        _ => obs.range(method, levels),
-    };
+    let searched = cx.ranges.get(&out).filter(|_| levels == 256);
+    let (a, b) = searched.copied().unwrap_or_else(|| obs.range(method, levels));
     if std::env::var_os("QCC_DEBUG_RANGES").is_some() {
-        eprintln!("{:<40} min {:>10.4} max {:>10.4} -> {:>10.4}..{:<10.4} ({})", g.node(n).name(), obs.min, obs.max, a, b, method.name());
+        let from = if searched.is_some() { "range search".to_string() } else { method.name() };
+        eprintln!("{:<40} min {:>10.4} max {:>10.4} -> {:>10.4}..{:<10.4} ({from})", g.node(n).name(), obs.min, obs.max, a, b);
     }
     let q = act_qtype(&cfg, a, b);
     let shape = g.ty(out).shape().unwrap_or(&[]).to_vec();
