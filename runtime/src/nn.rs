@@ -174,7 +174,7 @@ pub fn conv_core<T: ndarray::LinalgScalar>(
                     for ky in 0..g.kh {
                         let Some(iy) = g.iy(oy, ky) else { continue };
                         let row = &xc[iy * g.w..][..g.w];
-                        for (kx, &(o0, o1)) in runs.iter().enumerate() {
+                        for (kx, &(o0, o1)) in runs.iter().enumerate().filter(|(_, r)| r.0 < r.1) {
                             let wv = wc[ky * g.kw + kx];
                             let first = o0 * g.sw + kx * g.dw - g.pl;
                             if g.sw == 1 {
@@ -623,4 +623,60 @@ pub fn instance_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<f32>, e
         row.mapv_inplace(|v| (v - mean) * inv * sc[ch] + bi[ch]);
     }
     y.into_shape_with_order(IxDyn(&s)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conv_core;
+
+    /// Depthwise convolution from its definition: every output sums the taps inside the image.
+    fn depthwise_by_definition(
+        x: &[i64],
+        (c, h, w): (usize, usize, usize),
+        k: &[i64],
+        g: [usize; 8],
+        (oh, ow): (usize, usize),
+    ) -> Vec<i64> {
+        let [kh, kw, sh, sw, dh, dw, pt, pl] = g;
+        let mut out = vec![0; c * oh * ow];
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let (iy, ix) = ((oy * sh + ky * dh) as i64 - pt as i64, (ox * sw + kx * dw) as i64 - pl as i64);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                out[(ch * oh + oy) * ow + ox] += x[(ch * h + iy as usize) * w + ix as usize] * k[(ch * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn depthwise_equals_its_definition() {
+        // [kh, kw, sh, sw, dh, dw, pads], on inputs as narrow as one column (a tap column no output reads).
+        let cases = [
+            ([3, 3, 1, 1, 1, 1, 1, 1], (5, 7)),
+            ([3, 3, 2, 2, 1, 1, 1, 1], (6, 5)),
+            ([3, 3, 1, 1, 1, 1, 1, 1], (1, 1)),
+            ([5, 5, 2, 2, 1, 1, 2, 2], (1, 3)),
+            ([3, 3, 1, 2, 2, 2, 2, 2], (4, 6)),
+            ([3, 1, 1, 1, 1, 1, 1, 0], (3, 2)),
+        ];
+        for (g, (h, w)) in cases {
+            let [kh, kw, sh, sw, dh, dw, pt, pl] = g;
+            let (oh, ow) = ((h + 2 * pt - dh * (kh - 1) - 1) / sh + 1, (w + 2 * pl - dw * (kw - 1) - 1) / sw + 1);
+            let c = 3;
+            let x: Vec<i64> = (0..c * h * w).map(|i| (i as i64 * 7919) % 23 - 11).collect();
+            let k: Vec<i64> = (0..c * kh * kw).map(|i| (i as i64 * 104729) % 13 - 6).collect();
+            let to = |v: usize| v as i64;
+            let (strides, pads, dil) = ([to(sh), to(sw)], [to(pt), to(pl), to(pt), to(pl)], [to(dh), to(dw)]);
+            let got = conv_core(&x, &[1, c, h, w], &k, &[c, 1, kh, kw], &strides, &pads, &dil, c, &[1, c, oh, ow]).unwrap();
+            assert_eq!(got, depthwise_by_definition(&x, (c, h, w), &k, g, (oh, ow)), "{g:?} on {h}x{w}");
+        }
+    }
 }
