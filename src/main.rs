@@ -17,6 +17,9 @@ use std::path::PathBuf;
 /// The --calib-method default.
 const DEFAULT_METHOD: &str = "percentile:99.999";
 
+/// Samples range search runs on at -O2 without --range-search.
+const DEFAULT_RANGE_SEARCH: usize = 16;
+
 /// qcc: an ahead-of-time quantizing compiler for ONNX models.
 ///
 /// Compile: `qcc MODEL [-O0|-O1|-O2] [--emit qir] [-o OUT]` prints the optimized IR (to stdout without -o).
@@ -120,11 +123,11 @@ struct ModelArgs {
     /// entropy | mse | auto (per tensor, the lowest estimated error). `qcc eval` also takes `all`.
     #[arg(long, default_value = DEFAULT_METHOD, value_name = "METHOD")]
     calib_method: String,
-    /// Choose each activation's range, among those the range methods give, by the error it alone causes
-    /// in the float network's outputs on the first N calibration samples (slow: about 2 s per sample
-    /// on MobileNetV2; 16 is a good N).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    range_search: Option<u64>,
+    /// Choose the ranges of the activations that carry most of the error, among those the range methods
+    /// give, by the error each alone causes in the float network's outputs on the first N calibration
+    /// samples [default at -O2: 16; 0: off].
+    #[arg(long, value_name = "N")]
+    range_search: Option<usize>,
     /// Weight quantization: sym-per-channel | sym-per-tensor | asym-per-channel | asym-per-tensor.
     #[arg(long, default_value = "sym-per-channel", value_name = "SCHEME")]
     weights: String,
@@ -337,7 +340,7 @@ impl ModelArgs {
     }
 
     fn load(&self) -> Result<Graph> {
-        if self.range_search.is_some() && !self.int8 {
+        if self.range_search.is_some_and(|k| k > 0) && !self.int8 {
             bail!("--range-search chooses calibration ranges: it needs --int8 --calib");
         }
         let model = self.model.as_ref().ok_or_else(|| anyhow!("no model given (see qcc --help)"))?;
@@ -410,15 +413,24 @@ impl ModelArgs {
         let opts = CalibOptions { equalize: scheme.as_ref(), input_grams: self.round_weights(), ema_c: ema };
         let mut cal = calibrate(g, self.level(), opts, set, &self.instrumentation(), &mut std::io::stderr())?;
         // With `qcc eval --calib-method all` the search is its own row (cmd_eval).
-        if let (Some(k), false) = (self.range_search, self.calib_method == "all") {
+        if let (Some(k), false) = (self.range_search(), self.calib_method == "all") {
             self.search_ranges(&mut cal, &self.quant_config(&self.calib_method)?, set, k)?;
         }
         Ok(cal)
     }
 
+    /// Calibration samples range search runs on, if it runs: --range-search, else 16 at -O2.
+    fn range_search(&self) -> Option<usize> {
+        match self.range_search {
+            Some(0) => None,
+            Some(k) => Some(k),
+            None => (self.level() == OptLevel::O2).then_some(DEFAULT_RANGE_SEARCH),
+        }
+    }
+
     /// Range search from `cfg`'s method over the first `k` samples, summarized on stderr.
-    fn search_ranges(&self, cal: &mut Calibrated, cfg: &qcc_passes::QuantConfig, set: &CalibSet, k: u64) -> Result<()> {
-        cal.search_ranges(cfg, set, k as usize)?;
+    fn search_ranges(&self, cal: &mut Calibrated, cfg: &qcc_passes::QuantConfig, set: &CalibSet, k: usize) -> Result<()> {
+        cal.search_ranges(cfg, set, k)?;
         let s = cal.searched.as_ref().ok_or_else(|| anyhow!("internal: range search left no result"))?;
         if std::env::var_os("QCC_DEBUG_RANGES").is_some() {
             for line in &s.log {
@@ -691,7 +703,7 @@ fn cmd_eval(e: EvalCmd) -> Result<()> {
                 let cfg = e.m.quant_config(&m.name())?;
                 variants.push((m.name(), cal.finish(&cfg, &inst, &mut sink)?));
             }
-            if let Some(k) = e.m.range_search {
+            if let Some(k) = e.m.range_search() {
                 // From the default method (the table's rows above ignore the search: another method each).
                 let cfg = e.m.quant_config(DEFAULT_METHOD)?;
                 let mut cal = cal;

@@ -127,8 +127,13 @@ fn range_search_from_the_cli() {
     assert!(o.status.success() && stderr(&o).contains("search: ") && out.exists(), "{}", stderr(&o));
     let o = qcc(&["eval", &example(), "--npy", &digits, "--range-search", "2"]);
     assert_fails(&o, "--range-search", None);
-    let o = qcc(&[&base[..], &["--range-search", "0"]].concat());
-    assert!(!o.status.success() && stderr(&o).contains("--range-search"), "{}", stderr(&o));
+    // On by default at -O2 (16 samples, here all 20 calibration samples' first 16), off with 0 and below -O2.
+    let o = qcc(&[&base[..], &["-O2"]].concat());
+    assert!(o.status.success() && stderr(&o).contains("range search on 16 samples"), "{}", stderr(&o));
+    for off in [&["-O2", "--range-search", "0"][..], &["-O1"][..]] {
+        let o = qcc(&[&base[..], off].concat());
+        assert!(o.status.success() && !stderr(&o).contains("range search"), "{off:?}: {}", stderr(&o));
+    }
 }
 
 #[test]

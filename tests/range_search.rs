@@ -13,7 +13,8 @@ const N: usize = 256;
 /// Where the outlier sits.
 const OUTLIER: usize = 17;
 
-/// `a` and `b` are the same tensor (2x); `ya` passes `a` on, `yb` multiplies `b`'s outlier position by 0.
+/// `a`, `b` and `c` are the same tensor (2x); `ya` passes `a` on, `yb` multiplies `b`'s outlier position
+/// by 0, `yc` scales `c` down.
 fn net() -> Builder {
     let mut b = Builder::new();
     b.input("x", &[1, N as i64]).output("ya", &[1, N as i64]).output("yb", &[1, N as i64]);
@@ -24,6 +25,10 @@ fn net() -> Builder {
     b.node("Mul", "ya", &["a", "ones"], &["ya"], vec![]);
     b.node("Add", "b", &["x", "x"], &["b"], vec![]);
     b.node("Mul", "yb", &["b", "mask"], &["yb"], vec![]);
+    // c reaches its output scaled by 1e-4: its error is too small a share to search.
+    b.output("yc", &[1, N as i64]).init("tiny", &[N as i64], vec![1e-4; N]);
+    b.node("Add", "c", &["x", "x"], &["c"], vec![]);
+    b.node("Mul", "yc", &["c", "tiny"], &["yc"], vec![]);
     b
 }
 
@@ -92,7 +97,9 @@ fn search_keeps_outliers_that_reach_the_output_and_clips_those_that_do_not() {
     let plain_minmax = c.finish(&minmax, &Default::default(), sink).unwrap();
     c.search_ranges(&cfg, &set, 16).unwrap();
     let s = c.searched.as_ref().unwrap();
-    assert_eq!(s.log.len(), 3, "x, a and b searched: {:?}", s.log);
+    assert_eq!(s.log.len(), 3, "x, a and b searched, c not: {:?}", s.log);
+    assert!(s.summary().contains("3 of 4 activations"), "{}", s.summary());
+    assert!(!s.log.iter().any(|l| l.starts_with("c:")), "{:?}", s.log);
     // Per tensor, a and b are alike: the configured method keeps the outlier (2 × 25) for both.
     for name in ["a", "b"] {
         let v = c.graph.node_ids().find(|n| c.graph.node(*n).name() == name && c.graph.node(*n).op == Op::Observe).unwrap();
