@@ -1,6 +1,7 @@
-//! range-search (`--range-search N`): per observed activation, the calibration range — among those the
-//! range methods give from its one streaming pass — whose quantization error, injected alone into the
-//! float network, disturbs the network's outputs least on the first N calibration samples.
+//! range-search (on at -O2; `--range-search N`): per observed activation that carries a noticeable share
+//! of the quantization error, the calibration range — among those the range methods give from its one
+//! streaming pass — whose quantization error, injected alone into the float network, disturbs the
+//! network's outputs least on the first N calibration samples.
 //!
 //! The range methods judge a tensor by its own error; a network's output does not weigh every tensor's
 //! error alike (a residual stream feeding twenty layers against a depthwise output feeding one), so the
@@ -130,7 +131,8 @@ fn measure(
 
 /// Searches the range of every observed 8-bit activation of `g` (the calibrated float graph, observers
 /// in place) for `cfg` on the first `samples` samples of `set`. Values whose range `cfg` does not choose
-/// by its method (the network's outputs keep min/max) and values with a single candidate are left alone.
+/// by its method (the network's outputs keep min/max), values with a single candidate and values the
+/// pilot finds carrying under SHARE of the error are left alone.
 pub fn search(
     g: &Graph,
     observers: &HashMap<ValueId, Observer>,
