@@ -67,7 +67,11 @@ fn every_scheme_and_method_from_one_calibration() {
         let o = qcc(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let out = String::from_utf8_lossy(&o.stdout);
         let rows: Vec<&str> = out.lines().skip(3).collect();
-        assert_eq!(rows.len(), if table[0] == "--schemes" { 4 } else { 7 }, "{out}");
+        // Every method, and at -O2 range search's row (from the default method).
+        assert_eq!(rows.len(), if table[0] == "--schemes" { 4 } else { 8 }, "{out}");
+        if table[0] == "--calib-method" {
+            assert!(rows[7].starts_with("range-search:16"), "{out}");
+        }
         for r in rows {
             // Columns: name, top-1, top-5, agreement (the last %), output SQNR (dB).
             let agree: f64 = r.split_whitespace().rfind(|t| t.ends_with('%')).unwrap().trim_end_matches('%').parse().unwrap();
