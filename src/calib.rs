@@ -296,7 +296,10 @@ pub(crate) fn progress_bar(len: usize, what: &str) -> indicatif::ProgressBar {
     }
     let b = indicatif::ProgressBar::new(len as u64);
     let template = format!("{what} {{bar:30}} {{pos}}/{{len}} samples, {{per_sec}}, eta {{eta}}");
-    b.set_style(indicatif::ProgressStyle::with_template(&template).expect("template"));
+    // A label that does not make a template keeps indicatif's default style rather than failing.
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        b.set_style(style);
+    }
     b
 }
 
