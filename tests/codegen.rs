@@ -911,6 +911,137 @@ fn elementwise_steps_equal_the_interpreter() {
     qcc_runtime::kernels::pool::set_threads(0);
 }
 
+/// f32 binary and unary steps the compiler generates (codegen/src/felementwise.rs) equal the
+/// interpreter bit for bit: same-shape operands (three tasks, a tail shorter than a vector), per-channel
+/// and per-pixel operands, a constant one and a scalar, every binary op and every generated unary op, on
+/// inputs with NaN, infinities, signed zeros and halves (max and min of ±0 pairs, floor and ceil of
+/// ties, square roots of negatives). Each is asserted to be generated on CPUs with AVX2; exp is not
+/// (the runtime's kernel runs it). On AVX-512 a binary and a unary op reading a convolution's
+/// channels-last output into a graph output (logical order) reorder it with a strided copy.
+#[test]
+fn float_elementwise_steps_equal_the_interpreter() {
+    let (c, h, w) = (20usize, 37usize, 53usize);
+    let t = |dims: &str| format!("f32[{dims}]");
+    let full = t(&format!("1,{c},{h},{w}"));
+    let consts = values(c, 90).iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ");
+    let mut body = vec![
+        format!("  const @k: {} = [{consts}]", t(&format!("1,{c},1,1"))),
+        "  const @two: f32[] = [2.0]".to_string(),
+        // An identity 1×1 convolution: exact, and channels-last on AVX-512, so the ops reading it and
+        // writing graph outputs (logical order) reorder their values.
+        format!(
+            "  const @eye: f32[{c},{c},1,1] = [{}]",
+            (0..c * c).map(|i| if i % (c + 1) == 0 { "1.0" } else { "0.0" }).collect::<Vec<_>>().join(", ")
+        ),
+        format!("  %e1 = conv %e, @eye {{dilations=[1, 1], group=1, pads=[0, 0, 0, 0], strides=[1, 1]}} : {full} loc(\"eye\")"),
+    ];
+    let mut nodes: Vec<(String, String)> = vec![];
+    for (op, a, b) in [
+        ("add", "%a", "%b"),
+        ("sub", "@two", "%a"),
+        ("mul", "%a", "%c"),
+        ("div", "%a", "%b"),
+        ("max", "%a", "%d"),
+        ("min", "%b", "@k"),
+        ("max", "%a", "%b"),
+        ("min", "%a", "%b"),
+        ("mul", "%e1", "%c"),
+        ("add", "%e1", "%a"),
+    ] {
+        nodes.push((format!("{op} {a}, {b}"), format!("{op}_{}", nodes.len())));
+    }
+    for op in [
+        "relu",
+        "clip {max=1.5, min=-0.5}",
+        "leaky_relu {alpha=0.1}",
+        "hard_sigmoid {alpha=0.2, beta=0.5}",
+        "hard_swish",
+        "neg",
+        "abs",
+        "sqrt",
+        "reciprocal",
+        "floor",
+        "ceil",
+        "exp",
+        "hard_swish",
+    ] {
+        let (name, attrs) = op.split_once(' ').unwrap_or((op, ""));
+        let arg = match name {
+            _ if nodes.len() == 22 => "%e1",
+            n if n.starts_with("hard") => "%a",
+            _ => "%b",
+        };
+        nodes.push((format!("{name} {arg} {attrs}"), format!("{name}_{}", nodes.len())));
+    }
+    body.extend(nodes.iter().map(|(text, out)| format!("  %{out} = {text} : {full} loc(\"{out}\")")));
+    let outs: Vec<String> = nodes.iter().map(|(_, out)| format!("%{out}: {full}")).collect();
+    let text = format!(
+        "graph @t(%a: {full} \"a\", %b: {full} \"b\", %c: {} \"c\", %d: {} \"d\", %e: {full} \"e\") -> ({}) {{\n{}\n}}\n",
+        t(&format!("1,{c},1,1")),
+        t(&format!("1,1,{h},{w}")),
+        outs.join(", "),
+        body.join("\n")
+    );
+    let g = qcc_ir::parse::parse_graph(&text).unwrap();
+    let n = c * h * w;
+    // Multiples of a half with every tenth value special, so ties, zeros and NaN meet in both operands.
+    let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 0.5, -0.5, -2.5, 3.0, 1e-40];
+    let sample = |len: usize, seed: u32| {
+        let v = values(len, seed);
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| if i % 10 == 3 { special[(i / 10) % special.len()] } else { (x * 8.0).round() / 2.0 })
+            .collect::<Vec<f32>>()
+    };
+    for isa in isas() {
+        let cg = Compiled::new(&g, isa).unwrap();
+        let steps: Vec<_> = cg.plan.steps.iter().filter(|s| matches!(s.kernel, Kernel::Binary | Kernel::Unary)).collect();
+        assert_eq!(steps.len(), 23, "{isa:?}: {}", cg.plan.summary());
+        // The three ops on the convolution's channels-last output reorder it (AVX-512 only).
+        let reorders = cg.plan.steps.iter().filter(|s| s.kernel == Kernel::Strided).count();
+        assert_eq!(reorders, if isa == Isa::Avx512Vnni { 3 } else { 0 }, "{isa:?}: {}", cg.plan.summary());
+        for s in &steps {
+            let words = cg.plan.blob.words(s.hdr, 64);
+            let generated = match s.kernel {
+                Kernel::Binary => {
+                    qcc::codegen::felementwise::binary_generated(isa, &qcc_runtime::abi::BinaryHdr::decode(&words), &cg.plan.blob)
+                }
+                _ => qcc::codegen::felementwise::unary_generated(isa, &qcc_runtime::abi::UnaryHdr::decode(&words)),
+            };
+            // add_9 reads one operand channels-last and one in planes on AVX-512: the runtime's kernel.
+            let mixed = isa == Isa::Avx512Vnni && s.node == "add_9";
+            assert_eq!(generated, isa != Isa::Scalar && !s.node.starts_with("exp") && !mixed, "{isa:?} {}", s.node);
+        }
+        for threads in [1, 3] {
+            qcc_runtime::kernels::pool::set_threads(threads);
+            for seed in 0..2 {
+                let xs = vec![
+                    Tensor::from_f32(&[1, c, h, w], sample(n, seed)).unwrap(),
+                    Tensor::from_f32(&[1, c, h, w], sample(n, seed + 10)).unwrap(),
+                    Tensor::from_f32(&[1, c, 1, 1], sample(c, seed + 20)).unwrap(),
+                    Tensor::from_f32(&[1, 1, h, w], sample(h * w, seed + 30)).unwrap(),
+                    // Halves without specials: the identity convolution passes them on exactly.
+                    Tensor::from_f32(&[1, c, h, w], values(n, seed + 40).iter().map(|x| (x * 8.0).round() / 2.0).collect()).unwrap(),
+                ];
+                let want = qcc_runtime::run(&g, xs.clone()).unwrap();
+                let got = cg.run(&xs).unwrap();
+                for ((wv, gv), name) in want.iter().zip(&got).zip(&outs) {
+                    let bits = |t: &Tensor| t.to_f32_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                    let (wb, gb) = (bits(wv), bits(gv));
+                    let bad = wb.iter().zip(&gb).position(|(x, y)| x != y);
+                    assert!(
+                        bad.is_none(),
+                        "{isa:?}, {threads} threads, {name}: element {bad:?}: {:?} != {:?}",
+                        bad.map(|i| f32::from_bits(gb[i])),
+                        bad.map(|i| f32::from_bits(wb[i]))
+                    );
+                }
+            }
+        }
+    }
+    qcc_runtime::kernels::pool::set_threads(0);
+}
+
 /// Quantize and dequantize steps the compiler generates (codegen/src/elementwise.rs) equal the
 /// interpreter byte for byte: u8 and i8, NaN, infinities, values past both ends and on half steps, tails
 /// shorter than a vector; and the quantize of planes into a convolution's channels-last input and the

@@ -172,6 +172,14 @@ impl Ctx<'_> {
         !self.nhwc(v) || self.g.ty(v).shape().is_some_and(|s| s[1] == 1 || s[2] * s[3] == 1)
     }
 
+    /// Whether binary node `n` writes a 4-D logical-order value from a channels-last operand with
+    /// pixels and channels (lowering then computes it channels-last and reorders it after).
+    pub(crate) fn binary_into_planes(&self, n: NodeId) -> bool {
+        let node = self.g.node(n);
+        let four = self.g.ty(node.output).shape().is_some_and(|s| s.len() == 4);
+        four && !self.nhwc(node.output) && node.inputs.iter().any(|v| !self.logical_bytes(*v))
+    }
+
     pub(crate) fn choose(&self, n: NodeId) -> Choice {
         let g = self.g;
         let node = g.node(n);
@@ -337,8 +345,8 @@ impl Ctx<'_> {
             }
             op if UnOp::from_op(op).is_some() => {
                 let f32s = g.ty(ins[0]).elem() == Some(&qcc_ir::ElemType::Plain(DType::F32)) && oty.dtype() == Some(DType::F32);
-                let layout = self.nhwc(ins[0]) == self.nhwc(out) || (self.logical_bytes(ins[0]) && self.logical_bytes(out));
-                match (act_in(0) && f32s && layout && oty.quant().is_none(), UnOp::from_op(op)) {
+                // Between channels-last and logical order, lowering reorders first (a strided copy).
+                match (act_in(0) && f32s && oty.quant().is_none(), UnOp::from_op(op)) {
                     (true, Some(u)) => Choice::Unary(u),
                     _ => host("unary op on a constant or a non-f32 value"),
                 }

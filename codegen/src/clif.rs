@@ -95,7 +95,7 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
                     Some(kind) => n.define_row_step(module, &mut fctx, kind, nest::row_shape(s.kernel, &words), &name)?,
                 })
             }
-            _ => ew.define(module, &mut fctx, (plan.isa, s.kernel, &words), &name)?,
+            _ => ew.define(module, &mut fctx, (plan.isa, s.kernel, &words, &plan.blob), &name)?,
         };
     }
     let mut ctx = module.make_context();

@@ -14,15 +14,16 @@
 //! without SSE4.1's rounding, an image's three planes on AVX-512) call the runtime's Rust kernel
 //! instead (`qadd_generated`, `quantize_generated`, `dequantize_generated`, `qgap_generated` and
 //! `requant_rows_generated` say which).
+use crate::felementwise::{binary_generated, unary_generated};
 use crate::nest::{define_local, define_rt_step, ptr_signature};
-use crate::plan::Kernel;
+use crate::plan::{Blob, Kernel};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use qcc_ir::Act;
-use qcc_runtime::abi::{DequantizeHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr, RequantRowsHdr};
+use qcc_runtime::abi::{BinaryHdr, DequantizeHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr, RequantRowsHdr, UnaryHdr};
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::Isa;
 
@@ -31,7 +32,7 @@ fn err(e: impl std::fmt::Display) -> CodegenError {
 }
 
 /// Elements per task (as the runtime's elementwise kernels).
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 /// Whether the qadd step `h` compiled for `isa` is generated (else the runtime's kernel runs it): 8-bit
 /// values, no activation or a clamping or leaky one, a target with SSE4.1.
@@ -86,18 +87,26 @@ pub struct Elementwise {
 }
 
 impl Elementwise {
-    /// The generated function `step(hdr, blob, arena)` of a step of `kernel` (header `words`) compiled
-    /// for `isa`, or None where the runtime's kernel runs it (the `*_generated` rules; without SSE4.1
-    /// only table lookups are generated).
+    /// The generated function `step(hdr, blob, arena)` of a step of `kernel` (header `words`, arrays in
+    /// `blob`) compiled for `isa`, or None where the runtime's kernel runs it (the `*_generated` rules
+    /// here and in felementwise.rs; without SSE4.1 only table lookups are generated).
     pub fn define<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,
-        (isa, kernel, words): (Isa, Kernel, &[u64]),
+        (isa, kernel, words, blob): (Isa, Kernel, &[u64], &Blob),
         name: &str,
     ) -> Result<Option<FuncId>, CodegenError> {
         let on = has_sse41(module);
         Ok(match kernel {
+            Kernel::Binary => match BinaryHdr::decode(words) {
+                h if on && binary_generated(isa, &h, blob) => Some(self.define_binary(module, fctx, (&h, blob), name)?),
+                _ => None,
+            },
+            Kernel::Unary => match UnaryHdr::decode(words) {
+                h if on && unary_generated(isa, &h) => Some(self.define_unary(module, fctx, &h, name)?),
+                _ => None,
+            },
             Kernel::Lut => Some(self.define_lut(module, fctx, &LutHdr::decode(words), name)?),
             Kernel::QAdd => match QAddHdr::decode(words) {
                 h if on && qadd_generated(isa, &h) => Some(self.define_qadd(module, fctx, &h, name)?),
@@ -447,7 +456,7 @@ impl Elementwise {
     }
 
     /// `step(hdr, blob, arena)`: qcc_rt_parallel(hdr, blob, arena, tasks, ntasks).
-    fn define_step<M: Module>(
+    pub(crate) fn define_step<M: Module>(
         &mut self,
         module: &mut M,
         fctx: &mut FunctionBuilderContext,
@@ -709,13 +718,13 @@ fn narrow16(b: &mut FunctionBuilder, q: &[Value], e: IntElem) -> Value {
 }
 
 /// Arena and blob accesses: unaligned, never trapping (the plan keeps them inside their buffers).
-fn flags() -> MemFlagsData {
+pub(crate) fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
 /// Defines `tasks(blob, arena, task)`, whose `body(b, blob, arena, s, e)` handles items s..e: task t
 /// takes items t·per .. (t + 1)·per of len.
-fn define_tasks<M: Module>(
+pub(crate) fn define_tasks<M: Module>(
     module: &mut M,
     fctx: &mut FunctionBuilderContext,
     name: &str,
@@ -734,7 +743,7 @@ fn define_tasks<M: Module>(
 }
 
 /// `for (i = s; i + step <= e; i += step) vector(i)`, then the elements left one at a time: `scalar(i)`.
-fn vector_then_scalar(
+pub(crate) fn vector_then_scalar(
     b: &mut FunctionBuilder,
     (s, e): (Value, Value),
     step: i64,
@@ -748,7 +757,13 @@ fn vector_then_scalar(
 
 /// `for (i = s; i < e; i += step) body(i)`, returning the first index not handled. Vector loops pass
 /// `e` lowered by step − 1 (compared signed: a chunk shorter than a vector makes it negative).
-fn element_loop(b: &mut FunctionBuilder, s: Value, e: Value, step: i64, body: impl FnOnce(&mut FunctionBuilder, Value)) -> Value {
+pub(crate) fn element_loop(
+    b: &mut FunctionBuilder,
+    s: Value,
+    e: Value,
+    step: i64,
+    body: impl FnOnce(&mut FunctionBuilder, Value),
+) -> Value {
     let ty = b.func.dfg.value_type(s);
     let head = b.create_block();
     let inner = b.create_block();
@@ -818,7 +833,7 @@ fn widen4(b: &mut FunctionBuilder, v: Value, e: IntElem) -> [Value; 4] {
 }
 
 /// An f32 constant of type `ty` (scalar or splat).
-fn fconst(b: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
+pub(crate) fn fconst(b: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
     let c = b.ins().f32const(v);
     if ty.is_vector() {
         b.ins().splat(ty, c)
@@ -853,7 +868,7 @@ fn pick(b: &mut FunctionBuilder, fty: Type, cc: FloatCC, x: Value, k: Value) -> 
 }
 
 /// `cc(l, r) ? yes : no` lane by lane (on vectors the comparison's mask selects bits).
-fn select_if(b: &mut FunctionBuilder, fty: Type, (cc, l, r): (FloatCC, Value, Value), yes: Value, no: Value) -> Value {
+pub(crate) fn select_if(b: &mut FunctionBuilder, fty: Type, (cc, l, r): (FloatCC, Value, Value), yes: Value, no: Value) -> Value {
     let c = b.ins().fcmp(cc, l, r);
     if fty.is_vector() {
         let mask = b.ins().bitcast(fty, MemFlagsData::new(), c);

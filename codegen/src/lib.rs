@@ -4,6 +4,7 @@ mod choose;
 pub mod clif;
 pub mod elementwise;
 mod emit;
+pub mod felementwise;
 pub mod jit;
 pub mod lower;
 pub mod memory;

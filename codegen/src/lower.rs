@@ -71,6 +71,10 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
+        if let (Choice::Binary(_), true) = (&choices[i], cx.binary_into_planes(n)) {
+            temp_of.insert(i, bufs.len());
+            bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
+        }
         if let Choice::ConvGemm { im2col: Some(b), .. } = choices[i] {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: b, first: i + 1, last: i + 1 });
@@ -422,7 +426,11 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let os = shape(g, out);
                 // The output is written in storage order; each operand is read through its strides per
                 // logical dim (storage strides for channels-last ones), listed in that order.
-                let order: Vec<usize> = if cx.nhwc(out) { vec![0, 2, 3, 1] } else { (0..os.len()).collect() };
+                // Into logical order from channels-last operands: written channels-last into a
+                // temporary, then reordered by a strided copy (reading the operands across their
+                // channels would take each cache line once per element it holds).
+                let planes = cx.binary_into_planes(n);
+                let order: Vec<usize> = if cx.nhwc(out) || planes { vec![0, 2, 3, 1] } else { (0..os.len()).collect() };
                 let operand = |v: ValueId, blob: &mut Blob| -> Result<(usize, bool, Arr), CodegenError> {
                     let s = shape(g, v);
                     let mut strides = broadcast_strides(&s, &os);
@@ -440,11 +448,33 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let (a, a_const, sa) = operand(ins[0], &mut blob)?;
                 let (b, b_const, sb) = operand(ins[1], &mut blob)?;
                 let dims = Arr { off: blob.push_words(&order.iter().map(|&d| os[d] as u64).collect::<Vec<_>>()), len: os.len() };
-                let h = BinaryHdr { isa, op: op.code() as usize, dims, a, a_const, sa, b, b_const, sb, out: off(out) };
+                let dst = if planes { offsets[temp_of[&i]] } else { off(out) };
+                let h = BinaryHdr { isa, op: op.code() as usize, dims, a, a_const, sa, b, b_const, sb, out: dst };
                 push(Kernel::Binary, h.encode(), 0, &mut blob);
+                if planes {
+                    let (c, hh, ww) = (os[1], os[2], os[3]);
+                    let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
+                    let (from, to) = ([hh * ww * c, 1, ww * c, c], crate::choose::contiguous(&os));
+                    for d in 0..4 {
+                        (dims[2 + d], ss[2 + d], ds[2 + d]) = (os[d], from[d], to[d]);
+                    }
+                    push(Kernel::Strided, StridedHdr { esize: 4, dims, ss, ds, src: dst, dst: off(out) }.encode(), 0, &mut blob);
+                }
             }
             Choice::Unary(f) => {
-                let h = UnaryHdr::new(isa, *f, oty.numel().unwrap_or(0), off(ins[0]), off(out));
+                let mut x = off(ins[0]);
+                if cx.nhwc(ins[0]) != cx.nhwc(out) && !(cx.logical_bytes(ins[0]) && cx.logical_bytes(out)) {
+                    // Between channels-last and logical order: a strided copy into the output reorders
+                    // the values, and the op runs there in place.
+                    let (is, os, d) = (cx.storage_strides(ins[0]), cx.storage_strides(out), shape(g, out));
+                    let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
+                    for a in 0..4 {
+                        (dims[2 + a], ss[2 + a], ds[2 + a]) = (d[a], is[a], os[a]);
+                    }
+                    push(Kernel::Strided, StridedHdr { esize: 4, dims, ss, ds, src: x, dst: off(out) }.encode(), 0, &mut blob);
+                    x = off(out);
+                }
+                let h = UnaryHdr::new(isa, *f, oty.numel().unwrap_or(0), x, off(out));
                 push(Kernel::Unary, h.encode(), 0, &mut blob);
             }
             Choice::Absorbed => {}

@@ -414,7 +414,7 @@ impl UnaryHdr {
         };
         UnaryHdr { isa, kind, p1, p2, act, len, x, out }
     }
-    pub(crate) fn op(&self) -> UnOp {
+    pub fn op(&self) -> UnOp {
         match (self.kind, self.act) {
             (0, _) => UnOp::Clip { min: self.p1, max: self.p2 },
             (1, Some(a)) => UnOp::Act(a),

@@ -360,40 +360,94 @@ impl QAdd {
 /// Strided copy of `esize`-byte elements: for every index i over `dims`, element Σ i·ss of x goes to
 /// element Σ i·ds of out.
 ///
+/// A transpose (the source contiguous along an axis p, the destination along the last axis, and p not
+/// the last) copies 16 × 16 blocks of those two axes on the thread pool, so each block's 16 source and
+/// 16 destination cache lines stay in L1 (walking destination rows alone reads every source line once
+/// per element it holds: a channels-last 112 × 112 × 64 f32 image into planes took 3.3 ms, the blocks
+/// 0.6 on one thread). Other copies go row by row on one thread.
+///
 /// # Safety
 /// Every addressed element lies inside x and out, which do not overlap.
 pub unsafe fn strided_copy(x: *const u8, out: *mut u8, esize: usize, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6]) {
     if dims.contains(&0) {
         return;
     }
-    fn run<T: Copy>(x: *const T, out: *mut T, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6]) {
-        let mut idx = [0usize; 5];
-        loop {
-            let (s0, d0) = idx.iter().enumerate().fold((0, 0), |(s, d), (k, i)| (s + i * ss[k], d + i * ds[k]));
-            for i in 0..dims[5] {
-                // SAFETY: the caller's contract covers every index over dims.
-                unsafe { *out.add(d0 + i * ds[5]) = *x.add(s0 + i * ss[5]) };
-            }
-            // The odometer over the outer five dimensions.
-            let mut k = 5;
-            loop {
-                if k == 0 {
-                    return;
-                }
-                k -= 1;
-                idx[k] += 1;
-                if idx[k] < dims[k] {
-                    break;
-                }
-                idx[k] = 0;
-            }
+    let p = (0..5).find(|&k| dims[k] > 1 && ss[k] == 1);
+    // SAFETY (all calls): the caller's contract, for elements of esize bytes.
+    unsafe {
+        match (p, esize) {
+            (Some(p), _) if dims[5] > 1 && ds[5] == 1 && ss[5] != 1 => match esize {
+                1 => blocked::<u8>(x, out, dims, (ss, ds), p),
+                2 => blocked::<u16>(x, out, dims, (ss, ds), p),
+                _ => blocked::<u32>(x, out, dims, (ss, ds), p),
+            },
+            (_, 1) => rows(x, out, dims, ss, ds),
+            (_, 2) => rows(x as *const u16, out as *mut u16, dims, ss, ds),
+            _ => rows(x as *const u32, out as *mut u32, dims, ss, ds),
         }
     }
-    match esize {
-        1 => run(x, out, dims, ss, ds),
-        2 => run(x as *const u16, out as *mut u16, dims, ss, ds),
-        _ => run(x as *const u32, out as *mut u32, dims, ss, ds),
+}
+
+/// strided_copy one destination row (the last axis) at a time.
+///
+/// # Safety
+/// strided_copy's.
+unsafe fn rows<T: Copy>(x: *const T, out: *mut T, dims: [usize; 6], ss: [usize; 6], ds: [usize; 6]) {
+    let mut idx = [0usize; 5];
+    loop {
+        let (s0, d0) = idx.iter().enumerate().fold((0, 0), |(s, d), (k, i)| (s + i * ss[k], d + i * ds[k]));
+        for i in 0..dims[5] {
+            // SAFETY: the caller's contract covers every index over dims.
+            unsafe { *out.add(d0 + i * ds[5]) = *x.add(s0 + i * ss[5]) };
+        }
+        // The odometer over the outer five dimensions.
+        let mut k = 5;
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < dims[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
     }
+}
+
+/// strided_copy of a transpose: source axis p (stride 1) against destination axis 5 (stride 1), in
+/// blocks of 16 × 16; one task per index of the other axes and block row of p.
+///
+/// # Safety
+/// strided_copy's, with x and out pointing at elements of type T.
+unsafe fn blocked<T: Copy>(x: *const u8, out: *mut u8, dims: [usize; 6], (ss, ds): ([usize; 6], [usize; 6]), p: usize) {
+    const B: usize = 16;
+    let outer: Vec<usize> = (0..5).filter(|&k| k != p).collect();
+    let outer_n: usize = outer.iter().map(|&k| dims[k]).product();
+    let rows_p = dims[p].div_ceil(B);
+    let (xp, op) = (Ptr(x as *mut u8), Ptr(out));
+    pool::parallel_for(outer_n * rows_p, &|t| {
+        let (mut rem, mut s0, mut d0) = (t / rows_p, 0, 0);
+        for &k in outer.iter().rev() {
+            let i = rem % dims[k];
+            rem /= dims[k];
+            s0 += i * ss[k];
+            d0 += i * ds[k];
+        }
+        let i0 = (t % rows_p) * B;
+        let i1 = (i0 + B).min(dims[p]);
+        let (x, out) = (xp.get() as *const T, op.get() as *mut T);
+        for j0 in (0..dims[5]).step_by(B) {
+            let j1 = (j0 + B).min(dims[5]);
+            for i in i0..i1 {
+                for j in j0..j1 {
+                    // SAFETY: (i, j) and the outer index lie inside dims (the caller's contract).
+                    unsafe { *out.add(d0 + i * ds[p] + j) = *x.add(s0 + i + j * ss[5]) };
+                }
+            }
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -453,5 +507,44 @@ mod avx512 {
                 i += 16;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every permutation of a 3-D u32 tensor with sizes off the block edge, and a slice-like copy with a
+    /// step: the blocked transpose and the row walk each equal the definition, element by element.
+    #[test]
+    fn strided_copies_equal_the_definition() {
+        let d = [5usize, 19, 37];
+        let src: Vec<u32> = (0..d.iter().product::<usize>() as u32).collect();
+        let sst = [d[1] * d[2], d[2], 1];
+        for perm in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+            let od = perm.map(|a| d[a]);
+            let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
+            for k in 0..3 {
+                (dims[3 + k], ss[3 + k], ds[3 + k]) = (od[k], sst[perm[k]], [od[1] * od[2], od[2], 1][k]);
+            }
+            for threads in [1, 3] {
+                pool::set_threads(threads);
+                let mut out = vec![u32::MAX; src.len()];
+                // SAFETY: the strides address src and out inside their lengths.
+                unsafe { strided_copy(src.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8, 4, dims, ss, ds) };
+                for (i, o) in out.iter().enumerate() {
+                    let idx = [i / (od[1] * od[2]), (i / od[2]) % od[1], i % od[2]];
+                    let at: usize = (0..3).map(|k| idx[k] * sst[perm[k]]).sum();
+                    assert_eq!(*o, src[at], "perm {perm:?}, {threads} threads, element {i}");
+                }
+            }
+        }
+        pool::set_threads(0);
+        // Every other column of bytes: neither side is a transpose.
+        let x: Vec<u8> = (0..200u8).collect();
+        let mut out = vec![0u8; 100];
+        // SAFETY: 10 rows of 10 bytes from 10 rows of 20.
+        unsafe { strided_copy(x.as_ptr(), out.as_mut_ptr(), 1, [1, 1, 1, 1, 10, 10], [0, 0, 0, 0, 20, 2], [0, 0, 0, 0, 10, 1]) };
+        assert!(out.iter().enumerate().all(|(i, &v)| v as usize == (i / 10) * 20 + (i % 10) * 2));
     }
 }

@@ -35,19 +35,24 @@ impl BinOp {
             BinOp::Sub => x - y,
             BinOp::Mul => x * y,
             BinOp::Div => x / y,
-            // NaN propagates through max/min as ONNX Runtime does.
+            // NaN propagates through max/min as ONNX Runtime does. Written as comparisons, not f32::max,
+            // so that ±0 pairs have one answer (the first operand) in every build and in generated code.
             BinOp::Max => {
                 if x.is_nan() || y.is_nan() {
                     f32::NAN
+                } else if y > x {
+                    y
                 } else {
-                    x.max(y)
+                    x
                 }
             }
             BinOp::Min => {
                 if x.is_nan() || y.is_nan() {
                     f32::NAN
+                } else if y < x {
+                    y
                 } else {
-                    x.min(y)
+                    x
                 }
             }
         }
@@ -101,11 +106,13 @@ impl UnOp {
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
+            // f32::clamp's comparisons (a NaN passes through, -0 stays -0), without its panic on min > max.
             UnOp::Clip { min, max } => {
-                if x.is_nan() {
-                    x
+                let v = if x < min { min } else { x };
+                if v > max {
+                    max
                 } else {
-                    x.max(min).min(max)
+                    v
                 }
             }
             UnOp::Act(a) => a.apply(x),
