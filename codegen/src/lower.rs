@@ -453,12 +453,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::Binary, h.encode(), 0, &mut blob);
                 if planes {
                     let (c, hh, ww) = (os[1], os[2], os[3]);
-                    let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
-                    let (from, to) = ([hh * ww * c, 1, ww * c, c], crate::choose::contiguous(&os));
-                    for d in 0..4 {
-                        (dims[2 + d], ss[2 + d], ds[2 + d]) = (os[d], from[d], to[d]);
-                    }
-                    push(Kernel::Strided, StridedHdr { esize: 4, dims, ss, ds, src: dst, dst: off(out) }.encode(), 0, &mut blob);
+                    let from = [hh * ww * c, 1, ww * c, c];
+                    push(Kernel::Strided, reorder4(&os, (&from, &crate::choose::contiguous(&os)), (dst, off(out))).encode(), 0, &mut blob);
                 }
             }
             Choice::Unary(f) => {
@@ -466,12 +462,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 if cx.nhwc(ins[0]) != cx.nhwc(out) && !(cx.logical_bytes(ins[0]) && cx.logical_bytes(out)) {
                     // Between channels-last and logical order: a strided copy into the output reorders
                     // the values, and the op runs there in place.
-                    let (is, os, d) = (cx.storage_strides(ins[0]), cx.storage_strides(out), shape(g, out));
-                    let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
-                    for a in 0..4 {
-                        (dims[2 + a], ss[2 + a], ds[2 + a]) = (d[a], is[a], os[a]);
-                    }
-                    push(Kernel::Strided, StridedHdr { esize: 4, dims, ss, ds, src: x, dst: off(out) }.encode(), 0, &mut blob);
+                    let strides = (&cx.storage_strides(ins[0])[..], &cx.storage_strides(out)[..]);
+                    push(Kernel::Strided, reorder4(&shape(g, out), strides, (x, off(out))).encode(), 0, &mut blob);
                     x = off(out);
                 }
                 let h = UnaryHdr::new(isa, *f, oty.numel().unwrap_or(0), x, off(out));
@@ -869,6 +861,16 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
 
 /// The one-node graph an interpreted step runs, as .qir text with its constants in full, and per graph
 /// input the value of `g` it reads.
+/// The strided copy of f32 values of 4-D shape `d` from byte offset `src` (element strides `from`, per
+/// logical dim) to `dst` (strides `to`): a reorder between channels-last and logical order.
+fn reorder4(d: &[usize], (from, to): (&[usize], &[usize]), (src, dst): (usize, usize)) -> StridedHdr {
+    let (mut dims, mut ss, mut ds) = ([1usize; 6], [0usize; 6], [0usize; 6]);
+    for a in 0..4 {
+        (dims[2 + a], ss[2 + a], ds[2 + a]) = (d[a], from[a], to[a]);
+    }
+    StridedHdr { esize: 4, dims, ss, ds, src, dst }
+}
+
 fn host_graph(g: &Graph, n: NodeId) -> Result<(String, Vec<ValueId>), CodegenError> {
     let node = g.node(n);
     let mut sg = Graph::new("step");
