@@ -1174,3 +1174,46 @@ fn float_layers_on_the_graph_input_compile() {
         }
     }
 }
+
+/// f32 global average pooling, generated over planes (a graph input) and channels-last (a convolution's
+/// output on AVX-512), equals the interpreter bit for bit: both take `pool_sum`'s order of additions.
+/// Pixel counts 1 to 100 leave every remainder mod 8; 21 channels leave a tail past four lanes; two
+/// images check the per-image addressing.
+#[test]
+fn float_global_average_pooling_equals_the_interpreter() {
+    let c = 21usize;
+    for (h, w) in [(1usize, 1usize), (1, 7), (2, 4), (3, 5), (7, 7), (10, 10), (4, 9)] {
+        let full = format!("f32[2,{c},{h},{w}]");
+        let pooled = format!("f32[2,{c},1,1]");
+        let eye = (0..c * c).map(|i| if i % (c + 1) == 0 { "1.0" } else { "0.0" }).collect::<Vec<_>>().join(", ");
+        let text = format!(
+            "graph @t(%a: {full} \"a\") -> (%p: {pooled}, %q: {pooled}) {{\n  const @eye: f32[{c},{c},1,1] = [{eye}]\n  \
+             %p = global_average_pool %a : {pooled} loc(\"gap_planes\")\n  \
+             %e = conv %a, @eye {{dilations=[1, 1], group=1, pads=[0, 0, 0, 0], strides=[1, 1]}} : {full} loc(\"eye\")\n  \
+             %q = global_average_pool %e : {pooled} loc(\"gap_conv\")\n}}\n"
+        );
+        let g = qcc_ir::parse::parse_graph(&text).unwrap();
+        for isa in isas() {
+            let cg = Compiled::new(&g, isa).unwrap();
+            let kinds: Vec<Kernel> = cg.plan.steps.iter().filter(|s| s.node.starts_with("gap")).map(|s| s.kernel).collect();
+            let conv_side = if isa == Isa::Avx512Vnni { Kernel::FGapNhwc } else { Kernel::FGap };
+            assert_eq!(kinds, [Kernel::FGap, conv_side], "{isa:?}: {}", cg.plan.summary());
+            assert_eq!(qcc::codegen::fpool::fgap_generated(isa), isa != Isa::Scalar);
+            for threads in [1, 3] {
+                qcc_runtime::kernels::pool::set_threads(threads);
+                for seed in 0..3 {
+                    // Values of many magnitudes, so a sum taken in another order rounds differently.
+                    let x: Vec<f32> = values(2 * c * h * w, seed).iter().enumerate().map(|(i, v)| v * (1 << (i % 23)) as f32).collect();
+                    let xs = vec![Tensor::from_f32(&[2, c, h, w], x).unwrap()];
+                    let want = qcc_runtime::run(&g, xs.clone()).unwrap();
+                    let got = cg.run(&xs).unwrap();
+                    for (k, (wv, gv)) in want.iter().zip(&got).enumerate() {
+                        let bits = |t: &Tensor| t.to_f32_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                        assert_eq!(bits(gv), bits(wv), "{isa:?}, {h}x{w}, {threads} threads, output {k}");
+                    }
+                }
+            }
+        }
+    }
+    qcc_runtime::kernels::pool::set_threads(0);
+}

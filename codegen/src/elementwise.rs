@@ -15,6 +15,7 @@
 //! instead (`qadd_generated`, `quantize_generated`, `dequantize_generated`, `qgap_generated` and
 //! `requant_rows_generated` say which).
 use crate::felementwise::{binary_generated, unary_generated};
+use crate::fpool::fgap_generated;
 use crate::nest::{define_local, define_rt_step, ptr_signature};
 use crate::plan::{Blob, Kernel};
 use crate::CodegenError;
@@ -23,7 +24,7 @@ use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Type
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use qcc_ir::Act;
-use qcc_runtime::abi::{BinaryHdr, DequantizeHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr, RequantRowsHdr, UnaryHdr};
+use qcc_runtime::abi::{BinaryHdr, DequantizeHdr, FGapHdr, FGapNhwcHdr, LutHdr, QAddHdr, QGapHdr, QuantizeHdr, RequantRowsHdr, UnaryHdr};
 use qcc_runtime::kernels::elementwise::IntElem;
 use qcc_runtime::kernels::Isa;
 
@@ -124,6 +125,8 @@ impl Elementwise {
                 h if on && qgap_generated(isa, &h) => Some(self.define_qgap(module, fctx, &h, name)?),
                 _ => None,
             },
+            Kernel::FGap if fgap_generated(isa) => Some(self.define_fgap(module, fctx, &FGapHdr::decode(words), name)?),
+            Kernel::FGapNhwc if fgap_generated(isa) => Some(self.define_fgap_nhwc(module, fctx, &FGapNhwcHdr::decode(words), name)?),
             Kernel::RequantRows => match RequantRowsHdr::decode(words) {
                 h if on && requant_rows_generated(isa, &h) => Some(self.define_requant_rows(module, fctx, &h, name)?),
                 _ => None,
@@ -787,7 +790,7 @@ pub(crate) fn element_loop(
 
 /// `for (i = s; i < e; i++) acc = body(i, acc)` with the accumulators carried in block parameters;
 /// returns their final values.
-fn fold_loop(
+pub(crate) fn fold_loop(
     b: &mut FunctionBuilder,
     (s, e): (Value, Value),
     init: Vec<Value>,

@@ -5,6 +5,7 @@ pub mod clif;
 pub mod elementwise;
 mod emit;
 pub mod felementwise;
+pub mod fpool;
 pub mod jit;
 pub mod lower;
 pub mod memory;

@@ -1,6 +1,6 @@
 //! One op on concrete tensors: elementwise, shape and data-movement ops here; neural-network kernels in
 //! nn.rs and resize.rs. Used by the interpreter and by import-time evaluation and constant folding.
-use crate::kernels::float::{BinOp, UnOp};
+use crate::kernels::float::{self, BinOp, UnOp};
 use crate::{nn, qops, quant, resize};
 use ndarray::{ArrayD, Axis, IxDyn, Slice, Zip};
 use qcc_ir::infer::{broadcast_shapes, norm_axis, slice_axis};
@@ -510,7 +510,7 @@ pub fn eval_op(op: &Op, ins: &[&Tensor], in_tys: &[&Type], out_ty: &Type) -> Res
             let sp: usize = s[2..].iter().product();
             let x = x.as_standard_layout();
             let flat = x.view().into_shape_with_order((n * c, sp)).map_err(|e| e.to_string())?;
-            let m: Vec<f32> = flat.rows().into_iter().map(|r| r.sum() / sp as f32).collect();
+            let m: Vec<f32> = flat.rows().into_iter().map(|r| float::pool_sum(sp, |i| r[i]) / sp as f32).collect();
             Ok(Tensor::F32(ArrayD::from_shape_vec(IxDyn(&out_shape()?), m).map_err(|e| e.to_string())?))
         }
         Op::Flatten { .. } | Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => reshape(ins[0], &out_shape()?),

@@ -202,3 +202,24 @@ pub unsafe fn unary(isa: Isa, f: UnOp, x: *const f32, len: usize, out: *mut f32)
         map(isa, xp.get() as *const f32, op.get() as *mut f32, t << 14, ((t + 1) << 14).min(len), f);
     });
 }
+
+/// The sum every f32 global average pooling takes (the interpreter's and the kernels'), element i at
+/// `at(i)` for i < n: eight running sums s_k over the elements i ≡ k (mod 8) of the whole groups of
+/// eight, combined as ((((0 + (s0 + s4)) + (s1 + s5)) + (s2 + s6)) + (s3 + s7)), then the last n mod 8
+/// elements added in order. The order vectorizes (two 4-lane sums along a plane, or 8 sums per lane
+/// across channels) and is fixed here, so compiled pooling equals the interpreter's bit for bit.
+#[inline]
+pub fn pool_sum(n: usize, at: impl Fn(usize) -> f32) -> f32 {
+    let mut s = [0f32; 8];
+    let whole = n - n % 8;
+    for i in (0..whole).step_by(8) {
+        for (k, sk) in s.iter_mut().enumerate() {
+            *sk += at(i + k);
+        }
+    }
+    let mut acc = 0f32;
+    for k in 0..4 {
+        acc += s[k] + s[k + 4];
+    }
+    (whole..n).fold(acc, |acc, i| acc + at(i))
+}

@@ -499,14 +499,8 @@ pub unsafe fn gap(x: *const f32, n: usize, pixels: usize, c: usize, out: *mut f3
         let (src, dst) = unsafe {
             (std::slice::from_raw_parts(x.add(img * pixels * c), pixels * c), std::slice::from_raw_parts_mut(out.add(img * c), c))
         };
-        dst.fill(0.0);
-        for px in src.chunks_exact(c.max(1)) {
-            for (d, v) in dst.iter_mut().zip(px) {
-                *d += v;
-            }
-        }
-        for d in dst.iter_mut() {
-            *d /= pixels as f32;
+        for (ch, d) in dst.iter_mut().enumerate() {
+            *d = super::float::pool_sum(pixels, |p| src[p * c + ch]) / pixels as f32;
         }
     }
 }
