@@ -1217,3 +1217,62 @@ fn float_global_average_pooling_equals_the_interpreter() {
     }
     qcc_runtime::kernels::pool::set_threads(0);
 }
+
+/// f32 max and average pooling over planes (graph inputs and outputs stay in logical order), run by the
+/// generated row loop around the runtime's row microkernels, equal the interpreter bit for bit: strides
+/// 1 to 3, dilation, uneven padding, padding counted and not, two images, NaN in the windows (never the
+/// maximum; it spreads through a sum), 1 and 3 threads.
+#[test]
+fn float_pooling_over_planes_equals_the_interpreter() {
+    let (n, c) = (2usize, 5usize);
+    // (h, w, kernel, stride, dilation, pads [top, left, bottom, right])
+    for (h, w, k, s, d, p) in [
+        (9usize, 11usize, 3usize, 2usize, 1usize, [1usize, 1, 1, 1]),
+        (8, 8, 2, 2, 1, [0, 0, 0, 0]),
+        (13, 7, 3, 1, 2, [2, 0, 1, 2]),
+        (10, 12, 3, 3, 1, [1, 2, 0, 0]),
+    ] {
+        let ke = (k - 1) * d + 1;
+        let (oh, ow) = ((h + p[0] + p[2] - ke) / s + 1, (w + p[1] + p[3] - ke) / s + 1);
+        let attrs = |extra: &str| {
+            format!(
+                "{{ceil_mode=false, {extra}dilations=[{d}, {d}], kernel=[{k}, {k}], pads=[{}, {}, {}, {}], strides=[{s}, {s}]}}",
+                p[0], p[1], p[2], p[3]
+            )
+        };
+        let (xt, yt) = (format!("f32[{n},{c},{h},{w}]"), format!("f32[{n},{c},{oh},{ow}]"));
+        let text = format!(
+            "graph @t(%a: {xt} \"a\") -> (%m: {yt}, %v: {yt}, %u: {yt}) {{\n  \
+             %m = max_pool %a {} : {yt} loc(\"max\")\n  \
+             %v = average_pool %a {} : {yt} loc(\"avg\")\n  \
+             %u = average_pool %a {} : {yt} loc(\"avg_pad\")\n}}\n",
+            attrs(""),
+            attrs("count_include_pad=false, "),
+            attrs("count_include_pad=true, ")
+        );
+        let g = qcc_ir::parse::parse_graph(&text).unwrap();
+        for isa in isas() {
+            let cg = Compiled::new(&g, isa).unwrap();
+            let kinds: Vec<Kernel> = cg.plan.steps.iter().map(|s| s.kernel).filter(|k| k.row_kernel().is_some()).collect();
+            assert_eq!(kinds, [Kernel::FMaxPool, Kernel::FAvgPool, Kernel::FAvgPool], "{isa:?}: {}", cg.plan.summary());
+            for threads in [1, 3] {
+                qcc_runtime::kernels::pool::set_threads(threads);
+                for seed in 0..3 {
+                    let x: Vec<f32> = values(n * c * h * w, seed + 50)
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| if i % 37 == 5 { f32::NAN } else { v * (1 << (i % 11)) as f32 })
+                        .collect();
+                    let xs = vec![Tensor::from_f32(&[n, c, h, w], x).unwrap()];
+                    let want = qcc_runtime::run(&g, xs.clone()).unwrap();
+                    let got = cg.run(&xs).unwrap();
+                    for (name, (wv, gv)) in ["max", "avg", "avg_pad"].iter().zip(want.iter().zip(&got)) {
+                        let bits = |t: &Tensor| t.to_f32_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                        assert_eq!(bits(gv), bits(wv), "{isa:?}, {h}x{w} k{k} s{s} d{d} {p:?}, {threads} threads, {name}");
+                    }
+                }
+            }
+        }
+    }
+    qcc_runtime::kernels::pool::set_threads(0);
+}

@@ -20,7 +20,7 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
-use qcc_runtime::abi::{DwConvHdr, FAvgPoolHdr, FDwNhwcHdr, FGroupNhwcHdr, GemmHdr, MaxPoolHdr, QAvgPoolHdr};
+use qcc_runtime::abi::{DwConvHdr, FAvgPoolHdr, FDwNhwcHdr, FGroupNhwcHdr, FMaxPoolHdr, GemmHdr, MaxPoolHdr, QAvgPoolHdr};
 use qcc_runtime::kernels::dwconv::DwGeom;
 use qcc_runtime::kernels::gemm::{packed_dims, Split, MAX_SEGS, MR, PANEL, ROW_SEGS};
 use qcc_runtime::kernels::rows::RowShape;
@@ -385,6 +385,11 @@ pub fn row_shape(kernel: Kernel, words: &[u64]) -> RowShape {
         }
         Kernel::FDwNhwc => RowShape::of(&FDwNhwcHdr::decode(words).g, 4, 4),
         Kernel::FAvgPoolNhwc => RowShape::of(&FAvgPoolHdr::decode(words).g, 4, 4),
+        // Over planes: each plane an image of one channel.
+        Kernel::FAvgPool | Kernel::FMaxPool => {
+            let g = if kernel == Kernel::FAvgPool { FAvgPoolHdr::decode(words).g } else { FMaxPoolHdr::decode(words).g };
+            RowShape::of(&DwGeom { n: g.n * g.c, c: 1, ..g }, 4, 4)
+        }
         Kernel::FGroupNhwc => {
             let h = FGroupNhwcHdr::decode(words);
             RowShape { n: h.g.n, oh: h.g.oh, image_bytes: h.g.h * h.g.w * h.g.c * 4, row_bytes: h.g.ow * h.m * 4 }

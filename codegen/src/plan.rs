@@ -61,6 +61,8 @@ impl Kernel {
             | Kernel::FDwNhwc
             | Kernel::FGroupNhwc
             | Kernel::FAvgPoolNhwc
+            | Kernel::FMaxPool
+            | Kernel::FAvgPool
             | Kernel::Lut => return None,
             Kernel::Quantize => "qcc_k_quantize",
             Kernel::Dequantize => "qcc_k_dequantize",
@@ -77,8 +79,6 @@ impl Kernel {
             Kernel::FGemm => "qcc_k_fgemm",
             Kernel::FDwConv => "qcc_k_fdwconv",
             Kernel::FGap => "qcc_k_fgap",
-            Kernel::FMaxPool => "qcc_k_fmaxpool",
-            Kernel::FAvgPool => "qcc_k_favgpool",
             Kernel::FConvNhwc => "qcc_k_fconv_nhwc",
             Kernel::FGapNhwc => "qcc_k_fgap_nhwc",
             Kernel::Host => "qcc_k_host",
@@ -99,6 +99,8 @@ impl Kernel {
             Kernel::FDwNhwc => "fdw_nhwc",
             Kernel::FGroupNhwc => "fgroup_nhwc",
             Kernel::FAvgPoolNhwc => "favgpool_nhwc",
+            Kernel::FMaxPool => "fmaxpool",
+            Kernel::FAvgPool => "favgpool",
             _ => return None,
         })
     }

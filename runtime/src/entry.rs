@@ -14,7 +14,7 @@ use crate::kernels::qpool::{self, QAvgPool, QMaxPool, RequantRows};
 use crate::kernels::rows::RowKernel;
 use crate::kernels::wideconv::WideConv;
 use crate::kernels::Isa;
-use crate::kernels::{fconv, fnhwc};
+use crate::kernels::{fconv, fnhwc, fpool};
 
 /// Reads a header: `hdr` points at its words inside the blob.
 unsafe fn words<'a>(hdr: *const u64) -> &'a [u64] {
@@ -482,6 +482,8 @@ row_kernel!(qcc_rt_qavgpool, qcc_uk_qavgpool_row, QAvgPool, avgpool);
 row_kernel!(qcc_rt_fdw_nhwc, qcc_uk_fdw_nhwc_row, fnhwc::FDwNhwc, fdw_nhwc);
 row_kernel!(qcc_rt_fgroup_nhwc, qcc_uk_fgroup_nhwc_row, fnhwc::FGroupNhwc, fgroup_nhwc);
 row_kernel!(qcc_rt_favgpool_nhwc, qcc_uk_favgpool_nhwc_row, fnhwc::FAvgPool, favgpool_nhwc);
+row_kernel!(qcc_rt_fmaxpool, qcc_uk_fmaxpool_row, fpool::FMaxPool, fmaxpool);
+row_kernel!(qcc_rt_favgpool, qcc_uk_favgpool_row, fpool::FAvgPool, favgpool);
 
 unsafe fn fgroup_nhwc<'a>(hdr: *const u64, blob: *const u8, arena: *mut u8) -> fnhwc::FGroupNhwc<'a> {
     // SAFETY: the caller's header describes this blob and arena.
@@ -530,23 +532,19 @@ pub unsafe extern "C" fn qcc_k_fgap(hdr: *const u64, _blob: *const u8, arena: *m
     }
 }
 
-/// # Safety
-/// As qcc_k_quantize.
-#[no_mangle]
-pub unsafe extern "C" fn qcc_k_fmaxpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+unsafe fn fmaxpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) -> fpool::FMaxPool {
+    // SAFETY: the caller's header describes this arena.
     unsafe {
         let h = FMaxPoolHdr::decode(words(hdr));
-        fconv::maxpool(h.isa, arena.add(h.x) as *const f32, h.g, arena.add(h.out) as *mut f32);
+        fpool::FMaxPool::new(h.isa, h.g, arena.add(h.x) as *const f32, arena.add(h.out) as *mut f32)
     }
 }
 
-/// # Safety
-/// As qcc_k_quantize.
-#[no_mangle]
-pub unsafe extern "C" fn qcc_k_favgpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) {
+unsafe fn favgpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) -> fpool::FAvgPool {
+    // SAFETY: the caller's header describes this arena.
     unsafe {
         let h = FAvgPoolHdr::decode(words(hdr));
-        fconv::avgpool(arena.add(h.x) as *const f32, h.g, h.pe, h.include_pad, arena.add(h.out) as *mut f32);
+        fpool::FAvgPool::new(h.g, h.pe, h.include_pad, arena.add(h.x) as *const f32, arena.add(h.out) as *mut f32)
     }
 }
 
@@ -615,8 +613,10 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_uk_fgroup_nhwc_row", qcc_uk_fgroup_nhwc_row as *const u8),
         ("qcc_rt_favgpool_nhwc", qcc_rt_favgpool_nhwc as *const u8),
         ("qcc_uk_favgpool_nhwc_row", qcc_uk_favgpool_nhwc_row as *const u8),
-        ("qcc_k_fmaxpool", qcc_k_fmaxpool as *const u8),
-        ("qcc_k_favgpool", qcc_k_favgpool as *const u8),
+        ("qcc_rt_fmaxpool", qcc_rt_fmaxpool as *const u8),
+        ("qcc_uk_fmaxpool_row", qcc_uk_fmaxpool_row as *const u8),
+        ("qcc_rt_favgpool", qcc_rt_favgpool as *const u8),
+        ("qcc_uk_favgpool_row", qcc_uk_favgpool_row as *const u8),
         ("qcc_k_host", crate::host::qcc_k_host as *const u8),
         ("qcc_rt_host_begin", crate::host::qcc_rt_host_begin as *const u8),
         ("qcc_rt_host_status", crate::host::qcc_rt_host_status as *const u8),

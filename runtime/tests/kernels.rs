@@ -522,7 +522,7 @@ proptest! {
         for isa in isas() {
             let mut out = vec![7.0f32; want.len() + 16];
             // SAFETY: x and out are sized for g (out with slack the kernel must not touch).
-            unsafe { qcc_runtime::kernels::fconv::maxpool(isa, x.as_ptr(), g, out.as_mut_ptr()) };
+            unsafe { RowKernel::run(&qcc_runtime::kernels::fpool::FMaxPool::new(isa, g, x.as_ptr(), out.as_mut_ptr())) };
             prop_assert_eq!(&out[..want.len()], &want[..], "{:?}", isa);
             prop_assert!(out[want.len()..].iter().all(|&v| v == 7.0), "{:?} wrote past the output", isa);
         }

@@ -2,7 +2,6 @@
 //! average pooling, average and max pooling (fgemm gathers the other convolutions' windows itself). Results agree with the
 //! interpreter within float rounding (summation order differs).
 use super::dwconv::DwGeom;
-use super::elementwise::Ptr;
 use super::{multiversion, pool, Isa};
 use qcc_ir::Act;
 
@@ -384,38 +383,10 @@ pub unsafe fn gap(x: *const f32, planes: usize, hw: usize, out: *mut f32) {
     }
 }
 
-/// Average pooling of NCHW f32 with the interpreter's divisor rule (nn::avg_pool): with `include_pad` the
-/// taps inside the padded extent (`pe` = end pads), else only taps inside the input; the same summation
-/// order, so results are identical.
-///
-/// # Safety
-/// x holds n·c·h·w floats, out n·c·oh·ow.
-pub unsafe fn avgpool(x: *const f32, g: DwGeom, pe: [usize; 2], include_pad: bool, out: *mut f32) {
-    let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
-    let (rows, cols) = g.avg_pool_taps(pe);
-    pool::parallel_for(g.n * g.c, &|t| {
-        // SAFETY: plane t of x and of out.
-        let plane = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(t * g.h * g.w), g.h * g.w) };
-        let out = unsafe { std::slice::from_raw_parts_mut((op.get() as *mut f32).add(t * g.oh * g.ow), g.oh * g.ow) };
-        for (oy, (ry, py)) in rows.iter().enumerate() {
-            for (ox, (cx, px)) in cols.iter().enumerate() {
-                let mut sum = 0f32;
-                for iy in ry {
-                    for ix in cx {
-                        sum += plane[iy * g.w + ix];
-                    }
-                }
-                let count = if include_pad { py * px } else { ry.len() * cx.len() };
-                out[oy * g.ow + ox] = if count > 0 { sum / count as f32 } else { 0.0 };
-            }
-        }
-    });
-}
-
 /// Per kx, the output columns lo..hi whose input column ox·s + off lies inside the row, and where the
 /// first of them starts in the row (stride 1) or in its phase array (`split_phases`): the same for every
 /// row.
-fn row_spans(g: &DwGeom) -> Vec<(usize, usize, usize)> {
+pub(crate) fn row_spans(g: &DwGeom) -> Vec<(usize, usize, usize)> {
     let s = g.stride[1];
     let plen = g.w.div_ceil(s);
     (0..g.kw)
@@ -434,7 +405,7 @@ fn row_spans(g: &DwGeom) -> Vec<(usize, usize, usize)> {
 
 /// Splits a row into its s phases (every s-th element from 0, 1, ..., s − 1), each w.div_ceil(s) long.
 #[inline(always)]
-fn split_phases(src: &[f32], s: usize, phases: &mut [f32]) {
+pub(crate) fn split_phases(src: &[f32], s: usize, phases: &mut [f32]) {
     let plen = src.len().div_ceil(s);
     if s == 2 {
         // Pairs, so the loop vectorizes (a step_by loop per phase does not): the strided layers' planes
@@ -455,56 +426,4 @@ fn split_phases(src: &[f32], s: usize, phases: &mut [f32]) {
             *d = *v;
         }
     }
-}
-
-/// Max pooling of NCHW f32 (padding never wins).
-///
-/// # Safety
-/// x holds n·c·h·w floats, out n·c·oh·ow.
-pub unsafe fn maxpool(isa: Isa, x: *const f32, g: DwGeom, out: *mut f32) {
-    let (xp, op) = (Ptr(x as *mut u8), Ptr(out as *mut u8));
-    pool::parallel_for(g.n * g.c, &|t| {
-        // SAFETY: plane t of x and of out.
-        let x = unsafe { std::slice::from_raw_parts((xp.get() as *const f32).add(t * g.h * g.w), g.h * g.w) };
-        let out = unsafe { std::slice::from_raw_parts_mut((op.get() as *mut f32).add(t * g.oh * g.ow), g.oh * g.ow) };
-        plane(isa, x, out, g);
-    });
-    multiversion!(
-        fn plane(x: &[f32], out: &mut [f32], g: DwGeom) {
-            // Separable: each input row's horizontal window maxima once (a running maximum per tap over a
-            // contiguous span of output columns, as the portable depthwise plane), then each output row
-            // the maximum of its window's rows. f32::max keeps the other operand when one is NaN: a NaN
-            // never wins, as in the interpreter; padding is −∞.
-            let s = g.stride[1];
-            let mut phases = vec![0f32; s * g.w.div_ceil(s)];
-            let mut hmax = vec![f32::NEG_INFINITY; g.h * g.ow];
-            let spans = row_spans(&g);
-            for (iy, h) in hmax.chunks_exact_mut(g.ow).enumerate() {
-                let src = &x[iy * g.w..(iy + 1) * g.w];
-                if s > 1 {
-                    split_phases(src, s, &mut phases);
-                }
-                for &(lo, hi, start) in &spans {
-                    if hi > lo {
-                        let row = if s == 1 { &src[start..] } else { &phases[start..] };
-                        for (d, v) in h[lo..hi].iter_mut().zip(row) {
-                            *d = d.max(*v);
-                        }
-                    }
-                }
-            }
-            for oy in 0..g.oh {
-                let o = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                o.fill(f32::NEG_INFINITY);
-                for ky in 0..g.kh {
-                    let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                    if iy >= 0 && iy < g.h as isize {
-                        for (d, v) in o.iter_mut().zip(&hmax[iy as usize * g.ow..]) {
-                            *d = d.max(*v);
-                        }
-                    }
-                }
-            }
-        }
-    );
 }

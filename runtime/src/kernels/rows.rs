@@ -1,5 +1,6 @@
-//! Row kernels: NHWC kernels whose unit of work is one output row of one image (depthwise and
-//! channels-last grouped convolution, max and average pooling). Compiled models drive them from
+//! Row kernels: kernels whose unit of work is one output row of one image (depthwise and
+//! channels-last grouped convolution, max and average pooling; pooling over planes treats each plane as
+//! an image of one channel, fpool.rs). Compiled models drive them from
 //! generated loop nests (codegen/src/nest.rs) that split the rows into tasks, walk each task's rows and
 //! address the row's input image and output row; `run` is the same nest in Rust, which the kernel tests
 //! use.
