@@ -388,7 +388,7 @@ pub fn row_shape(kernel: Kernel, words: &[u64]) -> RowShape {
         // Over planes: each plane an image of one channel.
         Kernel::FAvgPool | Kernel::FMaxPool => {
             let g = if kernel == Kernel::FAvgPool { FAvgPoolHdr::decode(words).g } else { FMaxPoolHdr::decode(words).g };
-            RowShape::of(&DwGeom { n: g.n * g.c, c: 1, ..g }, 4, 4)
+            RowShape::of(&qcc_runtime::kernels::fpool::planes(&g), 4, 4)
         }
         Kernel::FGroupNhwc => {
             let h = FGroupNhwcHdr::decode(words);

@@ -483,7 +483,7 @@ row_kernel!(qcc_rt_fdw_nhwc, qcc_uk_fdw_nhwc_row, fnhwc::FDwNhwc, fdw_nhwc);
 row_kernel!(qcc_rt_fgroup_nhwc, qcc_uk_fgroup_nhwc_row, fnhwc::FGroupNhwc, fgroup_nhwc);
 row_kernel!(qcc_rt_favgpool_nhwc, qcc_uk_favgpool_nhwc_row, fnhwc::FAvgPool, favgpool_nhwc);
 row_kernel!(qcc_rt_fmaxpool, qcc_uk_fmaxpool_row, fpool::FMaxPool, fmaxpool);
-row_kernel!(qcc_rt_favgpool, qcc_uk_favgpool_row, fpool::FAvgPool, favgpool);
+row_kernel!(qcc_rt_favgpool, qcc_uk_favgpool_row, fnhwc::FAvgPool, favgpool);
 
 unsafe fn fgroup_nhwc<'a>(hdr: *const u64, blob: *const u8, arena: *mut u8) -> fnhwc::FGroupNhwc<'a> {
     // SAFETY: the caller's header describes this blob and arena.
@@ -540,11 +540,13 @@ unsafe fn fmaxpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) -> fpool::
     }
 }
 
-unsafe fn favgpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) -> fpool::FAvgPool {
+/// Average pooling over planes: the channels-last kernel over one-channel images.
+unsafe fn favgpool(hdr: *const u64, _blob: *const u8, arena: *mut u8) -> fnhwc::FAvgPool {
     // SAFETY: the caller's header describes this arena.
     unsafe {
         let h = FAvgPoolHdr::decode(words(hdr));
-        fpool::FAvgPool::new(h.g, h.pe, h.include_pad, arena.add(h.x) as *const f32, arena.add(h.out) as *mut f32)
+        let (x, out, g) = (arena.add(h.x) as *const f32, arena.add(h.out) as *mut f32, fpool::planes(&h.g));
+        fnhwc::FAvgPool { x, g, include_pad: h.include_pad, taps: g.avg_pool_taps(h.pe), out }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Float convolution helpers on NCHW f32 (the layout float values keep): depthwise convolution, global
-//! average pooling, average and max pooling (fgemm gathers the other convolutions' windows itself). Results agree with the
-//! interpreter within float rounding (summation order differs).
+//! average pooling, and the row spans and phase splits max pooling over planes shares (fpool.rs; fgemm
+//! gathers the other convolutions' windows itself). Results agree with the interpreter within float
+//! rounding (summation order differs).
 use super::dwconv::DwGeom;
 use super::{multiversion, pool, Isa};
 use qcc_ir::Act;

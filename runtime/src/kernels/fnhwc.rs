@@ -441,6 +441,7 @@ impl RowKernel for FGroupNhwc<'_> {
 
 /// Average pooling of NHWC images (end pads pe; with `include_pad` the divisor counts the padding taps
 /// as nn::avg_pool_taps says). A row kernel: x holds g.n·g.h·g.w·g.c floats, out g.n·g.oh·g.ow·g.c.
+/// Over planes (NCHW) it runs on one-channel images (fpool::planes): the interpreter's sum order either way.
 pub struct FAvgPool {
     pub x: *const f32,
     pub g: DwGeom,
