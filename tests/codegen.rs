@@ -1276,3 +1276,64 @@ fn float_pooling_over_planes_equals_the_interpreter() {
     }
     qcc_runtime::kernels::pool::set_threads(0);
 }
+
+/// Float pooling and depthwise convolution reading a channels-last value (an identity convolution's
+/// output on AVX-512) into graph outputs (logical order) run the channels-last kernels into a temporary
+/// and reorder it, instead of interpreted steps: pooling bit for bit as the interpreter, the depthwise
+/// convolution to rounding. Both images, strides 1 and 2, uneven padding, 1 and 3 threads.
+#[test]
+fn float_pooling_from_channels_last_into_outputs_compiles() {
+    let (n, c, h, w) = (2usize, 6usize, 11usize, 9usize);
+    for (s, p) in [(2usize, [1usize, 0, 1, 1]), (1, [1, 1, 1, 1])] {
+        let (oh, ow) = ((h + p[0] + p[2] - 3) / s + 1, (w + p[1] + p[3] - 3) / s + 1);
+        let (xt, yt) = (format!("f32[{n},{c},{h},{w}]"), format!("f32[{n},{c},{oh},{ow}]"));
+        let pads = format!("pads=[{}, {}, {}, {}], strides=[{s}, {s}]", p[0], p[1], p[2], p[3]);
+        let pool = |extra: &str| format!("{{ceil_mode=false, {extra}dilations=[1, 1], kernel=[3, 3], {pads}}}");
+        let eye = (0..c * c).map(|i| if i % (c + 1) == 0 { "1.0" } else { "0.0" }).collect::<Vec<_>>().join(", ");
+        let wd = values(c * 9, 61).iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ");
+        let text = format!(
+            "graph @t(%a: {xt} \"a\") -> (%m: {yt}, %v: {yt}, %u: {yt}, %d: {yt}) {{\n  \
+             const @eye: f32[{c},{c},1,1] = [{eye}]\n  const @wd: f32[{c},1,3,3] = [{wd}]\n  \
+             %e = conv %a, @eye {{dilations=[1, 1], group=1, pads=[0, 0, 0, 0], strides=[1, 1]}} : {xt} loc(\"eye\")\n  \
+             %m = max_pool %e {} : {yt} loc(\"max\")\n  \
+             %v = average_pool %e {} : {yt} loc(\"avg\")\n  \
+             %u = average_pool %e {} : {yt} loc(\"avg_pad\")\n  \
+             %d = conv %e, @wd {{dilations=[1, 1], group={c}, {pads}}} : {yt} loc(\"dw\")\n}}\n",
+            pool(""),
+            pool("count_include_pad=false, "),
+            pool("count_include_pad=true, ")
+        );
+        let g = qcc_ir::parse::parse_graph(&text).unwrap();
+        for isa in isas() {
+            let cg = Compiled::new(&g, isa).unwrap();
+            assert!(cg.plan.steps.iter().all(|s| s.kernel != Kernel::Host), "{isa:?}: {}", cg.plan.summary());
+            let reorders = cg.plan.steps.iter().filter(|s| s.kernel == Kernel::Strided).count();
+            assert_eq!(reorders, if isa == Isa::Avx512Vnni { 4 } else { 0 }, "{isa:?}: {}", cg.plan.summary());
+            for threads in [1, 3] {
+                qcc_runtime::kernels::pool::set_threads(threads);
+                for seed in 0..2 {
+                    // Finite values of many magnitudes: the identity convolution passes them on exactly.
+                    let x: Vec<f32> =
+                        values(n * c * h * w, seed + 70).iter().enumerate().map(|(i, v)| v * (1 << (i % 11)) as f32).collect();
+                    let xs = vec![Tensor::from_f32(&[n, c, h, w], x).unwrap()];
+                    let want = qcc_runtime::run(&g, xs.clone()).unwrap();
+                    let got = cg.run(&xs).unwrap();
+                    for (name, (wv, gv)) in ["max", "avg", "avg_pad", "dw"].iter().zip(want.iter().zip(&got)) {
+                        let (wf, gf) = (wv.to_f32_vec(), gv.to_f32_vec());
+                        let tag = format!("{isa:?}, stride {s}, {p:?}, {threads} threads, {name}");
+                        if *name == "dw" {
+                            // Sums of nine products in another order: a few ulps of the largest value.
+                            let tol = 1e-6 * wf.iter().fold(0f32, |m, a| m.max(a.abs()));
+                            let bad = wf.iter().zip(&gf).position(|(a, b)| (a - b).abs() > tol);
+                            assert!(bad.is_none(), "{tag}: element {bad:?}");
+                        } else {
+                            let bad = wf.iter().zip(&gf).position(|(a, b)| a.to_bits() != b.to_bits());
+                            assert!(bad.is_none(), "{tag}: element {bad:?}: {:?} != {:?}", bad.map(|i| gf[i]), bad.map(|i| wf[i]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    qcc_runtime::kernels::pool::set_threads(0);
+}

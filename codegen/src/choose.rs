@@ -172,12 +172,22 @@ impl Ctx<'_> {
         !self.nhwc(v) || self.g.ty(v).shape().is_some_and(|s| s[1] == 1 || s[2] * s[3] == 1)
     }
 
-    /// Whether binary node `n` writes a 4-D logical-order value from a channels-last operand with
-    /// pixels and channels (lowering then computes it channels-last and reorders it after).
-    pub(crate) fn binary_into_planes(&self, n: NodeId) -> bool {
+    /// Whether node `n` writes a 4-D logical-order value (a graph output) from a channels-last f32
+    /// input: a binary op with an operand that has pixels and channels, or pooling or a depthwise
+    /// convolution. Lowering runs the channels-last kernel into a temporary and reorders it after
+    /// (reading across channels would take each cache line once per element it holds).
+    pub(crate) fn into_planes(&self, n: NodeId) -> bool {
         let node = self.g.node(n);
         let four = self.g.ty(node.output).shape().is_some_and(|s| s.len() == 4);
-        four && !self.nhwc(node.output) && node.inputs.iter().any(|v| !self.logical_bytes(*v))
+        if !four || self.nhwc(node.output) {
+            return false;
+        }
+        if BinOp::from_op(&node.op).is_some() {
+            return node.inputs.iter().any(|v| !self.logical_bytes(*v));
+        }
+        let x = node.inputs[0];
+        let f32_in = !self.g.is_const(x) && self.f32_value(x) && self.nhwc(x);
+        f32_in && UnOp::from_op(&node.op).is_none() && self.keeps_layout(n)
     }
 
     pub(crate) fn choose(&self, n: NodeId) -> Choice {
@@ -311,8 +321,8 @@ impl Ctx<'_> {
                 let same = self.nhwc(ins[0]) == self.nhwc(out);
                 if act_in(0) && kernel.len() == 2 && self.nhwc(ins[0]) && self.nhwc(out) && per_tensor(oty).is_some() {
                     Choice::MaxPool
-                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) && same {
-                    if self.nhwc(out) {
+                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) && (same || self.into_planes(n)) {
+                    if self.nhwc(ins[0]) {
                         Choice::FMaxPoolNhwc
                     } else {
                         Choice::FMaxPool
@@ -407,10 +417,10 @@ impl Ctx<'_> {
                 }
             }
             Op::AveragePool { kernel, .. } if act_in(0) && self.f32_value(ins[0]) && kernel.len() == 2 => {
-                match (self.nhwc(ins[0]), self.nhwc(out)) {
+                match (self.nhwc(ins[0]), self.nhwc(out) || self.into_planes(n)) {
                     (true, true) => Choice::FAvgPoolNhwc,
                     (false, false) => Choice::FAvgPool,
-                    _ => host("average pooling between layouts"),
+                    _ => host("average pooling from logical order into channels-last"),
                 }
             }
             op => Choice::Host(format!("no compiled kernel for {}", op.name())),
@@ -439,10 +449,10 @@ impl Ctx<'_> {
         // first) and writes either layout; the NCHW kernels read and write logical order.
         let (nhwc_in, nhwc_out) = (self.nhwc(ins[0]), self.nhwc(out));
         if group != 1 && group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 && ins.len() < 4 {
-            return match (nhwc_in, nhwc_out) {
+            return match (nhwc_in, nhwc_out || self.into_planes(n)) {
                 (true, true) => Ok(Choice::FDwNhwc),
                 (false, false) => Ok(Choice::FDwConv),
-                _ => Err("float depthwise convolution between layouts".into()),
+                _ => Err("float depthwise convolution from logical order into channels-last".into()),
             };
         }
         // Other grouped convolutions run one product per group.

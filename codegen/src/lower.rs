@@ -71,7 +71,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
-        if let (Choice::Binary(_), true) = (&choices[i], cx.binary_into_planes(n)) {
+        if planes_step(&choices[i]) && cx.into_planes(n) {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
         }
@@ -109,6 +109,10 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
             let why = if let Choice::Host(w) = choice { Some(w.clone()) } else { None };
             steps.push(Step { kernel, hdr, node: name.clone(), macs, why });
         };
+        // Into logical order from channels-last: the kernel writes channels-last into a temporary,
+        // reordered after the match.
+        let planes = (planes_step(choice) && cx.into_planes(n)).then(|| offsets[temp_of[&i]]);
+        let dst = planes.unwrap_or(off(out));
         match choice {
             Choice::Quantize => {
                 let (scale, zp, q) = per_tensor(oty).ok_or_else(|| internal(&name))?;
@@ -426,11 +430,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let os = shape(g, out);
                 // The output is written in storage order; each operand is read through its strides per
                 // logical dim (storage strides for channels-last ones), listed in that order.
-                // Into logical order from channels-last operands: written channels-last into a
-                // temporary, then reordered by a strided copy (reading the operands across their
-                // channels would take each cache line once per element it holds).
-                let planes = cx.binary_into_planes(n);
-                let order: Vec<usize> = if cx.nhwc(out) || planes { vec![0, 2, 3, 1] } else { (0..os.len()).collect() };
+                let order: Vec<usize> = if cx.nhwc(out) || planes.is_some() { vec![0, 2, 3, 1] } else { (0..os.len()).collect() };
                 let operand = |v: ValueId, blob: &mut Blob| -> Result<(usize, bool, Arr), CodegenError> {
                     let s = shape(g, v);
                     let mut strides = broadcast_strides(&s, &os);
@@ -448,14 +448,8 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 let (a, a_const, sa) = operand(ins[0], &mut blob)?;
                 let (b, b_const, sb) = operand(ins[1], &mut blob)?;
                 let dims = Arr { off: blob.push_words(&order.iter().map(|&d| os[d] as u64).collect::<Vec<_>>()), len: os.len() };
-                let dst = if planes { offsets[temp_of[&i]] } else { off(out) };
                 let h = BinaryHdr { isa, op: op.code() as usize, dims, a, a_const, sa, b, b_const, sb, out: dst };
                 push(Kernel::Binary, h.encode(), 0, &mut blob);
-                if planes {
-                    let (c, hh, ww) = (os[1], os[2], os[3]);
-                    let from = [hh * ww * c, 1, ww * c, c];
-                    push(Kernel::Strided, reorder4(&os, (&from, &crate::choose::contiguous(&os)), (dst, off(out))).encode(), 0, &mut blob);
-                }
             }
             Choice::Unary(f) => {
                 let mut x = off(ins[0]);
@@ -569,7 +563,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     bias: f32_arr(g, ins.get(2), &mut blob),
                     act: *act,
                     max: false,
-                    out: off(out),
+                    out: dst,
                 };
                 push(Kernel::FDwNhwc, h.encode(), 0, &mut blob);
             }
@@ -604,7 +598,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     bias: Arr::default(),
                     act: None,
                     max: true,
-                    out: off(out),
+                    out: dst,
                 };
                 push(Kernel::FDwNhwc, h.encode(), 0, &mut blob);
             }
@@ -807,7 +801,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                     pe: [pads.get(2).map_or(0, |p| *p as usize), pads.get(3).map_or(0, |p| *p as usize)],
                     include_pad: *count_include_pad,
                     x: off(ins[0]),
-                    out: off(out),
+                    out: dst,
                 };
                 // The same header for either layout: the kernels differ in how they walk the pixels.
                 let kernel = if matches!(choice, Choice::FAvgPoolNhwc) { Kernel::FAvgPoolNhwc } else { Kernel::FAvgPool };
@@ -837,6 +831,14 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
                 push(Kernel::Host, h.encode(), 0, &mut blob);
             }
         }
+        if let Some(t) = planes {
+            let os = shape(g, out);
+            let (c, hh, ww) = (os[1], os[2], os[3]);
+            let from = [hh * ww * c, 1, ww * c, c];
+            let h = reorder4(&os, (&from, &crate::choose::contiguous(&os)), (t, off(out)));
+            let why = None;
+            steps.push(Step { kernel: Kernel::Strided, hdr: blob.push_words(&h.encode()), node: name.clone(), macs: 0, why });
+        }
     }
     blob.finish();
     let io = |v: ValueId| -> Io {
@@ -859,8 +861,12 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
     })
 }
 
-/// The one-node graph an interpreted step runs, as .qir text with its constants in full, and per graph
-/// input the value of `g` it reads.
+/// The steps whose channels-last kernel can write a logical-order output through a temporary
+/// (`Ctx::into_planes`).
+fn planes_step(c: &Choice) -> bool {
+    matches!(c, Choice::Binary(_) | Choice::FMaxPoolNhwc | Choice::FAvgPoolNhwc | Choice::FDwNhwc)
+}
+
 /// The strided copy of f32 values of 4-D shape `d` from byte offset `src` (element strides `from`, per
 /// logical dim) to `dst` (strides `to`): a reorder between channels-last and logical order.
 fn reorder4(d: &[usize], (from, to): (&[usize], &[usize]), (src, dst): (usize, usize)) -> StridedHdr {
@@ -871,6 +877,8 @@ fn reorder4(d: &[usize], (from, to): (&[usize], &[usize]), (src, dst): (usize, u
     StridedHdr { esize: 4, dims, ss, ds, src, dst }
 }
 
+/// The one-node graph an interpreted step runs, as .qir text with its constants in full, and per graph
+/// input the value of `g` it reads.
 fn host_graph(g: &Graph, n: NodeId) -> Result<(String, Vec<ValueId>), CodegenError> {
     let node = g.node(n);
     let mut sg = Graph::new("step");
