@@ -12,6 +12,7 @@ use qcc::codegen::{Compiled, Isa};
 use qcc::exec::Exec;
 use qcc_ir::{Graph, Tensor};
 use qcc_passes::{Instrumentation, OptLevel};
+use qcc_runtime::kernels::fnhwc_tasks::FConvSchedule;
 use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
@@ -1332,6 +1333,104 @@ fn float_pooling_from_channels_last_into_outputs_compiles() {
                         }
                     }
                 }
+            }
+        }
+    }
+    qcc_runtime::kernels::pool::set_threads(0);
+}
+
+/// Float convolutions over channels-last values run as generated loop nests (codegen/src/nest.rs) that
+/// address every window and call the runtime's micro-tiles: the stem read from the NCHW graph input
+/// (kernel rows of its padded copy), one with column dilation from that input (taps of the padded copy),
+/// padding on every side, stride 2 with dilation 2 and uneven pads, a fused residual, two groups, weights
+/// past L2 taken panel by panel in two K parts, and outputs in logical order (a graph output) with bands;
+/// pixel counts leave partial micro-tiles. They equal the interpreter to rounding and give the same bits
+/// at 1, 2 and 3 threads.
+#[test]
+fn float_convolution_nests_address_every_window() {
+    if !Isa::Avx512Vnni.supported() {
+        eprintln!("NOTE: this CPU lacks AVX-512: float convolutions are not channels-last here, nothing to test");
+        return;
+    }
+    let mut b = Builder::new();
+    b.input("x", &[1, 3, 25, 25]).output("y1", &[1, 80, 6, 6]).output("y2", &[1, 8, 25, 25]);
+    // Weights scaled by 1/sqrt(fan-in), so every layer's values stay near 1.
+    let mut init = |name: &str, dims: [usize; 4], seed: u32| {
+        let n = dims.iter().product::<usize>();
+        let s = 1.0 / ((dims[1] * dims[2] * dims[3]) as f32).sqrt();
+        b.init(name, &dims.map(|d| d as i64), values(n, seed).iter().map(|v| v * s).collect());
+    };
+    init("w0", [16, 3, 7, 7], 1);
+    init("w1", [24, 16, 3, 3], 2);
+    init("w2", [24, 24, 3, 3], 3);
+    init("w3", [32, 24, 3, 3], 4);
+    init("w4", [64, 16, 3, 3], 5);
+    init("w5", [300, 64, 5, 5], 6);
+    init("w6", [80, 300, 3, 3], 7);
+    init("wd", [8, 3, 3, 3], 8);
+    let pads = |p: [i64; 4]| ints("pads", &p);
+    b.node("Conv", "stem", &["x", "w0"], &["s"], vec![ints("strides", &[2, 2]), pads([3, 3, 3, 3])]);
+    b.node("Relu", "stem_relu", &["s"], &["sr"], vec![]);
+    b.node("Conv", "c1", &["sr", "w1"], &["a"], vec![pads([1, 1, 1, 1])]);
+    b.node("Conv", "c2", &["a", "w2"], &["c2"], vec![pads([1, 1, 1, 1])]);
+    b.node("Add", "res", &["c2", "a"], &["r"], vec![]);
+    b.node("Conv", "c3", &["r", "w3"], &["c3"], vec![ints("strides", &[2, 2]), ints("dilations", &[2, 2]), pads([2, 1, 1, 2])]);
+    b.node("Conv", "c4", &["c3", "w4"], &["c4"], vec![pads([1, 1, 1, 1]), int("group", 2)]);
+    b.node("Conv", "c5", &["c4", "w5"], &["c5"], vec![pads([2, 2, 2, 2])]);
+    b.node("Conv", "c6", &["c5", "w6"], &["y1"], vec![pads([1, 1, 1, 1])]);
+    b.node("Conv", "cd", &["x", "wd"], &["d"], vec![ints("dilations", &[1, 2]), pads([1, 2, 1, 2])]);
+    // Not fused into the convolution, so it reads the convolution's channels-last output.
+    b.node("Abs", "cd_abs", &["d"], &["y2"], vec![]);
+    let d = tmp("float-conv-nests");
+    let model = d.join("net.onnx");
+    std::fs::write(&model, b.bytes()).unwrap();
+    let mut f = qcc::driver::load_model(&model, &Default::default()).unwrap().graph;
+    qcc::driver::compile(&mut f, OptLevel::O2, Instrumentation::default(), &mut std::io::sink()).unwrap();
+    let cf = Compiled::new(&f, Isa::Avx512Vnni).unwrap();
+    let convs = cf.plan.steps.iter().filter(|s| s.kernel == Kernel::FConvNhwc).count();
+    assert_eq!(convs, 9, "{}", cf.plan.summary());
+    assert!(cf.plan.steps.iter().all(|s| s.kernel != Kernel::Host), "{}", cf.plan.summary());
+    // The schedules the nests follow cover each way of walking the windows and the weights.
+    let schedules: Vec<(String, FConvSchedule, bool)> = cf
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.kernel == Kernel::FConvNhwc)
+        .map(|s| {
+            let h = qcc_runtime::abi::FConvNhwcHdr::decode(&cf.plan.blob.words(s.hdr, 64));
+            (s.node.clone(), FConvSchedule::of(h.isa, h.g, h.ldx, h.nchw, h.m, h.w.len, h.cso), h.cso != 1)
+        })
+        .collect();
+    let has = |name: &str, f: &dyn Fn(&FConvSchedule, bool) -> bool| {
+        assert!(schedules.iter().any(|(n, s, planes)| n == name && f(s, *planes)), "{name}: {schedules:?}");
+    };
+    has("stem", &|s, _| s.rows && s.tiles * 6 > s.pixels);
+    has("cd", &|s, _| !s.rows && s.g.pad == [0, 0] && s.tiles * 6 > s.pixels);
+    has("c5", &|s, _| !s.tile_major && s.span < s.segs && s.segs % s.span != 0);
+    has("c6", &|s, planes| !s.tile_major && planes && s.span == s.segs && s.bands == 2);
+    has("c4", &|s, _| s.ldx == 2 * s.g.c);
+    for seed in 0..2 {
+        let x = Tensor::from_f32(&[1, 3, 25, 25], values(3 * 25 * 25, 30 + seed)).unwrap();
+        let want = qcc_runtime::run(&f, vec![x.clone()]).unwrap();
+        let mut first: Option<Vec<Vec<u32>>> = None;
+        for threads in [1, 2, 3] {
+            qcc_runtime::kernels::pool::set_threads(threads);
+            let got = cf.run(std::slice::from_ref(&x)).unwrap();
+            for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+                let (w, g) = (w.to_f32_vec(), g.to_f32_vec());
+                let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let bad = w.iter().zip(&g).position(|(a, b)| (a - b).abs() > 1e-5 * scale || a.is_nan() != b.is_nan());
+                assert!(
+                    bad.is_none(),
+                    "output {k}, {threads} threads: element {bad:?}: {:?} against {:?}",
+                    bad.map(|i| g[i]),
+                    bad.map(|i| w[i])
+                );
+            }
+            let bits: Vec<Vec<u32>> = got.iter().map(|t| t.to_f32_vec().iter().map(|v| v.to_bits()).collect()).collect();
+            match &first {
+                None => first = Some(bits),
+                Some(one) => assert!(*one == bits, "{threads} threads differ from one"),
             }
         }
     }

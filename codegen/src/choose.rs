@@ -176,7 +176,7 @@ impl Ctx<'_> {
     /// input: a binary op with an operand that has pixels and channels, or pooling or a depthwise
     /// convolution. Lowering runs the channels-last kernel into a temporary and reorders it after
     /// (reading across channels would take each cache line once per element it holds).
-    pub(crate) fn into_planes(&self, n: NodeId) -> bool {
+    pub(crate) fn writes_planes(&self, n: NodeId) -> bool {
         let node = self.g.node(n);
         let four = self.g.ty(node.output).shape().is_some_and(|s| s.len() == 4);
         if !four || self.nhwc(node.output) {
@@ -321,7 +321,7 @@ impl Ctx<'_> {
                 let same = self.nhwc(ins[0]) == self.nhwc(out);
                 if act_in(0) && kernel.len() == 2 && self.nhwc(ins[0]) && self.nhwc(out) && per_tensor(oty).is_some() {
                     Choice::MaxPool
-                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) && (same || self.into_planes(n)) {
+                } else if act_in(0) && kernel.len() == 2 && self.f32_value(ins[0]) && (same || self.writes_planes(n)) {
                     if self.nhwc(ins[0]) {
                         Choice::FMaxPoolNhwc
                     } else {
@@ -417,7 +417,7 @@ impl Ctx<'_> {
                 }
             }
             Op::AveragePool { kernel, .. } if act_in(0) && self.f32_value(ins[0]) && kernel.len() == 2 => {
-                match (self.nhwc(ins[0]), self.nhwc(out) || self.into_planes(n)) {
+                match (self.nhwc(ins[0]), self.nhwc(out) || self.writes_planes(n)) {
                     (true, true) => Choice::FAvgPoolNhwc,
                     (false, false) => Choice::FAvgPool,
                     _ => host("average pooling from logical order into channels-last"),
@@ -449,7 +449,7 @@ impl Ctx<'_> {
         // first) and writes either layout; the NCHW kernels read and write logical order.
         let (nhwc_in, nhwc_out) = (self.nhwc(ins[0]), self.nhwc(out));
         if group != 1 && group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1 && ins.len() < 4 {
-            return match (nhwc_in, nhwc_out || self.into_planes(n)) {
+            return match (nhwc_in, nhwc_out || self.writes_planes(n)) {
                 (true, true) => Ok(Choice::FDwNhwc),
                 (false, false) => Ok(Choice::FDwConv),
                 _ => Err("float depthwise convolution from logical order into channels-last".into()),

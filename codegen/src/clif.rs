@@ -13,7 +13,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, FuncId, Linkage, Module};
-use qcc_runtime::abi::GemmHdr;
+use qcc_runtime::abi::{FConvNhwcHdr, GemmHdr};
 use std::collections::HashMap;
 
 pub struct Entry {
@@ -76,7 +76,7 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
     };
 
     let mut fctx = FunctionBuilderContext::new();
-    // Steps whose function is generated: GEMMs and row kernels (loop nests around runtime
+    // Steps whose function is generated: GEMMs, float convolutions and row kernels (loop nests around runtime
     // microkernels, nest.rs), and the elementwise steps Elementwise::define generates.
     let mut step_fns = vec![None; plan.steps.len()];
     let mut nests = None;
@@ -85,14 +85,15 @@ pub fn define<M: Module>(module: &mut M, plan: &Plan, prefix: &str) -> Result<En
         let words = plan.blob.words(s.hdr, 64);
         let name = format!("{prefix}_step{i}");
         step_fns[i] = match (s.kernel, s.kernel.row_kernel()) {
-            (Kernel::Gemm, _) | (_, Some(_)) => {
+            (Kernel::Gemm | Kernel::FConvNhwc, _) | (_, Some(_)) => {
                 let n = match &mut nests {
                     Some(n) => n,
                     None => nests.insert(nest::Nests::declare(module)?),
                 };
-                Some(match s.kernel.row_kernel() {
-                    None => n.define_step(module, &mut fctx, &GemmHdr::decode(&words), &name)?,
-                    Some(kind) => n.define_row_step(module, &mut fctx, kind, nest::row_shape(s.kernel, &words), &name)?,
+                Some(match (s.kernel, s.kernel.row_kernel()) {
+                    (_, Some(kind)) => n.define_row_step(module, &mut fctx, kind, nest::row_shape(s.kernel, &words), &name)?,
+                    (Kernel::FConvNhwc, _) => n.define_fconv_step(module, &mut fctx, &FConvNhwcHdr::decode(&words), &name)?,
+                    _ => n.define_step(module, &mut fctx, &GemmHdr::decode(&words), &name)?,
                 })
             }
             _ => ew.define(module, &mut fctx, (plan.isa, s.kernel, &words, &plan.blob), &name)?,

@@ -71,7 +71,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         let out = fused.get(&i).map_or(g.node(n).output, |q| g.node(*q).output);
         buf_of.insert(out, bufs.len());
         bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
-        if planes_step(&choices[i]) && cx.into_planes(n) {
+        if planes_step(&choices[i]) && cx.writes_planes(n) {
             temp_of.insert(i, bufs.len());
             bufs.push(Interval { bytes: bytes_of(out), first: i + 1, last: i + 1 });
         }
@@ -111,7 +111,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
         };
         // Into logical order from channels-last: the kernel writes channels-last into a temporary,
         // reordered after the match.
-        let planes = (planes_step(choice) && cx.into_planes(n)).then(|| offsets[temp_of[&i]]);
+        let planes = (planes_step(choice) && cx.writes_planes(n)).then(|| offsets[temp_of[&i]]);
         let dst = planes.unwrap_or(off(out));
         match choice {
             Choice::Quantize => {
@@ -862,7 +862,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan, CodegenError> {
 }
 
 /// The steps whose channels-last kernel can write a logical-order output through a temporary
-/// (`Ctx::into_planes`).
+/// (`Ctx::writes_planes`).
 fn planes_step(c: &Choice) -> bool {
     matches!(c, Choice::Binary(_) | Choice::FMaxPoolNhwc | Choice::FAvgPoolNhwc | Choice::FDwNhwc)
 }

@@ -20,8 +20,10 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
-use qcc_runtime::abi::{DwConvHdr, FAvgPoolHdr, FDwNhwcHdr, FGroupNhwcHdr, FMaxPoolHdr, GemmHdr, MaxPoolHdr, QAvgPoolHdr};
+use qcc_runtime::abi::{DwConvHdr, FAvgPoolHdr, FConvNhwcHdr, FDwNhwcHdr, FGroupNhwcHdr, FMaxPoolHdr, GemmHdr, MaxPoolHdr, QAvgPoolHdr};
 use qcc_runtime::kernels::dwconv::DwGeom;
+use qcc_runtime::kernels::fnhwc::R;
+use qcc_runtime::kernels::fnhwc_tasks::FConvSchedule;
 use qcc_runtime::kernels::gemm::{packed_dims, Split, MAX_SEGS, MR, PANEL, ROW_SEGS};
 use qcc_runtime::kernels::rows::RowShape;
 use std::collections::HashMap;
@@ -39,6 +41,8 @@ pub struct Nests {
     tasks: HashMap<String, FuncId>,
     /// Per row kernel, its runtime function and row microkernel (declared when first used).
     row_kernels: HashMap<&'static str, (FuncId, FuncId)>,
+    /// qcc_rt_fconv_nhwc, qcc_uk_fconv_nhwc and qcc_uk_fconv_nhwc_window (declared when first used).
+    fconv: Option<[FuncId; 3]>,
 }
 
 impl Nests {
@@ -54,7 +58,7 @@ impl Nests {
         let strip = module.declare_function("qcc_uk_gemm_strip", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
         let row = module.declare_function("qcc_uk_gemm_row", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr])).map_err(err)?;
         let rt = module.declare_function("qcc_rt_gemm", Linkage::Import, &sig(&[ptr, ptr, ptr, ptr, ptr])).map_err(err)?;
-        Ok(Nests { gemm, strip, row, rt, tasks: HashMap::new(), row_kernels: HashMap::new() })
+        Ok(Nests { gemm, strip, row, rt, tasks: HashMap::new(), row_kernels: HashMap::new(), fconv: None })
     }
 
     /// Defines the function of the GEMM step whose header is `h`, named `name` (and its task function,
@@ -109,6 +113,41 @@ impl Nests {
             }
         };
         define_rt_step(module, fctx, rt, tasks, shape.tasks(), name)
+    }
+
+    /// Defines the function of the float convolution step whose header is `h` (fnhwc_tasks.rs), named
+    /// `name` (and its task function, unless one of the same schedule exists).
+    pub fn define_fconv_step<M: Module>(
+        &mut self,
+        module: &mut M,
+        fctx: &mut FunctionBuilderContext,
+        h: &FConvNhwcHdr,
+        name: &str,
+    ) -> Result<FuncId, CodegenError> {
+        let fns = match self.fconv {
+            Some(f) => f,
+            None => {
+                let mut fns = [FuncId::from_u32(0); 3];
+                for (f, (sym, n)) in
+                    fns.iter_mut().zip([("qcc_rt_fconv_nhwc", 5), ("qcc_uk_fconv_nhwc", 6), ("qcc_uk_fconv_nhwc_window", 4)])
+                {
+                    *f = module.declare_function(sym, Linkage::Import, &ptr_signature(module, n)).map_err(err)?;
+                }
+                *self.fconv.insert(fns)
+            }
+        };
+        let s = FConvSchedule::of(h.isa, h.g, h.ldx, h.nchw, h.m, h.w.len, h.cso);
+        let key = format!("fconv {s:?}");
+        let tasks = match self.tasks.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = define_fconv_tasks(module, fctx, (fns[1], fns[2]), &s, &format!("{name}_tasks"))?;
+                self.tasks.insert(key, id);
+                id
+            }
+        };
+        // The task count follows the thread count at run time (FConvSchedule::chunks).
+        define_rt_step(module, fctx, fns[0], tasks, 0, name)
     }
 }
 
@@ -182,23 +221,27 @@ struct Window {
     last_x: i64,
 }
 
-/// The window of an implicit convolution's step; None for a plain GEMM (one pointer per row, the row).
-fn window(h: &GemmHdr) -> Option<Window> {
-    if !h.implicit {
-        return None;
+impl Window {
+    /// The window of geometry g over pixels `pixel` bytes apart (one image per g.h rows), read per
+    /// kernel row (`rows`: runs of kw pixels, unit column dilation) or per tap.
+    fn new(g: DwGeom, pixel: i64, rows: bool) -> Window {
+        let w = g.w as i64;
+        let (dy, dx) = (g.dil[0] as i64, g.dil[1] as i64);
+        let offsets = if rows {
+            (0..g.kh as i64).map(|ky| ky * dy * w * pixel).collect()
+        } else {
+            (0..g.kh as i64).flat_map(|ky| (0..g.kw as i64).map(move |kx| (ky * dy * w + kx * dx) * pixel)).collect()
+        };
+        let span_x = if rows { g.kw as i64 } else { (g.kw as i64 - 1) * dx + 1 };
+        Window { g, stride: pixel, offsets, last_y: g.h as i64 - ((g.kh as i64 - 1) * dy + 1), last_x: g.w as i64 - span_x }
     }
-    let g = h.conv;
-    // Pixels are lda bytes apart (the input's channel count; a grouped convolution reads g.c of them).
-    let (w, c) = (g.w as i64, h.lda as i64);
-    let (dy, dx) = (g.dil[0] as i64, g.dil[1] as i64);
-    let offsets = if h.conv_rows {
-        (0..g.kh as i64).map(|ky| ky * dy * w * c).collect()
-    } else {
-        (0..g.kh as i64).flat_map(|ky| (0..g.kw as i64).map(move |kx| (ky * dy * w + kx * dx) * c)).collect()
-    };
-    // A row segment reads kw·c contiguous bytes (kernel rows need unit column dilation).
-    let span_x = if h.conv_rows { g.kw as i64 } else { (g.kw as i64 - 1) * dx + 1 };
-    Some(Window { g, stride: c, offsets, last_y: g.h as i64 - ((g.kh as i64 - 1) * dy + 1), last_x: g.w as i64 - span_x })
+}
+
+/// The window of an implicit convolution's step; None for a plain GEMM (one pointer per row, the row).
+/// Pixels are lda bytes apart (the input's channel count; a grouped convolution reads g.c of them); a
+/// row segment reads kw·c contiguous bytes.
+fn window(h: &GemmHdr) -> Option<Window> {
+    h.implicit.then(|| Window::new(h.conv, h.lda as i64, h.conv_rows))
 }
 
 /// Defines the task function of the GEMM step whose header is `h`, named `name`.
@@ -295,7 +338,12 @@ fn define_gemm_tasks<M: Module>(
             }
             b.switch_to_block(fill);
             let row_ptrs = b.ins().iadd_imm_s(ptrs, (8 * i * segs) as i64);
-            window_row(b, w, (a, pixel, row_ptrs), (uk_row, gemm, r, i, edge), row_done);
+            let edge_call = |b: &mut FunctionBuilder| {
+                let row = b.ins().iadd_imm_s(r, i as i64);
+                let scratch = b.ins().iadd_imm_s(edge, (i * ROW_SEGS * 64) as i64);
+                b.ins().call(uk_row, &[gemm, row, row_ptrs, scratch]);
+            };
+            window_row(b, w, (a, pixel, row_ptrs, 8), edge_call, row_done);
             if i + 1 < MR {
                 b.switch_to_block(row_done);
             }
@@ -326,13 +374,14 @@ fn advance(b: &mut FunctionBuilder, w: &Window, [img, oy, ox]: [Value; 3]) -> [V
     [img, oy, ox]
 }
 
-/// Fills one row's segment pointers at `row_ptrs` and jumps to `done`: a window inside the image is
-/// one pointer plus constant offsets; any other goes through the runtime (padding, edge rows).
+/// Fills one row's segment pointers (`seg_bytes` apart from `row_ptrs`) and jumps to `done`: a window
+/// inside the image is one pointer plus constant offsets; `edge` emits the call that fills any other
+/// (padding, edge rows) through the runtime.
 fn window_row(
     b: &mut FunctionBuilder,
     w: &Window,
-    (a, [img, oy, ox], row_ptrs): (Value, [Value; 3], Value),
-    (uk_row, gemm, r, i, edge): (cranelift_codegen::ir::FuncRef, Value, Value, usize, Value),
+    (a, [img, oy, ox], row_ptrs, seg_bytes): (Value, [Value; 3], Value, usize),
+    edge: impl FnOnce(&mut FunctionBuilder),
     done: Block,
 ) {
     let g = &w.g;
@@ -361,14 +410,12 @@ fn window_row(
     let base = b.ins().iadd(a, at);
     for (s, off) in w.offsets.iter().enumerate() {
         let p = b.ins().iadd_imm_s(base, *off);
-        b.ins().store(MemFlagsData::trusted(), p, row_ptrs, (8 * s) as i32);
+        b.ins().store(MemFlagsData::trusted(), p, row_ptrs, (seg_bytes * s) as i32);
     }
     b.ins().jump(done, &[]);
 
     b.switch_to_block(edge_row);
-    let row = b.ins().iadd_imm_s(r, i as i64);
-    let scratch = b.ins().iadd_imm_s(edge, (i * ROW_SEGS * 64) as i64);
-    b.ins().call(uk_row, &[gemm, row, row_ptrs, scratch]);
+    edge(b);
     b.ins().jump(done, &[]);
 }
 
@@ -455,6 +502,98 @@ fn define_row_tasks<M: Module>(
         let next_image = b.ins().iadd_imm_s(xi, shape.image_bytes as i64);
         let xi1 = b.ins().select(wrap, next_image, xi);
         b.ins().jump(head, &[r1.into(), xi1.into(), orow1.into(), oy2.into()]);
+
+        b.switch_to_block(exit);
+    })
+}
+
+/// Defines the task function `tasks(run, x, chunks, task)` of a float convolution with schedule `s`:
+/// task t is band t % bands over the tiles of chunk t / bands (FConvSchedule::task); K part by K part,
+/// per tile it addresses its R pixels' windows (inside the image: constant offsets from one pointer;
+/// else through `uk_window`) and calls the micro-tile `uk_tile(run, ptrs, chunks, task, tile, s0)`.
+fn define_fconv_tasks<M: Module>(
+    module: &mut M,
+    fctx: &mut FunctionBuilderContext,
+    (uk_tile, uk_window): (FuncId, FuncId),
+    s: &FConvSchedule,
+    name: &str,
+) -> Result<FuncId, CodegenError> {
+    let win = Window::new(s.g, 4 * s.ldx as i64, s.rows);
+    debug_assert_eq!(win.offsets.len(), s.segs);
+    define_local(module, fctx, name, 4, |module, b, params| {
+        let ptr = module.target_config().pointer_type();
+        let uk_tile = module.declare_func_in_func(uk_tile, b.func);
+        let uk_window = module.declare_func_in_func(uk_window, b.func);
+        let [run, x, chunks, task] = [0, 1, 2, 3].map(|i| params[i]);
+        // Pixel r's pointer to segment k lives at ptrs + 8·(k·R + r): FConvRun's [[ptr; R]; segs].
+        let slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, (8 * R * s.segs) as u32, 3));
+        let ptrs = b.ins().stack_addr(ptr, slot, 0);
+
+        // The task's tiles t0..t1: chunk·tiles / chunks .. (chunk + 1)·tiles / chunks.
+        let chunk = b.ins().udiv_imm_u(task, s.bands as i64);
+        let tiles = s.tiles as i64;
+        let at = b.ins().imul_imm_s(chunk, tiles);
+        let t0 = b.ins().udiv(at, chunks);
+        let at = b.ins().iadd_imm_s(at, tiles);
+        let t1 = b.ins().udiv(at, chunks);
+
+        let (parts, parts_body, tiles_head, tiles_body, next_part, exit) =
+            (b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block(), b.create_block());
+        for blk in [parts, parts_body, tiles_head, tiles_body, next_part] {
+            b.append_block_param(blk, ptr);
+        }
+        b.append_block_param(tiles_head, ptr);
+        b.append_block_param(tiles_body, ptr);
+        let zero = b.ins().iconst(ptr, 0);
+        b.ins().jump(parts, &[zero.into()]);
+
+        // for s0 in (0..segs).step_by(span)
+        b.switch_to_block(parts);
+        let s0 = b.block_params(parts)[0];
+        let more = b.ins().icmp_imm_u(IntCC::UnsignedLessThan, s0, s.segs as i64);
+        b.ins().brif(more, parts_body, &[s0.into()], exit, &[]);
+        b.switch_to_block(parts_body);
+        let s0 = b.block_params(parts_body)[0];
+        b.ins().jump(tiles_head, &[s0.into(), t0.into()]);
+
+        // for tile in t0..t1
+        b.switch_to_block(tiles_head);
+        let [s0, tile] = [0, 1].map(|i| b.block_params(tiles_head)[i]);
+        let more = b.ins().icmp(IntCC::UnsignedLessThan, tile, t1);
+        b.ins().brif(more, tiles_body, &[s0.into(), tile.into()], next_part, &[s0.into()]);
+
+        b.switch_to_block(tiles_body);
+        let [s0, tile] = [0, 1].map(|i| b.block_params(tiles_body)[i]);
+        let p0 = b.ins().imul_imm_s(tile, R as i64);
+        let pixels = b.ins().iconst(ptr, s.pixels as i64);
+        let left = b.ins().isub(pixels, p0);
+        // Pixels past the last (n of R live) repeat it: computed, never stored.
+        let oy = b.ins().udiv_imm_u(p0, s.g.ow as i64);
+        let ox = b.ins().urem_imm_u(p0, s.g.ow as i64);
+        let mut pixel = [zero, oy, ox];
+        for r in 0..R {
+            let done = b.create_block();
+            let row_ptrs = b.ins().iadd_imm_s(ptrs, (8 * r) as i64);
+            let [_, oy, ox] = pixel;
+            let edge = |b: &mut FunctionBuilder| {
+                b.ins().call(uk_window, &[run, oy, ox, row_ptrs]);
+            };
+            window_row(b, &win, (x, pixel, row_ptrs, 8 * R), edge, done);
+            b.switch_to_block(done);
+            if r + 1 < R {
+                let next = advance(b, &win, pixel);
+                let live = b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, left, r as i64 + 1);
+                pixel = [zero, b.ins().select(live, next[1], oy), b.ins().select(live, next[2], ox)];
+            }
+        }
+        b.ins().call(uk_tile, &[run, ptrs, chunks, task, tile, s0]);
+        let tile1 = b.ins().iadd_imm_s(tile, 1);
+        b.ins().jump(tiles_head, &[s0.into(), tile1.into()]);
+
+        b.switch_to_block(next_part);
+        let s0 = b.block_params(next_part)[0];
+        let s1 = b.ins().iadd_imm_s(s0, s.span as i64);
+        b.ins().jump(parts, &[s1.into()]);
 
         b.switch_to_block(exit);
     })

@@ -37,7 +37,8 @@ pub enum Kernel {
     FGap,
     FMaxPool,
     FAvgPool,
-    /// f32 convolution over channels-last values (fnhwc.rs).
+    /// f32 convolution over channels-last values (fnhwc.rs): a generated loop nest (nest.rs) around its
+    /// micro-tiles.
     FConvNhwc,
     /// f32 depthwise convolution or max pooling over channels-last values.
     FDwNhwc,
@@ -63,6 +64,7 @@ impl Kernel {
             | Kernel::FAvgPoolNhwc
             | Kernel::FMaxPool
             | Kernel::FAvgPool
+            | Kernel::FConvNhwc
             | Kernel::Lut => return None,
             Kernel::Quantize => "qcc_k_quantize",
             Kernel::Dequantize => "qcc_k_dequantize",
@@ -79,7 +81,6 @@ impl Kernel {
             Kernel::FGemm => "qcc_k_fgemm",
             Kernel::FDwConv => "qcc_k_fdwconv",
             Kernel::FGap => "qcc_k_fgap",
-            Kernel::FConvNhwc => "qcc_k_fconv_nhwc",
             Kernel::FGapNhwc => "qcc_k_fgap_nhwc",
             Kernel::Host => "qcc_k_host",
         })
@@ -111,6 +112,7 @@ impl Kernel {
             (Some(s), _) => &s["qcc_k_".len()..],
             (None, Some(r)) => r,
             (None, None) if self == Kernel::Lut => "lut",
+            (None, None) if self == Kernel::FConvNhwc => "fconv_nhwc",
             (None, None) => "gemm",
         }
     }

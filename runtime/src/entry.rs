@@ -1,14 +1,15 @@
 //! The kernels' C entry points, `qcc_k_<kind>(hdr, blob, arena)`, each decoding its header (abi.rs) and
 //! calling the kernel; the microkernels generated loop nests call (`qcc_uk_*`); the runtime calls
-//! generated functions make (`qcc_rt_*`: `qcc_rt_gemm` and the row kernels' `qcc_rt_<kind>` run a step's
-//! generated task function on the thread pool, `qcc_rt_parallel` a generated elementwise step's); and
-//! `qcc_set_threads` for applications.
+//! generated functions make (`qcc_rt_*`: `qcc_rt_gemm`, `qcc_rt_fconv_nhwc` and the row kernels'
+//! `qcc_rt_<kind>` run a step's generated task function on the thread pool, `qcc_rt_parallel` a generated
+//! elementwise step's); and `qcc_set_threads` for applications.
 //! libqcc_runtime.a exports these symbols to object files; the JIT resolves them through `symbols()`.
 use crate::abi::*;
 use crate::kernels::dwconv::{DwConv, DwGeom};
 use crate::kernels::elementwise::{self, QAdd};
 use crate::kernels::fgemm::{FGemm, FSrc};
 use crate::kernels::float::{self, BinOp, Binary, UnOp};
+use crate::kernels::fnhwc_tasks::FConvRun;
 use crate::kernels::gemm::Gemm;
 use crate::kernels::qpool::{self, QAvgPool, QMaxPool, RequantRows};
 use crate::kernels::rows::RowKernel;
@@ -379,10 +380,57 @@ pub unsafe extern "C" fn qcc_k_fdwconv(hdr: *const u64, blob: *const u8, arena: 
     }
 }
 
+/// The task function codegen generates for a float convolution step (nest.rs): task t of `chunks`
+/// chunks of the FConvRun `run` (its FConvSchedule), whose input `x` is FConvRun::conv.x.
+pub type FConvTasks = unsafe extern "C" fn(run: *const u8, x: *const u8, chunks: usize, task: usize);
+
+/// Runs a float convolution step: decodes its header, prepares the run (an NCHW input copied
+/// channels-last) and runs the generated task function `tasks` on the thread pool, in as many chunks as
+/// the thread count asks (`_ntasks` is unused: the count follows the threads).
+///
 /// # Safety
-/// As qcc_k_quantize.
+/// As qcc_k_quantize; `tasks` follows the header's FConvSchedule.
 #[no_mangle]
-pub unsafe extern "C" fn qcc_k_fconv_nhwc(hdr: *const u64, blob: *const u8, arena: *mut u8) {
+pub unsafe extern "C" fn qcc_rt_fconv_nhwc(hdr: *const u64, blob: *const u8, arena: *mut u8, tasks: FConvTasks, _ntasks: usize) {
+    // SAFETY: the caller's contract; each task writes its own blocks of the output.
+    unsafe {
+        fconv_nhwc(hdr, blob, arena).prepared(|r| {
+            let chunks = r.s.chunks(crate::kernels::pool::threads());
+            // Addresses cross to the pool's threads as integers; the run lives until parallel_for returns.
+            let (rp, x) = (r as *const FConvRun as usize, r.conv.x as usize);
+            crate::kernels::pool::parallel_for(r.s.bands * chunks, &|t| tasks(rp as *const u8, x as *const u8, chunks, t));
+        });
+    }
+}
+
+/// Micro-tile `tile` of task t for the K part from segment s0 (FConvRun::tile), its pixels' segment
+/// pointers at ptrs (segs × R), for generated loop nests.
+///
+/// # Safety
+/// `run` is the FConvRun qcc_rt_fconv_nhwc passed to the task function; the rest as FConvRun::tile.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_uk_fconv_nhwc(run: *const u8, ptrs: *const u8, chunks: usize, t: usize, tile: usize, s0: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let r = &*(run as *const FConvRun);
+        let ptrs = std::slice::from_raw_parts(ptrs as *const [*const f32; fnhwc::R], r.s.segs);
+        r.tile(ptrs, chunks, t, tile, s0);
+    }
+}
+
+/// The segment pointers of output pixel (oy, ox) whose window crosses the image's edge
+/// (FConvRun::pixel_ptrs), for generated loop nests that address interior windows themselves.
+///
+/// # Safety
+/// As qcc_uk_fconv_nhwc; (oy, ox) an output pixel, ptrs room for segs pointers R apart.
+#[no_mangle]
+pub unsafe extern "C" fn qcc_uk_fconv_nhwc_window(run: *const u8, oy: usize, ox: usize, ptrs: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe { (*(run as *const FConvRun)).pixel_ptrs(oy, ox, ptrs as *mut *const f32) }
+}
+
+unsafe fn fconv_nhwc<'a>(hdr: *const u64, blob: *const u8, arena: *mut u8) -> fnhwc::FConvNhwc<'a> {
+    // SAFETY: the caller's header describes this blob and arena.
     unsafe {
         let h = FConvNhwcHdr::decode(words(hdr));
         fnhwc::FConvNhwc {
@@ -400,7 +448,6 @@ pub unsafe extern "C" fn qcc_k_fconv_nhwc(hdr: *const u64, blob: *const u8, aren
             ldo: h.ldo,
             cso: h.cso,
         }
-        .run();
     }
 }
 
@@ -607,7 +654,9 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("qcc_k_fgemm", qcc_k_fgemm as *const u8),
         ("qcc_k_fdwconv", qcc_k_fdwconv as *const u8),
         ("qcc_k_fgap", qcc_k_fgap as *const u8),
-        ("qcc_k_fconv_nhwc", qcc_k_fconv_nhwc as *const u8),
+        ("qcc_rt_fconv_nhwc", qcc_rt_fconv_nhwc as *const u8),
+        ("qcc_uk_fconv_nhwc", qcc_uk_fconv_nhwc as *const u8),
+        ("qcc_uk_fconv_nhwc_window", qcc_uk_fconv_nhwc_window as *const u8),
         ("qcc_rt_fdw_nhwc", qcc_rt_fdw_nhwc as *const u8),
         ("qcc_uk_fdw_nhwc_row", qcc_uk_fdw_nhwc_row as *const u8),
         ("qcc_k_fgap_nhwc", qcc_k_fgap_nhwc as *const u8),

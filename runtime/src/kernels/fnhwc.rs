@@ -6,24 +6,19 @@
 //! interpreter bit for bit (the summation order differs; tests compare within a relative tolerance).
 use super::dwconv::{DwGeom, PoolTaps};
 use super::rows::{RowKernel, RowShape};
-use super::{clamp_bounds, pool, Isa};
+use super::{clamp_bounds, Isa};
 use qcc_ir::Act;
-
-thread_local! {
-    /// The calling thread's padded channels-last copy of an NCHW input, kept between calls.
-    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
 
 /// Output channels per weight panel: four AVX-512 registers per pixel of a tile.
 pub const NB: usize = 64;
 /// Output pixels per micro-tile: 6 × 4 accumulators, 4 weight registers and a broadcast fit the 32
 /// registers; per k, 4 weight loads and 6 broadcasts feed 24 FMAs.
-const R: usize = 6;
+pub const R: usize = 6;
 /// Packed weights up to this many bytes are read by every tile in turn (half of a 1 MB L2).
-const SMALL_WEIGHTS: usize = 512 << 10;
+pub(super) const SMALL_WEIGHTS: usize = 512 << 10;
 
 /// Channels of panel j of m output channels, rounded up to whole registers (the packed width).
-fn panel_width(m: usize, j: usize) -> usize {
+pub(super) fn panel_width(m: usize, j: usize) -> usize {
     (m - j * NB).min(NB).next_multiple_of(16)
 }
 
@@ -53,28 +48,28 @@ pub fn pack_conv_weights(m: usize, cin: usize, kh: usize, kw: usize, at: impl Fn
 }
 
 /// Bytes of a panel's weights one pass over a chunk of tiles reads (K is split into parts beyond).
-const PART_BYTES: usize = 256 << 10;
+pub(super) const PART_BYTES: usize = 256 << 10;
 
 /// The k range k0.. of a tile's runs (whole runs) in a K of kfull: the first part starts from zero,
 /// later ones from the partial sums in the output; all but the last store partial sums.
 #[derive(Clone, Copy)]
-struct Part {
-    k0: usize,
-    kfull: usize,
-    first: bool,
-    last: bool,
+pub(super) struct Part {
+    pub k0: usize,
+    pub kfull: usize,
+    pub first: bool,
+    pub last: bool,
 }
 
 /// Cache lines (of 16 floats) of the packed weights, from float `at`, a tile asks for ahead of use.
 #[derive(Clone, Copy)]
-struct Prefetch {
-    at: usize,
-    lines: usize,
+pub(super) struct Prefetch {
+    pub at: usize,
+    pub lines: usize,
 }
 
 /// The taps t of a window axis that land inside the input: output position o, stride s, dilation d,
 /// leading pad `pad`, input length n, k taps. Taps lo..hi (possibly empty).
-fn inside(o: usize, s: usize, d: usize, pad: usize, n: usize, k: usize) -> (usize, usize) {
+pub(super) fn inside(o: usize, s: usize, d: usize, pad: usize, n: usize, k: usize) -> (usize, usize) {
     let base = (o * s) as isize - pad as isize;
     let lo = if base >= 0 { 0 } else { (-base as usize).div_ceil(d) };
     let hi = if base >= n as isize { 0 } else { ((n as isize - base) as usize).div_ceil(d).min(k) };
@@ -86,7 +81,8 @@ fn inside(o: usize, s: usize, d: usize, pad: usize, n: usize, k: usize) -> (usiz
 /// pixel (iy, ix) starts at x + (iy·w + ix)·ldx (ldx ≥ the group's channels g.c: a group reads its
 /// channels of wider pixels in place). With `nchw`, x is instead an NCHW image of g.c planes (a graph
 /// input: the first convolution of most networks), copied channels-last with its padding. The output is
-/// NHWC (cso = 1) or, for a graph output, NCHW (ldo = 1, cso = the pixel count).
+/// NHWC (cso = 1) or, for a graph output, NCHW (ldo = 1, cso = the pixel count). Its tasks and run:
+/// fnhwc_tasks.rs.
 #[derive(Clone, Copy)]
 pub struct FConvNhwc<'a> {
     pub isa: Isa,
@@ -110,153 +106,10 @@ pub struct FConvNhwc<'a> {
 unsafe impl Sync for FConvNhwc<'_> {}
 
 impl FConvNhwc<'_> {
-    /// # Safety
-    /// x must hold g.h·g.w pixels ldx floats apart (g.c read from each), out and res g.oh·g.ow pixels ldo
-    /// apart (m channels cso apart written or read), w pack_conv_weights' layout for these shapes.
-    pub unsafe fn run(&self) {
-        if self.g.oh * self.g.ow == 0 || self.m == 0 {
-            return;
-        }
-        if !self.nchw {
-            // SAFETY: run()'s contract.
-            unsafe { self.run_on(false) };
-            return;
-        }
-        // The image copied channels-last into its padded extent (zeros around it): every window then
-        // lies inside, and with undilated columns each kernel row of a window is one contiguous run of
-        // kw·c floats, so the product reads kh runs per pixel (the stem's 3 input channels would
-        // otherwise make runs of 3).
-        let g = self.g;
-        let (h2, w2) = ((g.oh - 1) * g.stride[0] + (g.kh - 1) * g.dil[0] + 1, (g.ow - 1) * g.stride[1] + (g.kw - 1) * g.dil[1] + 1);
-        let mut buf = PADDED.take();
-        buf.clear();
-        buf.resize(h2 * w2 * g.c, 0.0);
-        for c in 0..g.c {
-            for iy in 0..g.h.min(h2.saturating_sub(g.pad[0])) {
-                for ix in 0..g.w.min(w2.saturating_sub(g.pad[1])) {
-                    // SAFETY: (c, iy, ix) is inside the NCHW image (run()'s contract).
-                    buf[((iy + g.pad[0]) * w2 + ix + g.pad[1]) * g.c + c] = unsafe { *self.x.add((c * g.h + iy) * g.w + ix) };
-                }
-            }
-        }
-        let inner = FConvNhwc { g: DwGeom { h: h2, w: w2, pad: [0, 0], ..g }, x: buf.as_ptr(), ldx: g.c, nchw: false, ..*self };
-        // SAFETY: buf holds the padded image; the rest is run()'s contract.
-        unsafe { inner.run_on(g.dil[1] == 1) };
-        PADDED.set(buf);
-    }
-
-    /// The product over a channels-last input; with `rows`, the input is padded (every window inside)
-    /// and each window is read as kh runs of kw·c floats.
-    unsafe fn run_on(&self, rows: bool) {
-        let g = &self.g;
-        let (p, taps) = (g.oh * g.ow, g.kh * g.kw);
-        if p == 0 || self.m == 0 {
-            return;
-        }
-        // Pointers per pixel: one per kernel row or one per tap.
-        let (segs, seg) = if rows { (g.kh, g.kw * g.c) } else { (taps, g.c) };
-        // Taps outside the image read these zeros instead: every tap of a tile then has a row pointer
-        // per pixel and the inner loop has no edge cases.
-        let zeros = vec![0f32; g.c];
-        let (panels, tiles) = (self.m.div_ceil(NB), p.div_ceil(R));
-        // Weights that stay in L2 are all read by every tile (each tile's window rows stay in L1 over the
-        // panels, its output pixels are written whole); larger ones go panel by panel, each task one
-        // panel over a chunk of pixels. At least four tasks per thread, so they share the work.
-        let tile_major = self.w.len() * 4 <= SMALL_WEIGHTS;
-        let (bands, chunks) = if tile_major {
-            (1, (4 * pool::threads()).min(tiles))
-        } else {
-            (panels, (4 * pool::threads()).div_ceil(panels).clamp(1, tiles))
-        };
-        let pointwise = taps == 1 && g.stride == [1, 1] && g.pad == [0, 0];
-        // Panel by panel, K is taken in parts of at most PART_BYTES of a panel's weights, so a part
-        // stays in L2 over the chunk's tiles; partial sums wait in the output (NHWC only) between parts.
-        let (kfull, span) = (
-            segs * seg,
-            if !tile_major && self.cso == 1 && self.isa == Isa::Avx512Vnni { (PART_BYTES / (4 * NB * seg)).max(1) } else { segs },
-        );
-        pool::parallel_for(bands * chunks, &|t| {
-            let (chunk, band) = (t / bands, t % bands);
-            let mut ptrs = vec![[zeros.as_ptr(); R]; segs];
-            let (t0, t1) = (chunk * tiles / chunks, (chunk + 1) * tiles / chunks);
-            let mut s0 = 0;
-            while s0 < segs {
-                let s1 = (s0 + span).min(segs);
-                let part = Part { k0: s0 * seg, kfull, first: s0 == 0, last: s1 == segs };
-                // Panel by panel, the weights come from memory (too large to stay in a cache between
-                // runs), so each tile asks for its share of the weights packed after this part's (the
-                // next part, or the next panel's first), one line every few k steps.
-                let ahead = (!tile_major).then(|| {
-                    let at = band * kfull * NB + s1 * seg * panel_width(self.m, band);
-                    (at, ((s1 - s0) * seg * panel_width(self.m, band)).min(self.w.len() - at) / 16)
-                });
-                for tile in t0..t1 {
-                    let (p0, n) = (tile * R, R.min(p - tile * R));
-                    // SAFETY: run()'s contract.
-                    unsafe { self.window_ptrs(rows, pointwise, zeros.as_ptr(), p0, n, &mut ptrs) };
-                    let pf = ahead.map_or(Prefetch { at: 0, lines: 0 }, |(at, lines)| {
-                        let (l0, l1) = ((tile - t0) * lines / (t1 - t0), (tile - t0 + 1) * lines / (t1 - t0));
-                        Prefetch { at: at + 16 * l0, lines: l1 - l0 }
-                    });
-                    for j in if tile_major { 0..panels } else { band..band + 1 } {
-                        // SAFETY: every pointer addresses seg readable floats; the tile's pixels are inside out.
-                        unsafe { self.tile(j, &ptrs[s0..s1], seg, part, p0, n, pf) };
-                    }
-                }
-                s0 = s1;
-            }
-        });
-    }
-
-    /// Pointers to the window runs of pixels p0..p0 + n (rows past n repeat pixel p0 + n − 1: computed,
-    /// never stored): per kernel row of a padded input (`rows`), the pixel itself (`pointwise`), or per
-    /// tap, `zeros` for taps in the padding.
-    unsafe fn window_ptrs(&self, rows: bool, pointwise: bool, zeros: *const f32, p0: usize, n: usize, ptrs: &mut [[*const f32; R]]) {
-        let g = &self.g;
-        if pointwise {
-            for (r, ptr) in ptrs[0].iter_mut().enumerate() {
-                // SAFETY: pixel p0 + min(r, n − 1) is inside the image (run()'s contract).
-                *ptr = unsafe { self.x.add((p0 + r.min(n - 1)) * self.ldx) };
-            }
-            return;
-        }
-        let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
-        for r in 0..R {
-            if rows {
-                for (ky, row) in ptrs.iter_mut().enumerate() {
-                    let (iy, ix) = (oy * g.stride[0] + ky * g.dil[0], ox * g.stride[1]);
-                    // SAFETY: the padded image holds every window.
-                    row[r] = unsafe { self.x.add((iy * g.w + ix) * self.ldx) };
-                }
-            } else {
-                let (ky0, ky1) = inside(oy, g.stride[0], g.dil[0], g.pad[0], g.h, g.kh);
-                let (kx0, kx1) = inside(ox, g.stride[1], g.dil[1], g.pad[1], g.w, g.kw);
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        ptrs[ky * g.kw + kx][r] = if (ky0..ky1).contains(&ky) && (kx0..kx1).contains(&kx) {
-                            let iy = oy * g.stride[0] + ky * g.dil[0] - g.pad[0];
-                            let ix = ox * g.stride[1] + kx * g.dil[1] - g.pad[1];
-                            // SAFETY: (iy, ix) is inside the image (run()'s contract).
-                            unsafe { self.x.add((iy * g.w + ix) * self.ldx) }
-                        } else {
-                            zeros
-                        };
-                    }
-                }
-            }
-            if r + 1 < n {
-                ox += 1;
-                if ox == g.ow {
-                    (oy, ox) = (oy + 1, 0);
-                }
-            }
-        }
-    }
-
     /// Pixels p0..p0 + n (n ≤ R) of panel j, each pixel's window given as runs of `seg` floats (per tap
     /// or per kernel row), in the order of K.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(&self, j: usize, ptrs: &[[*const f32; R]], seg: usize, part: Part, p0: usize, n: usize, pf: Prefetch) {
+    pub(super) unsafe fn tile(&self, j: usize, ptrs: &[[*const f32; R]], seg: usize, part: Part, p0: usize, n: usize, pf: Prefetch) {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: AVX-512 is present when Isa::Avx512Vnni was chosen; the caller's bounds.

@@ -21,6 +21,7 @@ mod fgemm_avx2;
 mod fgemm_shift;
 pub mod float;
 pub mod fnhwc;
+pub mod fnhwc_tasks;
 pub mod fpool;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
