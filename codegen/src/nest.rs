@@ -530,7 +530,8 @@ fn define_fconv_tasks<M: Module>(
         let ptrs = b.ins().stack_addr(ptr, slot, 0);
 
         // The task's tiles t0..t1: chunk·tiles / chunks .. (chunk + 1)·tiles / chunks.
-        let chunk = b.ins().udiv_imm_u(task, s.bands as i64);
+        // (Steps without output pixels or channels never run a task: max(1) only keeps the division legal.)
+        let chunk = b.ins().udiv_imm_u(task, s.bands.max(1) as i64);
         let tiles = s.tiles as i64;
         let at = b.ins().imul_imm_s(chunk, tiles);
         let t0 = b.ins().udiv(at, chunks);
@@ -568,8 +569,8 @@ fn define_fconv_tasks<M: Module>(
         let pixels = b.ins().iconst(ptr, s.pixels as i64);
         let left = b.ins().isub(pixels, p0);
         // Pixels past the last (n of R live) repeat it: computed, never stored.
-        let oy = b.ins().udiv_imm_u(p0, s.g.ow as i64);
-        let ox = b.ins().urem_imm_u(p0, s.g.ow as i64);
+        let oy = b.ins().udiv_imm_u(p0, s.g.ow.max(1) as i64);
+        let ox = b.ins().urem_imm_u(p0, s.g.ow.max(1) as i64);
         let mut pixel = [zero, oy, ox];
         for r in 0..R {
             let done = b.create_block();
